@@ -1,0 +1,198 @@
+"""Reading and writing checkpoints safely.
+
+A checkpoint is untrusted input: it is always read with ``torch.load(weights_only=True)``, so a
+crafted file cannot run code, and every failure becomes one :class:`CasdapError` naming the file.
+Writes go to a temporary file that is renamed into place, so a kill mid-write never corrupts the
+previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from casdap.errors import CasdapError
+
+__all__ = ["LoadReport", "load_checkpoint", "read_checkpoint", "extract_state_dict", "save_checkpoint"]
+
+# Containers used by the official CAS-ViT / ConvNeXt / DeiT training scripts and common tools.
+_NESTED_KEYS = ("model", "state_dict", "module")
+# Plain data classes that training scripts store beside the weights (``args``); safe to rebuild.
+_SAFE_GLOBALS = [argparse.Namespace]
+# Layers that exist only in the dense-prediction (``fork_feat``) variant of the official code.
+_DENSE_ONLY_PREFIXES = ("norm0.", "norm2.", "norm4.", "norm6.")
+_HEAD_PREFIXES = ("head.", "dist_head.")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` did, for logs."""
+
+    path: str
+    source_key: str | None
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded {self.path}" + (f" ['{self.source_key}']" if self.source_key else "")]
+        if self.dropped:
+            parts.append(f"dropped {len(self.dropped)} tensors ({_short(self.dropped)})")
+        if self.missing:
+            parts.append(f"missing {len(self.missing)} ({_short(self.missing)})")
+        if self.unexpected:
+            parts.append(f"unexpected {len(self.unexpected)} ({_short(self.unexpected)})")
+        return "; ".join(parts)
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    head = ", ".join(keys[:n])
+    return head + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` and one readable error for every failure."""
+    p = Path(path)
+    if not p.is_file():
+        raise CasdapError(f"checkpoint '{p}' does not exist (or is not a file)")
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise CasdapError(
+                f"checkpoint '{p}' holds pickled Python objects beyond tensors and plain "
+                f"containers; refusing to load it because unpickling them could run code "
+                f"({first}). Re-save only the state dict: torch.save({{'model': model.state_dict()}}, path)"
+            ) from None
+        raise CasdapError(f"checkpoint '{p}' is not a readable PyTorch file ({first})") from None
+    except Exception as e:  # torch's readers fail in many ways on a damaged or foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CasdapError(
+            f"checkpoint '{p}' is truncated or not a PyTorch checkpoint ({type(e).__name__}: {first})"
+        ) from None
+
+
+def extract_state_dict(obj: Any, key: str | None = None, path: str = "<checkpoint>") -> tuple[dict, str | None]:
+    """Find the state dict inside ``obj`` (bare, or under ``model``/``state_dict``/...).
+
+    ``key`` selects a specific entry, e.g. ``"model_ema"``. Returns ``(state_dict, key_used)``
+    with any ``module.`` prefix removed.
+    """
+    if not isinstance(obj, Mapping):
+        raise CasdapError(f"checkpoint '{path}' holds a {type(obj).__name__}, not a state dict")
+    used = None
+    if key is not None:
+        if key not in obj:
+            have = ", ".join(sorted(map(str, obj.keys()))[:10])
+            raise CasdapError(f"checkpoint '{path}' has no entry '{key}' (it has: {have})")
+        obj, used = obj[key], key
+    else:
+        for k in _NESTED_KEYS:
+            if k in obj and isinstance(obj[k], Mapping):
+                obj, used = obj[k], k
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CasdapError(f"checkpoint '{path}' contains no tensors to load")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CasdapError(
+            f"checkpoint '{path}' is not a state dict: entries {_short([str(b) for b in bad], 4)} "
+            "are not tensors"
+        )
+    sd = OrderedDict()
+    for k, v in obj.items():
+        sd[k[len("module."):] if k.startswith("module.") else k] = v
+    return sd, used
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    key: str | None = None,
+    strict: bool = True,
+    finetune: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> LoadReport:
+    """Load weights into ``model`` from an official CAS-ViT file or any common layout.
+
+    Accepts ``{"model": sd}``, ``{"state_dict": sd}``, ``{key: sd}`` for an explicit ``key``
+    (e.g. ``"model_ema"``), or a bare state dict; a ``module.`` prefix is stripped.
+
+    ``strict`` (default) refuses any missing key, unexpected key or shape mismatch and lists
+    them. ``finetune`` drops ``head``/``dist_head`` tensors whose shape differs from the model
+    (a new class count) and reports what it dropped; the head keeps its fresh initialisation.
+    """
+    obj = read_checkpoint(path, map_location)
+    sd, used = extract_state_dict(obj, key, str(path))
+    report = LoadReport(str(path), used)
+
+    target = model.state_dict()
+    for k in [k for k in sd if k.startswith(_DENSE_ONLY_PREFIXES) and k not in target]:
+        report.dropped.append(k)
+        del sd[k]
+    if finetune:
+        for k in list(sd):
+            if k.startswith(_HEAD_PREFIXES) and (k not in target or sd[k].shape != target[k].shape):
+                report.dropped.append(k)
+                del sd[k]
+
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in sd.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    missing = [k for k in target if k not in sd]
+    unexpected = [k for k in sd if k not in target]
+    if finetune:
+        missing_ok = [k for k in missing if k.startswith(_HEAD_PREFIXES)]
+        missing = [k for k in missing if k not in missing_ok]
+    else:
+        missing_ok = []
+    if mismatched or (strict and (missing or unexpected)):
+        lines = [f"checkpoint '{path}' does not fit the model:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        if mismatched:
+            lines.append(f"  shape mismatches ({len(mismatched)}): {_short(mismatched, 4)}")
+        if any(m.startswith(_HEAD_PREFIXES) for m in mismatched):
+            lines.append("  (a different class count: load in fine-tuning mode to drop the head)")
+        raise CasdapError("\n".join(lines))
+    for k in unexpected:
+        del sd[k]
+    model.load_state_dict(sd, strict=False)
+    report.missing = missing + missing_ok
+    report.unexpected = unexpected
+    return report
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` with ``torch.save`` atomically: temp file in the same folder, then rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p

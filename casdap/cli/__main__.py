@@ -1,0 +1,5 @@
+import sys
+
+from casdap.cli import main
+
+sys.exit(main())

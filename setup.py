@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="casdap",
+    version="0.1.0",
+    description="Domain-adaptive prompts (DAP) on the CAS-ViT backbone for class-incremental learning",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["casdap", "casdap.*"]),
+    install_requires=[
+        # 2.6 is the first release where torch.load(weights_only=True) is safe (CVE-2025-32434).
+        "torch>=2.6",
+        "torchvision>=0.21",
+        "timm>=1.0.9",
+        "avalanche-lib>=0.6.0",
+        "pyyaml>=6.0",
+        "yacs>=0.1.8",
+        "tensorboard>=2.14",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+        "tqdm>=4.64",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["casdap=casdap.cli:main"]},
+)
