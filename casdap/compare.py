@@ -161,8 +161,9 @@ def matrix_metrics(a: Matrix) -> dict[str, float | None]:
     }
 
 
-def _check_matrix(a: Any, n_tasks: int, where: str) -> Matrix:
-    """Validate a lower-triangular accuracy matrix of fractions; entries above the diagonal become None."""
+def _check_matrix(a: Any, n_tasks: int, where: str, full: bool = False) -> Matrix:
+    """Validate a lower-triangular accuracy matrix of fractions; entries above the diagonal become
+    None unless ``full`` (every task evaluated in every row)."""
     if not isinstance(a, list) or not all(isinstance(row, list) for row in a):
         raise RunError(f"{where}: acc_matrix must be a list of rows (lists)")
     out: Matrix = []
@@ -174,7 +175,7 @@ def _check_matrix(a: Any, n_tasks: int, where: str) -> Matrix:
             )
         clean: list[float | None] = []
         for j, v in enumerate(row):
-            if j > i:
+            if j > i and not full:
                 clean.append(None)
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -246,9 +247,11 @@ def load_continual_run(run_dir: Path) -> RunRecord:
         raw = read_acc_matrix_csv(run_dir / "acc_matrix.csv", n_tasks)
     if raw is None:
         raise RunError(f"{where}: no 'acc_matrix' and no acc_matrix.csv beside it")
-    a = _check_matrix(raw, n_tasks, where)
+    # Joint training sees every task at once: one row, every task evaluated, no per-task history.
+    joint_once = method == "joint" and isinstance(raw, list) and len(raw) == 1 and m.get("finished") is not False
+    a = _check_matrix(raw, n_tasks, where, full=joint_once)
 
-    done = len(a)
+    done = n_tasks if joint_once else len(a)
     if m.get("finished") is False or done < n_tasks:
         raise RunError(
             f"{run_dir}: unfinished run ({done} of {n_tasks} tasks done, stopped during task {done + 1}); "
@@ -257,7 +260,8 @@ def load_continual_run(run_dir: Path) -> RunRecord:
     if done > n_tasks:
         raise RunError(f"{where}: mismatched task counts: acc_matrix has {done} rows but n_tasks is {n_tasks}")
 
-    derived = matrix_metrics(a)
+    derived = {"final_acc": _mean(a[0]), "forgetting": None, "learning_acc": None, "bwt": None} if joint_once \
+        else matrix_metrics(a)
     values = {k: _opt_float(m, k, where) for k in derived}
     values = {k: (derived[k] if v is None else v) for k, v in values.items()}
 
@@ -278,7 +282,7 @@ def load_continual_run(run_dir: Path) -> RunRecord:
         dataset=m.get("dataset"),
         seed=_opt_int(m, "seed", where),
         n_tasks=n_tasks,
-        acc_matrix=a,
+        acc_matrix=None if joint_once else a,
         task_selection_acc=_opt_float(m, "task_selection_acc", where),
         mixed_stream_acc=_opt_float(m, "mixed_stream_acc", where),
         selection=selection if isinstance(selection, str) else None,
@@ -769,6 +773,12 @@ def _csv_groups(groups: list[RunGroup]) -> str:
 # plots (matplotlib Figure objects on the Agg canvas: no display, no global pyplot state)
 
 
+# Runs without a matrix (supervised, joint) are horizontal reference lines; more than ten curves
+# reuse the ten default colours with another line style.
+_REFERENCE_STYLES = ["--", ":", "-."]
+_CURVE_STYLES = ["-", "--", ":"]
+
+
 def _figure(size: tuple[float, float]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -789,11 +799,12 @@ def plot_avg_accuracy(comp: Comparison, path: Path) -> None:
     ax = fig.add_subplot()
     continual = [r for r in comp.runs if r.acc_matrix]
     n = continual[0].n_tasks
-    for r in continual:
-        ax.plot(range(1, n + 1), [100 * v for v in r.avg_acc_curve()], marker="o", label=f"{r.name}: {r.label}")
-    for r in comp.runs:
-        if r.kind == "supervised":
-            ax.axhline(100 * r.final_acc, linestyle="--", color="gray", label=f"{r.name}: {r.label}")
+    for k, r in enumerate(continual):
+        ax.plot(range(1, n + 1), [100 * v for v in r.avg_acc_curve()], marker="o", label=f"{r.name}: {r.label}",
+                linestyle=_CURVE_STYLES[k // 10 % 3])
+    for k, r in enumerate(r for r in comp.runs if not r.acc_matrix):
+        ax.axhline(100 * r.final_acc, linestyle=_REFERENCE_STYLES[k % 3], color="black", alpha=0.7,
+                   label=f"{r.name}: {r.label}")
     _task_axis(ax, n)
     ax.set_ylabel("average accuracy over seen tasks (%)")
     ax.set_title("Average accuracy after each task")
@@ -809,14 +820,15 @@ def plot_avg_accuracy_seeds(comp: Comparison, path: Path) -> None:
     x = list(range(1, n + 1))
     for g in groups:
         mean, std = g.curve_stats()
-        (line,) = ax.plot(x, [100 * m for m in mean], marker="o", label=f"{g.label} (n={len(g.runs)})")
+        (line,) = ax.plot(x, [100 * m for m in mean], marker="o", label=f"{g.label} (n={len(g.runs)})",
+                          linestyle=_CURVE_STYLES[groups.index(g) // 10 % 3])
         if len(g.runs) > 1:
             ax.fill_between(x, [100 * (m - s) for m, s in zip(mean, std)], [100 * (m + s) for m, s in zip(mean, std)],
                             color=line.get_color(), alpha=0.2)
-    for g in comp.groups:
-        if g.first.kind == "supervised":
-            mean, _ = g.stats("final_acc")
-            ax.axhline(100 * mean, linestyle="--", color="gray", label=f"{g.label} (n={len(g.runs)})")
+    for k, g in enumerate(g for g in comp.groups if not g.first.acc_matrix):
+        mean, _ = g.stats("final_acc")
+        ax.axhline(100 * mean, linestyle=_REFERENCE_STYLES[k % 3], color="black", alpha=0.7,
+                   label=f"{g.label} (n={len(g.runs)})")
     _task_axis(ax, n)
     ax.set_ylabel("average accuracy over seen tasks (%)")
     ax.set_title("Average accuracy after each task: mean ± std over seeds")

@@ -2,11 +2,13 @@
 
 import csv
 import json
+import shlex
 import statistics
 
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT
 from PIL import Image
 from yacs.config import CfgNode
 
@@ -190,6 +192,7 @@ def test_cli_compares_every_kind_and_writes_tables_and_plots(tmp_path, capsys):
                        random_init_backbone=True)
     lr2 = write_cl_run(runs, "dap_lr", "dap", 0, make_matrix(0.9, 0.02), lr=0.05)
     sup = write_supervised_run(runs, "supervised")
+    joint = write_cl_run(runs, "joint", "joint", 0, [[0.97, 0.95, 0.96, 0.98, 0.94]])
     ref, ref_final, _, _ = write_dap_results(runs / "dapref" / "digits", make_matrix(0.97, 0.015))
     bad = {
         "notarun": (runs / "notarun", "not a run directory"),
@@ -201,7 +204,7 @@ def test_cli_compares_every_kind_and_writes_tables_and_plots(tmp_path, capsys):
     (runs / "notarun").mkdir()
     (runs / "broken" / "metrics.json").write_text("{not json")
     out = tmp_path / "cmp"
-    given = [*dap, *ft, lin, lr2, sup, ref, *(p for p, _ in bad.values())]
+    given = [*dap, *ft, lin, lr2, sup, joint, ref, *(p for p, _ in bad.values())]
     assert main(["compare", *map(str, given), "--out", str(out)]) == 0
 
     captured = capsys.readouterr()
@@ -219,12 +222,13 @@ def test_cli_compares_every_kind_and_writes_tables_and_plots(tmp_path, capsys):
     # CSV: one row per run, one per method+configuration with mean and sample std over seeds
     runs_rows = list(csv.DictReader((out / "runs.csv").open()))
     assert [r["run"] for r in runs_rows] == ["dap_s0", "dap_s1", "dap_s2", "ft_s0", "ft_s1", "linear_bm", "dap_lr",
-                                             "supervised", "digits"]
+                                             "supervised", "joint", "digits"]
     assert float(runs_rows[-1]["final_acc"]) == ref_final
+    assert float(runs_rows[-2]["final_acc"]) == pytest.approx(0.96) and runs_rows[-2]["forgetting"] == ""
     groups = {g["group"]: g for g in csv.DictReader((out / "summary.csv").open())}
     assert set(groups) == {"dap (SOLVER.BASE_LR=0.01)", "dap (SOLVER.BASE_LR=0.05)", "finetune",
                            "linear [batch-majority, random-init backbone]", "supervised [joint reference]",
-                           "dap [DAP code, batch-majority]"}
+                           "dap [DAP code, batch-majority]", "joint"}
     g = groups["dap (SOLVER.BASE_LR=0.01)"]
     finals = [statistics.fmean(make_matrix(0.95, 0.01 * (s + 1))[-1]) for s in range(3)]
     assert g["n_seeds"] == "3" and g["seeds"] == "0 1 2"
@@ -242,7 +246,7 @@ def test_cli_compares_every_kind_and_writes_tables_and_plots(tmp_path, capsys):
     curve = (int(compare.CURVE_SIZE[0] * compare.PLOT_DPI), int(compare.CURVE_SIZE[1] * compare.PLOT_DPI))
     heat = (int(compare.HEATMAP_SIZE[0] * compare.PLOT_DPI), int(compare.HEATMAP_SIZE[1] * compare.PLOT_DPI))
     expected = {"avg_accuracy.png": curve, "avg_accuracy_seeds.png": curve, "forgetting_per_task.png": curve}
-    expected.update({f"heatmaps/{r['run']}.png": heat for r in runs_rows if r["kind"] != "supervised"})
+    expected.update({f"heatmaps/{r['run']}.png": heat for r in runs_rows if r["run"] not in ("supervised", "joint")})
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == sorted(expected)
     for name, size in expected.items():
         with Image.open(out / name) as im:
@@ -267,3 +271,25 @@ def test_only_supervised_runs_give_tables_without_plots(tmp_path, capsys):
     assert not list((tmp_path / "o").rglob("*.png"))
     rows = list(csv.DictReader((tmp_path / "o" / "summary.csv").open()))
     assert [r["backbone"] for r in rows] == ["rcvit_xs", "rcvit_s"]
+
+
+def test_readme_command_runs(tmp_path, monkeypatch, capsys):
+    """The command line of the README's 'Comparing runs' section, on runs laid out as it names them."""
+    section = (ROOT / "README.md").read_text().split("## Comparing runs", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:2] == ["casdap", "compare"]
+    for seed in range(3):
+        write_cl_run(tmp_path / "runs", f"dap_s{seed}", "dap", seed, make_matrix(0.9, 0.01 * (seed + 1), 10), 10)
+        write_cl_run(tmp_path / "runs", f"finetune_s{seed}", "finetune", seed, make_matrix(0.9, 0.1, 10), 10)
+    write_supervised_run(tmp_path / "runs", "supervised")
+    write_dap_results(tmp_path / "dap-cl" / "results" / "seed42" / "cifar100", make_matrix(0.95, 0.01, 10))
+    monkeypatch.chdir(tmp_path)
+    assert main(argv[1:]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "[batch-majority] prompt key voted over each single-task test batch" in captured.out
+    out = tmp_path / argv[argv.index("--out") + 1]
+    assert len(list(csv.DictReader((out / "runs.csv").open()))) == len(argv) - 4
+    assert "- [joint reference] supervised training on all classes" in (out / "summary.md").read_text()
+    assert (out / "avg_accuracy_seeds.png").is_file() and len(list((out / "heatmaps").glob("*.png"))) == 7
