@@ -78,6 +78,7 @@ class RunRecord:
     train_images_per_s: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
     name: str = ""
+    folder: Path | None = None
 
     @property
     def tags(self) -> list[str]:
@@ -104,12 +105,7 @@ class RunRecord:
         return [_mean([a for a in row[: i + 1] if a is not None]) for i, row in enumerate(self.acc_matrix or [])]
 
     def forgetting_per_task(self) -> list[float]:
-        """Best accuracy ever reached on task j minus the final one, for every task but the last."""
-        a = self.acc_matrix or []
-        if not a:
-            return []
-        last = a[-1]
-        return [max(row[j] for row in a[j:] if row[j] is not None) - last[j] for j in range(len(a) - 1)]
+        return forgetting_per_task(self.acc_matrix or [])
 
 
 @dataclass
@@ -145,6 +141,11 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def forgetting_per_task(a: Matrix) -> list[float]:
+    """Best accuracy ever reached on task j minus the final one, for every task but the last."""
+    return [max(row[j] for row in a[j:]) - a[-1][j] for j in range(len(a) - 1)]
+
+
 def matrix_metrics(a: Matrix) -> dict[str, float | None]:
     """Final accuracy (mean of the last row), forgetting (mean over all but the last task of the best
     accuracy ever reached minus the final one), learning accuracy (mean of the diagonal) and BWT (mean
@@ -152,7 +153,7 @@ def matrix_metrics(a: Matrix) -> dict[str, float | None]:
     t = len(a)
     last = a[-1]
     diag = [a[i][i] for i in range(t)]
-    forgetting = [max(row[j] for row in a[j:]) - last[j] for j in range(t - 1)]
+    forgetting = forgetting_per_task(a)
     return {
         "final_acc": _mean(last),
         "forgetting": _mean(forgetting) if t > 1 else None,
@@ -527,8 +528,10 @@ def load_run(path: str | Path) -> RunRecord:
 
 
 def _named(record: RunRecord, given: str | Path) -> RunRecord:
+    """Name a run by the folder it was given as (the folder holding it, for a file)."""
     given = Path(given).resolve()
-    record.name = (given.parent.name if given.is_file() else given.name) or str(given)
+    record.folder = given.parent if given.is_file() else given
+    record.name = record.folder.name or str(record.folder)
     return record
 
 
@@ -583,15 +586,23 @@ def load_runs(paths: list[str | Path]) -> Comparison:
 
 
 def _unique_names(runs: list[RunRecord]) -> None:
-    counts = Counter(r.name for r in runs)
+    """Runs given as folders of the same name (seed42/cifar100, seed43/cifar100) take as many parent
+    folders into their name as it takes to tell them apart."""
+    depth = {id(r): 1 for r in runs}
+
+    def name(r: RunRecord) -> str:
+        parts = r.folder.parts if r.folder else (r.name,)
+        return "/".join(parts[-depth[id(r)]:]).lstrip("/") or r.name
+
+    for _ in range(max((len(r.folder.parts) for r in runs if r.folder), default=1)):
+        counts = Counter(name(r) for r in runs)
+        clashing = [r for r in runs if counts[name(r)] > 1]
+        if not clashing:
+            break
+        for r in clashing:
+            depth[id(r)] += 1
     for r in runs:
-        if counts[r.name] > 1:
-            r.name = f"{r.path.parent.name}/{r.name}" if r.path.parent.name else r.name
-    seen: Counter = Counter()
-    for r in runs:
-        seen[r.name] += 1
-        if seen[r.name] > 1:
-            r.name = f"{r.name}#{seen[r.name]}"
+        r.name = name(r)
 
 
 def _config_key(r: RunRecord) -> str:

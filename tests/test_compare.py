@@ -293,3 +293,13 @@ def test_readme_command_runs(tmp_path, monkeypatch, capsys):
     assert len(list(csv.DictReader((out / "runs.csv").open()))) == len(argv) - 4
     assert "- [joint reference] supervised training on all classes" in (out / "summary.md").read_text()
     assert (out / "avg_accuracy_seeds.png").is_file() and len(list((out / "heatmaps").glob("*.png"))) == 7
+
+
+def test_runs_in_folders_of_the_same_name_get_distinct_names(tmp_path, capsys):
+    results = [write_dap_results(tmp_path / f"seed{s}" / "cifar100", make_matrix(0.95, 0.01 * s, 10), seed=s)[0]
+               for s in (42, 43)]
+    comp = compare.load_runs([*results, results[0].parent])
+    assert [r.name for r in comp.runs] == ["seed42/cifar100", "seed43/cifar100"]
+    assert comp.skipped == [(str(results[0].parent), f"{results[0].parent}: given twice; compared once")]
+    [group] = comp.groups  # two seeds of the same DAP configuration
+    assert group.stats("final_acc")[1] is not None and [r.seed for r in group.runs] == [42, 43]
