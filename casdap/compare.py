@@ -694,6 +694,12 @@ def _columns(console: bool) -> list[tuple[str, str, str]]:
     return [c for c in cols if c[0] != "total_params"]
 
 
+def _params(trainable: float | None, total: float | None) -> str:
+    if trainable is None and total is None:
+        return "-"
+    return f"{_fmt(trainable, 'count')} / {_fmt(total, 'count')}"
+
+
 def _title(attr: str, title: str) -> str:
     return "Params (trainable / total)" if attr == "trainable_params" else title
 
@@ -705,7 +711,7 @@ def run_table(runs: list[RunRecord], console: bool = False) -> tuple[list[str], 
     for r in runs:
         cells = []
         for a, _, k in cols:
-            cells.append(f"{_fmt(r.trainable_params, k)} / {_fmt(r.total_params, k)}" if a == "trainable_params"
+            cells.append(_params(r.trainable_params, r.total_params) if a == "trainable_params"
                          else _fmt(getattr(r, a), k))
         rows.append([r.name, r.label, r.backbone or "-", r.dataset or "-", str(r.n_tasks or "-"),
                      "-" if r.seed is None else str(r.seed), *cells])
@@ -722,7 +728,7 @@ def group_table(groups: list[RunGroup], console: bool = False) -> tuple[list[str
         cells = []
         for a, _, k in cols:
             if a == "trainable_params":  # fixed by the method: the mean, no spread
-                cells.append(f"{_fmt(g.stats(a)[0], k)} / {_fmt(g.stats('total_params')[0], k)}")
+                cells.append(_params(g.stats(a)[0], g.stats("total_params")[0]))
             else:
                 cells.append(_fmt_stats(*g.stats(a), k))
         rows.append([g.label, f.backbone or "-", f.dataset or "-", str(f.n_tasks or "-"), f"{len(g.runs)} ({seeds})",

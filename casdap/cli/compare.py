@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and DAP final_results.txt files. Runs that differ only by seed are grouped (mean ± std).",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directory, metrics.json, log.txt or final_results.txt")
-    p.add_argument("--out", default="compare", type=Path, help="folder for tables and plots (default: ./compare)")
+    p.add_argument("--out", default="compare", type=Path, metavar="DIR",
+                   help="folder for tables and plots (default: ./compare)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     for _, reason in comp.skipped:
         print(f"casdap compare: skipped {reason}", file=sys.stderr)
     if not comp.runs:
-        raise CasdapError(f"nothing to compare: none of the {len(args.runs)} given runs could be read")
+        n = len(args.runs)
+        raise CasdapError("nothing to compare: " + (f"none of the {n} given runs could be read" if n > 1
+                                                     else "the given run could not be read"))
 
     print(text_table(*run_table(comp.runs, console=True)))
     if any(len(g.runs) > 1 for g in comp.groups):
