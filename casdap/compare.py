@@ -440,7 +440,8 @@ def load_dap_results(path: Path) -> RunRecord:
     finals = {m.group(2): float(m.group(3)) for m in _FINAL_LINE.finditer(text)}
     if "Accuracy" not in finals:
         raise RunError(f"{path}: no 'Final test Accuracy' line: not a finished DAP final_results.txt")
-    start = text.find("[[")
+    opening = re.search(r"^\[\[", text, re.MULTILINE)  # the array print starts a line; config lists do not
+    start = opening.start() if opening else -1
     end = text.find("]]", start)
     if start < 0 or end < 0:
         raise RunError(f"{path}: no accuracy matrix ([[ ... ]]) before the Final lines")

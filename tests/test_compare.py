@@ -89,7 +89,7 @@ def write_dap_results(folder, matrix, seed=42, dataset="cifar100"):
     cfg = CfgNode({
         "CONTINUAL": {"INITIAL": 10, "INCREMENT": 10, "N_TASKS": n, "COLOR_JITTER": None},
         "DATA": {"NAME": dataset, "DATAPATH": "", "FEATURE": "sup_vitb16_imagenet21k", "NUMBER_CLASSES": 10 * n},
-        "MODEL": {"TRANSFER_TYPE": "dap", "TYPE": "vit", "LINEAR": {"MLP_SIZES": [], "DROPOUT": 0.1},
+        "MODEL": {"TRANSFER_TYPE": "dap", "TYPE": "vit", "LINEAR": {"MLP_SIZES": [[1, 2]], "DROPOUT": 0.1},
                   "DAP": {"SIM_LAMBDA": 0.1, "NUM_DAP_TOKENS": 10, "TASK_EMB": 16, "INIT": None}},
         "SOLVER": {"OPTIMIZER": "adam", "BASE_LR": 0.01, "TOTAL_EPOCH": 5, "GRAD_CLIP_APPLY": True},
         "SEED": seed, "OUTPUT_DIR": f"./results/seed{seed}/{dataset}",
