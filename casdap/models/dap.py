@@ -87,12 +87,6 @@ class PromptGenerator(nn.Module):
         return gamma.unsqueeze(-1) * raw + beta.unsqueeze(-1)
 
 
-def _as_isolated_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    """``[B, C, N]`` -> ``[B*N, C, 1, 1]``: every prompt is a one-pixel map with no neighbours."""
-    b, c, n = tokens.shape
-    return tokens.transpose(1, 2).reshape(b * n, c, 1, 1)
-
-
 def _token_mean(maps: torch.Tensor, batch: int) -> torch.Tensor:
     """``[B*N, C, 1, 1]`` -> ``[B, C, 1, 1]``: mean over each image's prompt tokens."""
     return maps.reshape(batch, -1, maps.shape[1]).mean(1)[:, :, None, None]
@@ -104,11 +98,12 @@ class PromptedBlock(nn.Module):
     The backbone block is passed to :meth:`forward` rather than held, so its weights stay owned
     (and saved) by the backbone alone. The prompts are generated from the stream that enters the
     mixer's residual branch (after local integration), like DAP's prompts are generated from the
-    tokens that enter attention, and pass through the block's frozen ``norm1`` and ``qkv`` like
-    any token. Injections (``gate_*`` are zero-initialised per-channel gates):
+    tokens that enter attention. Each prompt is normalised like a ViT token (see
+    :meth:`normalize_prompts`) and projected by the block's frozen ``qkv`` as a one-pixel map with
+    no neighbours. Injections (``gate_*`` are zero-initialised per-channel gates):
 
     - ``kv`` (default): prompts act as extra keys and values. The prompt keys, processed by the
-      block's own key operator as isolated tokens, shift the additive attention map; the prompt
+      block's own key operator as one-pixel maps, shift the additive attention map; the prompt
       values are added to every position's value, so each position reads them in proportion to
       its own attention map: ``proj(dwc(q' + k' + gk * mean k'_p) * (v + gv * mean v_p))``.
     - ``pool``: prompts join the global context of the channel operator ``C`` of q and k (the
@@ -148,11 +143,24 @@ class PromptedBlock(nn.Module):
         ctx = ctx + gate * (_token_mean(spatial(t_p), b) - ctx)
         return s * sigmoid(conv(ctx))
 
+    @staticmethod
+    def normalize_prompts(norm: nn.BatchNorm2d, prompts: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens ``[B, C, N]`` -> normalised one-pixel maps ``[B*N, C, 1, 1]`` for ``qkv``.
+
+        In DAP the FiLM output (unit-norm gamma and beta, so tiny per element) is inserted before
+        the block's LayerNorm, which brings each prompt to the scale of the other tokens. CAS-ViT's
+        norm is a BatchNorm with fixed statistics that would leave the prompts tiny, so each prompt
+        is standardised over channels here and then given the frozen norm's affine (weight, bias),
+        the same ``LN(p) * w + b`` a ViT block applies to its prompts.
+        """
+        tokens = F.layer_norm(prompts.transpose(1, 2), prompts.shape[1:2], eps=1e-6)  # [B, N, C]
+        tokens = tokens * norm.weight + norm.bias
+        return tokens.reshape(-1, tokens.shape[-1], 1, 1)
+
     def forward(self, block: AdditiveBlock, x: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
         x = x + block.local_perception(x)
         prompts = self.generator(x, task_emb)  # [B, C, N]
-        normed_prompts = block.norm1(_as_isolated_tokens(prompts))
-        x = x + block.drop_path(self.mixer(block.attn, block.norm1(x), normed_prompts))
+        x = x + block.drop_path(self.mixer(block.attn, block.norm1(x), self.normalize_prompts(block.norm1, prompts)))
         x = x + block.drop_path(block.mlp(block.norm2(x)))
         return x
 
