@@ -1,6 +1,6 @@
 """Cost of CAS-DAP against its plain backbone: parameters and eval forward time.
 
-    python benchmarks/dap_cost.py --config configs/dap/cifar.yaml --sizes 32 224
+    python benchmarks/dap_cost.py --config configs/dap/cifar.yaml --sizes 32 224 --opts MODEL.DAP.STAGES [3]
 
 Times are medians of interleaved repeats on one thread (eval mode, no grad); the ratio
 CAS-DAP / backbone comes from the same run, so it is the number to compare across machines.
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides, e.g. MODEL.DAP.STAGES [3]")
+    parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE config overrides, e.g. MODEL.DAP.STAGES [3]")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, ["MODEL.RANDOM_INIT", "True", *args.opts])  # weights do not change the cost
