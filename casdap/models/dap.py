@@ -226,6 +226,7 @@ class CASDAP(nn.Module):
         self.stages = tuple(stages)
         self.injection = injection
         self.num_features = backbone.num_features
+        self.random_init = bool(getattr(backbone, "random_init", False))  # for labelling run outputs
 
         self.dap_blocks = nn.ModuleDict(
             {
@@ -428,5 +429,4 @@ def build_dap_model(cfg) -> CASDAP:
         stages=list(dap.STAGES),
         injection=dap.INJECTION,
     )
-    model.random_init = backbone.random_init
     return model
