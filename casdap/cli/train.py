@@ -247,11 +247,13 @@ def _criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def _has_dist_head(path: str, key: str | None) -> bool:
+def _checkpoint_head(path: str, key: str | None) -> tuple[bool, int | None]:
+    """Whether the checkpoint has a distillation head, and its class count."""
     from casdap.checkpoint import extract_state_dict, read_checkpoint
 
     sd, _ = extract_state_dict(read_checkpoint(path), key, path)
-    return "dist_head.weight" in sd
+    head = sd.get("head.weight")
+    return "dist_head.weight" in sd, (int(head.shape[0]) if head is not None and head.ndim == 2 else None)
 
 
 def _json_ready(args: argparse.Namespace) -> dict:
@@ -356,7 +358,14 @@ def main(args: argparse.Namespace) -> TrainResult:
             resume_path = str(latest) if latest else ""
         if args.eval and not resume_path:
             raise CasdapError("--eval True needs weights: pass --resume <checkpoint>")
-        distillation = bool(resume_path) and _has_dist_head(resume_path, state_key)
+        distillation, ckpt_classes = _checkpoint_head(resume_path, state_key) if resume_path else (False, None)
+        if args.eval and ckpt_classes is not None:
+            # Evaluation takes the class count from the checkpoint (a Model Zoo file has 1000).
+            labels = getattr(dataset_val, "targets", None)
+            if labels is not None and max(labels) >= ckpt_classes:
+                raise CasdapError(f"the evaluation set has labels up to {max(labels)} but '{resume_path}' "
+                                  f"classifies {ckpt_classes} classes")
+            nb_classes = args.nb_classes = ckpt_classes
         model = create_model(args.model, num_classes=nb_classes, drop_path_rate=args.drop_path,
                              classifier_dropout=args.classifier_dropout, distillation=distillation)
         if args.finetune and not args.eval:
@@ -393,6 +402,7 @@ def main(args: argparse.Namespace) -> TrainResult:
                                       enabled=args.use_amp and device.type == "cuda")
 
         from timm.data import Mixup
+        from timm.utils import distribute_bn
 
         mixup_fn = None
         mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
@@ -464,6 +474,10 @@ def main(args: argparse.Namespace) -> TrainResult:
                 steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, use_amp=args.use_amp,
                 print_freq=args.print_verbose,
             )
+            if args.distributed:
+                # Each rank updated BatchNorm running statistics from its own batches: average them, so
+                # evaluation on every rank and the saved weights use the same statistics.
+                distribute_bn(model_without_ddp, world, reduce=True)
             epoch_images, epoch_train_time = train_stats.pop("images"), train_stats.pop("time_s")
             train_images += epoch_images
             train_time += epoch_train_time
