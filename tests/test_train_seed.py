@@ -66,7 +66,7 @@ def test_seed_command_as_written_runs_first_epoch(tmp_path):
     assert resolved["model_ema"] is False and resolved["use_amp"] is False and resolved["device"] == "cpu"
 
     state = read_checkpoint(out / "checkpoint-0.pth")
-    assert state["epoch"] == 0 and {"model", "optimizer", "lr_scheduler", "scaler", "rng_states"} <= set(state)
+    assert state["epoch"] == 0 and {"model", "optimizer", "scaler", "rng_states", "args"} <= set(state)
     assert state["model"]["head.weight"].shape == (100, 220) and "dist_head.weight" not in state["model"]
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     # --print_verbose 1: a progress line for each of the 2 micro-batches (2 x 128 = 256 images per step).

@@ -269,7 +269,7 @@ def main(args: argparse.Namespace) -> TrainResult:
     from casdap.engine import checkpoints as ckpt
     from casdap.engine import distributed as du
     from casdap.engine.optim_factory import WeightDecaySchedule, build_lr_scheduler, build_optimizer, warmup_steps
-    from casdap.engine.train_eval import evaluate, train_one_epoch
+    from casdap.engine.train_eval import NonFiniteLossError, evaluate, train_one_epoch
     from casdap.models import create_model
 
     check_flags(args)
@@ -426,8 +426,8 @@ def main(args: argparse.Namespace) -> TrainResult:
                 load_checkpoint(model_ema.module, resume_path, key="model_ema", strict=True)
             if "optimizer" in state and "epoch" in state:
                 optimizer.load_state_dict(state["optimizer"])
-                if "lr_scheduler" in state:
-                    lr_scheduler.load_state_dict(state["lr_scheduler"])
+                # The lr and weight-decay schedules are functions of the flags and the global step, so they
+                # are rebuilt from the flags (a resumed run may extend --epochs) and positioned by the epoch.
                 if "scaler" in state:
                     scaler.load_state_dict(state["scaler"])
                 args.start_epoch = int(state["epoch"]) + 1
@@ -467,13 +467,17 @@ def main(args: argparse.Namespace) -> TrainResult:
         for epoch in range(args.start_epoch, args.epochs):
             epoch_start = time.perf_counter()
             train_sampler.set_epoch(epoch)
-            train_stats = train_one_epoch(
-                model, criterion, loader_train, optimizer, device, epoch, scaler,
-                max_norm=args.clip_grad, model_ema=model_ema, mixup_fn=mixup_fn, log_writer=log_writer,
-                start_steps=epoch * steps_per_epoch, lr_scheduler=lr_scheduler, wd_schedule=wd_schedule,
-                steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, use_amp=args.use_amp,
-                print_freq=args.print_verbose,
-            )
+            try:
+                train_stats = train_one_epoch(
+                    model, criterion, loader_train, optimizer, device, epoch, scaler,
+                    max_norm=args.clip_grad, model_ema=model_ema, mixup_fn=mixup_fn, log_writer=log_writer,
+                    start_steps=epoch * steps_per_epoch, lr_scheduler=lr_scheduler, wd_schedule=wd_schedule,
+                    steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, use_amp=args.use_amp,
+                    print_freq=args.print_verbose,
+                )
+            except NonFiniteLossError as e:
+                last = ckpt.latest_checkpoint(output_dir) if output_dir is not None else None
+                raise NonFiniteLossError(f"{e}. Last good checkpoint: {last or 'none written yet'}") from None
             if args.distributed:
                 # Each rank updated BatchNorm running statistics from its own batches: average them, so
                 # evaluation on every rank and the saved weights use the same statistics.
@@ -501,7 +505,7 @@ def main(args: argparse.Namespace) -> TrainResult:
                     rng_states = du.all_gather_object(ckpt.capture_rng_state())
                     if du.is_main_process():
                         state = ckpt.training_state(
-                            model=model_without_ddp, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler,
+                            model=model_without_ddp, optimizer=optimizer, scaler=scaler,
                             model_ema=model_ema, epoch=epoch, args=_json_ready(args), max_accuracy=max_accuracy,
                             max_accuracy_ema=max_accuracy_ema, rng_states=rng_states)
                         if periodic:

@@ -1,9 +1,10 @@
 """Training checkpoints: atomic writes, the last ``--save_ckpt_num`` kept plus the best, exact resume.
 
-A checkpoint holds everything that decides the rest of a run: weights, optimizer, lr scheduler,
-AMP grad scaler, EMA weights, best accuracies, and the random-number-generator states of every
+A checkpoint holds everything that decides the rest of a run: weights, optimizer, AMP grad
+scaler, EMA weights, best accuracies, the epoch, and the random-number-generator states of every
 rank (torch, CUDA, numpy, Python), so a run killed after epoch k and resumed ends exactly where
-the uninterrupted run ends. Samplers are reseeded from ``seed + epoch`` and need no state.
+the uninterrupted run ends. The lr/weight-decay schedules and the samplers are functions of the
+flags and the epoch (samplers reseed from ``seed + epoch``), so the epoch positions them.
 """
 
 from __future__ import annotations
@@ -68,12 +69,11 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def training_state(*, model, optimizer, lr_scheduler, scaler, model_ema, epoch: int, args: dict,
+def training_state(*, model, optimizer, scaler, model_ema, epoch: int, args: dict,
                    max_accuracy: float, max_accuracy_ema: float, rng_states: list[dict]) -> dict[str, Any]:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "lr_scheduler": lr_scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "epoch": epoch,
         "args": args,
