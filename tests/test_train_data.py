@@ -67,6 +67,7 @@ def test_image_folder_with_class_folder_eval_set(tmp_path):
     assert len(result.log) == 1 and 0 <= result.log[0]["test_acc1"] <= 100
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 10 worker processes")
 def test_readme_eval_command_on_imagenet_layout(tmp_path, monkeypatch, capsys):
     """`python main.py --model rcvit_m --eval True --resume <checkpoint> --input_size 384 --data_path <imagenet>`
     with a Model Zoo-layout checkpoint (1000 classes, distillation head)."""

@@ -456,6 +456,9 @@ def main(args: argparse.Namespace) -> TrainResult:
         du.log(f"training images {len(dataset_train)}, batch {args.batch_size} x update_freq {args.update_freq} x "
                f"{world} = {total_batch}, {steps_per_epoch} steps per epoch, warmup "
                f"{warmup_steps(args, steps_per_epoch)} steps, lr {args.lr:g}")
+        if warmup_steps(args, steps_per_epoch) >= args.epochs * steps_per_epoch:
+            du.log(f"note: the warmup ({warmup_steps(args, steps_per_epoch)} steps) covers the whole run "
+                   f"({args.epochs * steps_per_epoch} steps): the lr rises towards --lr and never decays")
         if args.start_epoch >= args.epochs:
             du.log(f"nothing to train: start epoch {args.start_epoch} >= --epochs {args.epochs}")
 
