@@ -20,7 +20,7 @@ from casdap.models.synthetic import manifest_of, synthetic_state_dict
 FLAGS = ("--data_set CIFAR10 --model rcvit_xs --lr 2e-3 --batch_size 8 --update_freq 2 --epochs 3 --input_size 32 "
          "--num_workers 1 --warmup_epochs 1 --print_verbose 0 --use_amp False --mixup 0.8 --cutmix 1.0 "
          "--mixup_prob 0.5 --reprob 0.25 --model_ema True --model_ema_eval True --save_ckpt_num 5 "
-         "--weight_decay_end 0.1 --layer_decay 0.9").split()
+         "--weight_decay_end 0.1 --layer_decay 0.9 --clip_grad 5.0").split()
 VOLATILE = ("epoch_time_s", "train_images_per_s")
 
 
@@ -55,7 +55,9 @@ def test_killed_after_epoch_resumes_to_identical_weights_and_metrics(uninterrupt
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert _log(cwd / "killed" / "log.txt") == _log(cwd / "full" / "log.txt")[1:]
+    full_log = _log(cwd / "full" / "log.txt")
+    assert _log(cwd / "killed" / "log.txt") == full_log[1:]
+    assert "train_grad_norm" in full_log[0] and full_log[2]["train_weight_decay"] > full_log[0]["train_weight_decay"]
     ema_a = torch.load(cwd / "full" / "checkpoint-2.pth", weights_only=True)["model_ema"]
     ema_b = torch.load(cwd / "killed" / "checkpoint-2.pth", weights_only=True)["model_ema"]
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
