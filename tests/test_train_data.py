@@ -82,3 +82,17 @@ def test_readme_eval_command_on_imagenet_layout(tmp_path, monkeypatch, capsys):
     assert code == 0, captured.err
     assert re.fullmatch(r"\* Acc@1 \d+\.\d{3} Acc@5 \d+\.\d{3} loss \d+\.\d{3}\n", captured.out), captured.out
     assert "loaded" in captured.err  # progress goes to stderr, the result alone to stdout
+
+
+def test_default_randaugment_posterize_works_with_current_pillow():
+    from PIL import Image
+
+    from casdap.data.datasets import _posterize, build_train_transform
+
+    args = parse_args(["--input_size", "32"])
+    ra = build_train_transform(args, 32).transforms[2]
+    posterize_ops = [op for op in ra.ops if "Posterize" in op.name]
+    assert posterize_ops and all(op.aug_fn is _posterize for op in posterize_ops)
+    img = Image.new("RGB", (8, 8), (200, 120, 30))
+    assert _posterize(img, 0).getpixel((0, 0)) == (0, 0, 0)
+    assert _posterize(img, 4).getpixel((0, 0)) == (192, 112, 16)

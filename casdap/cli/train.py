@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import random
 import sys
@@ -329,7 +330,7 @@ def main(args: argparse.Namespace) -> TrainResult:
                                           args.min_crop_size_w, args.max_crop_size_w)
                 train_sampler = MultiScaleBatchSampler(len(dataset_train), pairs, seed=args.seed,
                                                        num_replicas=world, rank=rank)
-                dataset_train = MultiScaleDataset(dataset_train, lambda size: build_train_transform(args, size))
+                dataset_train = MultiScaleDataset(dataset_train, functools.partial(build_train_transform, args))
                 loader_train = DataLoader(dataset_train, batch_sampler=train_sampler, num_workers=args.num_workers,
                                           pin_memory=pin)
                 steps_per_epoch = per_rank // micro
