@@ -5,14 +5,17 @@ quality on the digits (nearest class mean over 10 digits, nearest task mean over
 ``--random-init`` rows measure untrained backbones. One JSON line per run is appended to --out.
 
     python benchmarks/pretrain_sources.py --source glyphs --epochs 8 --images-per-class 26 --seeds 0 1 2
+    python benchmarks/pretrain_sources.py --table   # the markdown table of everything in --out
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -23,6 +26,35 @@ from casdap.pretrain.sources import SOURCES
 from casdap.pretrain.train import DEFAULT_PROTOCOL, pretrain_backbone
 
 QUALITY_KEYS = ("ncm_acc", "ncm_acc_cosine", "task_acc", "task_acc_euclidean", "mean_cosine", "task_margin")
+
+
+def _cell(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(path: Path) -> str:
+    """Markdown table, one row per protocol, mean ± std over the seeds measured."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        groups[(r["source"], r.get("classes", 0), r["epochs"], r.get("images_per_class", 0))].append(r)
+    head = ("| source | classes | epochs x images/class | images seen | seeds | pretrain CPU s | pretrain wall s "
+            "| digits NCM | digits NCM (cos) | task proxy (cos) | mean cosine | task margin |")
+    rows = [head, "|" + "---|" * 12]
+    for (source, classes, epochs, ipc), rs in groups.items():
+        rows.append("| " + " | ".join([
+            source, str(classes or "-"), f"{epochs} x {ipc}" if epochs else "-", str(rs[0].get("images_seen", 0)),
+            ",".join(str(r["seed"]) for r in rs),
+            ("n/m" if any("pretrain_cpu_s" not in r for r in rs) else _cell([r["pretrain_cpu_s"] for r in rs], 0))
+            if epochs else "0",
+            _cell([r["pretrain_s"] for r in rs], 0) if epochs else "0",
+            _cell([r["ncm_acc"] for r in rs]), _cell([r["ncm_acc_cosine"] for r in rs]),
+            _cell([r["task_acc"] for r in rs]), _cell([r["mean_cosine"] for r in rs]),
+            _cell([r["task_margin"] for r in rs], 4),
+        ]) + " |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -37,7 +69,11 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=1, help="measure the digits features every N epochs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="output/pretrain_sources.jsonl")
+    p.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = p.parse_args()
+    if args.table:
+        print(table(Path(args.out)))
+        return
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,7 @@ def test_tiny_pretraining_writes_loadable_checkpoint_and_sidecar(tmp_path, one_t
 def test_cli_pretrain_runs_and_evaluates(tmp_path, capsys, one_thread):
     out = tmp_path / "rcvit_xs.pth"
     rc = main(["pretrain", "--source", "letters", "--epochs", "1", "--images-per-class", "2", "--out", str(out),
-               "--quiet", "--evaluate"])
+               "--quiet", "--evaluate", "--threads", "1"])
     text = capsys.readouterr().out
     assert rc == 0 and out.is_file() and sidecar_path(out).is_file()
     assert "52 classes, 104 images, 1 epochs" in text and "ncm_acc" in text and "task_acc" in text
@@ -142,14 +142,17 @@ def test_cli_pretrain_runs_and_evaluates(tmp_path, capsys, one_thread):
         (["--model", "rcvit_xx"], "unknown model 'rcvit_xx'"),
         (["--out", "weights.pt"], "should end in .pth"),
         (["--lr", "0"], "learning rate must be positive"),
+        (["--out", "blocker/rcvit_xs.pth"], "'blocker' is a file, not a directory"),
+        (["--out", "model"], "should end in .pth"),
     ],
 )
 def test_cli_rejects_bad_input(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("not a directory")
     try:
         rc = main(["pretrain", "--quiet", *argv])
     except SystemExit as e:  # argparse's own errors
         rc = e.code
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
-    assert not (tmp_path / "model").exists()  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # nothing written

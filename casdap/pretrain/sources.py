@@ -54,10 +54,15 @@ _GREEK_LOWER = "αβγδεζηθικλμνξπρστυφχψω"
 # Greek capitals that do not share a shape with a Latin capital.
 _GREEK_UPPER = "ΓΔΘΛΞΠΣΦΨΩ"
 _SYMBOLS = "@#&%?!$§¶*+=<>/\\{}[]()~^¿¡£€¥ß∂∑∫√∞≈≠±×÷∇∏"
+# Cyrillic capitals that share a shape with no Latin or Greek letter (and not З, which is a 3).
+_CYRILLIC_UPPER = "БДЖИЙЛЦШЩЪЫЬЭЮЯ"
+_MARKS = "∀∃∈∋⊂⊃∪∩∧∨¬⊕⊗⊥∠∴≡≤≥←→↑↓↔⇒⇔♠♣♥♦★☺♪♫☼⌂"
 GLYPH_SETS: dict[str, str] = {
     "latin": string.ascii_uppercase + string.ascii_lowercase,
     "greek": _GREEK_LOWER + _GREEK_UPPER,
     "symbols": _SYMBOLS,
+    "cyrillic": _CYRILLIC_UPPER,
+    "marks": _MARKS,
 }
 # Fonts bundled with matplotlib. The Computer Modern files use TeX encodings, so only their
 # ASCII letters are trusted.
@@ -373,6 +378,7 @@ class MixedSource(SyntheticSource):
 SOURCES = {
     "letters": lambda n, seed: GlyphSource(("latin",), n, seed),
     "glyphs": lambda n, seed: GlyphSource(("latin", "greek", "symbols"), n, seed),
+    "glyphs-xl": lambda n, seed: GlyphSource(("latin", "greek", "symbols", "cyrillic", "marks"), n, seed),
     "fractals": lambda n, seed: FractalSource(100, n, seed),
     "glyphs+fractals": lambda n, seed: MixedSource([
         GlyphSource(("latin", "greek", "symbols"), n, seed), FractalSource(100, n, seed)]),

@@ -75,6 +75,19 @@ def _check_args(model_name: str, epochs: int, source: str, images_per_class: int
         raise CasdapError(f"learning rate must be positive (got {lr!r})")
 
 
+def _check_out_path(out_path: Path) -> None:
+    """Fail before training, not after it, when the checkpoint cannot be written."""
+    if out_path.is_dir():
+        raise CasdapError(f"output '{out_path}' is a directory; give a file path such as {out_path / 'rcvit_xs.pth'}")
+    for parent in out_path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CasdapError(f"cannot write '{out_path}': '{parent}' is a file, not a directory")
+            if not os.access(parent, os.W_OK):
+                raise CasdapError(f"cannot write '{out_path}': no write permission in '{parent}'")
+            break
+
+
 def pretrain_backbone(
     model_name: str = "rcvit_xs",
     out_path: str | os.PathLike = "model/rcvit_xs.pth",
@@ -105,6 +118,7 @@ def pretrain_backbone(
 
     _check_args(model_name, epochs, source, images_per_class, batch_size, lr)
     out_path = Path(out_path)
+    _check_out_path(out_path)
     start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
     src = build_source(source, images_per_class, seed)
