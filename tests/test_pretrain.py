@@ -127,7 +127,7 @@ def test_tiny_pretraining_writes_loadable_checkpoint_and_sidecar(tmp_path, one_t
 def test_cli_pretrain_runs_and_evaluates(tmp_path, capsys, one_thread):
     out = tmp_path / "rcvit_xs.pth"
     rc = main(["pretrain", "--source", "letters", "--epochs", "1", "--images-per-class", "2", "--out", str(out),
-               "--quiet", "--evaluate", "--threads", "1"])
+               "--quiet", "--evaluate"])
     text = capsys.readouterr().out
     assert rc == 0 and out.is_file() and sidecar_path(out).is_file()
     assert "52 classes, 104 images, 1 epochs" in text and "ncm_acc" in text and "task_acc" in text
@@ -146,7 +146,7 @@ def test_cli_pretrain_runs_and_evaluates(tmp_path, capsys, one_thread):
         (["--out", "model"], "should end in .pth"),
     ],
 )
-def test_cli_rejects_bad_input(argv, message, tmp_path, capsys, monkeypatch):
+def test_cli_rejects_bad_input(argv, message, tmp_path, capsys, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "blocker").write_text("not a directory")
     try:

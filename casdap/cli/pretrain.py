@@ -38,8 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_PROTOCOL["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULT_PROTOCOL["lr"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch CPU threads (default: torch's choice); 1 is fastest on a machine busy with other work")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default: 1; small 32x32 batches gain little from more, and on a busy "
+                   "machine OpenMP threads waiting on each other made 2 threads many times slower than 1)")
     p.add_argument("--evaluate", action="store_true",
                    help="afterwards, report frozen-feature quality on the digits (NCM and task proxy)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -57,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("model") / f"{args.model}.pth"
     if out.suffix != ".pth":
         raise CasdapError(f"--out '{out}' should end in .pth (the sidecar is written beside it as .json)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     side = pretrain_backbone(args.model, out, epochs=args.epochs, seed=args.seed, source=args.source,
                              images_per_class=args.images_per_class, batch_size=args.batch_size, lr=args.lr,
                              progress=not args.quiet)
