@@ -34,6 +34,14 @@ def _cell(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _measured_cell(rows: list[dict], key: str) -> str:
+    """Mean over the rows that have ``key``; says how many seeds that is when some lack it."""
+    values = [r[key] for r in rows if key in r]
+    if not values:
+        return "n/m"
+    return _cell(values, 0) + ("" if len(values) == len(rows) else f" ({len(values)} of {len(rows)} seeds)")
+
+
 def table(path: Path) -> str:
     """Markdown table, one row per protocol, mean ± std over the seeds measured."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -47,8 +55,7 @@ def table(path: Path) -> str:
         rows.append("| " + " | ".join([
             source, str(classes or "-"), f"{epochs} x {ipc}" if epochs else "-", str(rs[0].get("images_seen", 0)),
             ",".join(str(r["seed"]) for r in rs),
-            ("n/m" if any("pretrain_cpu_s" not in r for r in rs) else _cell([r["pretrain_cpu_s"] for r in rs], 0))
-            if epochs else "0",
+            _measured_cell(rs, "pretrain_cpu_s") if epochs else "0",
             _cell([r["pretrain_s"] for r in rs], 0) if epochs else "0",
             _cell([r["ncm_acc"] for r in rs]), _cell([r["ncm_acc_cosine"] for r in rs]),
             _cell([r["task_acc"] for r in rs]), _cell([r["mean_cosine"] for r in rs]),
