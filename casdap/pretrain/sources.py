@@ -104,13 +104,19 @@ def _font_dir() -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 
-def _raster(font, ch: str) -> np.ndarray | None:
-    from matplotlib.ft2font import LoadFlags
+def _no_hinting_flag():
+    from matplotlib import ft2font
 
+    if hasattr(ft2font, "LoadFlags"):  # matplotlib >= 3.10
+        return ft2font.LoadFlags.NO_HINTING
+    return ft2font.LOAD_NO_HINTING
+
+
+def _raster(font, ch: str) -> np.ndarray | None:
     if font.get_char_index(ord(ch)) == 0:
         return None
     font.set_size(64, 72)
-    font.set_text(ch, 0.0, flags=LoadFlags.NO_HINTING)
+    font.set_text(ch, 0.0, flags=_no_hinting_flag())
     font.draw_glyphs_to_bitmap(antialiased=True)
     img = np.asarray(font.get_image(), dtype=np.float32) / 255.0
     if img.size == 0 or img.max() < 0.5:
