@@ -16,6 +16,7 @@ from casdap.errors import CasdapError
 # subcommand -> module under casdap.cli
 SUBCOMMANDS: dict[str, str] = {
     "demo": "casdap.cli.demo",
+    "cl": "casdap.cli.cl",
 }
 
 

@@ -123,7 +123,7 @@ def _seeded_split(targets: list[int], fraction: float, seed: int) -> tuple[list[
     for cls in sorted(by_class):
         idx = by_class[cls]
         perm = torch.randperm(len(idx), generator=g).tolist()
-        n_test = int(round(len(idx) * fraction))
+        n_test = min(len(idx), max(1, int(round(len(idx) * fraction))))
         test += [idx[p] for p in perm[:n_test]]
         train += [idx[p] for p in perm[n_test:]]
     return sorted(train), sorted(test)
@@ -226,6 +226,11 @@ def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBen
         if missing:
             raise CasdapError(f"the {split} data of '{cfg.DATA.NAME}' has no images of classes {missing[:10]}")
     sizes = task_split(cfg, num_classes)
+    if not 0.0 < cfg.DATA.PERCENTAGE <= 1.0:
+        raise CasdapError(f"DATA.PERCENTAGE must be in (0, 1], got {cfg.DATA.PERCENTAGE}")
+    if cfg.DATA.PERCENTAGE < 1.0:  # DAP's few-shot setting: a seeded share of each class's training images
+        _, keep = _seeded_split(train.targets, cfg.DATA.PERCENTAGE, seed)
+        train = LabelledDataset(_Subset(train.source, keep), [train.targets[i] for i in keep], train.transform)
     if cfg.CONTINUAL.SHUFFLE_CLASSES:
         order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
     else:

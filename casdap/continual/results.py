@@ -47,8 +47,8 @@ def final_accuracy(a: Matrix) -> float | None:
 def forgetting(a: Matrix) -> float | None:
     """DAP's definition: mean over ``j < T-1`` of ``max_i A[i][j] - A[T-1][j]``."""
     last = _last_row(a)
-    if last is None or len(a) < 2:
-        return None
+    if last is None or len(a) < 2 or any(a[j][j] is None for j in range(len(a) - 1)):
+        return None  # no history to forget from (e.g. joint training)
     drops = []
     for j in range(len(a) - 1):
         seen = [row[j] for row in a if row[j] is not None]
