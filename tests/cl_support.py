@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import ROOT
 
 from casdap.config import load_config
 from casdap.data.cifar import write_cifar
-from conftest import ROOT
 
 DIGITS_YAML = ROOT / "configs" / "dap" / "digits.yaml"
 CIFAR_YAML = ROOT / "configs" / "dap" / "cifar.yaml"
@@ -50,3 +50,13 @@ def tiny_cifar_cfg(data: Path, out: Path, method: str = "dap", *extra: str, task
         "SOLVER.TOTAL_EPOCH", "1", "OUTPUT_DIR", str(out), "SEED", "0", "BASELINES.REPLAY_MEM_SIZE", "8",
         "DEVICE", "cpu", *extra,
     ])
+
+
+def single_thread():
+    """Tiny models on a shared CPU run far faster on one thread than on two competing ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

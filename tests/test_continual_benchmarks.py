@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
+from cl_support import DIGITS_YAML, single_thread, tiny_cifar_cfg, write_tiny_cifar
 from PIL import Image
 
 from casdap.config import load_config
 from casdap.continual.benchmarks import build_benchmark
 from casdap.errors import CasdapError
-from cl_support import DIGITS_YAML, tiny_cifar_cfg, write_tiny_cifar
+
+_one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 def test_digits_natural_order_and_seeded_split():
@@ -70,9 +72,11 @@ def test_folder_data_split_by_seeded_ratio(tmp_path):
     for c in range(4):
         (tmp_path / "imgs" / f"cls{c}").mkdir(parents=True)
         for i in range(5):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"cls{c}" / f"{i}.png")
-    cfg = load_config(DIGITS_YAML, ["DATA.NAME", "folder", "DATA.DATAPATH", str(tmp_path / "imgs"), "DATA.NUMBER_CLASSES",
-                                    "4", "DATA.TEST_SPLIT", "0.4", "CONTINUAL.INITIAL", "2", "CONTINUAL.N_TASKS", "2"])
+            img = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+            img.save(tmp_path / "imgs" / f"cls{c}" / f"{i}.png")
+    cfg = load_config(DIGITS_YAML, ["DATA.NAME", "folder", "DATA.DATAPATH", str(tmp_path / "imgs"),
+                                    "DATA.NUMBER_CLASSES", "4", "DATA.TEST_SPLIT", "0.4", "CONTINUAL.INITIAL", "2",
+                                    "CONTINUAL.N_TASKS", "2"])
     bench = build_benchmark(cfg)
     assert bench.class_names == ["cls0", "cls1", "cls2", "cls3"]
     assert bench.train_sizes == [6, 6] and bench.test_sizes == [4, 4]

@@ -332,7 +332,8 @@ def _row_from_metrics(metrics: dict[str, Any], seen: int) -> list[float | None]:
 
 
 @torch.no_grad()
-def _mixed_stream_accuracy(strategy, bench: ContinualBenchmark, seen: int, seed: int, batch: int, workers: int) -> float:
+def _mixed_stream_accuracy(strategy, bench: ContinualBenchmark, seen: int, seed: int, batch: int,
+                           workers: int) -> float:
     """Accuracy on one shuffled stream of every seen task's test images (batches mix tasks)."""
     from torch.utils.data import ConcatDataset, DataLoader
 

@@ -232,7 +232,8 @@ class NCMStrategy(SupervisedTemplate):
     def training_epoch(self, **kwargs):
         sums = torch.zeros_like(self.model.class_sums)
         counts = torch.zeros_like(self.model.class_counts)
-        for self.mbatch in self.dataloader:
+        for batch in self.dataloader:
+            self.mbatch = batch
             if self._stop_training:
                 break
             self._unpack_minibatch()
