@@ -32,6 +32,8 @@ def mask_to_classes(logits: torch.Tensor, classes, fill: float = float("-inf")) 
 class CurrentClassMaskPlugin(SupervisedPlugin):
     """During training, logits of classes outside the current experience are -inf (DAP's masking)."""
 
+    supports_distributed = True
+
     def after_forward(self, strategy, **kwargs):
         strategy.mb_output = mask_to_classes(strategy.mb_output, strategy.experience.classes_in_this_experience)
 
@@ -39,6 +41,8 @@ class CurrentClassMaskPlugin(SupervisedPlugin):
 class GradSyncPlugin(SupervisedPlugin):
     """Averages gradients over the processes of a ``torchrun`` job before every update, so all
     ranks keep identical trainable weights (each rank trains on its own shard of the data)."""
+
+    supports_distributed = True
 
     def before_update(self, strategy, **kwargs):
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -59,6 +63,8 @@ class GradSyncPlugin(SupervisedPlugin):
 class GradClipPlugin(SupervisedPlugin):
     """Clips the global gradient norm before every update (``SOLVER.GRAD_CLIP``)."""
 
+    supports_distributed = True
+
     def __init__(self, max_norm: float) -> None:
         super().__init__()
         self.max_norm = max_norm
@@ -75,6 +81,8 @@ class LRSchedulePlugin(SupervisedPlugin):
     ``linear`` decays to zero over the experience, ``cosine`` follows a half cosine, ``constant``
     keeps the base rate; ``warmup_epochs`` ramps up linearly first.
     """
+
+    supports_distributed = True
 
     def __init__(self, kind: str, warmup_epochs: int = 0) -> None:
         super().__init__()
@@ -120,6 +128,8 @@ class LRSchedulePlugin(SupervisedPlugin):
 class AutocastPlugin(SupervisedPlugin):
     """bfloat16 autocast around every forward pass (``USE_AMP``); losses stay in float32."""
 
+    supports_distributed = True
+
     def __init__(self, device: torch.device) -> None:
         super().__init__()
         self.device_type = torch.device(device).type
@@ -151,6 +161,8 @@ class AutocastPlugin(SupervisedPlugin):
 
 class ProgressPlugin(SupervisedPlugin):
     """A tqdm bar per epoch, with the ETA of the whole run (all remaining epochs and tasks)."""
+
+    supports_distributed = True
 
     def __init__(self, n_tasks: int, enabled: bool = True) -> None:
         super().__init__()
@@ -208,6 +220,8 @@ class ProgressPlugin(SupervisedPlugin):
 class RngRecorderPlugin(SupervisedPlugin):
     """Records the torch RNG state at the end of each experience, before the replay buffer is
     updated, so a resumed run can rebuild exactly the same buffer. Must come before ReplayPlugin."""
+
+    supports_distributed = True
 
     def __init__(self) -> None:
         super().__init__()

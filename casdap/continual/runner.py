@@ -64,6 +64,7 @@ _ACC_KEY = re.compile(r"^Top1_Acc_Exp/eval_phase/[^/]+/(?:Task\d+/)?Exp(\d+)$")
 class RunResult:
     metrics: dict[str, Any]
     output_dir: Path
+    strategy: Any = None  # the trained Avalanche strategy (its ``model`` holds the final weights)
 
 
 @dataclass
@@ -79,11 +80,13 @@ class _State:
 
 
 # ---------------------------------------------------------------------------------------- setup
-def _distributed() -> tuple[int, int]:
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """Rank and world size under ``torchrun`` (gloo on CPU, nccl on GPU); (0, 1) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("CASDAP_DIST_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend=backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -367,9 +370,9 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     if method not in METHODS:
         raise CasdapError(f"unknown method MODEL.TRANSFER_TYPE '{cfg.MODEL.TRANSFER_TYPE}' (use one of "
                           f"{', '.join(METHODS)})")
-    rank, world = _distributed()
-    is_main = rank == 0
     device = _device(cfg)
+    rank, world = _distributed(device)
+    is_main = rank == 0
     seed = 0 if cfg.SEED is None else int(cfg.SEED)
     out = output_dir_of(cfg)
     workers = cfg.DATA.NUM_WORKERS
@@ -518,4 +521,4 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         print()
         print(format_summary_table([metrics]))
         print(f"\nrun directory: {out}  (TensorBoard: tensorboard --logdir {out / 'tensorboard'})")
-    return RunResult(metrics, out)
+    return RunResult(metrics, out, strategy)
