@@ -15,7 +15,9 @@ from casdap.errors import CasdapError
 
 # subcommand -> module under casdap.cli
 SUBCOMMANDS: dict[str, str] = {
+    "compare": "casdap.cli.compare",
     "demo": "casdap.cli.demo",
+    "train": "casdap.cli.train",
     "cl": "casdap.cli.cl",
 }
 

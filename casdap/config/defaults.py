@@ -48,16 +48,16 @@ _C.MODEL.LINEAR.MLP_SIZES = []
 _C.MODEL.LINEAR.DROPOUT = 0.1
 
 _C.MODEL.DAP = CN()
-_C.MODEL.DAP.DROPOUT = 0.3
-_C.MODEL.DAP.INIT = None
+_C.MODEL.DAP.DROPOUT = 0.3  # accepted from DAP's layout; unused
+_C.MODEL.DAP.INIT = None  # accepted from DAP's layout; unused
 _C.MODEL.DAP.CURRENT_LAMBDA = 1.0  # weight of the masked cross-entropy
 _C.MODEL.DAP.SIM_LAMBDA = 0.5  # weight of the key-query pull term
 _C.MODEL.DAP.NUM_DAP_TOKENS = 3  # prompt tokens generated per prompted block
 _C.MODEL.DAP.TASK_EMB = 64  # task-embedding width (FiLM input)
 _C.MODEL.DAP.NUM_TASKS_FOR_EMB = 10  # rows of the task-embedding table
 _C.MODEL.DAP.PROMPT_POOL = 10  # number of keys
-_C.MODEL.DAP.STAGES = [2, 3]  # CAS-ViT stages (0-3) whose blocks are prompted
-_C.MODEL.DAP.INJECTION = "kv"  # how prompts enter the additive token mixer (see docs/dap_on_casvit.md)
+_C.MODEL.DAP.STAGES = [2, 3]  # CAS-ViT stages (0-3) whose blocks are prompted (measured: docs/dap_on_casvit.md)
+_C.MODEL.DAP.INJECTION = "kv"  # kv (extra keys/values) | pool (share of C's pooled context); docs/dap_on_casvit.md
 _C.MODEL.DAP.SELECTION = "per_image"  # inference key selection: per_image | batch_majority | oracle
 _C.MODEL.DAP.RESTRICT_TO_TASK = False  # at inference keep only the selected key's task classes
 

@@ -87,7 +87,9 @@ def find_cifar_root(data_path: str | Path | None, variant: str) -> Path:
     )
 
 
-def read_cifar(root: str | Path, variant: str = "cifar100", train: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_cifar(
+    root: str | Path, variant: str = "cifar100", train: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images ``[N, 32, 32, 3]`` uint8, labels ``[N]`` int64 and class names from ``root``."""
     if variant not in LAYOUTS:
         raise CasdapError(f"unknown CIFAR variant '{variant}' (use one of {', '.join(LAYOUTS)})")

@@ -231,6 +231,12 @@ class CASViT(nn.Module):
         j = 2 * stage_idx + 1
         return self.network[j] if j < len(self.network) else None
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm parameter grouping (stem, then blocks/embeddings in depth order), used for
+        layer-wise lr decay. ``coarse`` groups by stage instead of by block."""
+        blocks = r"^network\.(\d+)" if coarse else [(r"^network\.(\d+)\.(\d+)\.", None), (r"^network\.(\d+)\.", None)]
+        return {"stem": r"^patch_embed", "blocks": blocks}
+
     def get_classifier(self) -> nn.Module:
         return self.head
 

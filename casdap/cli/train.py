@@ -1,0 +1,552 @@
+"""``casdap train`` (and the root ``main.py``): supervised CAS-ViT training and evaluation.
+
+Accepts the flags of the official CAS-ViT classification ``main.py`` with the same defaults and
+``True``/``False`` spelling, plus ``--data_set CIFAR``/``CIFAR10`` and ``--print_verbose``. Runs
+alone or under ``python -m torch.distributed.run`` (DDP on gloo for CPU, nccl for CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+
+from casdap.errors import CasdapError
+
+# Flags of the official script that this implementation accepts only at their default value,
+# with the reason shown to the user.
+_FIXED_FLAGS = {
+    "layer_scale_init_value": (1e-6, "CAS-ViT blocks have no layer scale"),
+    "enable_wandb": (False, "Weights & Biases logging is not included; TensorBoard events go to --log_dir"),
+    "wandb_ckpt": (False, "Weights & Biases logging is not included"),
+    "project": ("edgenext", "Weights & Biases logging is not included"),
+    "resplit": (False, "random-erasing splits need augmentation splits (AugMix), which the CAS-ViT recipe "
+                       "does not use"),
+}
+
+
+def str2bool(value: str | bool) -> bool:
+    """``True``/``False`` as the CAS-ViT scripts spell them (also yes/no, t/f, y/n, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    v = value.lower()
+    if v in ("yes", "true", "t", "y", "1"):
+        return True
+    if v in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes (unknown, ambiguous or malformed flags) become one CasdapError line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CasdapError(f"{message} (see 'casdap train --help')")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(
+        prog="casdap train",
+        description="Supervised CAS-ViT training and evaluation (the CAS-ViT classification main.py flags). "
+        "Boolean flags take True/False.",
+        allow_abbrev=True,
+    )
+    a = p.add_argument
+    a("--batch_size", default=256, type=int, help="per-process batch size")
+    a("--epochs", default=300, type=int)
+    a("--update_freq", default=2, type=int, help="gradient accumulation steps")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="rcvit_xs", type=str, metavar="MODEL", help="rcvit_xs, rcvit_s, rcvit_m, rcvit_t")
+    g.add_argument("--drop_path", type=float, default=0.1, metavar="PCT", help="stochastic depth rate")
+    g.add_argument("--input_size", default=224, type=int, help="image input size")
+    g.add_argument("--layer_scale_init_value", default=1e-6, type=float, help="accepted for compatibility; "
+                   "CAS-ViT has no layer scale, so only the default is allowed")
+    g.add_argument("--classifier_dropout", default=0.0, type=float)
+
+    g = p.add_argument_group("EMA")
+    g.add_argument("--model_ema", type=str2bool, default=False)
+    g.add_argument("--model_ema_decay", type=float, default=0.9995)
+    g.add_argument("--model_ema_force_cpu", type=str2bool, default=False)
+    g.add_argument("--model_ema_eval", type=str2bool, default=False, help="also evaluate the EMA weights each epoch")
+
+    g = p.add_argument_group("optimization")
+    g.add_argument("--opt", default="adamw", type=str, metavar="OPTIMIZER", help="any timm optimizer name")
+    g.add_argument("--opt_eps", default=1e-8, type=float, metavar="EPSILON")
+    g.add_argument("--opt_betas", default=None, type=float, nargs="+", metavar="BETA")
+    g.add_argument("--clip_grad", type=float, default=None, metavar="NORM", help="clip gradient norm")
+    g.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
+    g.add_argument("--weight_decay", type=float, default=0.05)
+    g.add_argument("--weight_decay_end", type=float, default=None, help="final weight decay of a cosine "
+                   "schedule (default: constant --weight_decay)")
+    g.add_argument("--lr", type=float, default=6e-3, metavar="LR")
+    g.add_argument("--layer_decay", type=float, default=1.0, help="layer-wise lr decay (1.0: off)")
+    g.add_argument("--min_lr", type=float, default=1e-6, metavar="LR")
+    g.add_argument("--warmup_epochs", type=int, default=20, metavar="N")
+    g.add_argument("--warmup_steps", type=int, default=-1, metavar="N", help="warmup in optimizer steps; "
+                   "overrides --warmup_epochs when > 0")
+    g.add_argument("--warmup_start_lr", type=float, default=0, metavar="LR")
+
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--color_jitter", type=float, default=0.4, metavar="PCT")
+    g.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", metavar="NAME", help="timm auto-augment "
+                   "policy ('' for none)")
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--train_interpolation", type=str, default="bicubic", help="random, bilinear or bicubic")
+    g.add_argument("--crop_pct", type=float, default=None, help="eval centre-crop fraction (default 224/256)")
+    g.add_argument("--reprob", type=float, default=0.0, metavar="PCT", help="random erase probability")
+    g.add_argument("--remode", type=str, default="pixel", help="random erase mode")
+    g.add_argument("--recount", type=int, default=1, help="random erase count")
+    g.add_argument("--resplit", type=str2bool, default=False, help="accepted for compatibility (default only)")
+    g.add_argument("--three_aug", action="store_true", help="DeiT III three augmentations")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha, enabled if > 0")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha, enabled if > 0")
+    g.add_argument("--cutmix_minmax", type=float, nargs="+", default=None)
+    g.add_argument("--mixup_prob", type=float, default=0.0, help="probability of applying mixup or cutmix")
+    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
+    g.add_argument("--mixup_mode", type=str, default="batch", choices=["batch", "pair", "elem"])
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data_path", default=None, type=str, help="data root (default: ./data)")
+    g.add_argument("--eval_data_path", default=None, type=str, help="evaluation folder for image_folder")
+    g.add_argument("--nb_classes", default=1000, type=int, help="class count for image_folder")
+    g.add_argument("--imagenet_default_mean_and_std", type=str2bool, default=True)
+    g.add_argument("--data_set", default="IMNET", choices=["IMNET", "image_folder", "CIFAR", "CIFAR100", "CIFAR10"],
+                   type=str, help="CIFAR is CIFAR-100")
+    g.add_argument("--num_workers", default=10, type=int)
+    g.add_argument("--pin_mem", type=str2bool, default=True)
+    g.add_argument("--multi_scale_sampler", action="store_true", help="batches at several resolutions")
+    g.add_argument("--min_crop_size_w", default=160, type=int)
+    g.add_argument("--max_crop_size_w", default=320, type=int)
+    g.add_argument("--min_crop_size_h", default=160, type=int)
+    g.add_argument("--max_crop_size_h", default=320, type=int)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--output_dir", default="", help="where to save checkpoints and logs; empty: no saving")
+    g.add_argument("--log_dir", default=None, help="TensorBoard folder (default: <output_dir>/tensorboard)")
+    g.add_argument("--device", default="cuda", help="cuda or cpu (falls back to cpu without a GPU)")
+    g.add_argument("--seed", default=43, type=int)
+    g.add_argument("--resume", default="", help="resume from checkpoint")
+    g.add_argument("--finetune", default="", help="initialise from weights (heads of another class count dropped)")
+    g.add_argument("--auto_resume", type=str2bool, default=True, help="resume from the latest checkpoint in "
+                   "--output_dir")
+    g.add_argument("--save_ckpt", type=str2bool, default=True)
+    g.add_argument("--save_ckpt_freq", default=1, type=int)
+    g.add_argument("--save_ckpt_num", default=3, type=int, help="numbered checkpoints kept (plus the best)")
+    g.add_argument("--start_epoch", default=0, type=int, metavar="N")
+    g.add_argument("--eval", type=str2bool, default=False, help="evaluation only")
+    g.add_argument("--dist_eval", type=str2bool, default=True, help="split evaluation across processes")
+    g.add_argument("--disable_eval", type=str2bool, default=False, help="no evaluation during training")
+    g.add_argument("--use_amp", type=str2bool, default=True, help="bf16 autocast on CPU, fp16 + grad scaler on CUDA")
+    g.add_argument("--usi_eval", type=str2bool, default=False, help="evaluate a USI checkpoint ('state_dict' "
+                   "entry, crop_pct 0.95)")
+    g.add_argument("--print_verbose", default=100, type=int, help="print progress every N steps (0: never)")
+    g.add_argument("--project", default="edgenext", type=str, help="accepted for compatibility (default only)")
+    g.add_argument("--enable_wandb", type=str2bool, default=False, help="accepted for compatibility (False only)")
+    g.add_argument("--wandb_ckpt", type=str2bool, default=False, help="accepted for compatibility (False only)")
+    g.add_argument("--config-file", dest="config_file", default=None, help="continual-learning config: use "
+                   "main.py --config-file (routes to 'casdap cl')")
+
+    g = p.add_argument_group("distributed (set by torch.distributed.run)")
+    g.add_argument("--world_size", default=1, type=int, help="number of processes (from the launcher)")
+    g.add_argument("--local_rank", "--local-rank", dest="local_rank", default=-1, type=int)
+    g.add_argument("--dist_on_itp", type=str2bool, default=False)
+    g.add_argument("--dist_url", default="env://", help="process-group init method")
+    g.add_argument("--find_unused_params", action="store_true")
+    return p
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    # The training flags are parsed by get_args_parser() so that its errors stay one line and
+    # `casdap train --help` shows them; '+' as prefix hands every argument through untouched.
+    p = sub.add_parser("train", help="supervised CAS-ViT training / evaluation (CAS-ViT main.py flags)",
+                       add_help=False, prefix_chars="+")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.set_defaults(func=run)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return get_args_parser().parse_args(argv)
+
+
+def run(ns: argparse.Namespace) -> int:
+    args = parse_args(ns.argv)
+    try:
+        main(args)
+    except CasdapError as e:
+        raise CasdapError(_worker_message(str(e))) from None
+    return 0
+
+
+def _worker_message(message: str) -> str:
+    """A CasdapError raised inside a DataLoader worker arrives wrapped in its traceback: keep the message."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split("CasdapError: ", 1)[-1]
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that would otherwise be silently ignored."""
+    for name, (default, why) in _FIXED_FLAGS.items():
+        if getattr(args, name) != default:
+            raise CasdapError(f"--{name} {getattr(args, name)} is not supported: {why}")
+    if args.config_file:
+        raise CasdapError("--config-file runs the continual-learning path: use 'main.py --config-file ...' or "
+                          "'casdap cl --config-file ...'")
+    if args.usi_eval and not args.eval:
+        raise CasdapError("--usi_eval True only applies to evaluation: add --eval True --resume <checkpoint>")
+    if (args.model_ema_eval or args.model_ema_force_cpu) and not args.model_ema:
+        raise CasdapError("--model_ema_eval / --model_ema_force_cpu need --model_ema True")
+    if args.eval_data_path and args.data_set != "image_folder":
+        raise CasdapError("--eval_data_path is used with --data_set image_folder only (IMNET reads <data_path>/val, "
+                          "CIFAR its test batch)")
+    for name in ("batch_size", "epochs", "update_freq", "save_ckpt_freq", "save_ckpt_num"):
+        if getattr(args, name) < 1:
+            raise CasdapError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.input_size < 32:
+        raise CasdapError(f"--input_size must be at least 32 (CAS-ViT downsamples 32x), got {args.input_size}")
+    if args.num_workers < 0:
+        raise CasdapError(f"--num_workers must be >= 0, got {args.num_workers}")
+    from casdap.models import list_models
+
+    if args.model not in list_models():
+        from casdap.models import create_model
+
+        create_model(args.model)  # raises the CasdapError that lists the valid names
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (for callers that drive training from Python)."""
+
+    model: nn.Module
+    log: list[dict] = field(default_factory=list)
+    eval_stats: dict | None = None
+    max_accuracy: float = 0.0
+    images_per_s: float = 0.0
+
+
+def _criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup_active:
+        return SoftTargetCrossEntropy()  # smoothing is folded into the mixed targets
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def _checkpoint_head(path: str, key: str | None) -> tuple[bool, int | None]:
+    """Whether the checkpoint has a distillation head, and its class count."""
+    from casdap.checkpoint import extract_state_dict, read_checkpoint
+
+    sd, _ = extract_state_dict(read_checkpoint(path), key, path)
+    head = sd.get("head.weight")
+    return "dist_head.weight" in sd, (int(head.shape[0]) if head is not None and head.ndim == 2 else None)
+
+
+def _json_ready(args: argparse.Namespace) -> dict:
+    plain = (int, float, str, bool, list, type(None))
+    return {k: (v if isinstance(v, plain) else str(v)) for k, v in vars(args).items()}
+
+
+def main(args: argparse.Namespace) -> TrainResult:
+    """Train (or, with ``--eval True``, evaluate) as the flags say; see the module docstring."""
+    from casdap.checkpoint import load_checkpoint
+    from casdap.data.datasets import build_dataset, build_train_transform
+    from casdap.data.samplers import MultiScaleBatchSampler, MultiScaleDataset, scale_batch_pairs
+    from casdap.engine import checkpoints as ckpt
+    from casdap.engine import distributed as du
+    from casdap.engine.optim_factory import WeightDecaySchedule, build_lr_scheduler, build_optimizer, warmup_steps
+    from casdap.engine.train_eval import NonFiniteLossError, evaluate, train_one_epoch
+    from casdap.models import create_model
+
+    check_flags(args)
+    wall_start = time.time()
+    du.set_console(sys.stderr if args.eval else None)
+    try:
+        device = du.init_distributed_mode(args)
+        rank, world = du.get_rank(), du.get_world_size()
+        args.device = str(device)
+        if args.usi_eval:
+            args.crop_pct = 0.95
+        state_key = "state_dict" if args.usi_eval else "model"
+
+        seed = args.seed + rank
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        torch.backends.cudnn.benchmark = True
+
+        output_dir = Path(args.output_dir) if args.output_dir else None
+        if output_dir is not None and du.is_main_process():
+            output_dir.mkdir(parents=True, exist_ok=True)
+        if args.log_dir is None and output_dir is not None:
+            args.log_dir = str(output_dir / "tensorboard")
+
+        # ---- data ------------------------------------------------------------------------
+        pin = args.pin_mem and device.type == "cuda"
+        dataset_train = loader_train = train_sampler = None
+        if not args.eval:
+            raw = None if args.multi_scale_sampler else "auto"
+            dataset_train, nb_classes = build_dataset(True, args, transform=raw)
+        dataset_val = loader_val = None
+        if args.eval or not args.disable_eval:
+            dataset_val, nb_val = build_dataset(False, args)
+            if dataset_train is None:
+                nb_classes = nb_val
+            elif nb_val != nb_classes:
+                raise CasdapError(f"the evaluation set has {nb_val} classes but the training set {nb_classes}")
+            if len(dataset_val) == 0:
+                raise CasdapError("the evaluation set is empty")
+        if args.data_set != "image_folder" and args.nb_classes not in (1000, nb_classes):
+            raise CasdapError(f"--nb_classes {args.nb_classes} does not match the data ({nb_classes} classes)")
+        args.nb_classes = nb_classes
+
+        micro = args.batch_size * args.update_freq
+        if dataset_train is not None:
+            per_rank = -(-len(dataset_train) // world)
+            if per_rank < micro:
+                raise CasdapError(
+                    f"batch size {args.batch_size} x update_freq {args.update_freq} x {world} process(es) needs at "
+                    f"least {micro * world} training images per optimizer step, but the training set has "
+                    f"{len(dataset_train)}: lower --batch_size or --update_freq"
+                )
+            if args.multi_scale_sampler:
+                pairs = scale_batch_pairs(args.input_size, args.input_size, args.batch_size,
+                                          args.min_crop_size_h, args.max_crop_size_h,
+                                          args.min_crop_size_w, args.max_crop_size_w)
+                train_sampler = MultiScaleBatchSampler(len(dataset_train), pairs, seed=args.seed,
+                                                       num_replicas=world, rank=rank)
+                dataset_train = MultiScaleDataset(dataset_train, functools.partial(build_train_transform, args))
+                loader_train = DataLoader(dataset_train, batch_sampler=train_sampler, num_workers=args.num_workers,
+                                          pin_memory=pin)
+                steps_per_epoch = per_rank // micro
+                du.log(f"multi-scale sampler: (h, w, batch) choices {pairs}")
+            else:
+                train_sampler = DistributedSampler(dataset_train, num_replicas=world, rank=rank, shuffle=True,
+                                                   seed=args.seed)
+                loader_train = DataLoader(dataset_train, sampler=train_sampler, batch_size=args.batch_size,
+                                          num_workers=args.num_workers, pin_memory=pin, drop_last=True)
+                steps_per_epoch = len(loader_train) // args.update_freq
+        if dataset_val is not None:
+            if args.dist_eval and world > 1:
+                if len(dataset_val) % world:
+                    du.log(f"note: {len(dataset_val)} evaluation images do not split evenly over {world} processes; "
+                           "a few are counted twice (--dist_eval False avoids this)")
+                sampler_val = DistributedSampler(dataset_val, num_replicas=world, rank=rank, shuffle=False)
+            else:
+                sampler_val = SequentialSampler(dataset_val)
+            loader_val = DataLoader(dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
+                                    num_workers=args.num_workers, pin_memory=pin, drop_last=False)
+
+        # ---- model -----------------------------------------------------------------------
+        resume_path = args.resume
+        if not resume_path and args.auto_resume and output_dir is not None:
+            latest = ckpt.latest_checkpoint(output_dir)
+            resume_path = str(latest) if latest else ""
+        if args.eval and not resume_path:
+            raise CasdapError("--eval True needs weights: pass --resume <checkpoint>")
+        distillation, ckpt_classes = _checkpoint_head(resume_path, state_key) if resume_path else (False, None)
+        if args.eval and ckpt_classes is not None:
+            # Evaluation takes the class count from the checkpoint (a Model Zoo file has 1000).
+            labels = getattr(dataset_val, "targets", None)
+            if labels is not None and max(labels) >= ckpt_classes:
+                raise CasdapError(f"the evaluation set has labels up to {max(labels)} but '{resume_path}' "
+                                  f"classifies {ckpt_classes} classes")
+            nb_classes = args.nb_classes = ckpt_classes
+        model = create_model(args.model, num_classes=nb_classes, drop_path_rate=args.drop_path,
+                             classifier_dropout=args.classifier_dropout, distillation=distillation)
+        if args.finetune and not args.eval:
+            report = load_checkpoint(model, args.finetune, key=None, finetune=True)
+            du.log(f"finetune: {report.summary()}")
+        model.to(device)
+        n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+        if args.eval:
+            report = load_checkpoint(model, resume_path, key=state_key, strict=True)
+            du.log(f"resume: {report.summary()}")
+            stats = evaluate(loader_val, model, device, use_amp=args.use_amp, print_result=False)
+            if du.is_main_process():
+                print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f}", flush=True)
+            return TrainResult(model=model, eval_stats=stats)
+
+        model_ema = None
+        if args.model_ema:
+            from timm.utils import ModelEmaV3
+
+            model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
+                                   device=torch.device("cpu") if args.model_ema_force_cpu else None)
+        model_without_ddp = model
+        if args.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[args.gpu] if device.type == "cuda" else None,
+                find_unused_parameters=args.find_unused_params)
+
+        optimizer = build_optimizer(args, model_without_ddp)
+        lr_scheduler = build_lr_scheduler(args, optimizer, steps_per_epoch)
+        wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+        wd_schedule = WeightDecaySchedule(args.weight_decay, wd_end, args.epochs * steps_per_epoch)
+        scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu",
+                                      enabled=args.use_amp and device.type == "cuda")
+
+        from timm.data import Mixup
+        from timm.utils import distribute_bn
+
+        mixup_fn = None
+        mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+        if mixup_active:
+            if args.batch_size % 2 and args.mixup_mode != "elem":
+                raise CasdapError(f"mixup/cutmix in '{args.mixup_mode}' mode needs an even --batch_size, got "
+                                  f"{args.batch_size}")
+            mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                             label_smoothing=args.smoothing, num_classes=nb_classes)
+        criterion = _criterion(args, mixup_active)
+
+        # ---- resume ----------------------------------------------------------------------
+        max_accuracy, max_accuracy_ema = 0.0, 0.0
+        rng_to_restore = None
+        if resume_path:
+            state = ckpt.read_training_state(resume_path)
+            report = load_checkpoint(model_without_ddp, resume_path, key=state_key, strict=True)
+            du.log(f"resume: {report.summary()}")
+            if model_ema is not None and "model_ema" in state:
+                load_checkpoint(model_ema.module, resume_path, key="model_ema", strict=True)
+            if "optimizer" in state and "epoch" in state:
+                optimizer.load_state_dict(state["optimizer"])
+                # The lr and weight-decay schedules are functions of the flags and the global step, so they
+                # are rebuilt from the flags (a resumed run may extend --epochs) and positioned by the epoch.
+                if "scaler" in state:
+                    scaler.load_state_dict(state["scaler"])
+                args.start_epoch = int(state["epoch"]) + 1
+                max_accuracy = float(state.get("max_accuracy", 0.0))
+                max_accuracy_ema = float(state.get("max_accuracy_ema", 0.0))
+                rng = state.get("rng_states")
+                if rng and len(rng) == world:
+                    rng_to_restore = rng[rank]
+                else:
+                    du.log(f"note: the checkpoint was written by {len(rng or [])} process(es), this run has {world}: "
+                           "training continues, but not bit-identically to an uninterrupted run")
+                du.log(f"resuming at epoch {args.start_epoch}")
+
+        # ---- logging ---------------------------------------------------------------------
+        log_writer = None
+        if du.is_main_process():
+            if output_dir is not None:
+                (output_dir / "args.json").write_text(json.dumps(_json_ready(args), indent=2) + "\n")
+            if args.log_dir:
+                from torch.utils.tensorboard import SummaryWriter
+
+                log_writer = SummaryWriter(log_dir=args.log_dir)
+        total_batch = micro * world
+        du.log(f"model {args.model}: {n_parameters / 1e6:.2f}M trainable parameters, {nb_classes} classes; "
+               f"device {device}, {world} process(es)")
+        du.log(f"training images {len(dataset_train)}, batch {args.batch_size} x update_freq {args.update_freq} x "
+               f"{world} = {total_batch}, {steps_per_epoch} steps per epoch, warmup "
+               f"{warmup_steps(args, steps_per_epoch)} steps, lr {args.lr:g}")
+        if warmup_steps(args, steps_per_epoch) >= args.epochs * steps_per_epoch:
+            du.log(f"note: the warmup ({warmup_steps(args, steps_per_epoch)} steps) covers the whole run "
+                   f"({args.epochs * steps_per_epoch} steps): the lr rises towards --lr and never decays")
+        if args.start_epoch >= args.epochs:
+            du.log(f"nothing to train: start epoch {args.start_epoch} >= --epochs {args.epochs}")
+
+        # ---- train -----------------------------------------------------------------------
+        result = TrainResult(model=model_without_ddp, max_accuracy=max_accuracy)
+        train_images, train_time = 0.0, 0.0
+        if rng_to_restore is not None:
+            ckpt.restore_rng_state(rng_to_restore)
+        for epoch in range(args.start_epoch, args.epochs):
+            epoch_start = time.perf_counter()
+            train_sampler.set_epoch(epoch)
+            try:
+                train_stats = train_one_epoch(
+                    model, criterion, loader_train, optimizer, device, epoch, scaler,
+                    max_norm=args.clip_grad, model_ema=model_ema, mixup_fn=mixup_fn, log_writer=log_writer,
+                    start_steps=epoch * steps_per_epoch, lr_scheduler=lr_scheduler, wd_schedule=wd_schedule,
+                    steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, use_amp=args.use_amp,
+                    print_freq=args.print_verbose,
+                )
+            except NonFiniteLossError as e:
+                last = ckpt.latest_checkpoint(output_dir) if output_dir is not None else None
+                raise NonFiniteLossError(f"{e}. Last good checkpoint: {last or 'none written yet'}") from None
+            if args.distributed:
+                # Each rank updated BatchNorm running statistics from its own batches: average them, so
+                # evaluation on every rank and the saved weights use the same statistics.
+                distribute_bn(model_without_ddp, world, reduce=True)
+            epoch_images, epoch_train_time = train_stats.pop("images"), train_stats.pop("time_s")
+            train_images += epoch_images
+            train_time += epoch_train_time
+            stats = {f"train_{k}": v for k, v in train_stats.items()}
+            improved = improved_ema = False
+            if loader_val is not None:
+                test_stats = evaluate(loader_val, model_without_ddp, device, use_amp=args.use_amp)
+                improved = test_stats["acc1"] > max_accuracy
+                max_accuracy = max(max_accuracy, test_stats["acc1"])
+                du.log(f"Accuracy on {len(dataset_val)} test images: {test_stats['acc1']:.2f}% "
+                       f"(max {max_accuracy:.2f}%)")
+                stats.update({f"test_{k}": v for k, v in test_stats.items()})
+                if model_ema is not None and args.model_ema_eval:
+                    ema_stats = evaluate(loader_val, model_ema.module, device, use_amp=args.use_amp, header="EMA ")
+                    improved_ema = ema_stats["acc1"] > max_accuracy_ema
+                    max_accuracy_ema = max(max_accuracy_ema, ema_stats["acc1"])
+                    stats.update({f"test_{k}_ema": v for k, v in ema_stats.items()})
+            if output_dir is not None and args.save_ckpt:
+                periodic = (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs
+                if periodic or improved or improved_ema:
+                    rng_states = du.all_gather_object(ckpt.capture_rng_state())
+                    if du.is_main_process():
+                        state = ckpt.training_state(
+                            model=model_without_ddp, optimizer=optimizer, scaler=scaler,
+                            model_ema=model_ema, epoch=epoch, args=_json_ready(args), max_accuracy=max_accuracy,
+                            max_accuracy_ema=max_accuracy_ema, rng_states=rng_states)
+                        if periodic:
+                            ckpt.write(state, output_dir / f"checkpoint-{epoch}.pth")
+                            ckpt.prune_checkpoints(output_dir, args.save_ckpt_num)
+                        if improved:
+                            ckpt.write(state, output_dir / "checkpoint-best.pth")
+                        if improved_ema:
+                            ckpt.write(state, output_dir / "checkpoint-best-ema.pth")
+            stats.update({
+                "epoch": epoch,
+                "n_parameters": n_parameters,
+                "epoch_time_s": time.perf_counter() - epoch_start,
+                "train_images_per_s": epoch_images / epoch_train_time if epoch_train_time > 0 else 0.0,
+            })
+            result.log.append(stats)
+            if du.is_main_process():
+                if log_writer is not None:
+                    for k in ("test_acc1", "test_acc5", "test_loss", "test_acc1_ema"):
+                        if k in stats:
+                            log_writer.add_scalar(f"perf/{k}", stats[k], epoch)
+                    log_writer.add_scalar("perf/train_images_per_s", stats["train_images_per_s"], epoch)
+                    log_writer.flush()
+                if output_dir is not None:
+                    with open(output_dir / "log.txt", "a", encoding="utf-8") as f:
+                        f.write(json.dumps(stats) + "\n")
+        if log_writer is not None:
+            log_writer.close()
+
+        wall = time.time() - wall_start
+        result.max_accuracy = max_accuracy
+        result.images_per_s = train_images / train_time if train_time > 0 else 0.0
+        best = f"; max accuracy {max_accuracy:.2f}%" if loader_val is not None else ""
+        best += f", EMA {max_accuracy_ema:.2f}%" if model_ema is not None and args.model_ema_eval else ""
+        du.log(f"Training time {datetime.timedelta(seconds=int(wall))} (wall {wall:.1f} s); "
+               f"{int(train_images)} training images at {result.images_per_s:.1f} images/s{best}")
+        return result
+    finally:
+        du.set_console(None)
+        du.cleanup()
