@@ -3,22 +3,13 @@ rank 0 records every rank's checksum of the trainable weights."""
 
 import json
 import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).parent))
-import dap_double  # noqa: E402
-
-import casdap.models  # noqa: E402
-
-sys.modules["casdap.models.dap"] = dap_double
-casdap.models.dap = dap_double
-
-from casdap.cli import build_parser  # noqa: E402
-from casdap.cli.cl import resolve_config  # noqa: E402
-from casdap.continual.runner import run_continual  # noqa: E402
+from casdap.cli import build_parser
+from casdap.cli.cl import resolve_config
+from casdap.continual.runner import run_continual
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,6 @@ from casdap.data.cifar import write_cifar
 
 DIGITS_YAML = ROOT / "configs" / "dap" / "digits.yaml"
 CIFAR_YAML = ROOT / "configs" / "dap" / "cifar.yaml"
-
-
-def use_dap_double(monkeypatch) -> None:
-    """Serve ``casdap.models.dap`` from the test double (strategy mechanics only)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import dap_double
-
-    import casdap.models
-
-    monkeypatch.setitem(sys.modules, "casdap.models.dap", dap_double)
-    monkeypatch.setattr(casdap.models, "dap", dap_double, raising=False)
 
 
 def write_tiny_cifar(root: Path, n_classes: int = 4, train_per_class: int = 8, test_per_class: int = 4,

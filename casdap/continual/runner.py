@@ -167,7 +167,7 @@ def _build_model(cfg: CfgNode, method: str, num_classes: int) -> nn.Module:
 
     if method == "dap":
         return dap_models.build_dap_model(cfg)
-    backbone = dap_models.build_backbone(cfg)
+    backbone = dap_models.build_backbone(cfg, num_classes=0)
     if method == "ncm":
         return NCMClassifier(backbone, num_classes)
     return BackboneClassifier(backbone, num_classes, freeze_backbone=(method == "linear"))
@@ -386,6 +386,11 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
 
     _seed_everything(seed)
     bench = build_benchmark(cfg, rank, world)
+    if cfg.DATA.NUMBER_CLASSES != bench.num_classes:  # resolved from the data (DAP's -1: "from the data")
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.DATA.NUMBER_CLASSES = bench.num_classes
+        cfg.freeze()
     model = _build_model(cfg, method, bench.num_classes)
     if getattr(cfg.MODEL, "RANDOM_INIT", False) and is_main:
         print("casdap cl: the backbone is randomly initialised (MODEL.RANDOM_INIT True): no pretrained features")
