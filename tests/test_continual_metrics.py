@@ -27,11 +27,17 @@ def test_definitions_match_dap():
     assert backward_transfer(A) == pytest.approx(((0.7 - 0.9) + (0.5 - 0.8)) / 2)
 
 
-def test_single_task_and_joint_rows_have_no_forgetting_value():
+def test_single_task_has_no_forgetting_value():
     assert forgetting([[0.5]]) is None and backward_transfer([[0.5]]) is None
-    joint = [[None, None], [0.8, 0.9]]
-    assert final_accuracy(joint) == pytest.approx(0.85)
-    assert forgetting(joint) is None and learning_accuracy(joint) is None
+    assert final_accuracy([[0.5]]) == 0.5
+
+
+def test_joint_row_is_written_after_the_last_task(tmp_path):
+    write_acc_matrix_csv(tmp_path / "m.csv", [[0.8, 0.9]], 2)
+    assert list(csv.reader(open(tmp_path / "m.csv")))[1] == ["1", "0.800000", "0.900000"]
+    write_final_results(tmp_path / "f.txt", "", [[0.8, 0.9]], 2)
+    text = (tmp_path / "f.txt").read_text()
+    assert "Final test Accuracy: 0.85000" in text and "Final test Forget: nan" in text
 
 
 def test_csv_layout(tmp_path):

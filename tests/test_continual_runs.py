@@ -111,10 +111,16 @@ def test_every_baseline_runs_on_the_same_stream(tmp_path, cifar, method):
     out = tmp_path / method
     m = run_continual(tiny_cifar_cfg(cifar, out, method), progress=False).metrics
     assert set(m) == CONTRACT and m["method"] == method and m["finished"]
+    assert (out / "final_results.txt").read_text().count("Final test Accuracy") == 1
     assert m["task_selection_acc"] is None and m["selection"] is None
     assert 0.0 <= m["final_acc"] <= 1.0
     if method == "joint":
-        assert m["acc_matrix"][0] == [None, None] and m["forgetting"] is None
+        # one row, every task evaluated after training on everything at once (the upper bound)
+        assert len(m["acc_matrix"]) == 1 and None not in m["acc_matrix"][0] and m["tasks_done"] == 2
+        assert m["forgetting"] is None and m["learning_acc"] is None
+        from casdap.compare import load_continual_run
+
+        assert load_continual_run(out).final_acc == pytest.approx(m["final_acc"])
     else:
         assert m["learning_acc"] is not None and m["forgetting"] is not None
     if method in ("linear", "ncm"):

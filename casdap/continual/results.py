@@ -96,11 +96,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_acc_matrix_csv(path: Path, a: Matrix, n_tasks: int) -> None:
-    """Header ``after_task,task_0,...``; one row per finished task; empty cells for unseen tasks."""
+    """Header ``after_task,task_0,...``; one row per finished task; empty cells for unseen tasks
+    (joint training: one row, after the last task)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["after_task", *[f"task_{j}" for j in range(n_tasks)]])
-    for i, row in enumerate(a):
+    offset = n_tasks - len(a) if len(a) == 1 and all(v is not None for v in a[0]) else 0
+    for i, row in enumerate(a, start=offset):
         w.writerow([i, *["" if v is None else f"{v:.6f}" for v in row]])
     _atomic_write_text(path, buf.getvalue())
 
@@ -112,11 +114,14 @@ def write_final_results(path: Path, cfg_text: str, a: Matrix, n_tasks: int, note
     ``notes`` (e.g. a non-default evaluation protocol) are appended after DAP's lines.
     """
     dap = np.zeros((n_tasks, n_tasks))
-    for i, row in enumerate(a):
+    offset = n_tasks - len(a) if len(a) == 1 and all(v is not None for v in a[0]) else 0  # joint: last column
+    for i, row in enumerate(a, start=offset):
         for j, v in enumerate(row):
             if v is not None:
                 dap[j, i] = v
     s = summarize(a)
+    if offset:
+        s["forgetting"] = s["learning_acc"] = None
 
     def fmt(v: float | None) -> str:
         return "nan" if v is None else f"{v:.5f}"

@@ -428,12 +428,17 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
               f"{trainable:,} trainable / {total:,} parameters, device {device}"
               + (f", {world} processes" if world > 1 else "") + f" -> {out}")
 
+    def n_done() -> int:
+        return bench.n_tasks if method == "joint" and state.acc_matrix else len(state.acc_matrix)
+
     def metrics_dict(finished: bool) -> dict[str, Any]:
         s = summarize(state.acc_matrix)
+        if method == "joint":  # one row after seeing everything: no per-task history
+            s = {**s, "learning_acc": None, "forgetting": None, "bwt": None}
         sel = state.task_selection[-1] if state.task_selection else None
         return {
             "method": method, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
-            "n_tasks": bench.n_tasks, "tasks_done": len(state.acc_matrix), "finished": finished,
+            "n_tasks": bench.n_tasks, "tasks_done": n_done(), "finished": finished,
             "acc_matrix": state.acc_matrix, **s,
             "task_selection_acc": sel if method == "dap" else None,
             "mixed_stream_acc": state.mixed[-1] if state.mixed else None,
@@ -482,10 +487,6 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         strategy.train(train_stream, num_workers=workers)
         state.train_time_s += time.perf_counter() - tt
         state.train_images += sum(bench.train_sizes) * cfg.SOLVER.TOTAL_EPOCH * world
-        for _ in range(bench.n_tasks - 1):
-            state.acc_matrix.append([None] * bench.n_tasks)
-            state.mixed.append(None)
-            state.task_selection.append(None)
         row = _row_from_metrics(strategy.eval(test_stream, num_workers=workers), bench.n_tasks) if is_main else []
         mixed = _mixed_stream_accuracy(strategy, bench, bench.n_tasks, seed, cfg.DATA.BATCH_SIZE, workers) \
             if is_main else None
