@@ -207,3 +207,18 @@ def test_embedded_digits_default_runs(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["dataset"] == "digits" and m["n_tasks"] == 5 and len(m["acc_matrix"]) == 5
     assert m["final_acc"] > 0.5  # nearest class mean on the digits beats chance (0.1) by far
+
+
+def test_missing_data_is_one_line_from_the_cli(tmp_path, capsys):
+    from cl_support import CIFAR_YAML
+
+    code = main(["cl", "--config-file", str(CIFAR_YAML), "--data_path", str(tmp_path / "none"), "--output_dir",
+                 str(tmp_path / "o"), "MODEL.RANDOM_INIT", "True"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "CIFAR100 not found" in err[0]
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_bf16_autocast_run(tmp_path, cifar):
+    m = run_continual(tiny_cifar_cfg(cifar, tmp_path / "amp", "dap", "USE_AMP", "True"), progress=False).metrics
+    assert m["finished"] and all(0.0 <= v <= 1.0 for v in m["acc_matrix"][-1])
