@@ -13,6 +13,7 @@ import os
 import random
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,9 @@ def _evaluator(method: str, tb_dir: Path | None):
     if method == "dap":
         metrics.append(TaskSelectionAccuracy())
     loggers = [TensorboardLogger(tb_log_dir=str(tb_dir))] if tb_dir is not None else []
-    return EvaluationPlugin(*metrics, loggers=loggers), loggers
+    with warnings.catch_warnings():  # ranks other than 0 log nothing on purpose
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(*metrics, loggers=loggers), loggers
 
 
 # ------------------------------------------------------------------------- strategy state (resume)
