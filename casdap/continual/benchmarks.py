@@ -20,7 +20,9 @@ from casdap.errors import CasdapError
 __all__ = ["ContinualBenchmark", "build_benchmark", "task_split", "DATASETS"]
 
 DATASETS = ("digits", "cifar100", "cifar10", "imagenet_r", "folder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+# The embedded digits use the input scale of the project's digits backbones (``casdap pretrain``,
+# ``casdap demo``): (x - 0.5) / 0.25 on [0, 1] images. Photos use ImageNet statistics (Model Zoo).
+DIGITS_MEAN, DIGITS_STD = 0.5, 0.25
 
 
 @dataclass
@@ -91,13 +93,6 @@ def task_split(cfg: CfgNode, num_classes: int) -> list[int]:
     return sizes
 
 
-def _normalize():
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from torchvision import transforms
-
-    return transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
-
-
 def _image_transforms(cfg: CfgNode):
     """timm's training / evaluation transforms for PIL images at ``DATA.CROPSIZE``."""
     from timm.data import create_transform
@@ -133,7 +128,7 @@ def _digits(cfg: CfgNode, seed: int):
     from casdap.data.digits import load_digits_tensors
 
     x, y = load_digits_tensors(cfg.DATA.CROPSIZE)
-    x = _normalize()(x)
+    x = (x - DIGITS_MEAN) / DIGITS_STD
     train_idx, test_idx = _seeded_split(y.tolist(), 0.25, seed)
     names = [str(i) for i in range(10)]
     train = LabelledDataset(x[train_idx], y[train_idx].tolist())
