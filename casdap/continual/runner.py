@@ -395,7 +395,9 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         cfg.DATA.NUMBER_CLASSES = bench.num_classes
         cfg.freeze()
     model = _build_model(cfg, method, bench.num_classes)
-    if getattr(cfg.MODEL, "RANDOM_INIT", False) and is_main:
+    # what the backbone really is (a weight file wins over MODEL.RANDOM_INIT when both exist)
+    random_backbone = bool(getattr(getattr(model, "backbone", model), "random_init", cfg.MODEL.RANDOM_INIT))
+    if random_backbone and is_main:
         print("casdap cl: the backbone is randomly initialised (MODEL.RANDOM_INIT True): no pretrained features")
     if world > 1:  # identical starting weights on every rank
         for t in [*model.parameters(), *model.buffers()]:
@@ -431,6 +433,10 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
               f"{trainable:,} trainable / {total:,} parameters, device {device}"
               + (f", {world} processes" if world > 1 else "") + f" -> {out}")
 
+    for lg in loggers:  # the protocol travels with the TensorBoard logs too
+        lg.writer.add_text("run", f"method {method}, key selection {selection or '-'}, backbone {cfg.MODEL.BACKBONE}"
+                           + (" (randomly initialised)" if random_backbone else "") + f", seed {seed}")
+
     def n_done() -> int:
         return bench.n_tasks if method == "joint" and state.acc_matrix else len(state.acc_matrix)
 
@@ -445,7 +451,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
             "acc_matrix": state.acc_matrix, **s,
             "task_selection_acc": sel if method == "dap" else None,
             "mixed_stream_acc": state.mixed[-1] if state.mixed else None,
-            "selection": selection, "random_init_backbone": bool(cfg.MODEL.RANDOM_INIT),
+            "selection": selection, "random_init_backbone": random_backbone,
             "wall_time_s": state.wall_time_s, "trainable_params": trainable, "total_params": total,
             "train_images_per_s": state.train_images / state.train_time_s if state.train_time_s else None,
         }
@@ -519,7 +525,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
                 if selection == "batch_majority" else " (oracle task identity: a diagnostic, not a result)"))
         if method == "dap" and cfg.MODEL.DAP.RESTRICT_TO_TASK:
             notes.append("Logits restricted to the selected key's task classes")
-        if cfg.MODEL.RANDOM_INIT:
+        if random_backbone:
             notes.append("Backbone: randomly initialised (MODEL.RANDOM_INIT True)")
         write_final_results(out / "final_results.txt", cfg.dump(), state.acc_matrix, bench.n_tasks, notes)
         for lg in loggers:
