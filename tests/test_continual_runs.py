@@ -222,3 +222,18 @@ def test_missing_data_is_one_line_from_the_cli(tmp_path, capsys):
 def test_bf16_autocast_run(tmp_path, cifar):
     m = run_continual(tiny_cifar_cfg(cifar, tmp_path / "amp", "dap", "USE_AMP", "True"), progress=False).metrics
     assert m["finished"] and all(0.0 <= v <= 1.0 for v in m["acc_matrix"][-1])
+
+
+def test_pretrained_weight_file_is_loaded_and_not_labelled_random(tmp_path, cifar):
+    from casdap import create_model, save_checkpoint
+
+    torch.manual_seed(1)
+    donor = create_model("rcvit_xs", num_classes=7, distillation=False)
+    save_checkpoint({"model": donor.state_dict()}, tmp_path / "w.pth")
+    out = tmp_path / "pre"
+    res = run_continual(tiny_cifar_cfg(cifar, out, "ncm", "MODEL.RANDOM_INIT", "False", "MODEL.WEIGHT_PATH",
+                                       str(tmp_path / "w.pth")), progress=False)
+    assert res.metrics["random_init_backbone"] is False
+    assert "randomly initialised" not in (out / "final_results.txt").read_text()
+    loaded = res.strategy.model.backbone.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in donor.state_dict().items() if not k.startswith("head."))
