@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "casdap.cli.demo",
     "pretrain": "casdap.cli.pretrain",
     "train": "casdap.cli.train",
+    "cl": "casdap.cli.cl",
 }
 
 

@@ -1,0 +1,250 @@
+"""Class-incremental Avalanche benchmarks built from local data.
+
+Every data set becomes a pair of map-style datasets with a ``targets`` list (images already
+transformed to normalised tensors), which Avalanche's ``class_incremental_benchmark`` splits into
+experiences with a fixed class order: natural label order by default (the DAP protocol), or a
+seeded permutation when ``CONTINUAL.SHUFFLE_CLASSES`` is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from yacs.config import CfgNode
+
+from casdap.errors import CasdapError
+
+__all__ = ["ContinualBenchmark", "build_benchmark", "task_split", "DATASETS"]
+
+DATASETS = ("digits", "cifar100", "cifar10", "imagenet_r", "folder")
+# The embedded digits use the input scale of the project's digits backbones (``casdap pretrain``,
+# ``casdap demo``): (x - 0.5) / 0.25 on [0, 1] images. Photos use ImageNet statistics (Model Zoo).
+DIGITS_MEAN, DIGITS_STD = 0.5, 0.25
+
+
+@dataclass
+class ContinualBenchmark:
+    """An Avalanche class-incremental scenario and the facts the runner needs about it."""
+
+    scenario: object  # avalanche CLScenario with train_stream / test_stream
+    dataset: str
+    num_classes: int
+    class_order: list[int]
+    task_classes: list[list[int]]  # classes of each task, in stream order
+    class_names: list[str]
+    train_sizes: list[int]
+    test_sizes: list[int]
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_classes)
+
+
+class LabelledDataset(Dataset):
+    """Images (tensor or any indexable source) with a ``targets`` list, as Avalanche expects."""
+
+    def __init__(self, source, targets: list[int], transform=None) -> None:
+        self.source = source
+        self.targets = [int(t) for t in targets]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        img = self.source[index]
+        if isinstance(img, tuple):  # a dataset that returns (image, label)
+            img = img[0]
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+
+class _Subset:
+    """Indexable view of ``source`` at ``indices`` (keeps the source's own loading)."""
+
+    def __init__(self, source, indices: list[int]) -> None:
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[self.indices[i]]
+
+
+def task_split(cfg: CfgNode, num_classes: int) -> list[int]:
+    """Classes per task from ``CONTINUAL.INITIAL/INCREMENT/N_TASKS``; they must cover every class."""
+    c = cfg.CONTINUAL
+    if c.N_TASKS < 1 or c.INITIAL < 1 or (c.N_TASKS > 1 and c.INCREMENT < 1):
+        raise CasdapError(
+            f"CONTINUAL.N_TASKS ({c.N_TASKS}), INITIAL ({c.INITIAL}) and INCREMENT ({c.INCREMENT}) must be positive"
+        )
+    sizes = [c.INITIAL] + [c.INCREMENT] * (c.N_TASKS - 1)
+    if sum(sizes) != num_classes:
+        raise CasdapError(
+            f"the data set has {num_classes} classes, but CONTINUAL.INITIAL {c.INITIAL} + "
+            f"{c.N_TASKS - 1} x INCREMENT {c.INCREMENT} = {sum(sizes)}: the classes do not divide into the tasks. "
+            f"Pick values with INITIAL + (N_TASKS - 1) * INCREMENT = {num_classes}"
+        )
+    return sizes
+
+
+def _image_transforms(cfg: CfgNode):
+    """timm's training / evaluation transforms for PIL images at ``DATA.CROPSIZE``."""
+    from timm.data import create_transform
+
+    size = cfg.DATA.CROPSIZE
+    c = cfg.CONTINUAL
+    train = create_transform(
+        size, is_training=True, color_jitter=c.COLOR_JITTER, auto_augment=c.AA, re_prob=c.REPROB,
+        re_mode=c.REMODE, re_count=c.RECOUNT, interpolation="bicubic",
+    )
+    # Small inputs (CIFAR at 32 px) are not centre-cropped: there is nothing to spare.
+    test = create_transform(size, is_training=False, interpolation="bicubic", crop_pct=0.875 if size >= 128 else 1.0)
+    return train, test
+
+
+def _seeded_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Per-class seeded split: ``fraction`` of each class goes to the test side."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    train, test = [], []
+    for cls in sorted(by_class):
+        idx = by_class[cls]
+        perm = torch.randperm(len(idx), generator=g).tolist()
+        n_test = min(len(idx), max(1, int(round(len(idx) * fraction))))
+        test += [idx[p] for p in perm[:n_test]]
+        train += [idx[p] for p in perm[n_test:]]
+    return sorted(train), sorted(test)
+
+
+def _digits(cfg: CfgNode, seed: int):
+    from casdap.data.digits import load_digits_tensors
+
+    x, y = load_digits_tensors(cfg.DATA.CROPSIZE)
+    x = (x - DIGITS_MEAN) / DIGITS_STD
+    train_idx, test_idx = _seeded_split(y.tolist(), 0.25, seed)
+    names = [str(i) for i in range(10)]
+    train = LabelledDataset(x[train_idx], y[train_idx].tolist())
+    test = LabelledDataset(x[test_idx], y[test_idx].tolist())
+    return train, test, names
+
+
+def _cifar(cfg: CfgNode, variant: str):
+    from casdap.data.cifar import CIFARLocal
+
+    train_tf, test_tf = _image_transforms(cfg)
+    train = CIFARLocal(cfg.DATA.DATAPATH or None, train=True, variant=variant)
+    test = CIFARLocal(cfg.DATA.DATAPATH or None, train=False, variant=variant)
+    train.transform, test.transform = train_tf, test_tf
+    return train, test, list(train.classes)
+
+
+def _folder(cfg: CfgNode, seed: int):
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg.DATA.DATAPATH or ".")
+    if not root.is_dir():
+        raise CasdapError(
+            f"folder data set '{root}' does not exist. Set DATA.DATAPATH (or --data_path) to a folder with "
+            "train/ and test/ class folders, or one folder of class folders"
+        )
+    train_tf, test_tf = _image_transforms(cfg)
+    try:
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            tr, te = ImageFolder(str(root / "train")), ImageFolder(str(root / "test"))
+            if tr.classes != te.classes:
+                missing = sorted(set(tr.classes) ^ set(te.classes))[:5]
+                raise CasdapError(
+                    f"'{root}/train' and '{root}/test' must hold the same class folders (differ in {missing})"
+                )
+            return (LabelledDataset(tr, tr.targets, train_tf), LabelledDataset(te, te.targets, test_tf),
+                    list(tr.classes))
+        full = ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise CasdapError(f"cannot read image folders under '{root}': {e}") from None
+    if not 0.0 < cfg.DATA.TEST_SPLIT < 1.0:
+        raise CasdapError(f"DATA.TEST_SPLIT must be in (0, 1) to split '{root}', got {cfg.DATA.TEST_SPLIT}")
+    train_idx, test_idx = _seeded_split(full.targets, cfg.DATA.TEST_SPLIT, seed)
+    targets = full.targets
+    return (
+        LabelledDataset(_Subset(full, train_idx), [targets[i] for i in train_idx], train_tf),
+        LabelledDataset(_Subset(full, test_idx), [targets[i] for i in test_idx], test_tf),
+        list(full.classes),
+    )
+
+
+def shard(dataset: LabelledDataset, rank: int, world: int) -> LabelledDataset:
+    """This rank's equal share of every class (so every rank runs the same number of steps)."""
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(dataset.targets):
+        by_class.setdefault(t, []).append(i)
+    keep = []
+    for idx in by_class.values():
+        per_rank = len(idx) // world
+        keep += idx[rank::world][:per_rank]
+    keep.sort()
+    source = _Subset(dataset.source, keep)
+    return LabelledDataset(source, [dataset.targets[i] for i in keep], dataset.transform)
+
+
+def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBenchmark:
+    """The class-incremental benchmark named by ``DATA.NAME`` (training data sharded over ranks)."""
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+
+    name = cfg.DATA.NAME.lower().replace("-", "_")
+    seed = 0 if cfg.SEED is None else int(cfg.SEED)
+    if name == "digits":
+        train, test, names = _digits(cfg, seed)
+    elif name in ("cifar100", "cifar10"):
+        train, test, names = _cifar(cfg, name)
+        train = LabelledDataset(train, train.targets)
+        test = LabelledDataset(test, test.targets)
+    elif name in ("imagenet_r", "imagenetr", "folder"):
+        train, test, names = _folder(cfg, seed)
+    else:
+        raise CasdapError(f"unknown DATA.NAME '{cfg.DATA.NAME}' (use one of {', '.join(DATASETS)})")
+
+    num_classes = len(names)
+    if cfg.DATA.NUMBER_CLASSES > 0 and cfg.DATA.NUMBER_CLASSES != num_classes:
+        raise CasdapError(
+            f"DATA.NUMBER_CLASSES is {cfg.DATA.NUMBER_CLASSES}, but '{cfg.DATA.NAME}' has {num_classes} classes"
+        )
+    for split, ds in (("training", train), ("test", test)):
+        missing = sorted(set(range(num_classes)) - set(ds.targets))
+        if missing:
+            raise CasdapError(f"the {split} data of '{cfg.DATA.NAME}' has no images of classes {missing[:10]}")
+    sizes = task_split(cfg, num_classes)
+    if not 0.0 < cfg.DATA.PERCENTAGE <= 1.0:
+        raise CasdapError(f"DATA.PERCENTAGE must be in (0, 1], got {cfg.DATA.PERCENTAGE}")
+    if cfg.DATA.PERCENTAGE < 1.0:  # DAP's few-shot setting: a seeded share of each class's training images
+        _, keep = _seeded_split(train.targets, cfg.DATA.PERCENTAGE, seed)
+        train = LabelledDataset(_Subset(train.source, keep), [train.targets[i] for i in keep], train.transform)
+    if cfg.CONTINUAL.SHUFFLE_CLASSES:
+        order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
+    else:
+        order = list(range(num_classes))
+    if world > 1:
+        train = shard(train, rank, world)
+
+    scenario = class_incremental_benchmark(
+        {"train": train, "test": test}, class_order=order, num_classes_per_exp=sizes
+    )
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    task_classes = [order[bounds[i]:bounds[i + 1]] for i in range(len(sizes))]
+    return ContinualBenchmark(
+        scenario=scenario,
+        dataset=name,
+        num_classes=num_classes,
+        class_order=order,
+        task_classes=task_classes,
+        class_names=names,
+        train_sizes=[len(e.dataset) for e in scenario.train_stream],
+        test_sizes=[len(e.dataset) for e in scenario.test_stream],
+    )

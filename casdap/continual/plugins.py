@@ -1,0 +1,231 @@
+"""Avalanche plugins shared by every method: class masking, gradient sync and clipping, the
+learning-rate schedule, mixed precision, and console progress with an ETA."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+from avalanche.core import SupervisedPlugin
+from tqdm.auto import tqdm
+
+__all__ = [
+    "CurrentClassMaskPlugin",
+    "GradSyncPlugin",
+    "GradClipPlugin",
+    "LRSchedulePlugin",
+    "AutocastPlugin",
+    "ProgressPlugin",
+    "RngRecorderPlugin",
+    "mask_to_classes",
+]
+
+
+def mask_to_classes(logits: torch.Tensor, classes, fill: float = float("-inf")) -> torch.Tensor:
+    """``logits`` with every column outside ``classes`` set to ``fill`` (out of place)."""
+    keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    keep[torch.as_tensor(sorted(classes), dtype=torch.long, device=logits.device)] = True
+    return logits.masked_fill(~keep, fill)
+
+
+class CurrentClassMaskPlugin(SupervisedPlugin):
+    """During training, logits of classes outside the current experience are -inf (DAP's masking)."""
+
+    supports_distributed = True
+
+    def after_forward(self, strategy, **kwargs):
+        strategy.mb_output = mask_to_classes(strategy.mb_output, strategy.experience.classes_in_this_experience)
+
+
+class GradSyncPlugin(SupervisedPlugin):
+    """Averages gradients over the processes of a ``torchrun`` job before every update, so all
+    ranks keep identical trainable weights (each rank trains on its own shard of the data)."""
+
+    supports_distributed = True
+
+    def before_update(self, strategy, **kwargs):
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        world = dist.get_world_size()
+        grads = [p.grad for p in strategy.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+class GradClipPlugin(SupervisedPlugin):
+    """Clips the global gradient norm before every update (``SOLVER.GRAD_CLIP``)."""
+
+    supports_distributed = True
+
+    def __init__(self, max_norm: float) -> None:
+        super().__init__()
+        self.max_norm = max_norm
+
+    def before_update(self, strategy, **kwargs):
+        params = [p for p in strategy.model.parameters() if p.grad is not None]
+        if params:
+            torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+
+
+class LRSchedulePlugin(SupervisedPlugin):
+    """Per-iteration timm schedule, restarted for every experience (DAP trains each task afresh).
+
+    ``linear`` decays to zero over the experience, ``cosine`` follows a half cosine, ``constant``
+    keeps the base rate; ``warmup_epochs`` ramps up linearly first.
+    """
+
+    supports_distributed = True
+
+    def __init__(self, kind: str, warmup_epochs: int = 0) -> None:
+        super().__init__()
+        if kind not in ("linear", "cosine", "constant"):
+            from casdap.errors import CasdapError
+
+            raise CasdapError(f"unknown SOLVER.SCHEDULER '{kind}' (use linear, cosine or constant)")
+        self.kind, self.warmup_epochs = kind, warmup_epochs
+        self.scheduler = None
+        self.step = 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.scheduler, self.step = None, 0
+
+    def before_training_iteration(self, strategy, **kwargs):
+        if self.scheduler is None:
+            self._make(strategy)
+        if self.scheduler is not None:
+            self.scheduler.step_update(self.step)
+
+    def after_update(self, strategy, **kwargs):
+        self.step += 1
+
+    def _make(self, strategy) -> None:
+        from timm.scheduler import CosineLRScheduler, PolyLRScheduler
+
+        per_epoch = max(len(strategy.dataloader), 1)
+        total = max(per_epoch * strategy.train_epochs, 1)
+        warmup = min(per_epoch * self.warmup_epochs, total - 1)
+        opt = strategy.optimizer
+        for group in opt.param_groups:  # timm reads the base rate from initial_lr
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"]
+        common = dict(t_initial=total, warmup_t=warmup, warmup_lr_init=0.0, t_in_epochs=False, lr_min=0.0)
+        if self.kind == "linear":
+            self.scheduler = PolyLRScheduler(opt, power=1.0, **common)
+        elif self.kind == "cosine":
+            self.scheduler = CosineLRScheduler(opt, **common)
+        elif warmup > 0:
+            self.scheduler = PolyLRScheduler(opt, power=0.0, **common)
+
+
+class AutocastPlugin(SupervisedPlugin):
+    """bfloat16 autocast around every forward pass (``USE_AMP``); losses stay in float32."""
+
+    supports_distributed = True
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device_type = torch.device(device).type
+        self._ctx = None
+
+    def _enter(self):
+        self._ctx = torch.autocast(self.device_type, dtype=torch.bfloat16)
+        self._ctx.__enter__()
+
+    def _exit(self, strategy):
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
+            self._ctx = None
+        if isinstance(strategy.mb_output, torch.Tensor):
+            strategy.mb_output = strategy.mb_output.float()
+
+    def before_forward(self, strategy, **kwargs):
+        self._enter()
+
+    def after_forward(self, strategy, **kwargs):
+        self._exit(strategy)
+
+    def before_eval_forward(self, strategy, **kwargs):
+        self._enter()
+
+    def after_eval_forward(self, strategy, **kwargs):
+        self._exit(strategy)
+
+
+class ProgressPlugin(SupervisedPlugin):
+    """A tqdm bar per epoch, with the ETA of the whole run (all remaining epochs and tasks)."""
+
+    supports_distributed = True
+
+    def __init__(self, n_tasks: int, enabled: bool = True) -> None:
+        super().__init__()
+        self.n_tasks, self.enabled = n_tasks, enabled
+        self.bar = None
+        self.seconds_per_epoch: list[float] = []
+        self.epoch_start = 0.0
+        self.task = 0
+        self.epoch = 0
+        self.loss_sum = 0.0
+        self.count = 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.task = strategy.experience.current_experience
+        self.epoch = 0
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self.epoch_start = time.perf_counter()
+        self.loss_sum, self.count = 0.0, 0
+        if self.enabled:
+            epoch = self.epoch
+            eta = self._eta(strategy, epoch)
+            desc = f"task {self.task + 1}/{self.n_tasks} epoch {epoch + 1}/{strategy.train_epochs}"
+            if eta is not None:
+                desc += f" (run ETA {eta})"
+            self.bar = tqdm(total=len(strategy.dataloader), desc=desc, leave=False, dynamic_ncols=True)
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.loss_sum += float(strategy.loss.detach()) * len(strategy.mb_y)
+        self.count += len(strategy.mb_y)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{self.loss_sum / max(self.count, 1):.4f}")
+
+    def after_training_epoch(self, strategy, **kwargs):
+        self.seconds_per_epoch.append(time.perf_counter() - self.epoch_start)
+        self.epoch += 1
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            tqdm.write(
+                f"task {self.task + 1}/{self.n_tasks} epoch {self.epoch}/{strategy.train_epochs}: "
+                f"loss {self.loss_sum / max(self.count, 1):.4f}, {self.seconds_per_epoch[-1]:.1f}s"
+            )
+
+    def _eta(self, strategy, epoch: int) -> str | None:
+        if not self.seconds_per_epoch:
+            return None
+        recent = sorted(self.seconds_per_epoch[-5:])[len(self.seconds_per_epoch[-5:]) // 2]
+        left = (strategy.train_epochs - epoch) + (self.n_tasks - self.task - 1) * strategy.train_epochs
+        seconds = int(recent * left)
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class RngRecorderPlugin(SupervisedPlugin):
+    """Records the torch RNG state at the end of each experience, before the replay buffer is
+    updated, so a resumed run can rebuild exactly the same buffer. Must come before ReplayPlugin."""
+
+    supports_distributed = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: dict[int, torch.Tensor] = {}
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.states[strategy.experience.current_experience] = torch.get_rng_state()

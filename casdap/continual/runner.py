@@ -1,0 +1,539 @@
+"""One continual-learning experiment: benchmark, method, task loop, evaluation, run directory.
+
+Every method (``MODEL.TRANSFER_TYPE``) starts from the same backbone and sees the same stream.
+After each task the run directory is brought up to date (metrics, matrix, checkpoint), so a run
+killed mid-task resumes after its last finished task with ``SOLVER.AUTO_RESUME`` and ends with
+the metrics an uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm.auto import tqdm
+from yacs.config import CfgNode
+
+from casdap.checkpoint import read_checkpoint, save_checkpoint
+from casdap.continual.benchmarks import ContinualBenchmark, build_benchmark
+from casdap.continual.plugins import (
+    AutocastPlugin,
+    CurrentClassMaskPlugin,
+    GradClipPlugin,
+    GradSyncPlugin,
+    LRSchedulePlugin,
+    ProgressPlugin,
+    RngRecorderPlugin,
+)
+from casdap.continual.results import (
+    format_summary_table,
+    summarize,
+    write_acc_matrix_csv,
+    write_final_results,
+    write_json,
+)
+from casdap.continual.strategies import (
+    SELECTIONS,
+    BackboneClassifier,
+    DAPStrategy,
+    NCMClassifier,
+    NCMStrategy,
+    TaskSelectionAccuracy,
+)
+from casdap.errors import CasdapError
+
+__all__ = ["METHODS", "run_continual", "RunResult"]
+
+METHODS = ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", "joint")
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FORMAT = "casdap-continual/1"
+_ACC_KEY = re.compile(r"^Top1_Acc_Exp/eval_phase/[^/]+/(?:Task\d+/)?Exp(\d+)$")
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, Any]
+    output_dir: Path
+    strategy: Any = None  # the trained Avalanche strategy (its ``model`` holds the final weights)
+
+
+@dataclass
+class _State:
+    """What the task loop accumulates (and what a checkpoint restores)."""
+
+    acc_matrix: list[list[float | None]] = field(default_factory=list)
+    mixed: list[float | None] = field(default_factory=list)
+    task_selection: list[float | None] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    train_images: int = 0
+
+
+# ---------------------------------------------------------------------------------------- setup
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """Rank and world size under ``torchrun`` (gloo on CPU, nccl on GPU); (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(cfg: CfgNode) -> torch.device:
+    want = cfg.DEVICE.lower()
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CasdapError("DEVICE is 'cuda' but no CUDA device is available (use DEVICE cpu or auto)")
+        if want == "cuda" and "LOCAL_RANK" in os.environ:
+            want = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        return torch.device(want)
+    if want != "cpu":
+        raise CasdapError(f"unknown DEVICE '{cfg.DEVICE}' (use auto, cpu or cuda)")
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    has_gauss, cached = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def output_dir_of(cfg: CfgNode) -> Path:
+    """``OUTPUT_DIR``, or ``./output/<data>/<method>/seed<seed>`` when it is empty (DAP's YAMLs)."""
+    if cfg.OUTPUT_DIR:
+        return Path(cfg.OUTPUT_DIR)
+    seed = 0 if cfg.SEED is None else cfg.SEED
+    return Path("output") / (cfg.DATA.NAME or "data") / cfg.MODEL.TRANSFER_TYPE / f"seed{seed}"
+
+
+# ---------------------------------------------------------------------------------------- methods
+def _make_optimizer(cfg: CfgNode, groups: list[dict]) -> torch.optim.Optimizer:
+    s = cfg.SOLVER
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise CasdapError("the method has no trainable parameters")
+    kind = s.OPTIMIZER.lower()
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=s.BASE_LR, betas=(s.BETA1, s.BETA2), weight_decay=s.WEIGHT_DECAY)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=(s.BETA1, s.BETA2), weight_decay=s.WEIGHT_DECAY)
+    raise CasdapError(f"unknown SOLVER.OPTIMIZER '{s.OPTIMIZER}' (use sgd, adam or adamw)")
+
+
+def _build_model(cfg: CfgNode, method: str, num_classes: int) -> nn.Module:
+    from casdap.models import dap as dap_models
+
+    if method == "dap":
+        return dap_models.build_dap_model(cfg)
+    backbone = dap_models.build_backbone(cfg, num_classes=0)
+    if method == "ncm":
+        return NCMClassifier(backbone, num_classes)
+    return BackboneClassifier(backbone, num_classes, freeze_backbone=(method == "linear"))
+
+
+def _param_groups(cfg: CfgNode, method: str, model: nn.Module) -> list[dict]:
+    lr = cfg.SOLVER.BASE_LR
+    if method == "dap":
+        return [{"params": [p for p in model.trainable_parameters() if p.requires_grad], "lr": lr}]
+    if method == "linear":
+        return [{"params": list(model.head.parameters()), "lr": lr}]
+    return [
+        {"params": list(model.backbone.parameters()), "lr": lr * cfg.BASELINES.BACKBONE_LR_SCALE},
+        {"params": list(model.head.parameters()), "lr": lr},
+    ]
+
+
+def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: ContinualBenchmark, device: torch.device,
+                    evaluator, progress: ProgressPlugin):
+    from avalanche.training import EWC, JointTraining, LwF, Naive
+    from avalanche.training.plugins import ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer
+
+    plugins: list = [progress]
+    if method != "ncm":
+        plugins.append(LRSchedulePlugin(cfg.SOLVER.SCHEDULER, cfg.SOLVER.WARMUP_EPOCH))
+        plugins.append(GradSyncPlugin())
+        if cfg.SOLVER.GRAD_CLIP_APPLY and cfg.SOLVER.GRAD_CLIP > 0:
+            plugins.append(GradClipPlugin(cfg.SOLVER.GRAD_CLIP))
+    if cfg.USE_AMP:
+        plugins.append(AutocastPlugin(device))
+    common = dict(
+        train_mb_size=cfg.DATA.BATCH_SIZE, train_epochs=cfg.SOLVER.TOTAL_EPOCH, eval_mb_size=cfg.DATA.BATCH_SIZE,
+        device=device, evaluator=evaluator,
+    )
+    if method == "ncm":
+        return NCMStrategy(model=model, plugins=plugins, **common)
+    optimizer = _make_optimizer(cfg, _param_groups(cfg, method, model))
+    ce = nn.CrossEntropyLoss()
+    if method == "dap":
+        d = cfg.MODEL.DAP
+        if d.SELECTION not in SELECTIONS:
+            raise CasdapError(f"unknown MODEL.DAP.SELECTION '{d.SELECTION}' (use one of {', '.join(SELECTIONS)})")
+        return DAPStrategy(
+            model=model, optimizer=optimizer, plugins=plugins, current_lambda=d.CURRENT_LAMBDA,
+            sim_lambda=d.SIM_LAMBDA, selection=d.SELECTION, restrict_to_task=d.RESTRICT_TO_TASK, **common,
+        )
+    if method == "linear":
+        return Naive(model=model, optimizer=optimizer, criterion=ce, plugins=[CurrentClassMaskPlugin(), *plugins],
+                     **common)
+    if method == "finetune":
+        return Naive(model=model, optimizer=optimizer, criterion=ce, plugins=plugins, **common)
+    if method == "ewc":
+        return EWC(model=model, optimizer=optimizer, criterion=ce, ewc_lambda=cfg.BASELINES.EWC_LAMBDA,
+                   mode="separate", plugins=plugins, **common)
+    if method == "lwf":
+        return LwF(model=model, optimizer=optimizer, criterion=ce, alpha=cfg.BASELINES.LWF_ALPHA,
+                   temperature=cfg.BASELINES.LWF_TEMPERATURE, plugins=plugins, **common)
+    if method == "replay":
+        size = cfg.BASELINES.REPLAY_MEM_SIZE
+        if size < 1:
+            raise CasdapError(f"BASELINES.REPLAY_MEM_SIZE must be positive, got {size}")
+        # The recorder runs before the replay plugin's buffer update, so resuming can rebuild it.
+        replay = ReplayPlugin(mem_size=size, storage_policy=ClassBalancedBuffer(max_size=size, adaptive_size=True))
+        return Naive(model=model, optimizer=optimizer, criterion=ce, plugins=[RngRecorderPlugin(), replay, *plugins],
+                     **common)
+    if method == "joint":
+        return JointTraining(model=model, optimizer=optimizer, criterion=ce, plugins=plugins, **common)
+    raise CasdapError(f"unknown method MODEL.TRANSFER_TYPE '{method}' (use one of {', '.join(METHODS)})")
+
+
+def _evaluator(method: str, tb_dir: Path | None):
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.logging import TensorboardLogger
+    from avalanche.training.plugins import EvaluationPlugin
+
+    metrics = [accuracy_metrics(epoch=True, experience=True, stream=True), loss_metrics(epoch=True, stream=True)]
+    if method == "dap":
+        metrics.append(TaskSelectionAccuracy())
+    loggers = [TensorboardLogger(tb_log_dir=str(tb_dir))] if tb_dir is not None else []
+    with warnings.catch_warnings():  # ranks other than 0 log nothing on purpose
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(*metrics, loggers=loggers), loggers
+
+
+# ------------------------------------------------------------------------- strategy state (resume)
+def _find_plugin(strategy, kind):
+    return next((p for p in strategy.plugins if isinstance(p, kind)), None)
+
+
+def _strategy_state(strategy) -> dict[str, Any]:
+    from avalanche.training.plugins import EWCPlugin
+
+    state: dict[str, Any] = {
+        "clock": {k: int(v) for k, v in vars(strategy.clock).items() if isinstance(v, int)},
+    }
+    if isinstance(strategy, DAPStrategy):
+        state["class_to_task"] = dict(strategy.class_to_task)
+    ewc = _find_plugin(strategy, EWCPlugin)
+    if ewc is not None:
+        state["ewc_saved"] = {int(e): {k: p.data.cpu() for k, p in d.items()} for e, d in ewc.saved_params.items()}
+        state["ewc_importances"] = {int(e): {k: p.data.cpu() for k, p in d.items()} for e, d in ewc.importances.items()}
+    rec = _find_plugin(strategy, RngRecorderPlugin)
+    if rec is not None:
+        state["replay_rng"] = dict(rec.states)
+    return state
+
+
+def _restore_strategy(strategy, state: dict[str, Any], bench: ContinualBenchmark, done: int) -> None:
+    from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+    from avalanche.training.utils import ParamData
+
+    for k, v in state["clock"].items():
+        setattr(strategy.clock, k, v)
+    if isinstance(strategy, DAPStrategy):
+        strategy.class_to_task = {int(c): int(t) for c, t in state["class_to_task"].items()}
+    ewc = _find_plugin(strategy, EWCPlugin)
+    if ewc is not None:
+        dev = strategy.device
+        for attr, key in (("saved_params", "ewc_saved"), ("importances", "ewc_importances")):
+            target = getattr(ewc, attr)
+            for e, d in state[key].items():
+                target[int(e)] = {k: ParamData(k, init_tensor=t.to(dev), device=dev) for k, t in d.items()}
+    lwf = _find_plugin(strategy, LwFPlugin)
+    if lwf is not None:
+        lwf.lwf.prev_model = copy.deepcopy(strategy.model)
+        lwf.lwf.expcount = done
+        lwf.lwf.prev_classes_by_task[0] = {c for t in range(done) for c in bench.task_classes[t]}
+    replay = _find_plugin(strategy, ReplayPlugin)
+    rec = _find_plugin(strategy, RngRecorderPlugin)
+    if replay is not None and rec is not None:
+        # Rebuild the buffer exactly: the same updates, from the same RNG states.
+        rec.states = {int(k): v for k, v in state["replay_rng"].items()}
+        for t in range(done):
+            torch.set_rng_state(rec.states[t])
+            replay.storage_policy.post_adapt(strategy, bench.scenario.train_stream[t])
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    found = sorted((out / CHECKPOINT_DIR).glob("task_*.pth"))
+    return found[-1] if found else None
+
+
+def _check_compatible(saved_cfg: str, cfg: CfgNode, path: Path) -> None:
+    saved = CfgNode.load_cfg(saved_cfg)
+    keys = ["MODEL.TRANSFER_TYPE", "MODEL.BACKBONE", "DATA.NAME", "SEED", "CONTINUAL.INITIAL", "CONTINUAL.INCREMENT",
+            "CONTINUAL.N_TASKS", "CONTINUAL.SHUFFLE_CLASSES", "DATA.CROPSIZE"]
+    for key in keys:
+        a, b = saved, cfg
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        if a != b:
+            raise CasdapError(
+                f"cannot resume from '{path}': it was made with {key} = {a!r}, this run has {b!r}. "
+                "Use the same settings, or another OUTPUT_DIR for a new run"
+            )
+
+
+# ----------------------------------------------------------------------------------- evaluation
+def _row_from_metrics(metrics: dict[str, Any], seen: int) -> list[float | None]:
+    accs: dict[int, float] = {}
+    for k, v in metrics.items():
+        m = _ACC_KEY.match(k)
+        if m:
+            accs[int(m.group(1))] = float(v)
+    return [accs.get(j) for j in range(seen)]
+
+
+@torch.no_grad()
+def _mixed_stream_accuracy(strategy, bench: ContinualBenchmark, seen: int, seed: int, batch: int,
+                           workers: int) -> float:
+    """Accuracy on one shuffled stream of every seen task's test images (batches mix tasks)."""
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    data = ConcatDataset([bench.scenario.test_stream[j].dataset for j in range(seen)])
+    loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed * 1000 + seen))
+    model = strategy.model
+    model.eval()
+    hits = total = 0
+    for x, y, *_ in loader:
+        x, y = x.to(strategy.device), y.to(strategy.device)
+        logits = strategy.predict(x, y)[0] if isinstance(strategy, DAPStrategy) else model(x)
+        hits += int((logits.argmax(-1) == y).sum())
+        total += len(y)
+    return hits / max(total, 1)
+
+
+# ---------------------------------------------------------------------------------------- runner
+def _count_params(model: nn.Module, method: str) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    if method == "dap":
+        trainable = sum(p.numel() for p in model.trainable_parameters())
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
+    """Run the experiment described by ``cfg`` (frozen, from :func:`casdap.config.load_config`)."""
+    method = cfg.MODEL.TRANSFER_TYPE.lower()
+    if method not in METHODS:
+        raise CasdapError(f"unknown method MODEL.TRANSFER_TYPE '{cfg.MODEL.TRANSFER_TYPE}' (use one of "
+                          f"{', '.join(METHODS)})")
+    device = _device(cfg)
+    rank, world = _distributed(device)
+    is_main = rank == 0
+    seed = 0 if cfg.SEED is None else int(cfg.SEED)
+    out = output_dir_of(cfg)
+    workers = cfg.DATA.NUM_WORKERS
+
+    resume_from = _latest_checkpoint(out) if out.is_dir() else None
+    if resume_from is not None and not cfg.SOLVER.AUTO_RESUME:
+        raise CasdapError(
+            f"'{out}' already holds a run (checkpoints up to {resume_from.name}). Pass --auto_resume "
+            "(SOLVER.AUTO_RESUME True) to continue it, or choose another OUTPUT_DIR"
+        )
+
+    _seed_everything(seed)
+    bench = build_benchmark(cfg, rank, world)
+    if cfg.DATA.NUMBER_CLASSES != bench.num_classes:  # resolved from the data (DAP's -1: "from the data")
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.DATA.NUMBER_CLASSES = bench.num_classes
+        cfg.freeze()
+    model = _build_model(cfg, method, bench.num_classes)
+    # what the backbone really is (a weight file wins over MODEL.RANDOM_INIT when both exist)
+    random_backbone = bool(getattr(getattr(model, "backbone", model), "random_init", cfg.MODEL.RANDOM_INIT))
+    if random_backbone and is_main:
+        print("casdap cl: the backbone is randomly initialised (MODEL.RANDOM_INIT True): no pretrained features")
+    if world > 1:  # identical starting weights on every rank
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
+    tb_dir = out / "tensorboard" if is_main else None
+    evaluator, loggers = _evaluator(method, tb_dir)
+    progress_plugin = ProgressPlugin(bench.n_tasks, enabled=progress and is_main)
+    strategy = _build_strategy(cfg, method, model, bench, device, evaluator, progress_plugin)
+    trainable, total = _count_params(model, method)
+
+    state = _State()
+    start = 0
+    if resume_from is not None:
+        ckpt = read_checkpoint(resume_from)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise CasdapError(f"'{resume_from}' is not a continual-learning checkpoint of this version")
+        _check_compatible(ckpt["config"], cfg, resume_from)
+        model.load_state_dict(ckpt["model"])
+        start = int(ckpt["tasks_done"])
+        state = _State(**ckpt["state"])
+        _restore_strategy(strategy, ckpt["strategy"], bench, start)
+        _set_rng_state(ckpt["rng"])
+        if is_main:
+            print(f"casdap cl: resuming {out} after task {start}/{bench.n_tasks}")
+
+    selection = cfg.MODEL.DAP.SELECTION if method == "dap" else None
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.dump())
+        label = f" [{selection} key selection]" if selection else ""
+        print(f"casdap cl: {method}{label} on {bench.dataset} ({bench.num_classes} classes, {bench.n_tasks} tasks "
+              f"of {[len(c) for c in bench.task_classes]}), backbone {cfg.MODEL.BACKBONE}, seed {seed}, "
+              f"{trainable:,} trainable / {total:,} parameters, device {device}"
+              + (f", {world} processes" if world > 1 else "") + f" -> {out}")
+
+    for lg in loggers:  # the protocol travels with the TensorBoard logs too
+        lg.writer.add_text("run", f"method {method}, key selection {selection or '-'}, backbone {cfg.MODEL.BACKBONE}"
+                           + (" (randomly initialised)" if random_backbone else "") + f", seed {seed}")
+
+    def n_done() -> int:
+        return bench.n_tasks if method == "joint" and state.acc_matrix else len(state.acc_matrix)
+
+    def metrics_dict(finished: bool) -> dict[str, Any]:
+        s = summarize(state.acc_matrix)
+        if method == "joint":  # one row after seeing everything: no per-task history
+            s = {**s, "learning_acc": None, "forgetting": None, "bwt": None}
+        sel = state.task_selection[-1] if state.task_selection else None
+        return {
+            "method": method, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
+            "n_tasks": bench.n_tasks, "tasks_done": n_done(), "finished": finished,
+            "acc_matrix": state.acc_matrix, **s,
+            "task_selection_acc": sel if method == "dap" else None,
+            "mixed_stream_acc": state.mixed[-1] if state.mixed else None,
+            "selection": selection, "random_init_backbone": random_backbone,
+            "wall_time_s": state.wall_time_s, "trainable_params": trainable, "total_params": total,
+            "train_images_per_s": state.train_images / state.train_time_s if state.train_time_s else None,
+        }
+
+    def finish_task(t: int, row: list[float | None], mixed: float | None, task_sel: float | None, t0: float):
+        state.acc_matrix.append(row + [None] * (bench.n_tasks - len(row)))
+        state.mixed.append(mixed)
+        state.task_selection.append(task_sel)
+        state.wall_time_s += time.perf_counter() - t0
+        finished = t == bench.n_tasks - 1
+        if is_main:
+            metrics = metrics_dict(finished)
+            if cfg.MODEL.SAVE_CKPT or not finished:
+                save_checkpoint({
+                    "format": CHECKPOINT_FORMAT, "tasks_done": t + 1, "config": cfg.dump(),
+                    "model": model.state_dict(), "state": vars(state), "strategy": _strategy_state(strategy),
+                    "rng": _rng_state(),
+                }, out / CHECKPOINT_DIR / f"task_{t:03d}.pth")
+            write_json(out / "metrics.json", metrics)
+            write_acc_matrix_csv(out / "acc_matrix.csv", state.acc_matrix, bench.n_tasks)
+            for lg in loggers:
+                done = [v for v in row if v is not None]
+                lg.writer.add_scalar("continual/avg_acc_seen_tasks", sum(done) / max(len(done), 1), t)
+                if mixed is not None:
+                    lg.writer.add_scalar("continual/mixed_stream_acc", mixed, t)
+                if task_sel is not None:
+                    lg.writer.add_scalar("continual/task_selection_acc", task_sel, t)
+                lg.writer.flush()
+            shown = " ".join("  -  " if v is None else f"{100 * v:5.1f}" for v in row)
+            extra = f", task selection {100 * task_sel:.1f}%" if task_sel is not None else ""
+            extra += f", mixed stream {100 * mixed:.1f}%" if mixed is not None else ""
+            tqdm.write(f"after task {t + 1}/{bench.n_tasks}: acc per task [{shown}]{extra} "
+                       f"(elapsed {state.wall_time_s:.1f}s)")
+        if world > 1:
+            dist.barrier()
+
+    train_stream, test_stream = bench.scenario.train_stream, bench.scenario.test_stream
+    if method == "joint" and start < bench.n_tasks:
+        # Joint training sees every task at once: one training, one row (the upper bound).
+        t0 = time.perf_counter()
+        tt = time.perf_counter()
+        strategy.train(train_stream, num_workers=workers)
+        state.train_time_s += time.perf_counter() - tt
+        state.train_images += sum(bench.train_sizes) * cfg.SOLVER.TOTAL_EPOCH * world
+        row = _row_from_metrics(strategy.eval(test_stream, num_workers=workers), bench.n_tasks) if is_main else []
+        mixed = _mixed_stream_accuracy(strategy, bench, bench.n_tasks, seed, cfg.DATA.BATCH_SIZE, workers) \
+            if is_main else None
+        finish_task(bench.n_tasks - 1, row, mixed, None, t0)
+    else:
+        for t in range(start, bench.n_tasks):
+            t0 = time.perf_counter()
+            tt = time.perf_counter()
+            strategy.train(train_stream[t], num_workers=workers, reset_optimizer_state=True)
+            state.train_time_s += time.perf_counter() - tt
+            state.train_images += bench.train_sizes[t] * (1 if method == "ncm" else cfg.SOLVER.TOTAL_EPOCH) * world
+            row, mixed, task_sel = [], None, None
+            if is_main:
+                results = strategy.eval(test_stream[: t + 1], num_workers=workers)
+                row = _row_from_metrics(results, t + 1)
+                if method == "dap":
+                    task_sel = next((float(v) for k, v in results.items() if k.startswith("TaskSel_Stream")), None)
+                mixed = _mixed_stream_accuracy(strategy, bench, t + 1, seed, cfg.DATA.BATCH_SIZE, workers)
+            finish_task(t, row, mixed, task_sel, t0)
+
+    metrics = metrics_dict(True)
+    if is_main:
+        notes = []
+        if selection and selection != "per_image":
+            notes.append(f"Key selection: {selection}" + (
+                " (reference protocol: each test batch holds one task and votes on its key)"
+                if selection == "batch_majority" else " (oracle task identity: a diagnostic, not a result)"))
+        if method == "dap" and cfg.MODEL.DAP.RESTRICT_TO_TASK:
+            notes.append("Logits restricted to the selected key's task classes")
+        if random_backbone:
+            notes.append("Backbone: randomly initialised (MODEL.RANDOM_INIT True)")
+        write_final_results(out / "final_results.txt", cfg.dump(), state.acc_matrix, bench.n_tasks, notes)
+        for lg in loggers:
+            for k in ("final_acc", "forgetting", "learning_acc", "bwt"):
+                if metrics[k] is not None:
+                    lg.writer.add_scalar(f"final/{k}", metrics[k], bench.n_tasks - 1)
+            lg.writer.close()
+        print()
+        print(format_summary_table([metrics]))
+        print(f"\nrun directory: {out}  (TensorBoard: tensorboard --logdir {out / 'tensorboard'})")
+    return RunResult(metrics, out, strategy)

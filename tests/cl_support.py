@@ -1,0 +1,50 @@
+"""Shared pieces of the continual-learning tests: a tiny CIFAR-100-layout data set, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from conftest import ROOT
+
+from casdap.config import load_config
+from casdap.data.cifar import write_cifar
+
+DIGITS_YAML = ROOT / "configs" / "dap" / "digits.yaml"
+CIFAR_YAML = ROOT / "configs" / "dap" / "cifar.yaml"
+
+
+def write_tiny_cifar(root: Path, n_classes: int = 4, train_per_class: int = 8, test_per_class: int = 4,
+                     seed: int = 0) -> Path:
+    """A real ``cifar-100-python`` layout with class-dependent images (colour + noise)."""
+    rng = np.random.default_rng(seed)
+    names = [f"class_{c}" for c in range(n_classes)]
+    colours = rng.integers(0, 256, size=(n_classes, 3))
+    for train, per in ((True, train_per_class), (False, test_per_class)):
+        labels = np.repeat(np.arange(n_classes), per)
+        noise = rng.integers(-40, 40, size=(len(labels), 32, 32, 3))
+        images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+        write_cifar(root, images, labels, names, "cifar100", train)
+    return root
+
+
+def tiny_cifar_cfg(data: Path, out: Path, method: str = "dap", *extra: str, tasks: int = 2):
+    n = 4
+    return load_config(CIFAR_YAML, [
+        "MODEL.TRANSFER_TYPE", method, "MODEL.RANDOM_INIT", "True", "DATA.DATAPATH", str(data),
+        "DATA.NUMBER_CLASSES", str(n), "DATA.CROPSIZE", "32", "DATA.BATCH_SIZE", "8", "DATA.NUM_WORKERS", "0",
+        "CONTINUAL.INITIAL", str(n // tasks), "CONTINUAL.INCREMENT", str(n // tasks), "CONTINUAL.N_TASKS",
+        str(tasks), "MODEL.DAP.PROMPT_POOL", str(tasks), "MODEL.DAP.NUM_TASKS_FOR_EMB", str(tasks),
+        "SOLVER.TOTAL_EPOCH", "1", "OUTPUT_DIR", str(out), "SEED", "0", "BASELINES.REPLAY_MEM_SIZE", "8",
+        "DEVICE", "cpu", *extra,
+    ])
+
+
+def single_thread():
+    """Tiny models on a shared CPU run far faster on one thread than on two competing ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+from cl_support import DIGITS_YAML, single_thread, tiny_cifar_cfg, write_tiny_cifar
+from PIL import Image
+
+from casdap.config import load_config
+from casdap.continual.benchmarks import build_benchmark
+from casdap.errors import CasdapError
+
+_one_thread = pytest.fixture(autouse=True)(single_thread)
+
+
+def test_digits_natural_order_and_seeded_split():
+    bench = build_benchmark(load_config(DIGITS_YAML))
+    assert bench.task_classes == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert sum(bench.train_sizes) + sum(bench.test_sizes) == 1797
+    assert abs(sum(bench.test_sizes) / 1797 - 0.25) < 0.01
+    exp = bench.scenario.train_stream[2]
+    assert exp.current_experience == 2 and set(exp.classes_in_this_experience) == {4, 5}
+    x, y, _ = exp.dataset[0]
+    assert tuple(x.shape) == (3, 32, 32) and int(y) in (4, 5)
+    # the same seed gives the same split, a different seed another one
+    again = build_benchmark(load_config(DIGITS_YAML))
+    other = build_benchmark(load_config(DIGITS_YAML, ["SEED", "1"]))
+
+    def fingerprint(b):
+        ds = b.scenario.test_stream[0].dataset
+        return float(sum(ds[i][0].sum() for i in range(len(ds))))
+
+    assert fingerprint(again) == pytest.approx(fingerprint(bench))
+    assert fingerprint(other) != pytest.approx(fingerprint(bench))
+
+
+def test_shuffled_class_order_is_seeded():
+    a = build_benchmark(load_config(DIGITS_YAML, ["CONTINUAL.SHUFFLE_CLASSES", "True"]))
+    b = build_benchmark(load_config(DIGITS_YAML, ["CONTINUAL.SHUFFLE_CLASSES", "True"]))
+    c = build_benchmark(load_config(DIGITS_YAML, ["CONTINUAL.SHUFFLE_CLASSES", "True", "SEED", "3"]))
+    assert a.class_order == b.class_order != list(range(10))
+    assert c.class_order != a.class_order
+    assert set(a.scenario.train_stream[0].classes_in_this_experience) == set(a.task_classes[0])
+
+
+def test_uneven_first_task():
+    bench = build_benchmark(load_config(DIGITS_YAML, ["CONTINUAL.INITIAL", "4", "CONTINUAL.INCREMENT", "3",
+                                                      "CONTINUAL.N_TASKS", "3"]))
+    assert bench.task_classes == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+def test_classes_that_do_not_divide_into_tasks():
+    cfg = load_config(DIGITS_YAML, ["CONTINUAL.INITIAL", "3", "CONTINUAL.INCREMENT", "3", "CONTINUAL.N_TASKS", "3"])
+    with pytest.raises(CasdapError, match="10 classes.*do not divide"):
+        build_benchmark(cfg)
+
+
+def test_cifar100_layout_fixture(tmp_path):
+    data = write_tiny_cifar(tmp_path / "cifar")
+    bench = build_benchmark(tiny_cifar_cfg(data, tmp_path / "out"))
+    assert bench.dataset == "cifar100" and bench.num_classes == 4
+    assert bench.task_classes == [[0, 1], [2, 3]]
+    assert bench.train_sizes == [16, 16] and bench.test_sizes == [8, 8]
+    x, y, _ = bench.scenario.test_stream[1].dataset[0]
+    assert tuple(x.shape) == (3, 32, 32) and int(y) in (2, 3)
+
+
+def test_missing_cifar_data_is_one_clear_error(tmp_path):
+    with pytest.raises(CasdapError, match="CIFAR100 not found.*cifar-100-python"):
+        build_benchmark(tiny_cifar_cfg(tmp_path / "nowhere", tmp_path / "out"))
+
+
+def test_folder_data_split_by_seeded_ratio(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (tmp_path / "imgs" / f"cls{c}").mkdir(parents=True)
+        for i in range(5):
+            img = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+            img.save(tmp_path / "imgs" / f"cls{c}" / f"{i}.png")
+    cfg = load_config(DIGITS_YAML, ["DATA.NAME", "folder", "DATA.DATAPATH", str(tmp_path / "imgs"),
+                                    "DATA.NUMBER_CLASSES", "4", "DATA.TEST_SPLIT", "0.4", "CONTINUAL.INITIAL", "2",
+                                    "CONTINUAL.N_TASKS", "2"])
+    bench = build_benchmark(cfg)
+    assert bench.class_names == ["cls0", "cls1", "cls2", "cls3"]
+    assert bench.train_sizes == [6, 6] and bench.test_sizes == [4, 4]
+    assert tuple(bench.scenario.train_stream[0].dataset[0][0].shape) == (3, 32, 32)
+
+
+def test_unknown_data_set_and_missing_folder(tmp_path):
+    with pytest.raises(CasdapError, match="unknown DATA.NAME 'mnist'"):
+        build_benchmark(load_config(DIGITS_YAML, ["DATA.NAME", "mnist"]))
+    with pytest.raises(CasdapError, match="does not exist"):
+        build_benchmark(load_config(DIGITS_YAML, ["DATA.NAME", "folder", "DATA.DATAPATH", str(tmp_path / "none")]))

@@ -1,0 +1,239 @@
+"""End-to-end continual-learning runs on tiny data: run directory contract, methods, resume,
+evaluation protocols, bad input."""
+
+import csv
+import json
+
+import pytest
+import torch
+from cl_support import DIGITS_YAML, single_thread, tiny_cifar_cfg, write_tiny_cifar
+
+from casdap.cli import main
+from casdap.continual import runner
+from casdap.continual.plugins import ProgressPlugin
+from casdap.continual.runner import run_continual
+
+CONTRACT = {
+    "method", "backbone", "dataset", "seed", "n_tasks", "tasks_done", "finished", "acc_matrix", "final_acc",
+    "forgetting", "learning_acc", "bwt", "task_selection_acc", "mixed_stream_acc", "selection",
+    "random_init_backbone", "wall_time_s", "trainable_params", "total_params", "train_images_per_s",
+}
+
+
+@pytest.fixture
+def cifar(tmp_path):
+    return write_tiny_cifar(tmp_path / "cifar")
+
+
+_one_thread = pytest.fixture(autouse=True)(single_thread)
+
+
+def test_dap_run_directory_contract(tmp_path, cifar):
+    out = tmp_path / "run"
+    result = run_continual(tiny_cifar_cfg(cifar, out), progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m) == CONTRACT and m == json.loads(json.dumps(result.metrics))
+    assert m["method"] == "dap" and m["finished"] and m["tasks_done"] == 2 == m["n_tasks"]
+    assert m["selection"] == "per_image" and m["random_init_backbone"] is True
+    a = m["acc_matrix"]
+    assert a[0][1] is None and all(0.0 <= v <= 1.0 for row in a for v in row if v is not None)
+    assert m["final_acc"] == pytest.approx(sum(a[1]) / 2)
+    assert m["learning_acc"] == pytest.approx((a[0][0] + a[1][1]) / 2)
+    assert 0.0 <= m["task_selection_acc"] <= 1.0 and 0.0 <= m["mixed_stream_acc"] <= 1.0
+    assert 0 < m["trainable_params"] < m["total_params"] and m["train_images_per_s"] > 0
+    rows = list(csv.reader(open(out / "acc_matrix.csv")))
+    assert rows[0] == ["after_task", "task_0", "task_1"] and rows[1][2] == ""
+    text = (out / "final_results.txt").read_text()
+    assert "TRANSFER_TYPE: dap" in text and f"Final test Accuracy: {m['final_acc']:.5f}" in text
+    assert "Final test Forget:" in text and "Final test LA:" in text
+    assert "randomly initialised" in text
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["task_000.pth", "task_001.pth"]
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    assert "TRANSFER_TYPE: dap" in (out / "config.yaml").read_text()
+
+
+def test_dap_training_forces_keys_masks_classes_and_freezes_token_axis(tmp_path, cifar):
+    cfg = tiny_cifar_cfg(cifar, tmp_path / "run")
+    seen = []
+    original = runner.DAPStrategy.forward
+
+    def spy(self):
+        if self.is_training:
+            seen.append((self.current_task, sorted(set(self.mb_y.tolist()))))
+        return original(self)
+
+    runner.DAPStrategy.forward = spy
+    try:
+        res = run_continual(cfg, progress=False)
+    finally:
+        runner.DAPStrategy.forward = original
+    assert {t for t, _ in seen} == {0, 1}
+    assert all(set(ys) <= ({0, 1} if t == 0 else {2, 3}) for t, ys in seen)
+    ck0 = torch.load(res.output_dir / "checkpoints" / "task_000.pth", weights_only=True)["model"]
+    ck1 = torch.load(res.output_dir / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    structure = [k for k in ck0 if k.endswith(("token_map.weight", "token_map.bias", "gate_a", "gate_b"))]
+    film = [k for k in ck0 if ".film." in k]
+    assert structure and film
+    # token-axis maps and gates trained on the first task only; FiLM keeps learning; backbone frozen
+    assert all(torch.equal(ck0[k], ck1[k]) for k in structure)
+    assert any(not torch.equal(ck0[k], ck1[k]) for k in film)
+    assert any(ck0[k].abs().sum() > 0 for k in structure if "gate" in k)
+    assert all(torch.equal(ck0[k], ck1[k]) for k in ck0 if k.startswith("backbone."))
+    # masked cross-entropy: while learning task 1 the head rows of task 0's classes get no gradient
+    assert torch.equal(ck0["head.weight"][:2], ck1["head.weight"][:2])
+    assert not torch.equal(ck0["head.weight"][2:], ck1["head.weight"][2:])
+
+
+@pytest.mark.parametrize("selection", ["batch_majority", "oracle"])
+def test_other_key_selection_protocols_are_labelled(tmp_path, cifar, selection):
+    out = tmp_path / selection
+    m = run_continual(tiny_cifar_cfg(cifar, out, "dap", "MODEL.DAP.SELECTION", selection), progress=False).metrics
+    assert m["selection"] == selection
+    assert f"Key selection: {selection}" in (out / "final_results.txt").read_text()
+    if selection == "oracle":
+        assert m["task_selection_acc"] == 1.0
+
+
+def test_restrict_to_task_limits_predictions_to_the_selected_task(tmp_path, cifar):
+    out = tmp_path / "restrict"
+    m = run_continual(tiny_cifar_cfg(cifar, out, "dap", "MODEL.DAP.RESTRICT_TO_TASK", "True",
+                                     "MODEL.DAP.SELECTION", "oracle"), progress=False).metrics
+    # with the true task's key and logits restricted to its classes, a task's images can only be
+    # confused within the task: accuracy is at least that of the unrestricted model
+    plain = run_continual(tiny_cifar_cfg(cifar, tmp_path / "plain", "dap", "MODEL.DAP.SELECTION", "oracle"),
+                          progress=False).metrics
+    assert m["final_acc"] >= plain["final_acc"]
+    assert "restricted to the selected key's task" in (out / "final_results.txt").read_text()
+
+
+@pytest.mark.parametrize("method", ["finetune", "linear", "ewc", "lwf", "replay", "ncm", "joint"])
+def test_every_baseline_runs_on_the_same_stream(tmp_path, cifar, method):
+    out = tmp_path / method
+    m = run_continual(tiny_cifar_cfg(cifar, out, method), progress=False).metrics
+    assert set(m) == CONTRACT and m["method"] == method and m["finished"]
+    assert (out / "final_results.txt").read_text().count("Final test Accuracy") == 1
+    assert m["task_selection_acc"] is None and m["selection"] is None
+    assert 0.0 <= m["final_acc"] <= 1.0
+    if method == "joint":
+        # one row, every task evaluated after training on everything at once (the upper bound)
+        assert len(m["acc_matrix"]) == 1 and None not in m["acc_matrix"][0] and m["tasks_done"] == 2
+        assert m["forgetting"] is None and m["learning_acc"] is None
+        from casdap.compare import load_continual_run
+
+        assert load_continual_run(out).final_acc == pytest.approx(m["final_acc"])
+    else:
+        assert m["learning_acc"] is not None and m["forgetting"] is not None
+    if method in ("linear", "ncm"):
+        assert m["trainable_params"] < m["total_params"]
+    if method == "ncm":  # colour-coded fixture classes: prototypes separate them
+        assert m["final_acc"] >= 0.75
+
+
+def _interrupt_during_task(monkeypatch, task: int):
+    original = ProgressPlugin.after_training_iteration
+
+    def boom(self, strategy, **kwargs):
+        original(self, strategy, **kwargs)
+        if strategy.experience.current_experience == task:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ProgressPlugin, "after_training_iteration", boom)
+
+
+@pytest.mark.parametrize("method", ["dap", "replay", "ewc", "lwf"])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cifar, monkeypatch, method):
+    extra = ("DATA.BATCH_SIZE", "4")
+    full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", method, *extra, tasks=2), progress=False).metrics
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as mp:
+        _interrupt_during_task(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_continual(tiny_cifar_cfg(cifar, killed, method, *extra, tasks=2), progress=False)
+    half = json.loads((killed / "metrics.json").read_text())
+    assert half["tasks_done"] == 1 and not half["finished"]
+    resumed = run_continual(tiny_cifar_cfg(cifar, killed, method, *extra, "SOLVER.AUTO_RESUME", "True", tasks=2),
+                            progress=False).metrics
+    assert resumed["acc_matrix"] == full["acc_matrix"]
+    assert resumed["mixed_stream_acc"] == full["mixed_stream_acc"]
+    assert resumed["finished"] and resumed["tasks_done"] == 2
+    a = torch.load(tmp_path / "full" / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_is_not_overwritten_without_auto_resume(tmp_path, cifar):
+    run_continual(tiny_cifar_cfg(cifar, tmp_path / "run", "ncm"), progress=False)
+    with pytest.raises(Exception, match="already holds a run.*--auto_resume"):
+        run_continual(tiny_cifar_cfg(cifar, tmp_path / "run", "ncm"), progress=False)
+
+
+def test_cli_flags_map_onto_config_and_unknown_method_is_one_line(tmp_path, cifar, capsys):
+    from casdap.cli import build_parser
+    from casdap.cli.cl import resolve_config
+
+    args = build_parser().parse_args([
+        "cl", "--config-file", str(DIGITS_YAML), "--model", "rcvit_s", "--lr", "0.003", "--batch_size", "16",
+        "--epochs", "2", "--output_dir", "o", "--data_path", "d", "--input_size", "64", "--use_amp", "--seed", "7",
+        "--auto_resume", "--device", "cpu", "--num_workers", "1", "SOLVER.TOTAL_EPOCH", "3",
+    ])
+    cfg = resolve_config(args)
+    assert (cfg.MODEL.BACKBONE, cfg.SOLVER.BASE_LR, cfg.DATA.BATCH_SIZE, cfg.OUTPUT_DIR, cfg.DATA.DATAPATH) == (
+        "rcvit_s", 0.003, 16, "o", "d")
+    assert (cfg.DATA.CROPSIZE, cfg.USE_AMP, cfg.SEED, cfg.SOLVER.AUTO_RESUME, cfg.DEVICE) == (64, True, 7, True, "cpu")
+    assert cfg.DATA.NUM_WORKERS == 1 and cfg.SOLVER.TOTAL_EPOCH == 3  # KEY VALUE beats the flag
+    untyped = resolve_config(build_parser().parse_args(["cl", "--config-file", str(DIGITS_YAML)]))
+    assert untyped.SOLVER.TOTAL_EPOCH == 5 and untyped.DATA.CROPSIZE == 32  # the file beats the defaults
+
+    code = main(["cl", "--config-file", str(DIGITS_YAML), "MODEL.TRANSFER_TYPE", "prompt-magic"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unknown method MODEL.TRANSFER_TYPE 'prompt-magic'" in err[0]
+
+
+def test_main_py_routes_config_file_runs_to_cl(tmp_path, cifar):
+    from casdap.cli import seed_main
+
+    out = tmp_path / "seed"
+    yaml = tmp_path / "tiny.yaml"
+    yaml.write_text(tiny_cifar_cfg(cifar, out, "linear").dump())
+    assert seed_main(["--config-file", str(yaml), "--epochs", "1", "--output_dir", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["method"] == "linear"
+
+
+def test_embedded_digits_default_runs(tmp_path):
+    out = tmp_path / "digits"
+    code = main(["cl", "--config-file", str(DIGITS_YAML), "--epochs", "1", "--output_dir", str(out), "--no-progress",
+                 "MODEL.RANDOM_INIT", "True", "DATA.PERCENTAGE", "0.05", "MODEL.TRANSFER_TYPE", "ncm"])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["dataset"] == "digits" and m["n_tasks"] == 5 and len(m["acc_matrix"]) == 5
+    assert m["final_acc"] > 0.5  # nearest class mean on the digits beats chance (0.1) by far
+
+
+def test_missing_data_is_one_line_from_the_cli(tmp_path, capsys):
+    from cl_support import CIFAR_YAML
+
+    code = main(["cl", "--config-file", str(CIFAR_YAML), "--data_path", str(tmp_path / "none"), "--output_dir",
+                 str(tmp_path / "o"), "MODEL.RANDOM_INIT", "True"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "CIFAR100 not found" in err[0]
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_bf16_autocast_run(tmp_path, cifar):
+    m = run_continual(tiny_cifar_cfg(cifar, tmp_path / "amp", "dap", "USE_AMP", "True"), progress=False).metrics
+    assert m["finished"] and all(0.0 <= v <= 1.0 for v in m["acc_matrix"][-1])
+
+
+def test_pretrained_weight_file_is_loaded_and_not_labelled_random(tmp_path, cifar):
+    from casdap import create_model, save_checkpoint
+
+    torch.manual_seed(1)
+    donor = create_model("rcvit_xs", num_classes=7, distillation=False)
+    save_checkpoint({"model": donor.state_dict()}, tmp_path / "w.pth")
+    out = tmp_path / "pre"
+    res = run_continual(tiny_cifar_cfg(cifar, out, "ncm", "MODEL.RANDOM_INIT", "False", "MODEL.WEIGHT_PATH",
+                                       str(tmp_path / "w.pth")), progress=False)
+    assert res.metrics["random_init_backbone"] is False
+    assert "randomly initialised" not in (out / "final_results.txt").read_text()
+    loaded = res.strategy.model.backbone.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in donor.state_dict().items() if not k.startswith("head."))
