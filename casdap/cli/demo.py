@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     weights = _backbone(out, args.pretrain_epochs)
     config = shipped_config("digits")
 
+    # AUTO_RESUME: a demo run again in the same folder reuses finished runs and completes broken ones.
     run_dirs = []
     total = len(args.methods) * len(args.seeds)
     print(f"[2/3] continual learning: {total} runs on {config.name} (5 tasks of 2 digits)")
@@ -87,13 +88,13 @@ def run(args: argparse.Namespace) -> int:
         run_dir = out / method / f"seed{seed}"
         cfg = load_config(config, [
             "MODEL.TRANSFER_TYPE", method, "SEED", str(seed), "OUTPUT_DIR", str(run_dir),
-            "MODEL.WEIGHT_PATH", str(weights), *args.opts,
+            "MODEL.WEIGHT_PATH", str(weights), "SOLVER.AUTO_RESUME", "True", *args.opts,
         ])
         print(f"--- run {i}/{total}: {method}, seed {seed} -> {run_dir}")
         result = run_continual(cfg)
         m = result.metrics
-        print(f"    final acc {m['final_acc']:.3f}, forgetting {m['forgetting']:.3f}, "
-              f"{m['wall_time_s']:.0f} s")
+        forgetting = "-" if m["forgetting"] is None else f"{m['forgetting']:.3f}"
+        print(f"    final acc {m['final_acc']:.3f}, forgetting {forgetting}, {m['wall_time_s']:.0f} s")
         run_dirs.append(run_dir)
 
     print("[3/3] comparison")

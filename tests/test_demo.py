@@ -1,0 +1,35 @@
+import csv
+import subprocess
+import sys
+
+from PIL import Image
+
+
+def test_demo_end_to_end_at_reduced_size(tmp_path):
+    """The demo's whole path: offline pretraining, DAP and baselines on the digits stream, compare."""
+    out_dir = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "casdap", "demo", "--out", str(out_dir), "--pretrain-epochs", "1",
+           "--methods", "dap,finetune,linear,joint", "SOLVER.TOTAL_EPOCH", "1", "DATA.PERCENTAGE", "0.1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[1/3] backbone: pretraining rcvit_xs offline" in out.stdout
+    for method in ("dap", "finetune", "linear", "joint"):
+        assert (out_dir / method / "seed0" / "metrics.json").is_file()
+        assert f"{method}/seed0" in out.stdout
+    rows = list(csv.DictReader(open(out_dir / "compare" / "runs.csv")))
+    assert sorted(r["method"] for r in rows) == ["dap", "finetune", "joint", "linear"]
+    heat = Image.open(out_dir / "compare" / "avg_accuracy.png")
+    assert heat.size[0] > 100 and heat.size[1] > 100
+    assert "TensorBoard: tensorboard --logdir" in out.stdout and "demo finished in" in out.stdout
+
+    again = subprocess.run(cmd[:-4] + ["--methods", "ncm", "SOLVER.TOTAL_EPOCH", "1", "DATA.PERCENTAGE", "0.1"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "backbone: reusing" in again.stdout
+
+
+def test_demo_rejects_unknown_method(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "casdap", "demo", "--methods", "dap,magic"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "unknown method(s) magic" in out.stderr
+    assert not (tmp_path / "runs").exists()
