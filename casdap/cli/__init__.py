@@ -17,6 +17,7 @@ from casdap.errors import CasdapError
 SUBCOMMANDS: dict[str, str] = {
     "compare": "casdap.cli.compare",
     "demo": "casdap.cli.demo",
+    "pretrain": "casdap.cli.pretrain",
     "train": "casdap.cli.train",
     "cl": "casdap.cli.cl",
 }

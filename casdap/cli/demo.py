@@ -1,52 +1,116 @@
-"""``casdap demo``: a short real training of a CAS-ViT backbone on the embedded digits."""
+"""``casdap demo``: the whole pipeline on the embedded digits, with no download and no flag.
+
+Pretrain the backbone offline (rendered glyphs, never a digit), run DAP and the non-DAP methods on
+the same class-incremental stream from that same frozen start, then compare them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+from casdap.errors import CasdapError
+
+DEFAULT_METHODS = ("dap", "finetune", "linear", "ncm", "joint")
+
+
+def _methods(text: str) -> list[str]:
+    from casdap.continual.runner import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(METHODS)}")
+    return methods
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got '{text}'") from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train a small CAS-ViT on the embedded digits and report")
-    p.add_argument("--model", default="rcvit_xs")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "demo",
+        help="pretrain, run DAP and baselines on the embedded digits, compare them",
+        description="End-to-end demo on scikit-learn's digits (5 tasks of 2 classes): offline pretraining of the "
+        "frozen backbone, DAP and non-DAP methods on the same stream, then `casdap compare`.",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (default: runs/demo)")
+    p.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS),
+                   help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default: 0)")
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help="epochs of offline backbone pretraining (default: the measured protocol)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config overrides for every method, e.g. SOLVER.TOTAL_EPOCH 2")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from casdap import create_model
-    from casdap.data.digits import load_digits_tensors
+def _backbone(out: Path, epochs: int | None) -> Path:
+    """The pretrained backbone of the demo; reused when an earlier demo already made it."""
+    from casdap.pretrain.train import pretrain_backbone, sidecar_path
 
-    torch.manual_seed(args.seed)
-    x, y = load_digits_tensors(32)
-    x = (x - 0.5) / 0.25
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed))
-    n_train = int(0.75 * len(y))
-    tr, te = perm[:n_train], perm[n_train:]
-    model = create_model(args.model, num_classes=10, distillation=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    print(f"demo: {args.model} on scikit-learn digits (32x32), {len(tr)} train / {len(te)} test images")
+    path = out / "model" / "rcvit_xs.pth"
+    if path.is_file() and sidecar_path(path).is_file():
+        print(f"[1/3] backbone: reusing {path} (delete it to pretrain again)")
+        return path
+    print("[1/3] backbone: pretraining rcvit_xs offline on rendered glyphs (no digit is ever shown)")
     start = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        order = tr[torch.randperm(len(tr))]
-        total = 0.0
-        for i in range(0, len(order), args.batch_size):
-            idx = order[i : i + args.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        model.eval()
-        with torch.no_grad():
-            acc = (model(x[te]).argmax(1) == y[te]).float().mean().item()
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {total / len(tr):.3f}, test acc {acc:.3f}")
-    elapsed = time.perf_counter() - start
-    print(f"done in {elapsed:.1f} s ({args.epochs * len(tr) / elapsed:.0f} training images/s)")
+    kwargs = {} if epochs is None else {"epochs": epochs}
+    info = pretrain_backbone("rcvit_xs", path, **kwargs)
+    print(f"      {info.get('head_classes', '?')} classes, {info.get('epochs', '?')} epochs, "
+          f"{time.perf_counter() - start:.0f} s -> {path}")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from casdap.compare import group_table, load_runs, run_table, tag_notes, text_table, write_outputs
+    from casdap.config import load_config, shipped_config
+    from casdap.continual.runner import run_continual
+
+    if args.pretrain_epochs is not None and args.pretrain_epochs < 1:
+        raise CasdapError("--pretrain-epochs must be at least 1")
+    start = time.perf_counter()
+    out: Path = args.out
+    weights = _backbone(out, args.pretrain_epochs)
+    config = shipped_config("digits")
+
+    run_dirs = []
+    total = len(args.methods) * len(args.seeds)
+    print(f"[2/3] continual learning: {total} runs on {config.name} (5 tasks of 2 digits)")
+    for i, (seed, method) in enumerate(((s, m) for s in args.seeds for m in args.methods), 1):
+        run_dir = out / method / f"seed{seed}"
+        cfg = load_config(config, [
+            "MODEL.TRANSFER_TYPE", method, "SEED", str(seed), "OUTPUT_DIR", str(run_dir),
+            "MODEL.WEIGHT_PATH", str(weights), *args.opts,
+        ])
+        print(f"--- run {i}/{total}: {method}, seed {seed} -> {run_dir}")
+        result = run_continual(cfg)
+        m = result.metrics
+        print(f"    final acc {m['final_acc']:.3f}, forgetting {m['forgetting']:.3f}, "
+              f"{m['wall_time_s']:.0f} s")
+        run_dirs.append(run_dir)
+
+    print("[3/3] comparison")
+    comp = load_runs(run_dirs)
+    for _, reason in comp.skipped:
+        print(f"skipped {reason}")
+    print(text_table(*run_table(comp.runs, console=True)))
+    if any(len(g.runs) > 1 for g in comp.groups):
+        print("\nGrouped over seeds (mean ± sample std):")
+        print(text_table(*group_table(comp.groups, console=True)))
+    notes = tag_notes(comp.runs)
+    if notes:
+        print("\n" + "\n".join(notes))
+    written = write_outputs(comp, out / "compare")
+    plots = sorted(p for p in written if p.suffix == ".png")
+    print(f"\ntables: {out / 'compare' / 'summary.md'}, {out / 'compare' / 'summary.csv'}")
+    print(f"plots:  {len(plots)} PNG files under {out / 'compare'}")
+    print(f"TensorBoard: tensorboard --logdir {out}")
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0

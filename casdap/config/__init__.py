@@ -18,7 +18,7 @@ from yacs.config import CfgNode
 from casdap.config.defaults import get_defaults
 from casdap.errors import CasdapError
 
-__all__ = ["CfgNode", "get_cfg", "load_config", "config_keys"]
+__all__ = ["CfgNode", "get_cfg", "load_config", "config_keys", "shipped_config"]
 
 BASE_KEY = "_BASE_"
 
@@ -121,3 +121,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         node[parts[-1]] = _coerce(_parse_value(text), node[parts[-1]], key, "the command line")
     cfg.freeze()
     return cfg
+
+
+def shipped_config(name: str) -> Path:
+    """Path of a config shipped in the repository's ``configs/dap/`` (e.g. ``"digits"``)."""
+    folder = Path(__file__).resolve().parents[2] / "configs" / "dap"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        have = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
+        raise CasdapError(f"no shipped config '{name}' in '{folder}' (available: {have}); "
+                          "install casdap from a checkout (pip install -e .) or pass --config-file")
+    return path
