@@ -16,6 +16,8 @@ from casdap.errors import CasdapError
 # subcommand -> module under casdap.cli
 SUBCOMMANDS: dict[str, str] = {
     "demo": "casdap.cli.demo",
+    "bench": "casdap.cli.bench",
+    "export": "casdap.cli.export",
 }
 
 

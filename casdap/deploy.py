@@ -1,0 +1,177 @@
+"""Inference-only forms of a CAS-ViT: BatchNorm folded away, channels-last layout, torch.compile.
+
+Every transform returns a new module and leaves the trained model untouched. Each is exact up to
+float rounding (the tests hold them to 1e-4 of the eager model):
+
+* BatchNorm after a convolution (stem, downsampling embeddings, ``LocalIntegration``, the spatial
+  gates) becomes a rescaled weight and a new bias of that convolution.
+* ``norm1`` / ``norm2`` in every block only feed a 1x1 convolution (``attn.qkv``, ``mlp.fc1``), so
+  they are folded into that *following* convolution (a per-input-channel scale and a bias term;
+  exact because a 1x1 convolution has no zero padding that the BN shift could leak into).
+* The final BN is per-channel affine and commutes with global average pooling, so it folds into
+  the classifier; in eval mode the distillation head and the main head (whose logits are
+  averaged) merge into one Linear.
+
+The folded model keeps the ``CASViT`` interface, but it is for inference only: it has no
+BatchNorm statistics to train, ``forward_features`` returns the map *before* the (folded) final
+BN, and it always answers with the eval-mode logits.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from casdap.errors import CasdapError
+from casdap.models.casvit import (
+    AdditiveBlock,
+    CASViT,
+    Downsample,
+    LocalIntegration,
+    SpatialGate,
+)
+
+__all__ = ["fold_batchnorm", "optimize_for_inference", "count_batchnorm"]
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bn(x) == x * scale + shift`` per channel, from the running statistics."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise CasdapError(
+            f"cannot fold {bn}: it has no running statistics (track_running_stats=False); "
+            "such a BatchNorm normalises with batch statistics and is not a fixed affine map"
+        )
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _new_conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    out = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
+    ).to(device=weight.device, dtype=weight.dtype)
+    out.weight.copy_(weight)
+    out.bias.copy_(bias)
+    return out
+
+
+@torch.no_grad()
+def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``bn(conv(x))`` as one convolution (any kernel, stride or groups)."""
+    scale, shift = _bn_scale_shift(bn)
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    return _new_conv_like(conv, weight, bias)
+
+
+@torch.no_grad()
+def fold_bn_into_next_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv(bn(x))`` as one convolution; only exact without padding and without groups."""
+    if conv.groups != 1 or any(p != 0 for p in conv.padding) or conv.padding_mode != "zeros":
+        raise CasdapError(f"cannot fold a BatchNorm into the following {conv}: it needs groups=1 and no padding")
+    scale, shift = _bn_scale_shift(bn)
+    weight = conv.weight * scale.reshape(1, -1, 1, 1)
+    bias = conv.weight.sum(dim=(2, 3)) @ shift
+    if conv.bias is not None:
+        bias = bias + conv.bias
+    return _new_conv_like(conv, weight, bias)
+
+
+@torch.no_grad()
+def _fold_bn_into_linear(bn: nn.BatchNorm2d, linear: nn.Linear) -> nn.Linear:
+    """``linear(mean_hw(bn(x)))`` as ``linear'(mean_hw(x))``."""
+    scale, shift = _bn_scale_shift(bn)
+    out = nn.Linear(linear.in_features, linear.out_features).to(device=linear.weight.device,
+                                                                 dtype=linear.weight.dtype)
+    out.weight.copy_(linear.weight * scale)
+    out.bias.copy_(linear.weight @ shift + (linear.bias if linear.bias is not None else 0))
+    return out
+
+
+@torch.no_grad()
+def _merge_heads(a: nn.Linear, b: nn.Linear) -> nn.Linear:
+    """One Linear equal to ``(a(x) + b(x)) / 2`` (the eval-mode output of a distilled model)."""
+    out = nn.Linear(a.in_features, a.out_features).to(device=a.weight.device, dtype=a.weight.dtype)
+    out.weight.copy_((a.weight + b.weight) / 2)
+    out.bias.copy_((a.bias + b.bias) / 2)
+    return out
+
+
+def _fold_conv_bn_sequence(seq: nn.Sequential) -> None:
+    """Fold every ``Conv2d -> BatchNorm2d`` pair inside a Sequential, in place."""
+    for i in range(len(seq) - 1):
+        if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+            seq[i] = fold_bn_into_conv(seq[i], seq[i + 1])
+            seq[i + 1] = nn.Identity()
+
+
+@torch.no_grad()
+def fold_batchnorm(model: CASViT) -> CASViT:
+    """A copy of ``model`` with no BatchNorm left, equal to ``model.eval()`` up to rounding."""
+    if not isinstance(model, CASViT):
+        raise CasdapError(f"fold_batchnorm expects a CASViT backbone, got {type(model).__name__}")
+    fused = copy.deepcopy(model).eval()
+    _fold_conv_bn_sequence(fused.patch_embed)
+    for module in fused.modules():
+        if isinstance(module, Downsample) and isinstance(module.norm, nn.BatchNorm2d):
+            module.proj = fold_bn_into_conv(module.proj, module.norm)
+            module.norm = nn.Identity()
+        elif isinstance(module, (LocalIntegration, SpatialGate)):
+            _fold_conv_bn_sequence(module.network if isinstance(module, LocalIntegration) else module.block)
+        elif isinstance(module, AdditiveBlock):
+            if isinstance(module.norm1, nn.BatchNorm2d):
+                module.attn.qkv = fold_bn_into_next_conv(module.norm1, module.attn.qkv)
+                module.norm1 = nn.Identity()
+            if isinstance(module.norm2, nn.BatchNorm2d):
+                module.mlp.fc1 = fold_bn_into_next_conv(module.norm2, module.mlp.fc1)
+                module.norm2 = nn.Identity()
+    if isinstance(fused.norm, nn.BatchNorm2d) and isinstance(fused.head, nn.Linear):
+        fused.head = _fold_bn_into_linear(fused.norm, fused.head)
+        if isinstance(fused.dist_head, nn.Linear):
+            fused.dist_head = _fold_bn_into_linear(fused.norm, fused.dist_head)
+        fused.norm = nn.Identity()
+    if isinstance(fused.dist_head, nn.Linear) and isinstance(fused.head, nn.Linear):
+        fused.head = _merge_heads(fused.head, fused.dist_head)
+        fused.dist_head = None
+        fused.distillation = False
+    fused.requires_grad_(False)
+    return fused
+
+
+def count_batchnorm(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class ChannelsLast(nn.Module):
+    """Runs the wrapped model on channels-last (NHWC) memory; callers pass ordinary tensors."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def optimize_for_inference(
+    model: CASViT, *, fold_bn: bool = True, channels_last: bool = True, compile: bool = False
+) -> nn.Module:
+    """The fast inference form of a backbone, built from the three optional transforms.
+
+    ``compile=True`` wraps the result in ``torch.compile`` (the first call compiles, which takes
+    tens of seconds on a CPU); whether it pays off depends on the machine: measure with
+    ``casdap bench``.
+    """
+    out: nn.Module = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    if channels_last:
+        out = ChannelsLast(out)
+    if compile:
+        out = torch.compile(out)
+    return out

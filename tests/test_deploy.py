@@ -1,0 +1,79 @@
+import pytest
+import torch
+import torch.nn as nn
+
+import casdap
+from casdap.deploy import count_batchnorm, fold_batchnorm, fold_bn_into_next_conv, optimize_for_inference
+
+
+def _trained_like(name="rcvit_xs", **kw):
+    """A backbone whose BatchNorms and heads are far from their initial values, as after training."""
+    torch.manual_seed(0)
+    model = casdap.create_model(name, **kw)
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.2)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.3)
+        elif isinstance(m, nn.Linear):
+            m.weight.data.normal_(0, 0.5, generator=gen)
+            m.bias.data.normal_(0, 0.5, generator=gen)
+    return model.eval()
+
+
+def _close(a, b, tol=1e-4):
+    assert a.shape == b.shape
+    err = (a - b).abs().max().item()
+    assert err <= tol, f"max abs diff {err:.3e} > {tol}"
+    assert b.abs().max().item() > 0.5, "outputs too small for the comparison to mean anything"
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(size):
+    model = _trained_like(num_classes=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fold_batchnorm(model)
+    assert count_batchnorm(model) == 56 and count_batchnorm(fused) == 0
+    assert fused.dist_head is None  # the two eval-mode heads became one
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        _close(fused(x), model(x))
+    # the trained model itself is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fold_batchnorm_single_head_and_headless():
+    model = _trained_like(num_classes=7, distillation=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        _close(fold_batchnorm(model)(x), model(x))
+    headless = _trained_like(num_classes=0)  # features only: the final BN has no Linear to go into
+    fused = fold_batchnorm(headless)
+    assert count_batchnorm(fused) == 1
+    with torch.no_grad():
+        _close(fused(x), headless(x))
+
+
+def test_fold_rejects_padded_following_conv():
+    bn = nn.BatchNorm2d(4).eval()
+    with pytest.raises(casdap.CasdapError, match="no padding"):
+        fold_bn_into_next_conv(bn, nn.Conv2d(4, 4, 3, padding=1))
+
+
+def test_fold_rejects_batch_statistics_bn():
+    model = casdap.create_model("rcvit_xs", num_classes=3)
+    model.network[0][0].norm1 = nn.BatchNorm2d(48, track_running_stats=False)
+    with pytest.raises(casdap.CasdapError, match="running statistics"):
+        fold_batchnorm(model)
+
+
+def test_channels_last_path_matches_eager():
+    model = _trained_like("rcvit_s", num_classes=5)
+    fast = optimize_for_inference(model, channels_last=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _close(fast(x), model(x))
+        _close(optimize_for_inference(model, fold_bn=False, channels_last=True)(x), model(x))
