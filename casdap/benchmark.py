@@ -52,6 +52,8 @@ __all__ = [
 INFER_PATHS = ("eager", "folded", "folded_cl", "compiled")
 TRAIN_PATHS = ("eager", "cl")
 MODES = ("train", "infer", "latency")
+# every variant timed must give the eager model's logits (on the timed batch) within this
+PARITY_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -159,6 +161,25 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler backend's C++ log lines (start/stop notices) on file descriptor 2."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
     """Peak of the tensor memory allocated during one call, above what was live before it.
 
@@ -175,7 +196,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     except Exception:  # the profiler's raw events are not a stable interface
@@ -270,9 +291,7 @@ def _build_model(cfg: BenchConfig, name: str, device: torch.device) -> nn.Module
     return model.to(device)
 
 
-def _infer_variants(
-    cfg: BenchConfig, model: nn.Module, reference: nn.Module | None
-) -> dict[str, nn.Module]:
+def _infer_variants(cfg: BenchConfig, model: nn.Module) -> dict[str, nn.Module]:
     from casdap.deploy import optimize_for_inference
 
     variants: dict[str, nn.Module] = {}
@@ -285,8 +304,6 @@ def _infer_variants(
             variants[path] = optimize_for_inference(model, channels_last=True)
         elif path == "compiled":
             variants[path] = optimize_for_inference(model, channels_last=True, compile=True)
-    if reference is not None:
-        variants["reference"] = copy.deepcopy(reference).eval()
     return variants
 
 
@@ -391,11 +408,20 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
             with torch.inference_mode():
                 fwd_flops = count_flops(lambda m=eval_model, one=x[:1]: m(one))
             train_flops = count_flops(_train_step_fn(copy.deepcopy(model), x[:2], y[:2])) / 2
+            variants = _infer_variants(cfg, model) if {"infer", "latency"} & set(cfg.modes) else {}
             if reference is not None:
-                with torch.inference_mode():
-                    diff = (reference.eval()(x[:4]) - eval_model(x[:4])).abs().max().item()
-                parity.append({"model": name, "size": size, "max_abs_diff": diff})
-                log(f"{name} {size}px: reference vs ours, max |diff| of eval logits = {diff:.2e}")
+                variants.setdefault("reference", copy.deepcopy(reference).eval())
+            with torch.inference_mode():
+                want = eval_model(x)
+                for p, m in variants.items():
+                    diff = (m(x) - want).abs().max().item()
+                    parity.append({"model": name, "size": size, "variant": p, "max_abs_diff": diff})
+                    log(f"{name} {size}px: {p} vs eager, max |diff| of eval logits = {diff:.2e}")
+                    if diff > PARITY_TOLERANCE:
+                        raise CasdapError(
+                            f"{name} at {size}px: the '{p}' outputs differ from the eager model by {diff:.2e} "
+                            f"(> {PARITY_TOLERANCE:g}); its timings would not compare like with like"
+                        )
             matmul += matmul_gflops(device, max(1, cfg.repeats // 2), cfg.min_time)
 
             for mode in cfg.modes:
@@ -412,7 +438,6 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                 else:
                     n = batch if mode == "infer" else 1
                     inputs = x if mode == "infer" else x[:1]
-                    variants = _infer_variants(cfg, model, reference)
                     fns = {p: (lambda m=m, i=inputs: m(i)) for p, m in variants.items()}
                     flops = fwd_flops
                     wrap = torch.inference_mode
@@ -451,8 +476,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
         "matmul_gflop_per_s": asdict(mm),
         "results": rows,
         "ratios": ratios,
-        "reference_parity": parity,
-        "notes": "images_per_s: median and min-max over repeats; speed_ratio: median of per-repeat throughput "
+        "parity": parity,
+        "notes": "parity: max |logit difference| of each variant from the eager model on the timed batch; "
+        "images_per_s: median and min-max over repeats; speed_ratio: median of per-repeat throughput "
         "ratios (variant over 'against', > 1 means faster); peak_memory_mb: peak tensor memory allocated "
         "during one step above what was live before it; fraction_of_matmul: achieved GFLOP/s over the "
         "run's median fp32 matmul GFLOP/s.",
@@ -492,8 +518,8 @@ def format_table(result: dict[str, Any]) -> str:
             s = r["speed_ratio"]
             lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {r['variant']} | {r['against']} | "
                          f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}] |")
-    for p in result.get("reference_parity", []):
-        lines.append(f"reference parity {p['model']} {p['size']}px: max |diff| {p['max_abs_diff']:.2e}")
+    for p in result.get("parity", []):
+        lines.append(f"parity {p['model']} {p['size']}px {p['variant']} vs eager: max |diff| {p['max_abs_diff']:.2e}")
     return "\n".join(lines)
 
 

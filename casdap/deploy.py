@@ -161,17 +161,24 @@ class ChannelsLast(nn.Module):
 
 
 def optimize_for_inference(
-    model: CASViT, *, fold_bn: bool = True, channels_last: bool = True, compile: bool = False
+    model: CASViT,
+    *,
+    fold_bn: bool = True,
+    channels_last: bool = True,
+    compile: bool = False,
+    backend: str = "inductor",
 ) -> nn.Module:
     """The fast inference form of a backbone, built from the three optional transforms.
 
-    ``compile=True`` wraps the result in ``torch.compile`` (the first call compiles, which takes
-    tens of seconds on a CPU); whether it pays off depends on the machine: measure with
-    ``casdap bench``.
+    ``compile=True`` wraps the result in ``torch.compile`` (inductor with weight freezing, which
+    lets it pre-pack convolution weights and fuse activations into them when called under
+    ``torch.no_grad``/``torch.inference_mode``). The first call compiles, which takes tens of
+    seconds on a CPU; whether it pays off depends on the machine: measure with ``casdap bench``.
     """
     out: nn.Module = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     if channels_last:
         out = ChannelsLast(out)
     if compile:
-        out = torch.compile(out)
+        options = {"freezing": True} if backend == "inductor" else None
+        out = torch.compile(out, backend=backend, options=options)
     return out

@@ -77,3 +77,14 @@ def test_channels_last_path_matches_eager():
     with torch.no_grad():
         _close(fast(x), model(x))
         _close(optimize_for_inference(model, fold_bn=False, channels_last=True)(x), model(x))
+
+
+def test_compiled_path_traces_without_changing_outputs():
+    # The graph torch.compile captures (dynamo + AOT decomposition) must give the same logits; the
+    # inductor code generation itself is checked against eager by `casdap bench --paths compiled`
+    # before it times anything (a compile costs minutes of CPU, too slow for the test suite).
+    model = _trained_like(num_classes=4)
+    fast = optimize_for_inference(model, compile=True, backend="aot_eager")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        _close(fast(x), model(x))
