@@ -7,7 +7,8 @@ The fp32 matmul rate is measured in the same run, so each model's achieved GFLOP
 as a fraction of what the hardware reaches on the most favourable kernel.
 
 Variants (inference): ``eager`` (the model as trained), ``folded`` (BatchNorm folded away),
-``folded_cl`` (folded, channels-last), ``compiled`` (folded, channels-last, ``torch.compile``)
+``folded_cl`` (folded, channels-last), ``fused_cl`` (folded, channels-last, activations and residual
+adds fused into the convolutions), ``compiled`` (folded, channels-last, ``torch.compile``)
 and ``reference`` (a reference implementation loaded from a file, carrying our weights).
 Training: ``eager``, ``cl`` (channels-last) and ``reference``.
 """
@@ -49,7 +50,7 @@ __all__ = [
     "format_table",
 ]
 
-INFER_PATHS = ("eager", "folded", "folded_cl", "compiled")
+INFER_PATHS = ("eager", "folded", "folded_cl", "fused_cl", "compiled")
 TRAIN_PATHS = ("eager", "cl")
 MODES = ("train", "infer", "latency")
 # every variant timed must give the eager model's logits (on the timed batch) within this
@@ -61,7 +62,7 @@ class BenchConfig:
     models: Sequence[str] = ("rcvit_xs", "rcvit_s", "rcvit_m", "rcvit_t")
     sizes: Sequence[int] = (32, 224)
     modes: Sequence[str] = MODES
-    infer_paths: Sequence[str] = ("eager", "folded", "folded_cl")
+    infer_paths: Sequence[str] = ("eager", "folded", "folded_cl", "fused_cl")
     train_paths: Sequence[str] = ("eager",)
     batch: int | None = None  # None: 128 at <= 64 px, 16 above
     repeats: int = 5
@@ -302,6 +303,8 @@ def _infer_variants(cfg: BenchConfig, model: nn.Module) -> dict[str, nn.Module]:
             variants[path] = optimize_for_inference(model, channels_last=False)
         elif path == "folded_cl":
             variants[path] = optimize_for_inference(model, channels_last=True)
+        elif path == "fused_cl":
+            variants[path] = optimize_for_inference(model, channels_last=True, fuse=True)
         elif path == "compiled":
             variants[path] = optimize_for_inference(model, channels_last=True, compile=True)
     return variants

@@ -27,13 +27,14 @@ import torch.nn as nn
 from casdap.errors import CasdapError
 from casdap.models.casvit import (
     AdditiveBlock,
+    AdditiveTokenMixer,
     CASViT,
     Downsample,
     LocalIntegration,
     SpatialGate,
 )
 
-__all__ = ["fold_batchnorm", "optimize_for_inference", "count_batchnorm"]
+__all__ = ["FusedConv", "count_batchnorm", "fold_batchnorm", "fuse_pointwise", "optimize_for_inference"]
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,22 +161,156 @@ class ChannelsLast(nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
+# -- activations and residual adds fused into convolutions (CPU, oneDNN) ------------------------
+
+_UNARY = {"none": lambda t: t, "relu": torch.relu, "gelu": nn.functional.gelu, "sigmoid": torch.sigmoid}
+_BINARY = {"add": torch.add, "mul": torch.mul}
+
+
+def _onednn_fusion_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class FusedConv(nn.Module):
+    """``unary(conv(x) <binary> other)`` in one oneDNN call on CPU (no intermediate tensor written
+    and re-read); the same three steps in plain PyTorch anywhere else (CUDA, autograd, no oneDNN).
+
+    ``unary`` is one of none/relu/gelu (exact erf)/sigmoid, ``binary`` one of None/add/mul.
+    """
+
+    def __init__(self, conv: nn.Conv2d, unary: str = "none", binary: str | None = None) -> None:
+        super().__init__()
+        if unary not in _UNARY or (binary is not None and binary not in _BINARY):
+            raise ValueError(f"unsupported fusion {unary!r}/{binary!r}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("FusedConv needs explicit zero padding")
+        self.conv, self.unary, self.binary = conv, unary, binary
+        self.onednn = _onednn_fusion_available()
+
+    def _use_onednn(self, x: torch.Tensor) -> bool:
+        return (
+            self.onednn and x.device.type == "cpu" and x.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad))
+        )
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.conv
+        if self._use_onednn(x):
+            args = (c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups)
+            algorithm = "none" if self.unary == "gelu" else None  # exact (erf) GELU, as nn.GELU()
+            if self.binary is None:
+                return torch.ops.mkldnn._convolution_pointwise(x, *args, self.unary, [], algorithm)
+            unary = None if self.unary == "none" else self.unary
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, other, *args, self.binary, None, unary, [], algorithm
+            )
+        y = c(x)
+        if self.binary is not None:
+            y = _BINARY[self.binary](y, other)
+        return _UNARY[self.unary](y)
+
+
+class _FusedChannelGate(nn.Module):
+    def __init__(self, gate: nn.Module) -> None:
+        super().__init__()
+        self.conv = gate.block[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.conv(x.mean((2, 3), keepdim=True)))
+
+
+class _FusedGates(nn.Module):
+    """``C(S(x))`` with the spatial gate's depthwise conv+ReLU fused (its one-channel 1x1 conv is
+    left unfused: oneDNN's sigmoid post-op on a single output channel measured slower)."""
+
+    def __init__(self, oper: nn.Sequential) -> None:
+        super().__init__()
+        spatial, channel = oper[0].block, oper[1]
+        self.dw = FusedConv(spatial[0], "relu")
+        self.gate = spatial[3]
+        self.channel = _FusedChannelGate(channel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.channel(x * torch.sigmoid(self.gate(self.dw(x))))
+
+
+class FusedAdditiveBlock(nn.Module):
+    """A BatchNorm-folded ``AdditiveBlock`` whose activations (GELU, ReLU, sigmoid), the ``* v`` of
+    the mixer and the three residual adds run inside the convolutions that produce them."""
+
+    def __init__(self, block: AdditiveBlock) -> None:
+        super().__init__()
+        li = block.local_perception.network
+        self.li_in = li[0]
+        self.li_dw = FusedConv(li[2], "gelu")
+        self.li_out = FusedConv(li[4], binary="add")
+        attn = block.attn
+        self.qkv = attn.qkv
+        self.oper_q, self.oper_k = _FusedGates(attn.oper_q), _FusedGates(attn.oper_k)
+        self.dwc_times_v = FusedConv(attn.dwc, binary="mul")
+        self.proj_add = FusedConv(attn.proj, binary="add")
+        self.fc1 = FusedConv(block.mlp.fc1, "gelu")
+        self.fc2_add = FusedConv(block.mlp.fc2, binary="add")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.li_out(self.li_dw(self.li_in(x)), x)
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        x = self.proj_add(self.dwc_times_v(self.oper_q(q) + self.oper_k(k), v), x)
+        return self.fc2_add(self.fc1(x), x)
+
+
+def _fusable(block: nn.Module) -> bool:
+    """Only the plain block, folded and in eval mode: prompted subclasses keep their own forward."""
+    return (
+        type(block) is AdditiveBlock and type(block.attn) is AdditiveTokenMixer
+        and isinstance(block.norm1, nn.Identity) and isinstance(block.norm2, nn.Identity)
+        and isinstance(block.drop_path, nn.Identity)
+        and isinstance(block.local_perception.network[1], nn.Identity)
+        and isinstance(block.attn.oper_q[0].block[1], nn.Identity)
+        and isinstance(block.attn.oper_k[0].block[1], nn.Identity)
+    )
+
+
+@torch.no_grad()
+def fuse_pointwise(model: CASViT) -> CASViT:
+    """A copy of a BatchNorm-folded backbone (:func:`fold_batchnorm`) with activations and residual
+    adds fused into convolutions; blocks of other types are left as they are."""
+    if count_batchnorm(model.patch_embed) or count_batchnorm(model.network):
+        raise CasdapError("fuse_pointwise expects a BatchNorm-folded model: call fold_batchnorm first")
+    fused = copy.deepcopy(model).eval()
+    stem = fused.patch_embed
+    for i in range(len(stem) - 2):
+        if isinstance(stem[i], nn.Conv2d) and isinstance(stem[i + 1], nn.Identity) and isinstance(stem[i + 2], nn.ReLU):
+            stem[i], stem[i + 2] = FusedConv(stem[i], "relu"), nn.Identity()
+    for stage in fused.stages:
+        for j, block in enumerate(stage):
+            if _fusable(block):
+                stage[j] = FusedAdditiveBlock(block)
+    return fused
+
+
 def optimize_for_inference(
     model: CASViT,
     *,
     fold_bn: bool = True,
     channels_last: bool = True,
+    fuse: bool = False,
     compile: bool = False,
     backend: str = "inductor",
 ) -> nn.Module:
-    """The fast inference form of a backbone, built from the three optional transforms.
+    """The fast inference form of a backbone, built from the optional transforms.
 
-    ``compile=True`` wraps the result in ``torch.compile`` (inductor with weight freezing, which
-    lets it pre-pack convolution weights and fuse activations into them when called under
-    ``torch.no_grad``/``torch.inference_mode``). The first call compiles, which takes tens of
-    seconds on a CPU; whether it pays off depends on the machine: measure with ``casdap bench``.
+    ``fuse=True`` (needs ``fold_bn``) runs activations and residual adds inside the convolutions
+    (oneDNN on CPU; plain PyTorch elsewhere). ``compile=True`` wraps the result in
+    ``torch.compile`` (inductor with weight freezing, which pre-packs convolution weights and fuses
+    activations into them when called under ``torch.no_grad``/``torch.inference_mode``). The first
+    compiled call compiles, which takes minutes of CPU; measure with ``casdap bench`` whether it pays.
     """
+    if fuse and not fold_bn:
+        raise CasdapError("fuse=True needs fold_bn=True (fusion works on the BatchNorm-free graph)")
     out: nn.Module = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    if fuse:
+        out = fuse_pointwise(out)
     if channels_last:
         out = ChannelsLast(out)
     if compile:

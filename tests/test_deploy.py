@@ -3,7 +3,15 @@ import torch
 import torch.nn as nn
 
 import casdap
-from casdap.deploy import count_batchnorm, fold_batchnorm, fold_bn_into_next_conv, optimize_for_inference
+from casdap.deploy import (
+    FusedAdditiveBlock,
+    FusedConv,
+    count_batchnorm,
+    fold_batchnorm,
+    fold_bn_into_next_conv,
+    fuse_pointwise,
+    optimize_for_inference,
+)
 
 
 def _trained_like(name="rcvit_xs", **kw):
@@ -88,3 +96,32 @@ def test_compiled_path_traces_without_changing_outputs():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         _close(fast(x), model(x))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_path_matches_eager(channels_last):
+    model = _trained_like(num_classes=6)
+    fast = optimize_for_inference(model, fuse=True, channels_last=channels_last)
+    blocks = [m for m in fast.modules() if isinstance(m, FusedAdditiveBlock)]
+    assert len(blocks) == sum(model.layers)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _close(fast(x), model(x))
+
+
+def test_fused_convs_fall_back_to_plain_pytorch_with_the_same_result():
+    # the path taken on CUDA, under autograd, or where torch has no oneDNN
+    model = _trained_like(num_classes=6)
+    fused = fuse_pointwise(fold_batchnorm(model))
+    convs = [m for m in fused.modules() if isinstance(m, FusedConv)]
+    assert convs and all(m.onednn == torch.backends.mkldnn.is_available() for m in convs)
+    for m in convs:
+        m.onednn = False
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        _close(fused(x), model(x))
+
+
+def test_fuse_needs_folded_model():
+    with pytest.raises(casdap.CasdapError, match="fold_batchnorm first"):
+        fuse_pointwise(_trained_like())
