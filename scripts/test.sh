@@ -2,5 +2,5 @@
 # Create .venv if absent, install casdap with the test extras, run the whole test suite.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 casdap_env test
-.venv/bin/python -m ruff check casdap tests benchmarks main.py setup.py
+.venv/bin/python -m ruff check .
 .venv/bin/python -m pytest -q "$@"

@@ -15,6 +15,7 @@ from casdap.errors import CasdapError
 
 # subcommand -> module under casdap.cli
 SUBCOMMANDS: dict[str, str] = {
+    "compare": "casdap.cli.compare",
     "demo": "casdap.cli.demo",
     "bench": "casdap.cli.bench",
     "export": "casdap.cli.export",

@@ -28,3 +28,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     from casdap.models import casvit
 
     return getattr(casvit, name)(**kwargs)
+
+from casdap.models.dap import CASDAP, DAPOutput, build_backbone, build_dap_model, restrict_logits  # noqa: E402
+
+__all__ += ["CASDAP", "DAPOutput", "build_backbone", "build_dap_model", "restrict_logits"]

@@ -1,0 +1,67 @@
+"""Cost of CAS-DAP against its plain backbone: parameters and eval forward time.
+
+    python benchmarks/dap_cost.py --config configs/dap/cifar.yaml --sizes 32 224 --opts MODEL.DAP.STAGES [3]
+
+Times are medians of interleaved repeats on one thread (eval mode, no grad); the ratio
+CAS-DAP / backbone comes from the same run, so it is the number to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from casdap.config import load_config
+from casdap.models.dap import CASDAP, build_backbone
+
+
+def _median_time(fn, x: torch.Tensor, reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/dap/cifar.yaml")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE config overrides, e.g. MODEL.DAP.STAGES [3]")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, ["MODEL.RANDOM_INIT", "True", *args.opts])  # weights do not change the cost
+    dap = cfg.MODEL.DAP
+    model = CASDAP(
+        build_backbone(cfg, num_classes=0), cfg.DATA.NUMBER_CLASSES, dap.PROMPT_POOL, dap.NUM_TASKS_FOR_EMB,
+        dap.NUM_DAP_TOKENS, dap.TASK_EMB, dap.STAGES, dap.INJECTION,
+    ).eval()
+    plain = build_backbone(cfg).eval()  # the same backbone with its own head over all classes
+    trainable = sum(p.numel() for p in model.trainable_parameters())
+    total = sum(p.numel() for p in model.parameters())
+    print(f"{cfg.MODEL.BACKBONE} stages={list(dap.STAGES)} injection={dap.INJECTION} tokens={dap.NUM_DAP_TOKENS} "
+          f"task_emb={dap.TASK_EMB} pool={dap.PROMPT_POOL} classes={cfg.DATA.NUMBER_CLASSES}")
+    print(f"params: trainable {trainable:,} / total {total:,} ({100 * trainable / total:.2f}%); "
+          f"plain backbone with head {sum(p.numel() for p in plain.parameters()):,}")
+    with torch.no_grad():
+        for size in args.sizes:
+            x = torch.randn(args.batch, 3, size, size)
+            model(x), plain(x)  # warm-up
+            t_dap, t_plain = [], []
+            for _ in range(args.reps):  # interleaved, so load changes hit both alike
+                t_dap += _median_time(model, x, 1)
+                t_plain += _median_time(plain, x, 1)
+            m_dap, m_plain = statistics.median(t_dap), statistics.median(t_plain)
+            print(f"{size}px batch {args.batch}: CAS-DAP {1e3 * m_dap:.1f} ms, backbone {1e3 * m_plain:.1f} ms, "
+                  f"ratio {m_dap / m_plain:.2f} (median of {args.reps})")
+
+
+if __name__ == "__main__":
+    main()

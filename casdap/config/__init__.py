@@ -1,0 +1,123 @@
+"""Loading run settings: defaults, ``_BASE_``-inherited YAML files, ``KEY VALUE`` overrides.
+
+Built on yacs (detectron2's format). Every problem is one :class:`CasdapError` that names the
+key and, for a misspelt one, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yacs.config import CfgNode
+
+from casdap.config.defaults import get_defaults
+from casdap.errors import CasdapError
+
+__all__ = ["CfgNode", "get_cfg", "load_config", "config_keys"]
+
+BASE_KEY = "_BASE_"
+
+
+def get_cfg() -> CfgNode:
+    return get_defaults()
+
+
+def config_keys(cfg: CfgNode | None = None, prefix: str = "") -> list[str]:
+    """All full keys, e.g. ``MODEL.DAP.SIM_LAMBDA``."""
+    cfg = get_defaults() if cfg is None else cfg
+    keys = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        keys.extend(config_keys(v, full + ".") if isinstance(v, CfgNode) else [full])
+    return keys
+
+
+def _unknown_key(full_key: str, where: str) -> CasdapError:
+    close = difflib.get_close_matches(full_key, config_keys(), n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return CasdapError(f"unknown config key '{full_key}' in {where}.{hint}")
+
+
+def _coerce(value: Any, default: Any, full_key: str, where: str) -> Any:
+    """Accept a value of the default's type (ints for floats, lists for tuples, anything for None)."""
+    if default is None or value is None or type(value) is type(default):
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(default)(value)
+    raise CasdapError(
+        f"config key '{full_key}' in {where} must be {type(default).__name__} "
+        f"(default {default!r}), got {type(value).__name__} {value!r}"
+    )
+
+
+def _merge(cfg: CfgNode, data: dict, where: str, prefix: str = "") -> None:
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in cfg:
+            raise _unknown_key(full, where)
+        if isinstance(cfg[key], CfgNode):
+            if not isinstance(value, dict):
+                raise CasdapError(f"config key '{full}' in {where} is a section; give it a mapping of keys")
+            _merge(cfg[key], value, where, full + ".")
+        else:
+            cfg[key] = _coerce(value, cfg[key], full, where)
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The file and its ``_BASE_`` ancestors, base first."""
+    if not path.is_file():
+        raise CasdapError(f"config file '{path}' does not exist")
+    if path in chain:
+        raise CasdapError(f"config file '{path}' inherits from itself through {BASE_KEY}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CasdapError(f"config file '{path}' is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise CasdapError(f"config file '{path}' must hold a mapping of keys, not a {type(data).__name__}")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return [(path, data)]
+    base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    if not base_path.is_file():
+        raise CasdapError(f"config file '{path}' names {BASE_KEY} '{base}', but '{base_path}' does not exist")
+    return [*_read_yaml(base_path, (*chain, path)), (path, data)]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> CfgNode:
+    """Defaults, then the YAML file (after its ``_BASE_`` chain), then ``KEY VALUE`` pairs; frozen."""
+    cfg = get_defaults()
+    if path is not None:
+        for file, data in _read_yaml(Path(path)):
+            _merge(cfg, data, f"'{file}'")
+    overrides = list(overrides)
+    if len(overrides) % 2:
+        raise CasdapError(
+            f"overrides come in KEY VALUE pairs; '{overrides[-1]}' has no value "
+            "(e.g. SOLVER.BASE_LR 0.005 MODEL.DAP.STAGES [2,3])"
+        )
+    for key, text in zip(overrides[0::2], overrides[1::2]):
+        node, parts = cfg, key.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], CfgNode):
+                raise _unknown_key(key, "the command line")
+            node = node[part]
+        if parts[-1] not in node or isinstance(node[parts[-1]], CfgNode):
+            raise _unknown_key(key, "the command line")
+        node[parts[-1]] = _coerce(_parse_value(text), node[parts[-1]], key, "the command line")
+    cfg.freeze()
+    return cfg

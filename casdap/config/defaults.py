@@ -1,0 +1,117 @@
+"""Every setting of a continual-learning run, with its default (yacs, DAP's key layout).
+
+DAP's own keys keep their names and defaults so its YAML files load unchanged; CAS-ViT and
+project keys are added under the same nodes. YAML files state only differences.
+"""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+_C.DBG = False
+_C.OUTPUT_DIR = "./output"  # run directory; DAP's configs use "" for "derive from the config"
+_C.RUN_N_TIMES = 1  # accepted for DAP compatibility; one run per invocation (use SEED for repeats)
+_C.CUDNN_BENCHMARK = False
+_C.NUM_GPUS = 1  # informational: processes come from torchrun
+_C.NUM_SHARDS = 1
+_C.SEED = None  # None: 0
+_C.DEVICE = "auto"  # auto | cpu | cuda
+_C.USE_AMP = False  # bf16 autocast on CPU, fp16 with grad scaling on CUDA
+
+# ---------------------------------------------------------------- continual protocol
+_C.CONTINUAL = CN()
+_C.CONTINUAL.INITIAL = 10  # classes in the first task
+_C.CONTINUAL.INCREMENT = 10  # classes in each later task
+_C.CONTINUAL.N_TASKS = 10
+_C.CONTINUAL.SHUFFLE_CLASSES = False  # False: natural label order (DAP protocol); True: seeded shuffle
+_C.CONTINUAL.COLOR_JITTER = None  # training augmentation (timm create_transform)
+_C.CONTINUAL.AA = None
+_C.CONTINUAL.REPROB = 0.0
+_C.CONTINUAL.REMODE = "pixel"
+_C.CONTINUAL.RECOUNT = 1
+_C.CONTINUAL.RESPLIT = False
+
+# ---------------------------------------------------------------- model
+_C.MODEL = CN()
+# Method: dap | finetune | linear | ewc | lwf | replay | ncm | joint
+_C.MODEL.TRANSFER_TYPE = "dap"
+_C.MODEL.TYPE = "casvit"  # backbone family; DAP's "vit" is accepted as an alias
+_C.MODEL.BACKBONE = "rcvit_xs"  # rcvit_xs | rcvit_s | rcvit_m | rcvit_t
+_C.MODEL.WEIGHT_PATH = ""  # pretrained backbone file; else MODEL_ROOT/<BACKBONE>.pth
+_C.MODEL.MODEL_ROOT = "./model"
+_C.MODEL.RANDOM_INIT = False  # explicitly allow a randomly initialised backbone (labelled in every output)
+_C.MODEL.SAVE_CKPT = True  # checkpoint after each task (needed for resuming)
+_C.MODEL.NUM_HEAD = 12  # DAP (ViT) key, unused by CAS-ViT
+_C.MODEL.MLP_NUM = 0
+_C.MODEL.LINEAR = CN()
+_C.MODEL.LINEAR.MLP_SIZES = []
+_C.MODEL.LINEAR.DROPOUT = 0.1
+
+_C.MODEL.DAP = CN()
+_C.MODEL.DAP.DROPOUT = 0.3  # accepted from DAP's layout; unused
+_C.MODEL.DAP.INIT = None  # accepted from DAP's layout; unused
+_C.MODEL.DAP.CURRENT_LAMBDA = 1.0  # weight of the masked cross-entropy
+_C.MODEL.DAP.SIM_LAMBDA = 0.5  # weight of the key-query pull term
+_C.MODEL.DAP.NUM_DAP_TOKENS = 3  # prompt tokens generated per prompted block
+_C.MODEL.DAP.TASK_EMB = 64  # task-embedding width (FiLM input)
+_C.MODEL.DAP.NUM_TASKS_FOR_EMB = 10  # rows of the task-embedding table
+_C.MODEL.DAP.PROMPT_POOL = 10  # number of keys
+_C.MODEL.DAP.STAGES = [2, 3]  # CAS-ViT stages (0-3) whose blocks are prompted (measured: docs/dap_on_casvit.md)
+_C.MODEL.DAP.INJECTION = "kv"  # kv (extra keys/values) | pool (share of C's pooled context); docs/dap_on_casvit.md
+_C.MODEL.DAP.SELECTION = "per_image"  # inference key selection: per_image | batch_majority | oracle
+_C.MODEL.DAP.RESTRICT_TO_TASK = False  # at inference keep only the selected key's task classes
+
+# ---------------------------------------------------------------- non-DAP baselines
+_C.BASELINES = CN()
+_C.BASELINES.EWC_LAMBDA = 100.0
+_C.BASELINES.LWF_ALPHA = 1.0
+_C.BASELINES.LWF_TEMPERATURE = 2.0
+_C.BASELINES.REPLAY_MEM_SIZE = 200  # class-balanced buffer, images in total
+_C.BASELINES.BACKBONE_LR_SCALE = 0.1  # finetune/ewc/lwf/replay/joint: backbone lr = BASE_LR * this
+
+# ---------------------------------------------------------------- solver
+_C.SOLVER = CN()
+_C.SOLVER.LOSS = "softmax"
+_C.SOLVER.LOSS_ALPHA = 0.01
+_C.SOLVER.OPTIMIZER = "sgd"  # sgd | adam | adamw
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.BETA1 = 0.9
+_C.SOLVER.BETA2 = 0.9
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+_C.SOLVER.GRAD_CLIP = 1.0
+_C.SOLVER.GRAD_CLIP_APPLY = False
+_C.SOLVER.PATIENCE = 300
+_C.SOLVER.SCHEDULER = "cosine"  # cosine | linear | constant
+_C.SOLVER.BASE_LR = 0.01
+_C.SOLVER.BIAS_MULTIPLIER = 1.0
+_C.SOLVER.WARMUP_EPOCH = 5
+_C.SOLVER.TOTAL_EPOCH = 30  # epochs per task
+_C.SOLVER.LOG_EVERY_N = 1000
+_C.SOLVER.DBG_TRAINABLE = False
+_C.SOLVER.AUTO_RESUME = False  # resume after the last finished task of OUTPUT_DIR
+
+# ---------------------------------------------------------------- data
+_C.DATA = CN()
+_C.DATA.NAME = ""  # cifar100 | imagenet_r | folder | digits
+_C.DATA.DATAPATH = ""
+_C.DATA.FEATURE = ""  # DAP (ViT) key, unused
+_C.DATA.PERCENTAGE = 1.0
+_C.DATA.NUMBER_CLASSES = -1
+_C.DATA.MULTILABEL = False
+_C.DATA.CLASS_WEIGHTS_TYPE = "none"
+_C.DATA.CROPSIZE = 224  # input resolution
+_C.DATA.TEST_SPLIT = 0.2  # folder data with no train/ test/ split: seeded held-out fraction
+_C.DATA.NO_TEST = False
+_C.DATA.BATCH_SIZE = 32
+_C.DATA.NUM_WORKERS = 4
+_C.DATA.PIN_MEMORY = True
+
+_C.DIST_BACKEND = "nccl"
+_C.DIST_INIT_PATH = "env://"
+_C.DIST_INIT_FILE = ""
+
+
+def get_defaults() -> CN:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()

@@ -1,0 +1,432 @@
+"""CAS-DAP: domain-adaptive prompts (DAP, Jung et al., ICCV 2023) generated inside CAS-ViT blocks.
+
+A frozen CAS-ViT computes a query per image (its pooled, un-prompted final features). The query
+picks one of ``PROMPT_POOL`` keys (cosine), and the key's index picks a task embedding. In every
+block of the prompted stages a :class:`PromptGenerator` turns the block's own input map into
+``NUM_DAP_TOKENS`` prompt tokens (LayerNorm, a linear map across the token axis, FiLM by the task
+embedding), and a :class:`PromptedBlock` lets those tokens take part in the block's additive token
+mixer. Every prompt contribution passes through a zero-initialised gate, so the untrained model is
+exactly the frozen backbone. See ``docs/dap_on_casvit.md`` for the argument behind each choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+
+from casdap.errors import CasdapError
+from casdap.models.casvit import AdditiveBlock, AdditiveTokenMixer, CASViT
+
+__all__ = [
+    "INJECTIONS",
+    "SELECTIONS",
+    "CASDAP",
+    "DAPOutput",
+    "PromptGenerator",
+    "PromptedBlock",
+    "build_backbone",
+    "build_dap_model",
+    "restrict_logits",
+]
+
+_logger = logging.getLogger(__name__)
+
+INJECTIONS = ("kv", "pool")
+SELECTIONS = ("per_image", "batch_majority", "oracle")
+# Side of the fixed grid the token axis is pooled to before the learned token-axis map: the
+# 7x7 map of the last stage at 224 px, so the prompted stages lose little layout at that size.
+TOKEN_GRID = 7
+
+
+@dataclass
+class DAPOutput:
+    """What one CAS-DAP forward pass returns."""
+
+    logits: torch.Tensor  # [B, num_classes] over all classes; masking is the strategy's job
+    key_idx: torch.Tensor  # [B] long: the key (= task embedding) index used for each image
+    pull: torch.Tensor  # scalar: mean cosine(query, selected key); the loss subtracts SIM_LAMBDA * pull
+
+
+class PromptGenerator(nn.Module):
+    """Instance-level prompt tokens ``[B, C, N]`` from a block's input map ``[B, C, H, W]``.
+
+    DAP's generator is a LayerNorm over channels followed by a linear map across the token axis
+    (197 ViT tokens -> N prompts). Here the token-axis map is factorised into a fixed
+    resolution-adapting average pool (any H x W -> ``grid`` x ``grid``) and a learned
+    ``grid**2 -> N`` linear map (``token_map``). The composition is still linear in the normalised
+    tokens and position-aware, as in DAP, but no parameter depends on the input size. The map is
+    zero-initialised (raw prompts start at 0) and is trained on the first task only.
+    FiLM: ``gamma, beta = film(task_embedding)``, each divided by its own detached L2 norm.
+    """
+
+    def __init__(self, dim: int, num_tokens: int, task_emb_dim: int, grid: int = TOKEN_GRID) -> None:
+        super().__init__()
+        self.dim = dim
+        self.grid = grid
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.token_map = nn.Linear(grid * grid, num_tokens)
+        nn.init.zeros_(self.token_map.weight)
+        nn.init.zeros_(self.token_map.bias)
+        self.film = nn.Linear(task_emb_dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # LayerNorm per position
+        tokens = F.adaptive_avg_pool2d(tokens, self.grid).flatten(2)  # [B, C, grid*grid]
+        raw = self.token_map(tokens)  # [B, C, N]
+        gamma, beta = self.film(task_emb).chunk(2, dim=1)
+        gamma = gamma / gamma.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
+        beta = beta / beta.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
+        return gamma.unsqueeze(-1) * raw + beta.unsqueeze(-1)
+
+
+def _token_mean(maps: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[B*N, C, 1, 1]`` -> ``[B, C, 1, 1]``: mean over each image's prompt tokens."""
+    return maps.reshape(batch, -1, maps.shape[1]).mean(1)[:, :, None, None]
+
+
+class PromptedBlock(nn.Module):
+    """Prompt generator and injection for one :class:`AdditiveBlock` of the frozen backbone.
+
+    The backbone block is passed to :meth:`forward` rather than held, so its weights stay owned
+    (and saved) by the backbone alone. The prompts are generated from the stream that enters the
+    mixer's residual branch (after local integration), like DAP's prompts are generated from the
+    tokens that enter attention. Each prompt is normalised like a ViT token (see
+    :meth:`normalize_prompts`) and projected by the block's frozen ``qkv`` as a one-pixel map with
+    no neighbours. Injections (``gate_*`` are zero-initialised per-channel gates):
+
+    - ``kv`` (default): prompts act as extra keys and values. The prompt keys, processed by the
+      block's own key operator as one-pixel maps, shift the additive attention map; the prompt
+      values are added to every position's value, so each position reads them in proportion to
+      its own attention map: ``proj(dwc(q' + k' + gk * mean k'_p) * (v + gv * mean v_p))``.
+    - ``pool``: prompts join the global context of the channel operator ``C`` of q and k (the
+      mixer's only global interaction): the pooled context becomes
+      ``ctx + g * (mean S(q_p) - ctx)``, i.e. a learned share ``g`` of the context comes from
+      the prompt tokens instead of the image positions.
+    """
+
+    def __init__(self, dim: int, num_tokens: int, task_emb_dim: int, injection: str = "kv") -> None:
+        super().__init__()
+        if injection not in INJECTIONS:
+            raise CasdapError(f"MODEL.DAP.INJECTION must be one of {', '.join(INJECTIONS)}, got '{injection}'")
+        self.injection = injection
+        self.generator = PromptGenerator(dim, num_tokens, task_emb_dim)
+        self.gate_a = nn.Parameter(torch.zeros(dim, 1, 1))  # kv: keys; pool: query context
+        self.gate_b = nn.Parameter(torch.zeros(dim, 1, 1))  # kv: values; pool: key context
+
+    def mixer(self, attn: AdditiveTokenMixer, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        q, k, v = attn.qkv(x).chunk(3, dim=1)
+        q_p, k_p, v_p = attn.qkv(prompts).chunk(3, dim=1)  # [B*N, C, 1, 1] each
+        if self.injection == "kv":
+            q_mix = attn.oper_q(q)
+            k_mix = attn.oper_k(k) + self.gate_a * _token_mean(attn.oper_k(k_p), b)
+            v = v + self.gate_b * _token_mean(v_p, b)
+        else:
+            q_mix = self._pooled_gate(attn.oper_q, q, q_p, self.gate_a, b)
+            k_mix = self._pooled_gate(attn.oper_k, k, k_p, self.gate_b, b)
+        return attn.proj_drop(attn.proj(attn.dwc(q_mix + k_mix) * v))
+
+    @staticmethod
+    def _pooled_gate(oper: nn.Sequential, t: torch.Tensor, t_p: torch.Tensor, gate: torch.Tensor, b: int):
+        spatial, channel = oper[0], oper[1]
+        s = spatial(t)
+        pool, conv, sigmoid = channel.block
+        ctx = pool(s)
+        ctx = ctx + gate * (_token_mean(spatial(t_p), b) - ctx)
+        return s * sigmoid(conv(ctx))
+
+    @staticmethod
+    def normalize_prompts(norm: nn.BatchNorm2d, prompts: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens ``[B, C, N]`` -> normalised one-pixel maps ``[B*N, C, 1, 1]`` for ``qkv``.
+
+        In DAP the FiLM output (unit-norm gamma and beta, so tiny per element) is inserted before
+        the block's LayerNorm, which brings each prompt to the scale of the other tokens. CAS-ViT's
+        norm is a BatchNorm with fixed statistics that would leave the prompts tiny, so each prompt
+        is standardised over channels here and then given the frozen norm's affine (weight, bias),
+        the same ``LN(p) * w + b`` a ViT block applies to its prompts.
+        """
+        tokens = F.layer_norm(prompts.transpose(1, 2), prompts.shape[1:2], eps=1e-6)  # [B, N, C]
+        tokens = tokens * norm.weight + norm.bias
+        return tokens.reshape(-1, tokens.shape[-1], 1, 1)
+
+    def forward(self, block: AdditiveBlock, x: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
+        x = x + block.local_perception(x)
+        prompts = self.generator(x, task_emb)  # [B, C, N]
+        x = x + block.drop_path(self.mixer(block.attn, block.norm1(x), self.normalize_prompts(block.norm1, prompts)))
+        x = x + block.drop_path(block.mlp(block.norm2(x)))
+        return x
+
+    def structure_parameters(self) -> list[nn.Parameter]:
+        """Task-agnostic parameters trained on the first task only: token-axis map and gates."""
+        return [*self.generator.token_map.parameters(), self.gate_a, self.gate_b]
+
+
+def restrict_logits(
+    logits: torch.Tensor, key_idx: torch.Tensor, class_splits: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """Keep, per image, only the classes of the task its key selected (DAP's ImageNet-R option).
+
+    ``class_splits[t]`` lists task t's classes. Other logits become the dtype's lowest finite value
+    (not ``-inf``), so a loss computed on restricted logits stays finite.
+    """
+    keep = torch.zeros(len(class_splits), logits.shape[1], dtype=torch.bool, device=logits.device)
+    for t, classes in enumerate(class_splits):
+        keep[t, torch.as_tensor(list(classes), dtype=torch.long, device=logits.device)] = True
+    if int(key_idx.max()) >= len(class_splits):
+        raise CasdapError(f"key index {int(key_idx.max())} has no class split (only {len(class_splits)} tasks)")
+    return logits.masked_fill(~keep[key_idx], torch.finfo(logits.dtype).min)
+
+
+class CASDAP(nn.Module):
+    """Frozen CAS-ViT + key pool, task embeddings, per-block prompt generators and a linear head.
+
+    The backbone is frozen and always in eval mode (its BatchNorm statistics never change, even
+    when this wrapper is in train mode). Stages before the first prompted stage are computed once
+    and shared by the query pass and the prompted pass.
+    """
+
+    def __init__(
+        self,
+        backbone: CASViT,
+        num_classes: int,
+        num_tasks: int = 10,
+        num_task_embeddings: int | None = None,
+        num_tokens: int = 10,
+        task_emb_dim: int = 16,
+        stages: Sequence[int] = (2, 3),
+        injection: str = "kv",
+    ) -> None:
+        super().__init__()
+        stages = sorted(set(int(s) for s in stages))
+        n_stages = len(backbone.layers)
+        if not stages or stages[0] < 0 or stages[-1] >= n_stages:
+            raise CasdapError(f"MODEL.DAP.STAGES must name stages 0..{n_stages - 1}, got {list(stages)}")
+        num_task_embeddings = num_tasks if num_task_embeddings is None else num_task_embeddings
+        if num_tasks < 1 or num_task_embeddings < num_tasks:
+            raise CasdapError(
+                f"MODEL.DAP.NUM_TASKS_FOR_EMB ({num_task_embeddings}) must be at least MODEL.DAP.PROMPT_POOL "
+                f"({num_tasks}) and PROMPT_POOL at least 1: every key indexes one task embedding"
+            )
+        if num_classes < 1:
+            raise CasdapError(f"the DAP head needs DATA.NUMBER_CLASSES >= 1, got {num_classes}")
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        backbone.eval()
+        self.num_classes = num_classes
+        self.num_tasks = num_tasks
+        self.stages = tuple(stages)
+        self.injection = injection
+        self.num_features = backbone.num_features
+        self.random_init = bool(getattr(backbone, "random_init", False))  # for labelling run outputs
+
+        self.dap_blocks = nn.ModuleDict(
+            {
+                str(s): nn.ModuleList(
+                    PromptedBlock(backbone.embed_dims[s], num_tokens, task_emb_dim, injection)
+                    for _ in range(backbone.layers[s])
+                )
+                for s in self.stages
+            }
+        )
+        # Keys live in the query's space; DAP's uniform (Glorot-style) init, stem of 4x4 patches.
+        bound = math.sqrt(6.0 / (3 * 4 * 4 + self.num_features))
+        self.dap_keys = nn.Parameter(torch.empty(num_tasks, self.num_features).uniform_(-bound, bound))
+        self.dap_task_emb = nn.Embedding(num_task_embeddings, task_emb_dim)
+        self.head = nn.Linear(self.num_features, num_classes)
+        trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    # -- modes and parameter groups ---------------------------------------------------------
+    def train(self, mode: bool = True) -> CASDAP:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def freeze_token_axis(self) -> None:
+        """After the first task: the token-axis maps and injection gates stop changing."""
+        for block in self._prompted_blocks():
+            for p in block.structure_parameters():
+                p.requires_grad_(False)
+                p.grad = None
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+
+    def _prompted_blocks(self) -> list[PromptedBlock]:
+        return [b for blocks in self.dap_blocks.values() for b in blocks]
+
+    # -- passes -----------------------------------------------------------------------------
+    def _prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and the stages (with embeddings) before the first prompted stage."""
+        x = self.backbone.patch_embed(x)
+        for module in self.backbone.network[: 2 * self.stages[0]]:
+            x = module(x)
+        return x
+
+    def _query_from(self, h: torch.Tensor) -> torch.Tensor:
+        for module in self.backbone.network[2 * self.stages[0]:]:
+            h = module(h)
+        return self.backbone.forward_head(self.backbone.norm(h), pre_logits=True)
+
+    def _prompted_from(self, h: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
+        bb = self.backbone
+        for s in range(self.stages[0], len(bb.layers)):
+            if str(s) in self.dap_blocks:
+                for block, prompted in zip(bb.stages[s], self.dap_blocks[str(s)]):
+                    h = prompted(block, h, task_emb)
+            else:
+                h = bb.stages[s](h)
+            down = bb.downsample(s)
+            if down is not None:
+                h = down(h)
+        return bb.forward_head(bb.norm(h), pre_logits=True)
+
+    def forward_query(self, x: torch.Tensor) -> torch.Tensor:
+        """The query alone: pooled un-prompted features of the frozen backbone ``[B, C]``."""
+        with torch.no_grad():
+            return self.backbone.forward_pooled(x)
+
+    def forward_prompted(self, x: torch.Tensor, key_idx: torch.Tensor) -> torch.Tensor:
+        """Pooled prompted features ``[B, C]`` for given key indices, computed from the image."""
+        with torch.no_grad():
+            h = self._prefix(x)
+        return self._prompted_from(h, self.dap_task_emb(key_idx))
+
+    def select_keys(
+        self,
+        query: torch.Tensor,
+        task_id: int | torch.Tensor | None = None,
+        selection: str = "per_image",
+    ) -> torch.Tensor:
+        """Key index per image: ``task_id`` when given (training, oracle), else by ``selection``."""
+        b = query.shape[0]
+        if task_id is not None:
+            idx = torch.as_tensor(task_id, dtype=torch.long, device=query.device)
+            idx = idx.expand(b).clone() if idx.dim() == 0 else idx
+            if idx.shape != (b,):
+                raise CasdapError(f"task_id must be an int or a [{b}] tensor, got shape {tuple(idx.shape)}")
+            if int(idx.min()) < 0 or int(idx.max()) >= self.num_tasks:
+                raise CasdapError(
+                    f"task id {int(idx.max()) if int(idx.max()) >= self.num_tasks else int(idx.min())} is outside "
+                    f"the key pool 0..{self.num_tasks - 1}; raise MODEL.DAP.PROMPT_POOL to at least CONTINUAL.N_TASKS"
+                )
+            return idx
+        if selection not in SELECTIONS:
+            raise CasdapError(f"key selection must be one of {', '.join(SELECTIONS)}, got '{selection}'")
+        if selection == "oracle":
+            raise CasdapError("oracle key selection needs the true task id (task_id=int or [B] tensor)")
+        sim = F.normalize(query, dim=1) @ F.normalize(self.dap_keys, dim=1).t()
+        idx = sim.argmax(dim=1)
+        if selection == "batch_majority":
+            idx = torch.bincount(idx, minlength=self.num_tasks).argmax().expand(b).clone()
+        return idx
+
+    def forward(
+        self, x: torch.Tensor, task_id: int | torch.Tensor | None = None, selection: str = "per_image"
+    ) -> DAPOutput:
+        if self.backbone.training:  # someone called backbone.train(); its BN statistics must not move
+            self.backbone.eval()
+        with torch.no_grad():
+            h = self._prefix(x)
+            query = self._query_from(h)
+        key_idx = self.select_keys(query, task_id, selection)
+        pull = (F.normalize(query, dim=1) * F.normalize(self.dap_keys, dim=1)[key_idx]).sum(1).mean()
+        feats = self._prompted_from(h, self.dap_task_emb(key_idx))
+        return DAPOutput(logits=self.head(feats), key_idx=key_idx, pull=pull)
+
+
+# ------------------------------------------------------------------------------ builders
+def _pretrained_path(cfg) -> Path | None:
+    """``MODEL.WEIGHT_PATH`` if set, else ``MODEL.MODEL_ROOT/<BACKBONE>.pth``; None for an allowed random init.
+
+    An explicitly set ``WEIGHT_PATH`` that does not exist is always an error (a typo must never
+    fall back to other weights or to a random backbone).
+    """
+    weight_path = str(cfg.MODEL.WEIGHT_PATH or "")
+    root_path = Path(cfg.MODEL.MODEL_ROOT or ".") / f"{cfg.MODEL.BACKBONE}.pth"
+    if weight_path:
+        if Path(weight_path).is_file():
+            return Path(weight_path)
+        raise CasdapError(
+            f"MODEL.WEIGHT_PATH '{weight_path}' does not exist. Fix the path, or clear MODEL.WEIGHT_PATH "
+            f"to load MODEL.MODEL_ROOT/<MODEL.BACKBONE>.pth ('{root_path}')"
+        )
+    if root_path.is_file():
+        return root_path
+    if cfg.MODEL.RANDOM_INIT:
+        return None
+    raise CasdapError(
+        f"no pretrained {cfg.MODEL.BACKBONE} backbone: MODEL.WEIGHT_PATH is not set and MODEL.MODEL_ROOT has no "
+        f"'{root_path}'. Give the Model Zoo file (or a supervised-path checkpoint) as MODEL.WEIGHT_PATH or put it "
+        "at that place, or set MODEL.RANDOM_INIT True to run on a randomly initialised backbone"
+    )
+
+
+def build_backbone(cfg, num_classes: int | None = None) -> CASViT:
+    """``MODEL.BACKBONE`` with pretrained weights (``WEIGHT_PATH``, else ``MODEL_ROOT/<BACKBONE>.pth``).
+
+    ``num_classes`` defaults to ``DATA.NUMBER_CLASSES`` (0: no head). One head, no distillation
+    head: a new class count starts a fresh classifier. Loaded with ``finetune=True`` so a
+    pretrained head of another class count is dropped.
+    """
+    from casdap.models import create_model
+
+    if num_classes is None:
+        num_classes = max(int(cfg.DATA.NUMBER_CLASSES), 0)
+    path = _pretrained_path(cfg)
+    backbone = create_model(cfg.MODEL.BACKBONE, num_classes=num_classes, distillation=False)
+    if path is None:
+        _logger.warning(
+            "MODEL.RANDOM_INIT is True: %s is RANDOMLY INITIALISED, not pretrained; results are not "
+            "comparable with pretrained runs",
+            cfg.MODEL.BACKBONE,
+        )
+        backbone.random_init = True
+        return backbone
+    report = _load(backbone, path)
+    _logger.info("backbone %s: %s", cfg.MODEL.BACKBONE, report.summary())
+    backbone.random_init = False
+    return backbone
+
+
+def _load(backbone: CASViT, path: Path):
+    from casdap.checkpoint import load_checkpoint
+
+    return load_checkpoint(backbone, path, finetune=True)
+
+
+def build_dap_model(cfg) -> CASDAP:
+    """CAS-DAP from a config: pretrained frozen backbone and ``MODEL.DAP.*`` settings."""
+    dap = cfg.MODEL.DAP
+    if dap.INJECTION not in INJECTIONS:
+        raise CasdapError(f"MODEL.DAP.INJECTION must be one of {', '.join(INJECTIONS)}, got '{dap.INJECTION}'")
+    if dap.SELECTION not in SELECTIONS:
+        raise CasdapError(f"MODEL.DAP.SELECTION must be one of {', '.join(SELECTIONS)}, got '{dap.SELECTION}'")
+    if int(cfg.DATA.NUMBER_CLASSES) < 1:
+        raise CasdapError(f"DATA.NUMBER_CLASSES must be set (>= 1) for the DAP head, got {cfg.DATA.NUMBER_CLASSES}")
+    if cfg.CONTINUAL.N_TASKS > dap.PROMPT_POOL:
+        raise CasdapError(
+            f"MODEL.DAP.PROMPT_POOL ({dap.PROMPT_POOL}) is smaller than CONTINUAL.N_TASKS ({cfg.CONTINUAL.N_TASKS}): "
+            "DAP needs one key per task"
+        )
+    backbone = build_backbone(cfg, num_classes=0)
+    model = CASDAP(
+        backbone,
+        num_classes=int(cfg.DATA.NUMBER_CLASSES),
+        num_tasks=int(dap.PROMPT_POOL),
+        num_task_embeddings=int(dap.NUM_TASKS_FOR_EMB),
+        num_tokens=int(dap.NUM_DAP_TOKENS),
+        task_emb_dim=int(dap.TASK_EMB),
+        stages=list(dap.STAGES),
+        injection=dap.INJECTION,
+    )
+    return model

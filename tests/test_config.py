@@ -1,0 +1,131 @@
+import pytest
+from conftest import ROOT
+
+from casdap import CasdapError
+from casdap.config import config_keys, load_config
+
+DAP_BASE = """NUM_GPUS: 1
+NUM_SHARDS: 1
+OUTPUT_DIR: ""
+RUN_N_TIMES: 1
+MODEL:
+  TYPE: "vit"
+  TRANSFER_TYPE: "dap"
+  MODEL_ROOT: "./model"
+  DAP:
+    CURRENT_LAMBDA: 1.0
+    SIM_LAMBDA: 0.1
+    NUM_DAP_TOKENS: 10
+    TASK_EMB: 16
+SOLVER:
+  BASE_LR: 0.01
+  OPTIMIZER: 'adam'
+  MOMENTUM: 0.9
+  BETA1: 0.9
+  BETA2: 0.9
+  WEIGHT_DECAY: 0.0
+  WARMUP_EPOCH: 0
+  TOTAL_EPOCH: 30
+  SCHEDULER: "linear"
+  GRAD_CLIP: 1.
+  GRAD_CLIP_APPLY: True
+  PATIENCE: 300
+  LOSS: "softmax"
+  LOG_EVERY_N: 100
+DATA:
+  NAME: ""
+  NUMBER_CLASSES: -1
+  BATCH_SIZE: 128
+  DATAPATH: "./dataset"
+  FEATURE: "sup_vitb16_imagenet21k"
+"""
+
+DAP_CIFAR = """_BASE_: "../base-dap.yaml"
+CONTINUAL:
+  INITIAL: 10
+  INCREMENT: 10
+  N_TASKS: 10
+DATA:
+  NAME: "cifar100"
+  NUMBER_CLASSES: 100
+MODEL:
+  DAP:
+    NUM_TASKS_FOR_EMB: 10
+    PROMPT_POOL: 10
+SOLVER:
+  TOTAL_EPOCH: 5
+SEED: 42
+OUTPUT_DIR: "./results/seed42"
+"""
+
+
+def test_dap_reference_layout_loads_unchanged(tmp_path):
+    (tmp_path / "dap").mkdir()
+    (tmp_path / "base-dap.yaml").write_text(DAP_BASE)
+    (tmp_path / "dap" / "cifar.yaml").write_text(DAP_CIFAR)
+    cfg = load_config(tmp_path / "dap" / "cifar.yaml")
+    assert cfg.SEED == 42 and cfg.SOLVER.OPTIMIZER == "adam" and cfg.SOLVER.TOTAL_EPOCH == 5
+    assert cfg.MODEL.DAP.SIM_LAMBDA == 0.1 and cfg.MODEL.DAP.PROMPT_POOL == 10
+    assert (cfg.CONTINUAL.INITIAL, cfg.CONTINUAL.INCREMENT, cfg.CONTINUAL.N_TASKS) == (10, 10, 10)
+
+
+@pytest.mark.parametrize("name", ["base-dap", "cifar", "imagenet_r", "digits"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / "dap" / f"{name}.yaml")
+    assert cfg.MODEL.BACKBONE == "rcvit_xs" and cfg.SOLVER.OPTIMIZER == "adam"
+
+
+def test_shipped_cifar_is_ten_tasks_of_ten():
+    cfg = load_config(ROOT / "configs" / "dap" / "cifar.yaml")
+    assert (cfg.DATA.NAME, cfg.DATA.NUMBER_CLASSES, cfg.CONTINUAL.INCREMENT, cfg.CONTINUAL.N_TASKS) == (
+        "cifar100", 100, 10, 10)
+
+
+def test_overrides_after_file_win_and_are_typed():
+    cfg = load_config(ROOT / "configs" / "dap" / "digits.yaml",
+                      ["SOLVER.BASE_LR", "1", "MODEL.DAP.STAGES", "[3]", "MODEL.BACKBONE", "rcvit_s"])
+    assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
+    assert cfg.MODEL.DAP.STAGES == [3] and cfg.MODEL.BACKBONE == "rcvit_s"
+    assert cfg.is_frozen()
+
+
+def test_unknown_key_in_file_names_closest(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("MODEL:\n  DAP:\n    SIM_LAMDA: 0.2\n")
+    with pytest.raises(CasdapError, match=r"'MODEL.DAP.SIM_LAMDA'.*Did you mean 'MODEL.DAP.SIM_LAMBDA'"):
+        load_config(f)
+
+
+def test_unknown_override_and_missing_value():
+    with pytest.raises(CasdapError, match="Did you mean 'SOLVER.BASE_LR'"):
+        load_config(None, ["SOLVER.BASE_LRR", "0.1"])
+    with pytest.raises(CasdapError, match="KEY VALUE pairs"):
+        load_config(None, ["SOLVER.BASE_LR"])
+
+
+def test_wrong_type_names_key(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("SOLVER:\n  TOTAL_EPOCH: five\n")
+    with pytest.raises(CasdapError, match="'SOLVER.TOTAL_EPOCH'.*must be int"):
+        load_config(f)
+
+
+def test_missing_base_file(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text('_BASE_: "nope.yaml"\n')
+    with pytest.raises(CasdapError, match="_BASE_ 'nope.yaml'"):
+        load_config(f)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("MODEL: [unclosed\n")
+    with pytest.raises(CasdapError, match="not valid YAML"):
+        load_config(f)
+    with pytest.raises(CasdapError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_every_key_has_full_name():
+    keys = config_keys()
+    assert "MODEL.DAP.NUM_DAP_TOKENS" in keys and "CONTINUAL.N_TASKS" in keys and "SEED" in keys

@@ -1,0 +1,268 @@
+import logging
+
+import pytest
+import torch
+
+import casdap
+from casdap.config import load_config
+from casdap.models.dap import CASDAP, build_backbone, build_dap_model, restrict_logits
+
+INJECTIONS = ["kv", "pool"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _backbone(seed: int = 0):
+    torch.manual_seed(seed)
+    bb = casdap.create_model("rcvit_xs", num_classes=0, distillation=False)
+    # non-trivial BN statistics, so "unchanged" and "equal to the backbone" mean something
+    with torch.no_grad():
+        for m in bb.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return bb
+
+
+def _model(injection="kv", stages=(2, 3), num_tasks=5, seed=0):
+    return CASDAP(_backbone(seed), num_classes=10, num_tasks=num_tasks, num_tokens=4, task_emb_dim=8,
+                  stages=stages, injection=injection)
+
+
+def _train_steps(model, task_id, steps=3, size=32, lr=0.05):
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=lr)
+    model.train()
+    g = torch.Generator().manual_seed(task_id)
+    for _ in range(steps):
+        x = torch.randn(4, 3, size, size, generator=g)
+        y = torch.randint(0, 10, (4,), generator=g)
+        out = model(x, task_id=task_id)
+        loss = torch.nn.functional.cross_entropy(out.logits, y) - 0.1 * out.pull
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def _snapshot(named):
+    return {n: p.detach().clone() for n, p in named}
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_only_prompt_parts_and_head_train_and_backbone_is_bitwise_unchanged(injection):
+    model = _model(injection)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("dap_", "head.")) for n in trainable)
+    assert {id(p) for p in model.trainable_parameters()} == {
+        id(p) for n, p in model.named_parameters() if n in trainable
+    }
+    start = _snapshot(model.named_parameters())
+    _train_steps(model, task_id=1)
+    assert model.training and not model.backbone.training
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, before[k]), f"backbone tensor {k} changed"
+    assert all(p.grad is None for p in model.backbone.parameters())
+    # every trainable tensor (generators, FiLM, gates, keys, task embedding, head) was wired in
+    # and moved; the zero-initialised gates open first, then the token-axis maps follow
+    for n, p in model.named_parameters():
+        if n in trainable:
+            assert not torch.equal(p, start[n]), f"{n} did not train"
+
+
+def test_backbone_stays_in_eval_mode_even_if_switched():
+    model = _model()
+    model.train()
+    model.backbone.train()  # a careless caller
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model(torch.randn(2, 3, 32, 32), task_id=0)
+    assert not model.backbone.training
+    assert all(torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items())
+
+
+def test_freeze_token_axis_stops_structure_while_film_and_keys_train():
+    model = _train_steps(_model(), task_id=0)
+    model.freeze_token_axis()
+    structure = {n for n, _ in model.named_parameters() if n.endswith(("token_map.weight", "token_map.bias", "gate_a",
+                                                                        "gate_b"))}
+    assert structure
+    assert not ({id(p) for n, p in model.named_parameters() if n in structure}
+                & {id(p) for p in model.trainable_parameters()})
+    start = _snapshot(model.named_parameters())
+    _train_steps(model, task_id=1)
+    for n, p in model.named_parameters():
+        if n in structure:
+            assert torch.equal(p, start[n]), f"{n} changed after freeze_token_axis"
+    for n in ("dap_keys", "dap_task_emb.weight", "dap_blocks.3.0.generator.film.weight", "head.weight"):
+        assert not torch.equal(dict(model.named_parameters())[n], start[n]), f"{n} stopped training"
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_initial_model_is_exactly_the_frozen_backbone(injection):
+    """Tolerance 0: with the gates at their initial zeros every prompt term adds exactly 0.0."""
+    model = _model(injection, stages=(0, 1, 2, 3)).eval()
+    with torch.no_grad():
+        # trained-looking FiLM, keys and token maps: only the zero gates guarantee equivalence
+        for n, p in model.named_parameters():
+            if n.startswith("dap_") and "gate" not in n:
+                p.normal_()
+        for size in (32, 224):
+            x = torch.randn(2, 3, size, size)
+            ref = model.backbone.forward_pooled(x)
+            out = model(x)
+            assert torch.equal(model.forward_prompted(x, out.key_idx), ref)
+            assert torch.equal(out.logits, model.head(ref))
+        # the check can fail: open the gates and the prompts change the features
+        for block in model._prompted_blocks():
+            block.gate_a.fill_(0.5)
+            block.gate_b.fill_(0.5)
+        x = torch.randn(2, 3, 32, 32)
+        assert (model.forward_prompted(x, torch.tensor([0, 1])) - model.backbone.forward_pooled(x)).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_any_resolution_and_multiscale_batches(injection):
+    model = _train_steps(_model(injection), task_id=0, steps=1)
+    model.eval()
+    with torch.no_grad():
+        for size in (32, 64, 224):
+            out = model(torch.randn(2, 3, size, size))
+            assert out.logits.shape == (2, 10) and out.key_idx.shape == (2,) and out.pull.dim() == 0
+            assert torch.isfinite(out.logits).all()
+    model.train()
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01)
+    for size in (32, 48, 96, 40):  # multi-scale sampler: a new size every batch
+        out = model(torch.randn(2, 3, size, size), task_id=1)
+        opt.zero_grad()
+        (out.logits.logsumexp(1).mean() - out.pull).backward()
+        opt.step()
+        assert torch.isfinite(out.logits).all()
+
+
+def _model_with_known_picks():
+    """Keys 0..2 set to the queries of images 0..2, so those images pick keys 0, 1, 2."""
+    model = _train_steps(_model(), task_id=0, steps=1).eval()
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.dap_keys[:3] = model.forward_query(x[:3])
+    return model, x
+
+
+def test_per_image_selection_is_independent_of_batch_mates():
+    model, x = _model_with_known_picks()
+    with torch.no_grad():
+        picks = model(x).key_idx
+        assert picks[:3].tolist() == [0, 1, 2]
+        perm = torch.randperm(6, generator=torch.Generator().manual_seed(1))
+        shuffled = model(x[perm])
+        assert torch.equal(shuffled.key_idx, picks[perm])
+        assert torch.allclose(shuffled.logits, model(x).logits[perm], atol=1e-5)
+        assert model(x[:1]).key_idx.item() == 0
+
+
+def test_batch_majority_depends_on_batch_mates_and_oracle_uses_given_id():
+    model, x = _model_with_known_picks()
+    with torch.no_grad():
+        a = model(torch.stack([x[0], x[1], x[1]]), selection="batch_majority").key_idx
+        b = model(torch.stack([x[0], x[0], x[2]]), selection="batch_majority").key_idx
+        assert a.tolist() == [1, 1, 1] and b.tolist() == [0, 0, 0]
+        assert model(x, task_id=4, selection="oracle").key_idx.tolist() == [4] * 6
+        ids = torch.tensor([4, 3, 2, 1, 0, 4])
+        out = model(x, task_id=ids, selection="oracle")
+        assert torch.equal(out.key_idx, ids)
+        assert torch.equal(out.logits, model.head(model.forward_prompted(x, ids)))
+    with pytest.raises(casdap.CasdapError, match="oracle"):
+        model(x, selection="oracle")
+    with pytest.raises(casdap.CasdapError, match="PROMPT_POOL"):
+        model(x, task_id=5)
+    with pytest.raises(casdap.CasdapError, match="selection"):
+        model(x, selection="majority")
+
+
+@pytest.mark.parametrize("stages", [(2, 3), (1, 3)])
+def test_shared_prefix_equals_separate_query_and_prompted_passes(stages):
+    model = _train_steps(_model(stages=stages), task_id=2, steps=2).eval()
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        out = model(x)
+        query = model.forward_query(x)  # a full, separate un-prompted pass
+        sim = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(model.dap_keys, dim=1).t()
+        assert torch.equal(out.key_idx, sim.argmax(1))
+        assert torch.allclose(out.pull, sim.gather(1, out.key_idx[:, None]).mean(), atol=1e-6)
+        assert torch.equal(out.logits, model.head(model.forward_prompted(x, out.key_idx)))
+        assert not torch.allclose(model.forward_prompted(x, out.key_idx), query, atol=1e-4)  # prompts act
+
+
+def test_restrict_logits_keeps_selected_task_classes():
+    logits = torch.arange(12.0).reshape(2, 6)
+    out = restrict_logits(logits, torch.tensor([0, 2]), [[0, 1], [2, 3], [4, 5]])
+    assert out[0].argmax() == 1 and out[1].argmax() == 5
+    assert torch.equal(out[0, :2], logits[0, :2]) and (out[0, 2:] == torch.finfo(out.dtype).min).all()
+    assert torch.isfinite(torch.nn.functional.cross_entropy(out, torch.tensor([1, 5])))
+
+
+def _cfg(**kv):
+    base = {"DATA.NUMBER_CLASSES": "10", "CONTINUAL.N_TASKS": "5", "MODEL.DAP.PROMPT_POOL": "5",
+            "MODEL.DAP.NUM_TASKS_FOR_EMB": "5"}
+    base.update(kv)
+    return load_config(None, [t for k, v in base.items() for t in (k, v)])
+
+
+@pytest.fixture(scope="module")
+def pretrained_file(tmp_path_factory):
+    """An official-layout checkpoint (both 1000-class heads) of a seeded rcvit_xs."""
+    torch.manual_seed(7)
+    src = casdap.create_model("rcvit_xs", num_classes=1000)
+    root = tmp_path_factory.mktemp("zoo")
+    path = casdap.save_checkpoint({"model": src.state_dict()}, root / "rcvit_xs.pth")
+    return path, src.state_dict()
+
+
+def _assert_loaded(model, ref):
+    sd = model.backbone.state_dict()
+    assert not any(k.startswith(("head.", "dist_head.")) for k in sd)
+    assert all(torch.equal(v, ref[k]) for k, v in sd.items())
+
+
+def test_build_from_weight_path_and_from_model_root(pretrained_file, tmp_path):
+    path, ref = pretrained_file
+    model = build_dap_model(_cfg(**{"MODEL.WEIGHT_PATH": str(path), "MODEL.MODEL_ROOT": str(tmp_path)}))
+    _assert_loaded(model, ref)
+    assert model.num_classes == 10 and model.num_tasks == 5 and model.random_init is False
+    model = build_dap_model(_cfg(**{"MODEL.MODEL_ROOT": str(path.parent)}))
+    _assert_loaded(model, ref)
+    plain = build_backbone(_cfg(**{"MODEL.MODEL_ROOT": str(path.parent)}))  # non-DAP methods: own head
+    assert plain.head.out_features == 10 and plain.dist_head is None
+
+
+def test_build_without_weights_names_both_places_unless_random_init(tmp_path, caplog):
+    cfg = _cfg(**{"MODEL.MODEL_ROOT": str(tmp_path)})
+    with pytest.raises(casdap.CasdapError) as err:
+        build_dap_model(cfg)
+    assert "MODEL.WEIGHT_PATH" in str(err.value) and str(tmp_path / "rcvit_xs.pth") in str(err.value)
+    with pytest.raises(casdap.CasdapError, match="MODEL.WEIGHT_PATH '.*nope.pth' does not exist"):
+        build_dap_model(_cfg(**{"MODEL.WEIGHT_PATH": str(tmp_path / "nope.pth"), "MODEL.RANDOM_INIT": "True"}))
+    with caplog.at_level(logging.WARNING):
+        model = build_dap_model(_cfg(**{"MODEL.MODEL_ROOT": str(tmp_path), "MODEL.RANDOM_INIT": "True"}))
+    assert model.random_init is True and "RANDOMLY INITIALISED" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"MODEL.DAP.INJECTION": "attn"}, "INJECTION"),
+        ({"MODEL.DAP.PROMPT_POOL": "3"}, "PROMPT_POOL"),
+        ({"MODEL.DAP.STAGES": "[4]"}, "STAGES"),
+        ({"DATA.NUMBER_CLASSES": "-1"}, "NUMBER_CLASSES"),
+    ],
+)
+def test_bad_dap_settings_are_clear_errors(overrides, match):
+    with pytest.raises(casdap.CasdapError, match=match):
+        build_dap_model(_cfg(**{"MODEL.RANDOM_INIT": "True", **overrides}))
