@@ -10,7 +10,9 @@ Variants (inference): ``eager`` (the model as trained), ``folded`` (BatchNorm fo
 ``folded_cl`` (folded, channels-last), ``fused_cl`` (folded, channels-last, activations and residual
 adds fused into the convolutions), ``compiled`` (folded, channels-last, ``torch.compile``)
 and ``reference`` (a reference implementation loaded from a file, carrying our weights).
-Training: ``eager``, ``cl`` (channels-last) and ``reference``.
+Training: ``eager``, ``cl`` (channels-last) and ``reference``. With ``dap=True`` every mode also
+times ``casdap``: CAS-DAP (per-image key selection; training on task 0 with its frozen backbone)
+built on the same backbone, reported against the plain backbone (``eager``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class BenchConfig:
     checkpoint: str | None = None
     reference: str | None = None
     memory: bool = True
+    dap: bool = False  # also time CAS-DAP (per-image key selection) on each backbone
     seed: int = 0
 
     def batch_for(self, size: int) -> int:
@@ -328,6 +331,29 @@ def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, channels_
     return step
 
 
+def _build_dap(model: nn.Module, num_classes: int) -> nn.Module:
+    """CAS-DAP with the default settings (prompted stages 2 and 3, kv injection, 10 tokens, pool of
+    10 keys) on a frozen copy of ``model``; initial prompt weights cost the same as trained ones."""
+    from casdap.models.dap import CASDAP
+
+    return CASDAP(copy.deepcopy(model), num_classes=num_classes).eval()
+
+
+def _dap_train_step_fn(dap: nn.Module, x: torch.Tensor, y: torch.Tensor, sim_lambda: float = 0.1):
+    """One DAP training step on task 0: CE minus the key pull, Adam on the prompt parameters."""
+    dap.train()
+    opt = torch.optim.Adam(dap.trainable_parameters(), lr=1e-5, betas=(0.9, 0.9))
+
+    def step() -> None:
+        out = dap(x, task_id=0)
+        loss = F.cross_entropy(out.logits, y) - sim_lambda * out.pull
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -411,6 +437,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
             with torch.inference_mode():
                 fwd_flops = count_flops(lambda m=eval_model, one=x[:1]: m(one))
             train_flops = count_flops(_train_step_fn(copy.deepcopy(model), x[:2], y[:2])) / 2
+            dap = _build_dap(model, cfg.num_classes) if cfg.dap else None
+            if dap is not None:
+                with torch.inference_mode():
+                    dap_fwd_flops = count_flops(lambda d=dap, one=x[:1]: d(one))
+                dap_train_flops = count_flops(_dap_train_step_fn(copy.deepcopy(dap), x[:2], y[:2])) / 2
             variants = _infer_variants(cfg, model) if {"infer", "latency"} & set(cfg.modes) else {}
             if reference is not None:
                 variants.setdefault("reference", copy.deepcopy(reference).eval())
@@ -436,26 +467,33 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                         )
                         for p in paths
                     }
+                    if dap is not None:
+                        fns["casdap"] = _dap_train_step_fn(copy.deepcopy(dap), x, y)
                     n, flops = batch, train_flops
+                    flops_of = {"casdap": dap_train_flops if dap is not None else 0.0}
                     wrap = contextlib.nullcontext
                 else:
                     n = batch if mode == "infer" else 1
                     inputs = x if mode == "infer" else x[:1]
                     fns = {p: (lambda m=m, i=inputs: m(i)) for p, m in variants.items()}
+                    if dap is not None:
+                        fns["casdap"] = lambda d=dap, i=inputs: d(i)  # per-image key selection
                     flops = fwd_flops
+                    flops_of = {"casdap": dap_fwd_flops if dap is not None else 0.0}
                     wrap = torch.inference_mode
                 with wrap():
                     samples, warm = time_interleaved(fns, cfg.repeats, cfg.warmup, cfg.min_time, sync)
                     memory = {p: peak_memory_bytes(fn, device) if cfg.memory else None for p, fn in fns.items()}
                 for p, secs in samples.items():
                     ips = Stats.of(n / s for s in secs)
+                    work = flops_of.get(p, flops)
                     rows.append({
                         "model": name, "size": size, "mode": mode, "variant": p, "batch": n,
                         "images_per_s": asdict(ips),
                         "ms_per_batch": statistics.median(secs) * 1e3,
                         "warmup_s": warm[p],
-                        "gflop_per_image": flops / 1e9,
-                        "gflop_per_s": ips.median * flops / 1e9,
+                        "gflop_per_image": work / 1e9,
+                        "gflop_per_s": ips.median * work / 1e9,
                         "peak_memory_mb": None if memory[p] is None else memory[p] / 2**20,
                     })
                     log(_row_line(rows[-1]))
@@ -464,11 +502,15 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                     for other, kind in ((base, "vs_eager"), ("reference", "ours_vs_reference")):
                         if other is None or other not in samples or p == other or p == "reference":
                             continue
-                        # speed ratio: throughput of p over throughput of other (> 1: p is faster)
-                        r = _ratio(samples[other], samples[p])
+                        if p == "casdap":
+                            kind = "casdap_vs_backbone" if other == base else "casdap_vs_reference"
+                        # speed ratio: throughput of p over throughput of other (> 1: p is faster);
+                        # time ratio: its inverse, time per image of p over that of other
                         ratios.append({"model": name, "size": size, "mode": mode, "variant": p,
-                                       "against": other, "kind": kind, "speed_ratio": asdict(r)})
-            del eval_model
+                                       "against": other, "kind": kind,
+                                       "speed_ratio": asdict(_ratio(samples[other], samples[p])),
+                                       "time_ratio": asdict(_ratio(samples[p], samples[other]))})
+            del eval_model, dap
 
     mm = Stats.of(matmul)
     for row in rows:
@@ -515,12 +557,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['gflop_per_image']:.3f} | {r['gflop_per_s']:.1f} | {100 * r['fraction_of_matmul']:.0f}% | {mem} |"
         )
     if result["ratios"]:
-        lines += ["", "| model | px | mode | variant | against | speed ratio (median [min-max]) |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| model | px | mode | variant | against | speed ratio (median [min-max]) | time ratio |",
+                  "|---|---|---|---|---|---|---|"]
         for r in result["ratios"]:
-            s = r["speed_ratio"]
+            s, t = r["speed_ratio"], r["time_ratio"]
             lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {r['variant']} | {r['against']} | "
-                         f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}] |")
+                         f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}] | {t['median']:.2f} |")
     for p in result.get("parity", []):
         lines.append(f"parity {p['model']} {p['size']}px {p['variant']} vs eager: max |diff| {p['max_abs_diff']:.2e}")
     return "\n".join(lines)
