@@ -12,7 +12,9 @@ adds fused into the convolutions), ``compiled`` (folded, channels-last, ``torch.
 and ``reference`` (a reference implementation loaded from a file, carrying our weights).
 Training: ``eager``, ``cl`` (channels-last) and ``reference``. With ``dap=True`` every mode also
 times ``casdap``: CAS-DAP (per-image key selection; training on task 0 with its frozen backbone)
-built on the same backbone, reported against the plain backbone (``eager``).
+built on the same backbone, reported against the plain backbone (``eager``), and in inference
+``casdap_fast`` (:func:`casdap.deploy.optimize_dap_for_inference`, checked to give the same logits
+and keys), also against the backbone's own fast form (``fused_cl``).
 """
 
 from __future__ import annotations
@@ -395,6 +397,7 @@ def _resolve_device(name: str) -> torch.device:
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every (model, size, mode, variant) of ``cfg``; return a JSON-ready dict."""
     from casdap import list_models
+    from casdap.deploy import optimize_dap_for_inference
 
     device = _resolve_device(cfg.device)
     unknown = [m for m in cfg.models if m not in list_models()]
@@ -442,6 +445,14 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                 with torch.inference_mode():
                     dap_fwd_flops = count_flops(lambda d=dap, one=x[:1]: d(one))
                 dap_train_flops = count_flops(_dap_train_step_fn(copy.deepcopy(dap), x[:2], y[:2])) / 2
+                dap_fast = optimize_dap_for_inference(dap)
+                with torch.inference_mode():
+                    want, got = dap(x), dap_fast(x)
+                diff = (got.logits - want.logits).abs().max().item()
+                parity.append({"model": name, "size": size, "variant": "casdap_fast", "against": "casdap",
+                               "max_abs_diff": diff, "same_keys": bool(torch.equal(got.key_idx, want.key_idx))})
+                if diff > PARITY_TOLERANCE or not torch.equal(got.key_idx, want.key_idx):
+                    raise CasdapError(f"{name} at {size}px: the fast CAS-DAP differs from CAS-DAP ({diff:.2e})")
             variants = _infer_variants(cfg, model) if {"infer", "latency"} & set(cfg.modes) else {}
             if reference is not None:
                 variants.setdefault("reference", copy.deepcopy(reference).eval())
@@ -476,10 +487,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                     n = batch if mode == "infer" else 1
                     inputs = x if mode == "infer" else x[:1]
                     fns = {p: (lambda m=m, i=inputs: m(i)) for p, m in variants.items()}
-                    if dap is not None:
-                        fns["casdap"] = lambda d=dap, i=inputs: d(i)  # per-image key selection
+                    if dap is not None:  # per-image key selection
+                        fns["casdap"] = lambda d=dap, i=inputs: d(i)
+                        fns["casdap_fast"] = lambda d=dap_fast, i=inputs: d(i)
                     flops = fwd_flops
-                    flops_of = {"casdap": dap_fwd_flops if dap is not None else 0.0}
+                    flops_of = dict.fromkeys(("casdap", "casdap_fast"), dap_fwd_flops if dap is not None else 0.0)
                     wrap = torch.inference_mode
                 with wrap():
                     samples, warm = time_interleaved(fns, cfg.repeats, cfg.warmup, cfg.min_time, sync)
@@ -499,11 +511,14 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                     log(_row_line(rows[-1]))
                 base = "eager" if "eager" in samples else None
                 for p in samples:
-                    for other, kind in ((base, "vs_eager"), ("reference", "ours_vs_reference")):
+                    againsts = [(base, "vs_eager"), ("reference", "ours_vs_reference")]
+                    if p == "casdap_fast":
+                        againsts += [("fused_cl", "casdap_fast_vs_fast_backbone"), ("casdap", "vs_casdap")]
+                    for other, kind in againsts:
                         if other is None or other not in samples or p == other or p == "reference":
                             continue
-                        if p == "casdap":
-                            kind = "casdap_vs_backbone" if other == base else "casdap_vs_reference"
+                        if p in ("casdap", "casdap_fast") and other in (base, "reference"):
+                            kind = f"{p}_vs_backbone" if other == base else f"{p}_vs_reference"
                         # speed ratio: throughput of p over throughput of other (> 1: p is faster);
                         # time ratio: its inverse, time per image of p over that of other
                         ratios.append({"model": name, "size": size, "mode": mode, "variant": p,
@@ -511,6 +526,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                                        "speed_ratio": asdict(_ratio(samples[other], samples[p])),
                                        "time_ratio": asdict(_ratio(samples[p], samples[other]))})
             del eval_model, dap
+            dap_fast = None
 
     mm = Stats.of(matmul)
     for row in rows:
@@ -564,7 +580,8 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {r['variant']} | {r['against']} | "
                          f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}] | {t['median']:.2f} |")
     for p in result.get("parity", []):
-        lines.append(f"parity {p['model']} {p['size']}px {p['variant']} vs eager: max |diff| {p['max_abs_diff']:.2e}")
+        lines.append(f"parity {p['model']} {p['size']}px {p['variant']} vs {p.get('against', 'eager')}: "
+                     f"max |diff| {p['max_abs_diff']:.2e}")
     return "\n".join(lines)
 
 

@@ -34,7 +34,14 @@ from casdap.models.casvit import (
     SpatialGate,
 )
 
-__all__ = ["FusedConv", "count_batchnorm", "fold_batchnorm", "fuse_pointwise", "optimize_for_inference"]
+__all__ = [
+    "FusedConv",
+    "count_batchnorm",
+    "fold_batchnorm",
+    "fuse_pointwise",
+    "optimize_dap_for_inference",
+    "optimize_for_inference",
+]
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +125,10 @@ def fold_batchnorm(model: CASViT) -> CASViT:
     """A copy of ``model`` with no BatchNorm left, equal to ``model.eval()`` up to rounding."""
     if not isinstance(model, CASViT):
         raise CasdapError(f"fold_batchnorm expects a CASViT backbone, got {type(model).__name__}")
+    return _fold_copy(model, fold_norm1=True, fold_head=True)
+
+
+def _fold_copy(model: CASViT, fold_norm1: bool, fold_head: bool) -> CASViT:
     fused = copy.deepcopy(model).eval()
     _fold_conv_bn_sequence(fused.patch_embed)
     for module in fused.modules():
@@ -127,18 +138,18 @@ def fold_batchnorm(model: CASViT) -> CASViT:
         elif isinstance(module, (LocalIntegration, SpatialGate)):
             _fold_conv_bn_sequence(module.network if isinstance(module, LocalIntegration) else module.block)
         elif isinstance(module, AdditiveBlock):
-            if isinstance(module.norm1, nn.BatchNorm2d):
+            if fold_norm1 and isinstance(module.norm1, nn.BatchNorm2d):
                 module.attn.qkv = fold_bn_into_next_conv(module.norm1, module.attn.qkv)
                 module.norm1 = nn.Identity()
             if isinstance(module.norm2, nn.BatchNorm2d):
                 module.mlp.fc1 = fold_bn_into_next_conv(module.norm2, module.mlp.fc1)
                 module.norm2 = nn.Identity()
-    if isinstance(fused.norm, nn.BatchNorm2d) and isinstance(fused.head, nn.Linear):
+    if fold_head and isinstance(fused.norm, nn.BatchNorm2d) and isinstance(fused.head, nn.Linear):
         fused.head = _fold_bn_into_linear(fused.norm, fused.head)
         if isinstance(fused.dist_head, nn.Linear):
             fused.dist_head = _fold_bn_into_linear(fused.norm, fused.dist_head)
         fused.norm = nn.Identity()
-    if isinstance(fused.dist_head, nn.Linear) and isinstance(fused.head, nn.Linear):
+    if fold_head and isinstance(fused.dist_head, nn.Linear) and isinstance(fused.head, nn.Linear):
         fused.head = _merge_heads(fused.head, fused.dist_head)
         fused.dist_head = None
         fused.distillation = False
@@ -317,3 +328,41 @@ def optimize_for_inference(
         options = {"freezing": True} if backend == "inductor" else None
         out = torch.compile(out, backend=backend, options=options)
     return out
+
+
+# -- CAS-DAP ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def optimize_dap_for_inference(dap: nn.Module, *, channels_last: bool = True) -> nn.Module:
+    """A copy of a CAS-DAP model with its frozen backbone in inference form; same outputs.
+
+    Every BatchNorm of the backbone is folded except the ones the prompts read: ``norm1`` of
+    each block (prompt tokens take its affine and pass through it) and the final norm (the query
+    and the prompted features are pooled after it). Stages before the first prompted stage (run
+    once, shared by the query and the prompted pass) also get the fused convolutions; blocks of
+    the prompted stages keep their structure because the prompt injection reaches into them.
+    """
+    from casdap.models.dap import CASDAP
+
+    if not isinstance(dap, CASDAP):
+        raise CasdapError(f"optimize_dap_for_inference expects a CASDAP model, got {type(dap).__name__}")
+    fast = copy.deepcopy(dap).eval()
+    backbone = _fold_copy(fast.backbone, fold_norm1=False, fold_head=False)
+    for s in range(fast.stages[0]):
+        stage = backbone.stages[s]
+        for j, block in enumerate(stage):
+            if type(block) is AdditiveBlock and isinstance(block.norm1, nn.BatchNorm2d):
+                block.attn.qkv = fold_bn_into_next_conv(block.norm1, block.attn.qkv)
+                block.norm1 = nn.Identity()
+            if _fusable(block):
+                stage[j] = FusedAdditiveBlock(block)
+    stem = backbone.patch_embed
+    for i in range(len(stem) - 2):
+        if isinstance(stem[i], nn.Conv2d) and isinstance(stem[i + 1], nn.Identity) and isinstance(stem[i + 2], nn.ReLU):
+            stem[i], stem[i + 2] = FusedConv(stem[i], "relu"), nn.Identity()
+    fast.backbone = backbone
+    fast.requires_grad_(False)
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    return fast

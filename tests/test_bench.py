@@ -89,3 +89,18 @@ def test_bench_cli_rejects_bad_flags(tmp_path, capsys):
     assert main(["bench", *TINY, "--device", "tpu", "--json", str(tmp_path / "b.json")]) == 2
     assert "--device" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_times_casdap_against_its_backbone(tmp_path):
+    out_json = tmp_path / "dap.json"
+    assert main(["bench", *TINY, "--dap", "--modes", "latency", "--paths", "eager,fused_cl", "--no-memory",
+                 "--json", str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    rows = {r["variant"]: r for r in result["results"]}
+    assert set(rows) == {"eager", "fused_cl", "casdap", "casdap_fast"}
+    # the query pass shares the stages before the first prompted stage: less than twice the work
+    assert 1.0 < rows["casdap"]["gflop_per_image"] / rows["eager"]["gflop_per_image"] < 2.0
+    kinds = {r["kind"] for r in result["ratios"]}
+    assert {"casdap_vs_backbone", "casdap_fast_vs_backbone", "casdap_fast_vs_fast_backbone"} <= kinds
+    fast = next(p for p in result["parity"] if p["variant"] == "casdap_fast")
+    assert fast["same_keys"] and fast["max_abs_diff"] < 1e-4

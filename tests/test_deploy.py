@@ -125,3 +125,22 @@ def test_fused_convs_fall_back_to_plain_pytorch_with_the_same_result():
 def test_fuse_needs_folded_model():
     with pytest.raises(casdap.CasdapError, match="fold_batchnorm first"):
         fuse_pointwise(_trained_like())
+
+
+def test_fast_casdap_gives_the_same_logits_and_keys():
+    from casdap.deploy import optimize_dap_for_inference
+    from casdap.models.dap import CASDAP
+
+    dap = CASDAP(_trained_like(num_classes=0), num_classes=20, num_tasks=4).eval()
+    gen = torch.Generator().manual_seed(3)
+    for n, p in dap.named_parameters():  # prompts, keys and head away from their zero/initial values
+        if not n.startswith("backbone."):
+            p.data.normal_(0, 0.3, generator=gen)
+    fast = optimize_dap_for_inference(dap)
+    # left: norm1 of the blocks the prompts reach into (prompted stages onwards) and the final norm
+    assert count_batchnorm(fast.backbone) == sum(dap.backbone.layers[dap.stages[0]:]) + 1
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        want, got = dap(x), fast(x)
+    assert torch.equal(got.key_idx, want.key_idx) and len(set(want.key_idx.tolist())) > 1
+    _close(got.logits, want.logits)
