@@ -1,8 +1,9 @@
-"""ONNX export of a backbone, checked against PyTorch with onnxruntime.
+"""ONNX export of a backbone or of CAS-DAP, checked against PyTorch with onnxruntime.
 
-The exported graph is the BatchNorm-folded inference form (:mod:`casdap.deploy`) with a dynamic
-batch axis; the check compares onnxruntime's logits with the *unfolded* eager PyTorch model, so
-it covers both the folding and the export.
+A backbone is exported in its BatchNorm-folded form (:mod:`casdap.deploy`), CAS-DAP as is (with
+per-image key selection inside the graph); the batch axis is dynamic. The check compares
+onnxruntime's outputs with the *unfolded* eager PyTorch model, so it covers both the folding and
+the export.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn as nn
 
 from casdap.errors import CasdapError
 
-__all__ = ["OnnxCheck", "export_onnx", "check_onnx", "require_onnx"]
+__all__ = ["DAPLogitsAndKeys", "OnnxCheck", "export_onnx", "check_onnx", "require_onnx"]
 
 INSTALL_HINT = "install the export extra: pip install 'casdap[export]' (onnx, onnxscript, onnxruntime)"
 
@@ -35,8 +36,28 @@ def require_onnx(*modules: str) -> None:
             raise CasdapError(f"'{name}' is not installed; {INSTALL_HINT}") from None
 
 
+class DAPLogitsAndKeys(nn.Module):
+    """CAS-DAP as a graph-friendly module: images -> (logits, selected key index per image).
+
+    The query pass, the per-image (cosine, argmax) key selection and the prompted pass are all
+    inside the graph, so a deployed model needs no task identity.
+    """
+
+    output_names = ("logits", "key_idx")
+
+    def __init__(self, dap: nn.Module) -> None:
+        super().__init__()
+        self.dap = dap
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.dap(images, selection="per_image")
+        return out.logits, out.key_idx
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int = 224, opset: int = 18) -> Path:
     """Write ``model`` (eval mode, batch axis dynamic) to ``path`` as one self-contained .onnx file.
+
+    Outputs are named ``logits`` (and ``key_idx`` for :class:`DAPLogitsAndKeys`).
 
     The file appears only once it is complete (written beside it, then renamed).
     """
@@ -54,7 +75,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int = 224
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model, (example,), dynamo=True, opset_version=opset,
-                input_names=["images"], output_names=["logits"],
+                input_names=["images"], output_names=list(getattr(model, "output_names", ("logits",))),
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
             )
         program.save(str(tmp), external_data=False)
@@ -66,20 +87,25 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int = 224
 
 @dataclass
 class OnnxCheck:
-    max_abs_diff: float
+    max_abs_diff: float  # over the logits
+    same_keys: bool | None  # CAS-DAP: key indices identical (None for a backbone)
     batches: tuple[int, ...]
     onnxruntime_ms: float
     torch_eager_ms: float
     torch_fast_ms: float
     threads: int
 
+    def ok(self, atol: float) -> bool:
+        return self.max_abs_diff <= atol and self.same_keys is not False
+
     def summary(self, atol: float) -> str:
-        verdict = "OK" if self.max_abs_diff <= atol else "MISMATCH"
+        verdict = "OK" if self.ok(atol) else "MISMATCH"
+        keys = "" if self.same_keys is None else f", key indices {'identical' if self.same_keys else 'DIFFER'}"
         return (
-            f"onnxruntime vs PyTorch eager: max |diff| {self.max_abs_diff:.2e} over batches "
+            f"onnxruntime vs PyTorch eager: max |logit diff| {self.max_abs_diff:.2e}{keys} over batches "
             f"{list(self.batches)} ({verdict}, tolerance {atol:g}); batch-1 latency (median, {self.threads} threads): "
             f"onnxruntime {self.onnxruntime_ms:.2f} ms, PyTorch eager {self.torch_eager_ms:.2f} ms, "
-            f"PyTorch folded+channels-last {self.torch_fast_ms:.2f} ms"
+            f"PyTorch fast inference form {self.torch_fast_ms:.2f} ms"
         )
 
 
@@ -94,16 +120,32 @@ def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(samples)
 
 
+def _as_tuple(out) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
 def check_onnx(
-    path: str | os.PathLike, model: nn.Module, input_size: int, batches: tuple[int, ...] = (1, 3), repeats: int = 20
+    path: str | os.PathLike,
+    model: nn.Module,
+    input_size: int,
+    fast: nn.Module | None = None,
+    batches: tuple[int, ...] = (1, 3),
+    repeats: int = 20,
 ) -> OnnxCheck:
-    """Run the .onnx file in onnxruntime beside ``model`` (eager, unfolded): parity and latency."""
+    """Run the .onnx file in onnxruntime beside ``model`` (eager PyTorch): parity and latency.
+
+    The first output (logits) must agree within a tolerance the caller checks; integer outputs
+    (CAS-DAP's key indices) must be identical. ``fast`` is the PyTorch inference form timed beside
+    both (default: the backbone folded, fused and channels-last).
+    """
     require_onnx("onnxruntime")
     import onnxruntime as ort
 
     from casdap.deploy import optimize_for_inference
 
     model = model.eval()
+    if fast is None:
+        fast = optimize_for_inference(model, channels_last=True, fuse=True)
     threads = torch.get_num_threads()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -113,13 +155,18 @@ def check_onnx(
     except Exception as e:
         raise CasdapError(f"onnxruntime cannot load '{path}': {str(e).splitlines()[0]}") from None
     gen = torch.Generator().manual_seed(0)
-    diff = 0.0
-    with torch.no_grad():
+    diff, same_keys = 0.0, None
+    with torch.inference_mode():
         for b in batches:
             x = torch.randn(b, 3, input_size, input_size, generator=gen)
-            got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-            diff = max(diff, (got - model(x)).abs().max().item())
-        fast = optimize_for_inference(model, channels_last=True)
+            got = [torch.from_numpy(a) for a in session.run(None, {"images": x.numpy()})]
+            want = _as_tuple(model(x))
+            if len(got) != len(want):
+                raise CasdapError(f"'{path}' has {len(got)} outputs, the model {len(want)}")
+            diff = max(diff, (got[0] - want[0]).abs().max().item())
+            for g, w in zip(got[1:], want[1:]):
+                same = bool(torch.equal(g.to(w.dtype), w))
+                same_keys = same if same_keys is None else (same_keys and same)
         x1 = torch.randn(1, 3, input_size, input_size, generator=gen)
         x1_np = x1.numpy()
         # interleave the three so that load on the machine hits them alike
@@ -129,6 +176,6 @@ def check_onnx(
             ms["eager"].append(_median_ms(lambda: model(x1), 5))
             ms["fast"].append(_median_ms(lambda: fast(x1), 5))
     return OnnxCheck(
-        max_abs_diff=diff, batches=tuple(batches), onnxruntime_ms=statistics.median(ms["ort"]),
+        max_abs_diff=diff, same_keys=same_keys, batches=tuple(batches), onnxruntime_ms=statistics.median(ms["ort"]),
         torch_eager_ms=statistics.median(ms["eager"]), torch_fast_ms=statistics.median(ms["fast"]), threads=threads,
     )

@@ -57,3 +57,34 @@ def test_export_rejects_sizes_the_backbone_cannot_take(exported, tmp_path, capsy
     code = main(["export", "--model", "rcvit_xs", "--checkpoint", str(ckpt), "--onnx", str(tmp_path / "x.onnx"),
                  "--input-size", "50"])
     assert code == 2 and "multiple of 32" in capsys.readouterr().err
+
+
+def test_export_casdap_with_key_selection_inside_the_graph(tmp_path, capsys):
+    from conftest import ROOT
+
+    from casdap.config import load_config
+    from casdap.models.dap import build_dap_model
+
+    config = str(ROOT / "configs" / "dap" / "cifar.yaml")
+    dap = build_dap_model(load_config(config, ["MODEL.RANDOM_INIT", "True"])).eval()
+    gen = torch.Generator().manual_seed(3)
+    for n, p in dap.named_parameters():  # trained-like prompts, keys, task embeddings and head
+        if not n.startswith("backbone."):
+            p.data.normal_(0, 0.3, generator=gen)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():  # one key per test image, so per-image selection really differs by image
+        dap.dap_keys[:8] = dap.forward_query(x)
+    ckpt = casdap.save_checkpoint({"model": dap.state_dict()}, tmp_path / "dap.pth")
+    onnx_path = tmp_path / "dap.onnx"
+    code = main(["export", "--config", config, "--checkpoint", str(ckpt), "--onnx", str(onnx_path),
+                 "--input-size", "32", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "key indices identical" in out and "(OK, tolerance 0.0001)" in out
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "key_idx"]
+    logits, keys = session.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        want = dap(x)  # per-image selection, as in the graph
+    assert np.array_equal(keys, want.key_idx.numpy()) and len(set(keys.tolist())) > 2
+    assert np.abs(logits - want.logits.numpy()).max() <= 1e-4
