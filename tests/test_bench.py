@@ -42,9 +42,9 @@ def test_bench_cli_writes_json_with_every_measurement(tmp_path, reference_file, 
     result = json.loads(out_json.read_text())
     assert result["matmul_gflop_per_s"]["median"] > 0 and result["machine"]["torch_threads"] == 1
     rows = {(r["mode"], r["variant"]): r for r in result["results"]}
-    assert set(rows) == {("train", "eager"), ("train", "reference"), ("infer", "eager"), ("infer", "folded"),
-                         ("infer", "folded_cl"), ("infer", "reference"), ("latency", "eager"),
-                         ("latency", "folded"), ("latency", "folded_cl"), ("latency", "reference")}
+    fast_paths = ("eager", "folded", "folded_cl", "fused_cl", "reference")
+    assert set(rows) == {("train", "eager"), ("train", "reference")} | {
+        (mode, p) for mode in ("infer", "latency") for p in fast_paths}
     # FLOPs per image agree with an independent count of the eval forward pass
     model = casdap.create_model("rcvit_xs").eval()
     with FlopCounterMode(display=False) as fc, torch.no_grad():
@@ -61,7 +61,7 @@ def test_bench_cli_writes_json_with_every_measurement(tmp_path, reference_file, 
     kinds = {(r["mode"], r["variant"], r["against"]) for r in result["ratios"]}
     assert ("infer", "folded_cl", "eager") in kinds and ("train", "eager", "reference") in kinds
     parity = {p["variant"]: p["max_abs_diff"] for p in result["parity"]}
-    assert set(parity) == {"eager", "folded", "folded_cl", "reference"} and max(parity.values()) < 1e-4
+    assert set(parity) == set(fast_paths) and max(parity.values()) < 1e-4
     assert "| rcvit_xs | 32 | infer | folded_cl |" in printed
     # loading the reference did not replace this package's timm entry of the same name
     assert type(timm.create_model("rcvit_xs")) is CASViT
