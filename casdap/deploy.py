@@ -197,10 +197,15 @@ class FusedConv(nn.Module):
             raise ValueError("FusedConv needs explicit zero padding")
         self.conv, self.unary, self.binary = conv, unary, binary
         self.onednn = _onednn_fusion_available()
+        # The fused call re-lays out the weights on every call, which only pays off over enough
+        # output pixels (batch x H x W); measured break-even on a CPU: ~100-200 for a dense 1x1
+        # conv + GELU, a few thousand for a depthwise conv + add/mul.
+        self.min_pixels = 128 if conv.groups == 1 else 4096
 
     def _use_onednn(self, x: torch.Tensor) -> bool:
         return (
             self.onednn and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.shape[0] * x.shape[-2] * x.shape[-1] >= self.min_pixels
             and not (torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad))
         )
 

@@ -106,12 +106,16 @@ def test_compiled_path_traces_without_changing_outputs():
         _close(fast(x), model(x))
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_path_matches_eager(channels_last):
+@pytest.mark.parametrize("channels_last,always_onednn", [(False, True), (True, True), (True, False)])
+def test_fused_path_matches_eager(channels_last, always_onednn):
     model = _trained_like(num_classes=6)
     fast = optimize_for_inference(model, fuse=True, channels_last=channels_last)
     blocks = [m for m in fast.modules() if isinstance(m, FusedAdditiveBlock)]
     assert len(blocks) == sum(model.layers)
+    if always_onednn:  # every fused conv through oneDNN, even on maps below its size threshold
+        for m in fast.modules():
+            if isinstance(m, FusedConv):
+                m.min_pixels = 0
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         _close(fast(x), model(x))
