@@ -477,8 +477,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
             with torch.inference_mode():
                 want = eval_model(x)
                 for p, m in variants.items():
-                    diff = (m(x) - want).abs().max().item()
-                    parity.append({"model": name, "size": size, "variant": p, "max_abs_diff": diff})
+                    start = time.perf_counter()
+                    got = m(x)
+                    first_call = time.perf_counter() - start  # includes compilation for 'compiled'
+                    diff = (got - want).abs().max().item()
+                    parity.append({"model": name, "size": size, "variant": p, "max_abs_diff": diff,
+                                   "first_call_s": first_call})
                     log(f"{name} {size}px: {p} vs eager, max |diff| of eval logits = {diff:.2e}")
                     if diff > PARITY_TOLERANCE:
                         raise CasdapError(
@@ -556,7 +560,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
         "results": rows,
         "ratios": ratios,
         "parity": parity,
-        "notes": "parity: max |logit difference| of each variant from the eager model on the timed batch; "
+        "notes": "parity: max |logit difference| of each variant from the eager model on the timed batch, and "
+        "the time of that first call (for 'compiled' it includes the compilation); "
         "images_per_s: median and min-max over repeats; speed_ratio: median of per-repeat throughput "
         "ratios (variant over 'against', > 1 means faster); peak_memory_mb: peak tensor memory allocated "
         "during one step above what was live before it; fraction_of_matmul: achieved GFLOP/s over the "
