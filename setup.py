@@ -25,7 +25,10 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "ruff>=0.5"],
+        # ONNX export (casdap export): the torch.export-based exporter needs onnxscript.
+        "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        # the export tests run the exported graph in onnxruntime, so CI installs it too
+        "test": ["pytest>=7.4", "ruff>=0.5", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
     },
     entry_points={"console_scripts": ["casdap=casdap.cli:main"]},
 )

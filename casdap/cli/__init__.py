@@ -15,11 +15,13 @@ from casdap.errors import CasdapError
 
 # subcommand -> module under casdap.cli
 SUBCOMMANDS: dict[str, str] = {
+    "bench": "casdap.cli.bench",
+    "cl": "casdap.cli.cl",
     "compare": "casdap.cli.compare",
     "demo": "casdap.cli.demo",
+    "export": "casdap.cli.export",
     "pretrain": "casdap.cli.pretrain",
     "train": "casdap.cli.train",
-    "cl": "casdap.cli.cl",
 }
 
 
