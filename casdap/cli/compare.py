@@ -22,14 +22,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def report(runs: list, out: Path, skipped_prefix: str = "casdap compare: ") -> list[Path]:
+    """Compare ``runs``: print the tables, write Markdown, CSV and plots into ``out``."""
     from casdap.compare import group_table, load_runs, run_table, tag_notes, text_table, write_outputs
 
-    comp = load_runs(args.runs)
+    comp = load_runs(runs)
     for _, reason in comp.skipped:
-        print(f"casdap compare: skipped {reason}", file=sys.stderr)
+        print(f"{skipped_prefix}skipped {reason}", file=sys.stderr)
     if not comp.runs:
-        n = len(args.runs)
+        n = len(runs)
         raise CasdapError("nothing to compare: " + (f"none of the {n} given runs could be read" if n > 1
                                                      else "the given run could not be read"))
 
@@ -40,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     notes = tag_notes(comp.runs)
     if notes:
         print("\n" + "\n".join(notes))
-    written = write_outputs(comp, args.out)
+    return write_outputs(comp, out)
+
+
+def run(args: argparse.Namespace) -> int:
+    written = report(args.runs, args.out)
     plots = [p for p in written if p.suffix == ".png"]
     print(f"\nwrote {args.out / 'summary.md'}, {args.out / 'summary.csv'}, {args.out / 'runs.csv'}"
           + (f" and {len(plots)} plots under {args.out}" if plots else ""))

@@ -69,7 +69,7 @@ def _backbone(out: Path, epochs: int | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from casdap.compare import group_table, load_runs, run_table, tag_notes, text_table, write_outputs
+    from casdap.cli.compare import report
     from casdap.config import load_config, shipped_config
     from casdap.continual.runner import run_continual
 
@@ -98,17 +98,7 @@ def run(args: argparse.Namespace) -> int:
         run_dirs.append(run_dir)
 
     print("[3/3] comparison")
-    comp = load_runs(run_dirs)
-    for _, reason in comp.skipped:
-        print(f"skipped {reason}")
-    print(text_table(*run_table(comp.runs, console=True)))
-    if any(len(g.runs) > 1 for g in comp.groups):
-        print("\nGrouped over seeds (mean ± sample std):")
-        print(text_table(*group_table(comp.groups, console=True)))
-    notes = tag_notes(comp.runs)
-    if notes:
-        print("\n" + "\n".join(notes))
-    written = write_outputs(comp, out / "compare")
+    written = report(run_dirs, out / "compare", skipped_prefix="")
     plots = sorted(p for p in written if p.suffix == ".png")
     print(f"\ntables: {out / 'compare' / 'summary.md'}, {out / 'compare' / 'summary.csv'}")
     print(f"plots:  {len(plots)} PNG files under {out / 'compare'}")
