@@ -812,6 +812,14 @@ def _task_axis(ax, n_tasks: int) -> None:
     ax.grid(alpha=0.3)
 
 
+def _save_accuracy_curves(fig, ax, n_tasks: int, title: str, path: Path) -> None:
+    _task_axis(ax, n_tasks)
+    ax.set_ylabel("average accuracy over seen tasks (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    fig.savefig(path)
+
+
 def plot_avg_accuracy(comp: Comparison, path: Path) -> None:
     fig = _figure(CURVE_SIZE)
     ax = fig.add_subplot()
@@ -823,11 +831,7 @@ def plot_avg_accuracy(comp: Comparison, path: Path) -> None:
     for k, r in enumerate(r for r in comp.runs if not r.acc_matrix):
         ax.axhline(100 * r.final_acc, linestyle=_REFERENCE_STYLES[k % 3], color="black", alpha=0.7,
                    label=f"{r.name}: {r.label}")
-    _task_axis(ax, n)
-    ax.set_ylabel("average accuracy over seen tasks (%)")
-    ax.set_title("Average accuracy after each task")
-    ax.legend(fontsize=7, loc="best")
-    fig.savefig(path)
+    _save_accuracy_curves(fig, ax, n, "Average accuracy after each task", path)
 
 
 def plot_avg_accuracy_seeds(comp: Comparison, path: Path) -> None:
@@ -847,11 +851,7 @@ def plot_avg_accuracy_seeds(comp: Comparison, path: Path) -> None:
         mean, _ = g.stats("final_acc")
         ax.axhline(100 * mean, linestyle=_REFERENCE_STYLES[k % 3], color="black", alpha=0.7,
                    label=f"{g.label} (n={len(g.runs)})")
-    _task_axis(ax, n)
-    ax.set_ylabel("average accuracy over seen tasks (%)")
-    ax.set_title("Average accuracy after each task: mean ± std over seeds")
-    ax.legend(fontsize=7, loc="best")
-    fig.savefig(path)
+    _save_accuracy_curves(fig, ax, n, "Average accuracy after each task: mean ± std over seeds", path)
 
 
 def plot_forgetting(comp: Comparison, path: Path) -> None:
