@@ -186,6 +186,33 @@ def test_batch_majority_depends_on_batch_mates_and_oracle_uses_given_id():
         model(x, selection="majority")
 
 
+def test_several_keys_per_task_select_the_task_of_the_nearest_key():
+    model = CASDAP(_backbone(), num_classes=10, num_tasks=3, num_tokens=4, task_emb_dim=8, keys_per_task=2).eval()
+    assert model.dap_keys.shape == (6, model.num_features)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        q = model.forward_query(x)
+        model.dap_keys[5] = q[0]  # task 2's second key
+        model.dap_keys[2] = q[1]  # task 1's first key
+        out = model(x[:2])
+        assert out.key_idx.tolist() == [2, 1]
+        assert torch.allclose(out.pull, torch.tensor(1.0), atol=1e-5)  # each image is its key's query
+        assert torch.equal(out.logits, model.head(model.forward_prompted(x[:2], out.key_idx)))
+        sim = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(model.dap_keys, dim=1).t()
+        assert torch.allclose(model.task_similarity(q), sim.view(4, 3, 2).amax(2))
+
+
+def test_pull_moves_only_the_nearest_key_of_the_trained_task():
+    model = CASDAP(_backbone(), num_classes=10, num_tasks=3, num_tokens=4, task_emb_dim=8, keys_per_task=2)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        model.dap_keys[3] = model.forward_query(x).mean(0)  # task 1's second key sits by the batch
+    out = model(x, task_id=1)
+    out.pull.backward()
+    moved = model.dap_keys.grad.abs().sum(1) > 0
+    assert moved.tolist() == [False, False, False, True, False, False]
+
+
 @pytest.mark.parametrize("stages", [(2, 3), (1, 3)])
 def test_shared_prefix_equals_separate_query_and_prompted_passes(stages):
     model = _train_steps(_model(stages=stages), task_id=2, steps=2).eval()
@@ -236,6 +263,9 @@ def test_build_from_weight_path_and_from_model_root(pretrained_file, tmp_path):
     model = build_dap_model(_cfg(**{"MODEL.WEIGHT_PATH": str(path), "MODEL.MODEL_ROOT": str(tmp_path)}))
     _assert_loaded(model, ref)
     assert model.num_classes == 10 and model.num_tasks == 5 and model.random_init is False
+    assert model.dap_keys.shape[0] == 5  # DAP: one key per task unless KEYS_PER_TASK says otherwise
+    model = build_dap_model(_cfg(**{"MODEL.WEIGHT_PATH": str(path), "MODEL.DAP.KEYS_PER_TASK": "3"}))
+    assert model.dap_keys.shape[0] == 15 and model.keys_per_task == 3
     model = build_dap_model(_cfg(**{"MODEL.MODEL_ROOT": str(path.parent)}))
     _assert_loaded(model, ref)
     plain = build_backbone(_cfg(**{"MODEL.MODEL_ROOT": str(path.parent)}))  # non-DAP methods: own head
@@ -261,6 +291,7 @@ def test_build_without_weights_names_both_places_unless_random_init(tmp_path, ca
         ({"MODEL.DAP.PROMPT_POOL": "3"}, "PROMPT_POOL"),
         ({"MODEL.DAP.STAGES": "[4]"}, "STAGES"),
         ({"DATA.NUMBER_CLASSES": "-1"}, "NUMBER_CLASSES"),
+        ({"MODEL.DAP.KEYS_PER_TASK": "0"}, "KEYS_PER_TASK"),
     ],
 )
 def test_bad_dap_settings_are_clear_errors(overrides, match):

@@ -1,7 +1,8 @@
 """CAS-DAP: domain-adaptive prompts (DAP, Jung et al., ICCV 2023) generated inside CAS-ViT blocks.
 
 A frozen CAS-ViT computes a query per image (its pooled, un-prompted final features). The query
-picks one of ``PROMPT_POOL`` keys (cosine), and the key's index picks a task embedding. In every
+picks one of ``PROMPT_POOL`` tasks by its nearest key (cosine; each task owns ``KEYS_PER_TASK``
+keys, one in DAP), and the task's index picks a task embedding. In every
 block of the prompted stages a :class:`PromptGenerator` turns the block's own input map into
 ``NUM_DAP_TOKENS`` prompt tokens (LayerNorm, a linear map across the token axis, FiLM by the task
 embedding), and a :class:`PromptedBlock` lets those tokens take part in the block's additive token
@@ -51,8 +52,8 @@ class DAPOutput:
     """What one CAS-DAP forward pass returns."""
 
     logits: torch.Tensor  # [B, num_classes] over all classes; masking is the strategy's job
-    key_idx: torch.Tensor  # [B] long: the key (= task embedding) index used for each image
-    pull: torch.Tensor  # scalar: mean cosine(query, selected key); the loss subtracts SIM_LAMBDA * pull
+    key_idx: torch.Tensor  # [B] long: the selected task (its keys' group = its task-embedding row) per image
+    pull: torch.Tensor  # scalar: mean cosine(query, nearest key of the selected task); loss subtracts SIM_LAMBDA * pull
 
 
 class PromptGenerator(nn.Module):
@@ -203,6 +204,7 @@ class CASDAP(nn.Module):
         task_emb_dim: int = 16,
         stages: Sequence[int] = (2, 3),
         injection: str = "kv",
+        keys_per_task: int = 1,
     ) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
@@ -215,6 +217,8 @@ class CASDAP(nn.Module):
                 f"MODEL.DAP.NUM_TASKS_FOR_EMB ({num_task_embeddings}) must be at least MODEL.DAP.PROMPT_POOL "
                 f"({num_tasks}) and PROMPT_POOL at least 1: every key indexes one task embedding"
             )
+        if keys_per_task < 1:
+            raise CasdapError(f"MODEL.DAP.KEYS_PER_TASK must be at least 1, got {keys_per_task}")
         if num_classes < 1:
             raise CasdapError(f"the DAP head needs DATA.NUMBER_CLASSES >= 1, got {num_classes}")
         self.backbone = backbone
@@ -223,6 +227,7 @@ class CASDAP(nn.Module):
         backbone.eval()
         self.num_classes = num_classes
         self.num_tasks = num_tasks
+        self.keys_per_task = int(keys_per_task)
         self.stages = tuple(stages)
         self.injection = injection
         self.num_features = backbone.num_features
@@ -238,8 +243,10 @@ class CASDAP(nn.Module):
             }
         )
         # Keys live in the query's space; DAP's uniform (Glorot-style) init, stem of 4x4 patches.
+        # Row j belongs to task j // keys_per_task.
         bound = math.sqrt(6.0 / (3 * 4 * 4 + self.num_features))
-        self.dap_keys = nn.Parameter(torch.empty(num_tasks, self.num_features).uniform_(-bound, bound))
+        n_keys = num_tasks * self.keys_per_task
+        self.dap_keys = nn.Parameter(torch.empty(n_keys, self.num_features).uniform_(-bound, bound))
         self.dap_task_emb = nn.Embedding(num_task_embeddings, task_emb_dim)
         self.head = nn.Linear(self.num_features, num_classes)
         trunc_normal_(self.head.weight, std=0.02)
@@ -301,13 +308,24 @@ class CASDAP(nn.Module):
             h = self._prefix(x)
         return self._prompted_from(h, self.dap_task_emb(key_idx))
 
+    def task_similarity(self, query: torch.Tensor) -> torch.Tensor:
+        """``[B, num_tasks]``: cosine between each query and the nearest of each task's keys.
+
+        With several keys per task, each key covers one mode of the task's queries (the pull term
+        moves only the nearest one, an online spherical k-means), so a task whose classes lie apart
+        in the query space is still matched by one of its keys.
+        """
+        sim = F.normalize(query, dim=1) @ F.normalize(self.dap_keys, dim=1).t()
+        return sim.view(query.shape[0], self.num_tasks, self.keys_per_task).amax(2)
+
     def select_keys(
         self,
         query: torch.Tensor,
         task_id: int | torch.Tensor | None = None,
         selection: str = "per_image",
+        similarity: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Key index per image: ``task_id`` when given (training, oracle), else by ``selection``."""
+        """Task (key group) index per image: ``task_id`` when given (training, oracle), else by ``selection``."""
         b = query.shape[0]
         if task_id is not None:
             idx = torch.as_tensor(task_id, dtype=torch.long, device=query.device)
@@ -324,7 +342,7 @@ class CASDAP(nn.Module):
             raise CasdapError(f"key selection must be one of {', '.join(SELECTIONS)}, got '{selection}'")
         if selection == "oracle":
             raise CasdapError("oracle key selection needs the true task id (task_id=int or [B] tensor)")
-        sim = F.normalize(query, dim=1) @ F.normalize(self.dap_keys, dim=1).t()
+        sim = self.task_similarity(query) if similarity is None else similarity
         idx = sim.argmax(dim=1)
         if selection == "batch_majority":
             idx = torch.bincount(idx, minlength=self.num_tasks).argmax().expand(b).clone()
@@ -338,8 +356,9 @@ class CASDAP(nn.Module):
         with torch.no_grad():
             h = self._prefix(x)
             query = self._query_from(h)
-        key_idx = self.select_keys(query, task_id, selection)
-        pull = (F.normalize(query, dim=1) * F.normalize(self.dap_keys, dim=1)[key_idx]).sum(1).mean()
+        sim = self.task_similarity(query)
+        key_idx = self.select_keys(query, task_id, selection, similarity=sim)
+        pull = sim.gather(1, key_idx[:, None]).mean()
         feats = self._prompted_from(h, self.dap_task_emb(key_idx))
         return DAPOutput(logits=self.head(feats), key_idx=key_idx, pull=pull)
 
@@ -428,5 +447,6 @@ def build_dap_model(cfg) -> CASDAP:
         task_emb_dim=int(dap.TASK_EMB),
         stages=list(dap.STAGES),
         injection=dap.INJECTION,
+        keys_per_task=int(dap.KEYS_PER_TASK),
     )
     return model
