@@ -32,6 +32,7 @@ def tiny_cifar_cfg(data: Path, out: Path, method: str = "dap", *extra: str, task
     n = 4
     return load_config(CIFAR_YAML, [
         "MODEL.TRANSFER_TYPE", method, "MODEL.RANDOM_INIT", "True", "DATA.DATAPATH", str(data),
+        "MODEL.MODEL_ROOT", str(data / "no-backbone"),  # a ./model/ of the checkout must not be picked up
         "DATA.NUMBER_CLASSES", str(n), "DATA.CROPSIZE", "32", "DATA.BATCH_SIZE", "8", "DATA.NUM_WORKERS", "0",
         "CONTINUAL.INITIAL", str(n // tasks), "CONTINUAL.INCREMENT", str(n // tasks), "CONTINUAL.N_TASKS",
         str(tasks), "MODEL.DAP.PROMPT_POOL", str(tasks), "MODEL.DAP.NUM_TASKS_FOR_EMB", str(tasks),
