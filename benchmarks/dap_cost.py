@@ -15,7 +15,7 @@ import time
 import torch
 
 from casdap.config import load_config
-from casdap.models.dap import CASDAP, build_backbone
+from casdap.models.dap import build_backbone, build_dap_model
 
 
 def _median_time(fn, x: torch.Tensor, reps: int) -> list[float]:
@@ -39,15 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, ["MODEL.RANDOM_INIT", "True", *args.opts])  # weights do not change the cost
     dap = cfg.MODEL.DAP
-    model = CASDAP(
-        build_backbone(cfg, num_classes=0), cfg.DATA.NUMBER_CLASSES, dap.PROMPT_POOL, dap.NUM_TASKS_FOR_EMB,
-        dap.NUM_DAP_TOKENS, dap.TASK_EMB, dap.STAGES, dap.INJECTION,
-    ).eval()
+    model = build_dap_model(cfg).eval()
     plain = build_backbone(cfg).eval()  # the same backbone with its own head over all classes
     trainable = sum(p.numel() for p in model.trainable_parameters())
     total = sum(p.numel() for p in model.parameters())
     print(f"{cfg.MODEL.BACKBONE} stages={list(dap.STAGES)} injection={dap.INJECTION} tokens={dap.NUM_DAP_TOKENS} "
-          f"task_emb={dap.TASK_EMB} pool={dap.PROMPT_POOL} classes={cfg.DATA.NUMBER_CLASSES}")
+          f"task_emb={dap.TASK_EMB} pool={dap.PROMPT_POOL}x{dap.KEYS_PER_TASK} keys classes={cfg.DATA.NUMBER_CLASSES}")
     print(f"params: trainable {trainable:,} / total {total:,} ({100 * trainable / total:.2f}%); "
           f"plain backbone with head {sum(p.numel() for p in plain.parameters()):,}")
     with torch.no_grad():

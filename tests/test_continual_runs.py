@@ -224,6 +224,16 @@ def test_bf16_autocast_run(tmp_path, cifar):
     assert m["finished"] and all(0.0 <= v <= 1.0 for v in m["acc_matrix"][-1])
 
 
+def test_amp_on_a_gpu_without_bf16_is_refused_with_the_fix(monkeypatch):
+    from casdap import CasdapError
+    from casdap.continual.plugins import AutocastPlugin
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    with pytest.raises(CasdapError, match="Tesla V100 does not support; set USE_AMP False"):
+        AutocastPlugin(torch.device("cuda"))
+
+
 def test_pretrained_weight_file_is_loaded_and_not_labelled_random(tmp_path, cifar):
     from casdap import create_model, save_checkpoint
 

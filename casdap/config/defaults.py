@@ -16,7 +16,7 @@ _C.NUM_GPUS = 1  # informational: processes come from torchrun
 _C.NUM_SHARDS = 1
 _C.SEED = None  # None: 0
 _C.DEVICE = "auto"  # auto | cpu | cuda
-_C.USE_AMP = False  # bf16 autocast on CPU, fp16 with grad scaling on CUDA
+_C.USE_AMP = False  # bf16 autocast around every forward pass (CPU, and CUDA GPUs with bf16)
 
 # ---------------------------------------------------------------- continual protocol
 _C.CONTINUAL = CN()

@@ -10,6 +10,8 @@ import torch.distributed as dist
 from avalanche.core import SupervisedPlugin
 from tqdm.auto import tqdm
 
+from casdap.errors import CasdapError
+
 __all__ = [
     "CurrentClassMaskPlugin",
     "GradSyncPlugin",
@@ -126,13 +128,22 @@ class LRSchedulePlugin(SupervisedPlugin):
 
 
 class AutocastPlugin(SupervisedPlugin):
-    """bfloat16 autocast around every forward pass (``USE_AMP``); losses stay in float32."""
+    """bfloat16 autocast around every forward pass (``USE_AMP``); losses stay in float32.
+
+    bfloat16 has float32's range, so no loss scaling is needed and every Avalanche strategy keeps
+    its own backward and optimizer step. GPUs without bfloat16 (before Ampere) are refused.
+    """
 
     supports_distributed = True
 
     def __init__(self, device: torch.device) -> None:
         super().__init__()
         self.device_type = torch.device(device).type
+        if self.device_type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise CasdapError(
+                f"USE_AMP needs bfloat16, which {torch.cuda.get_device_name(device)} does not support; "
+                "set USE_AMP False (or --use_amp False) on this GPU"
+            )
         self._ctx = None
 
     def _enter(self):
