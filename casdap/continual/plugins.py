@@ -89,8 +89,6 @@ class LRSchedulePlugin(SupervisedPlugin):
     def __init__(self, kind: str, warmup_epochs: int = 0) -> None:
         super().__init__()
         if kind not in ("linear", "cosine", "constant"):
-            from casdap.errors import CasdapError
-
             raise CasdapError(f"unknown SOLVER.SCHEDULER '{kind}' (use linear, cosine or constant)")
         self.kind, self.warmup_epochs = kind, warmup_epochs
         self.scheduler = None
