@@ -4,10 +4,10 @@
 
 DAP's keys get gradients only from the pull term, which depends on the frozen queries alone, so the
 keys a DAP run learns can be reproduced on cached queries: for every task in stream order, the
-task's keys are trained with the run's optimiser settings (``SOLVER.BASE_LR``, betas, linear decay,
-``SOLVER.TOTAL_EPOCH`` epochs of ``DATA.BATCH_SIZE``) on a seeded share of the task's training
-images, and every task's held-out share is then matched against all keys
-(``CASDAP.task_similarity``). Prints the task-selection accuracy per setting and seed.
+task's keys are seeded from its first batch and trained with the run's optimiser settings
+(``SOLVER.BASE_LR``, betas, linear decay, ``SOLVER.TOTAL_EPOCH`` epochs of ``DATA.BATCH_SIZE``) on
+a seeded share of the task's training images; every task's held-out share is then matched against
+all keys (``CASDAP.task_similarity``). Prints the task-selection accuracy per setting and seed.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ def _fit_keys(model, queries: list[torch.Tensor], cfg, gen: torch.Generator) -> 
         opt = torch.optim.Adam([model.dap_keys], lr=s.BASE_LR, betas=(s.BETA1, s.BETA2))
         steps = s.TOTAL_EPOCH * -(-len(q) // batch)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i, steps=steps: 1.0 - i / steps)
-        for _ in range(s.TOTAL_EPOCH):
+        for epoch in range(s.TOTAL_EPOCH):
             order = torch.randperm(len(q), generator=gen)
+            if epoch == 0:  # as DAPStrategy: seed the task's keys from its first batch
+                model.seed_keys(t, q[order[:batch]], generator=gen)
             for i in range(0, len(q), batch):
                 pull = model.task_similarity(q[order[i:i + batch]])[:, t].mean()
                 opt.zero_grad()

@@ -213,6 +213,56 @@ def test_pull_moves_only_the_nearest_key_of_the_trained_task():
     assert moved.tolist() == [False, False, False, True, False, False]
 
 
+def _task_selection_after_pull(keys_per_task: int) -> float:
+    """Keys trained by the pull term alone on queries where each task is two far-apart clusters."""
+    torch.manual_seed(0)
+    model = CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=4, task_emb_dim=8, keys_per_task=keys_per_task)
+    dim = model.num_features
+    centres = torch.eye(dim)[:4] * 5.0
+    centres[3] = (centres[0] + centres[1]) / 2 ** 0.5  # task 1's second cluster sits where task 0's mean points
+    cluster_task = [0, 0, 1, 1]
+
+    def sample(c: int, n: int) -> torch.Tensor:
+        return centres[c] + 0.3 * torch.randn(n, dim)
+
+    for t in range(2):
+        opt = torch.optim.Adam([model.dap_keys], lr=0.05)
+        model.seed_keys(t, torch.cat([sample(c, 16) for c in range(4) if cluster_task[c] == t]))
+        for _ in range(100):
+            q = torch.cat([sample(c, 16) for c in range(4) if cluster_task[c] == t])
+            loss = -model.task_similarity(q)[:, t].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        q = torch.cat([sample(c, 50) for c in range(4)])
+        truth = torch.tensor(cluster_task).repeat_interleave(50)
+        return (model.task_similarity(q).argmax(1) == truth).float().mean().item()
+
+
+def test_seeded_keys_start_on_different_modes_and_keep_their_norm():
+    torch.manual_seed(1)
+    model = CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=4, task_emb_dim=8, keys_per_task=3)
+    before = model.dap_keys.detach().clone()
+    modes = torch.eye(model.num_features)[:3] * 4.0
+    batch = torch.cat([modes[i] + 0.1 * torch.randn(20, model.num_features) for i in range(3)])
+    model.seed_keys(1, batch)
+    keys = model.dap_keys.detach()
+    assert torch.equal(keys[:3], before[:3])  # task 0 untouched
+    assert torch.allclose(keys[3:].norm(dim=1), before[3:].norm(dim=1))
+    nearest_mode = (torch.nn.functional.normalize(keys[3:], dim=1) @ modes.t()).argmax(1)
+    assert sorted(nearest_mode.tolist()) == [0, 1, 2]
+    single = CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=4, task_emb_dim=8)
+    kept = single.dap_keys.detach().clone()
+    single.seed_keys(0, batch)
+    assert torch.equal(single.dap_keys, kept)  # DAP's single key keeps its random init
+
+
+def test_several_keys_per_task_learn_tasks_that_one_key_cannot_separate():
+    one, two = _task_selection_after_pull(1), _task_selection_after_pull(2)
+    assert two > 0.95 and one < 0.8, (one, two)
+
+
 @pytest.mark.parametrize("stages", [(2, 3), (1, 3)])
 def test_shared_prefix_equals_separate_query_and_prompted_passes(stages):
     model = _train_steps(_model(stages=stages), task_id=2, steps=2).eval()

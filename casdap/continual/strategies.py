@@ -92,8 +92,9 @@ class DAPStrategy(SupervisedTemplate):
 
     Training on experience ``t`` forces key ``t``; the loss is ``current_lambda`` times the
     cross-entropy over the current experience's classes (other logits -inf) minus
-    ``sim_lambda`` times the mean cosine pull between queries and the selected key. The
-    generators' token-axis maps are frozen once the first experience is done. Evaluation picks
+    ``sim_lambda`` times the mean cosine pull between queries and the selected key. With several
+    keys per task, the task's keys are seeded from its first training batch (``CASDAP.seed_keys``).
+    The generators' token-axis maps are frozen once the first experience is done. Evaluation picks
     the key per image (default), by batch majority (the reference protocol: uses the test
     batch's shared task), or from the true task (oracle, a diagnostic); ``restrict_to_task``
     keeps only the selected key's task classes. The model must follow ``casdap.models.dap.CASDAP``.
@@ -128,6 +129,7 @@ class DAPStrategy(SupervisedTemplate):
         self.selection, self.restrict_to_task = selection, restrict_to_task
         self.class_to_task: dict[int, int] = {}  # filled as experiences are trained
         self.mb_dap = None  # DAPOutput of the last minibatch
+        self._keys_seeded = True  # set False at the start of every training experience
         self.mb_true_task: torch.Tensor | None = None
 
     # -- experience bookkeeping ------------------------------------------------------------
@@ -146,7 +148,15 @@ class DAPStrategy(SupervisedTemplate):
             self.class_to_task[int(c)] = t
         if t >= 1:
             self.model.freeze_token_axis()
+        self._keys_seeded = False
         super()._before_training_exp(**kwargs)
+
+    def _seed_keys(self) -> None:
+        """Seed the current task's keys from its first training batch (same keys on every rank)."""
+        self.model.seed_keys(self.current_task, self.model.forward_query(self.mb_x))
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(self.model.dap_keys.data, src=0)
+        self._keys_seeded = True
 
     def true_task(self, y: torch.Tensor) -> torch.Tensor:
         """Task of each label, from the experiences trained so far (-1: never trained)."""
@@ -162,6 +172,8 @@ class DAPStrategy(SupervisedTemplate):
     # -- forward and loss ------------------------------------------------------------------
     def forward(self):
         if self.is_training:
+            if not self._keys_seeded:
+                self._seed_keys()
             out = self.model(self.mb_x, task_id=self.current_task)
         else:
             self.mb_true_task = self.true_task(self.mb_y)

@@ -318,6 +318,28 @@ class CASDAP(nn.Module):
         sim = F.normalize(query, dim=1) @ F.normalize(self.dap_keys, dim=1).t()
         return sim.view(query.shape[0], self.num_tasks, self.keys_per_task).amax(2)
 
+    @torch.no_grad()
+    def seed_keys(self, task: int, query: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Point task ``task``'s keys at ``keys_per_task`` of its queries, spread by k-means++ seeding.
+
+        With several keys per task, randomly initialised keys can be dead: one key is nearest to
+        every query, takes every pull, and the others never move. Seeding from the task's first
+        batch (cosine D^2 sampling) starts each key on a different mode. Only the direction is taken
+        (cosine ignores scale); each key keeps its norm, so the optimiser's step size means the same
+        as for a randomly initialised key. One key per task (DAP) is left as initialised.
+        """
+        m = self.keys_per_task
+        if m == 1:
+            return
+        q = F.normalize(query.detach().float(), dim=1)
+        picks = [int(torch.randint(len(q), (1,), generator=generator, device=q.device))]
+        for _ in range(1, m):
+            dist = (1.0 - (q @ q[picks].t()).amax(1)).clamp_min(0.0) ** 2
+            dist = dist if float(dist.sum()) > 0 else torch.ones_like(dist)  # fewer distinct queries than keys
+            picks.append(int(torch.multinomial(dist, 1, generator=generator)))
+        rows = self.dap_keys[task * m:(task + 1) * m]
+        rows.copy_(q[picks].to(rows) * rows.norm(dim=1, keepdim=True))
+
     def select_keys(
         self,
         query: torch.Tensor,
