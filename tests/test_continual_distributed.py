@@ -4,15 +4,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cl_support import tiny_cifar_cfg, write_tiny_cifar
 from conftest import ROOT
 
 
-def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path):
+# dap with several keys per task: each rank seeds the keys from its own first batch, so rank 0's
+# keys must reach the others
+@pytest.mark.parametrize("method,extra", [("finetune", []), ("dap", ["MODEL.DAP.KEYS_PER_TASK", "3"])])
+def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, method, extra):
     data = write_tiny_cifar(tmp_path / "cifar", train_per_class=8)
     out = tmp_path / "ddp"
     yaml = tmp_path / "ddp.yaml"
-    yaml.write_text(tiny_cifar_cfg(data, out, "finetune", "DATA.BATCH_SIZE", "4").dump())
+    yaml.write_text(tiny_cifar_cfg(data, out, method, "DATA.BATCH_SIZE", "4", *extra).dump())
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            str(Path(__file__).parent / "cl_launch.py"), "--config-file", str(yaml), "--device", "cpu"]
