@@ -142,7 +142,7 @@ def _interrupt_during_task(monkeypatch, task: int):
 
 @pytest.mark.parametrize("method", ["dap", "replay", "ewc", "lwf"])
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cifar, monkeypatch, method):
-    extra = ("DATA.BATCH_SIZE", "4")
+    extra = ("DATA.BATCH_SIZE", "4", "MODEL.DAP.KEYS_PER_TASK", "3")  # dap: seeded keys are resumed too
     full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", method, *extra, tasks=2), progress=False).metrics
     killed = tmp_path / "killed"
     with monkeypatch.context() as mp:
