@@ -66,15 +66,16 @@ def test_export_casdap_with_key_selection_inside_the_graph(tmp_path, capsys):
     from casdap.models.dap import build_dap_model
 
     config = str(ROOT / "configs" / "dap" / "cifar.yaml")
-    small = ["MODEL.DAP.STAGES", "[3]"]  # prompts in the last stage only: a smaller graph, a quicker export
+    # prompts in the last stage only (a smaller graph, a quicker export); two keys per task
+    small = ["MODEL.DAP.STAGES", "[3]", "MODEL.DAP.KEYS_PER_TASK", "2"]
     dap = build_dap_model(load_config(config, [*small, "MODEL.RANDOM_INIT", "True"])).eval()
     gen = torch.Generator().manual_seed(3)
     for n, p in dap.named_parameters():  # trained-like prompts, keys, task embeddings and head
         if not n.startswith("backbone."):
             p.data.normal_(0, 0.3, generator=gen)
     x = torch.randn(8, 3, 32, 32)
-    with torch.no_grad():  # one key per test image, so per-image selection really differs by image
-        dap.dap_keys[:8] = dap.forward_query(x)
+    with torch.no_grad():  # one task's first key per test image, so per-image selection differs by image
+        dap.dap_keys[0:16:2] = dap.forward_query(x)
     ckpt = casdap.save_checkpoint({"model": dap.state_dict()}, tmp_path / "dap.pth")
     onnx_path = tmp_path / "dap.onnx"
     code = main(["export", "--config", config, "--opts", *small, "--checkpoint", str(ckpt), "--onnx", str(onnx_path),
