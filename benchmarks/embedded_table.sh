@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's embedded-default table: every method and the DAP ablations, seeds 0-2, one run at a
+# time with one torch thread, then `casdap compare`. Needs model/rcvit_xs.pth (`casdap pretrain`).
+#   bash benchmarks/embedded_table.sh [OUT]        (default OUT: runs/table; about 25 min on 2 cores)
+set -euo pipefail
+OUT=${1:-runs/table}
+CFG=configs/dap/digits.yaml
+export OMP_NUM_THREADS=1
+run() {  # run NAME SEED [KEY VALUE ...]
+    local name=$1 seed=$2
+    shift 2
+    casdap cl --config-file "$CFG" --no-progress --seed "$seed" --output_dir "$OUT/$name/seed$seed" "$@" \
+        > "$OUT/$name.seed$seed.log" 2>&1 || { echo "failed: $name seed $seed (see $OUT/$name.seed$seed.log)"; exit 1; }
+}
+mkdir -p "$OUT"
+for seed in 0 1 2; do
+    for method in dap ncm linear finetune joint replay ewc lwf; do
+        run "$method" "$seed" MODEL.TRANSFER_TYPE "$method"
+    done
+    run dap-ref "$seed" MODEL.DAP.KEYS_PER_TASK 1 MODEL.DAP.RESTRICT_TO_TASK False
+    run dap-k1-restrict "$seed" MODEL.DAP.KEYS_PER_TASK 1
+    run dap-k16-plain "$seed" MODEL.DAP.RESTRICT_TO_TASK False
+    run dap-pool "$seed" MODEL.DAP.INJECTION pool
+done
+casdap compare "$OUT"/*/seed* --out "$OUT/compare"
