@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from casdap.cli.argtypes import str2bool
 from casdap.errors import CasdapError
 
 # CAS-ViT flag -> (config key, type)
@@ -28,15 +29,6 @@ FLAG_TO_KEY: dict[str, tuple[str, type]] = {
 }
 
 
-def _bool(text: str) -> bool:
-    t = str(text).lower()
-    if t in ("1", "true", "yes", "y", "on"):
-        return True
-    if t in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got '{text}'")
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "cl",
@@ -47,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config-file", required=True, metavar="FILE", help="YAML settings (DAP layout, _BASE_ allowed)")
     for flag, (key, typ) in FLAG_TO_KEY.items():
         if typ is bool:
-            p.add_argument(f"--{flag}", type=_bool, nargs="?", const=True, default=None, metavar="BOOL",
+            p.add_argument(f"--{flag}", type=str2bool, nargs="?", const=True, default=None, metavar="BOOL",
                            help=f"sets {key}")
         else:
             p.add_argument(f"--{flag}", type=typ, default=None, help=f"sets {key}")

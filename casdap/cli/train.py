@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
+from casdap.cli.argtypes import str2bool
 from casdap.errors import CasdapError
 
 # Flags of the official script that this implementation accepts only at their default value,
@@ -34,18 +35,6 @@ _FIXED_FLAGS = {
     "resplit": (False, "random-erasing splits need augmentation splits (AugMix), which the CAS-ViT recipe "
                        "does not use"),
 }
-
-
-def str2bool(value: str | bool) -> bool:
-    """``True``/``False`` as the CAS-ViT scripts spell them (also yes/no, t/f, y/n, 1/0)."""
-    if isinstance(value, bool):
-        return value
-    v = value.lower()
-    if v in ("yes", "true", "t", "y", "1"):
-        return True
-    if v in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
 
 
 class _OneLineParser(argparse.ArgumentParser):
