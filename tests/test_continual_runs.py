@@ -187,6 +187,11 @@ def test_cli_flags_map_onto_config_and_unknown_method_is_one_line(tmp_path, cifa
     code = main(["cl", "--config-file", str(DIGITS_YAML), "MODEL.TRANSFER_TYPE", "prompt-magic"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unknown method MODEL.TRANSFER_TYPE 'prompt-magic'" in err[0]
+    for flag, key in (("--epochs", "SOLVER.TOTAL_EPOCH"), ("--batch_size", "DATA.BATCH_SIZE")):
+        code = main(["cl", "--config-file", str(DIGITS_YAML), flag, "0", "--output_dir", str(tmp_path / "zero")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err == [f"casdap: error: {key} must be at least 1, got 0"]
+        assert not (tmp_path / "zero").exists()
 
 
 def test_main_py_routes_config_file_runs_to_cl(tmp_path, cifar):

@@ -373,6 +373,9 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     if method not in METHODS:
         raise CasdapError(f"unknown method MODEL.TRANSFER_TYPE '{cfg.MODEL.TRANSFER_TYPE}' (use one of "
                           f"{', '.join(METHODS)})")
+    for key, value in (("SOLVER.TOTAL_EPOCH", cfg.SOLVER.TOTAL_EPOCH), ("DATA.BATCH_SIZE", cfg.DATA.BATCH_SIZE)):
+        if int(value) < 1:
+            raise CasdapError(f"{key} must be at least 1, got {value}")
     device = _device(cfg)
     rank, world = _distributed(device)
     is_main = rank == 0
