@@ -5,7 +5,7 @@ import torch
 
 import casdap
 from casdap.config import load_config
-from casdap.models.dap import CASDAP, build_backbone, build_dap_model, restrict_logits
+from casdap.models.dap import CASDAP, MASKED_LOGIT, build_backbone, build_dap_model, restrict_logits
 
 INJECTIONS = ["kv", "pool"]
 
@@ -281,8 +281,12 @@ def test_restrict_logits_keeps_selected_task_classes():
     logits = torch.arange(12.0).reshape(2, 6)
     out = restrict_logits(logits, torch.tensor([0, 2]), [[0, 1], [2, 3], [4, 5]])
     assert out[0].argmax() == 1 and out[1].argmax() == 5
-    assert torch.equal(out[0, :2], logits[0, :2]) and (out[0, 2:] == torch.finfo(out.dtype).min).all()
+    assert torch.equal(out[0, :2], logits[0, :2]) and (out[0, 2:] == MASKED_LOGIT).all()
     assert torch.isfinite(torch.nn.functional.cross_entropy(out, torch.tensor([1, 5])))
+    # a wrongly selected task excludes the true class: the batch-mean loss must still be finite
+    wrong = restrict_logits(torch.zeros(64, 6), torch.zeros(64, dtype=torch.long),
+                            [[0, 1], [2, 3], [4, 5]])
+    assert torch.isfinite(torch.nn.functional.cross_entropy(wrong, torch.full((64,), 5)))
 
 
 def _cfg(**kv):

@@ -17,6 +17,7 @@ from avalanche.training.templates import SupervisedTemplate
 
 from casdap.continual.plugins import mask_to_classes
 from casdap.errors import CasdapError
+from casdap.models.dap import MASKED_LOGIT, SELECTIONS, restrict_logits
 
 __all__ = [
     "SELECTIONS",
@@ -26,11 +27,6 @@ __all__ = [
     "NCMStrategy",
     "TaskSelectionAccuracy",
 ]
-
-SELECTIONS = ("per_image", "batch_majority", "oracle")
-# Finite stand-in for -inf where a whole row may be masked (keeps evaluation losses finite).
-_MASKED = -1e4
-
 
 class BackboneClassifier(nn.Module):
     """A CAS-ViT backbone's pooled features and one linear head over all classes.
@@ -84,7 +80,7 @@ class NCMClassifier(nn.Module):
         seen = self.class_counts > 0
         means = F.normalize(self.class_sums / self.class_counts.clamp(min=1).unsqueeze(1), dim=-1)
         logits = self.features(x) @ means.t()
-        return logits.masked_fill(~seen, _MASKED)
+        return logits.masked_fill(~seen, MASKED_LOGIT)
 
 
 class DAPStrategy(SupervisedTemplate):
@@ -187,11 +183,8 @@ class DAPStrategy(SupervisedTemplate):
 
     def restrict(self, logits: torch.Tensor, key_idx: torch.Tensor) -> torch.Tensor:
         """Keep, per image, only the classes of the task its selected key stands for."""
-        class_task = torch.full((logits.shape[-1],), -1, dtype=torch.long, device=logits.device)
-        for c, t in self.class_to_task.items():
-            class_task[c] = t
-        keep = class_task.unsqueeze(0) == key_idx.to(logits.device).unsqueeze(1)
-        return logits.masked_fill(~keep, _MASKED)
+        splits = [[c for c, t in self.class_to_task.items() if t == task] for task in range(self.model.num_tasks)]
+        return restrict_logits(logits, key_idx, splits)
 
     def criterion(self):
         if self.is_training:

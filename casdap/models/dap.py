@@ -28,6 +28,7 @@ from casdap.models.casvit import AdditiveBlock, AdditiveTokenMixer, CASViT
 
 __all__ = [
     "INJECTIONS",
+    "MASKED_LOGIT",
     "SELECTIONS",
     "CASDAP",
     "DAPOutput",
@@ -42,6 +43,10 @@ _logger = logging.getLogger(__name__)
 
 INJECTIONS = ("kv", "pool")
 SELECTIONS = ("per_image", "batch_majority", "oracle")
+# Logit given to excluded classes: far below any trained logit, yet finite even in float16, so the
+# batch-mean loss over rows whose true class is excluded stays finite (-inf or the dtype's lowest
+# value would make it inf or nan).
+MASKED_LOGIT = -1e4
 # Side of the fixed grid the token axis is pooled to before the learned token-axis map: the
 # 7x7 map of the last stage at 224 px, so the prompted stages lose little layout at that size.
 TOKEN_GRID = 7
@@ -175,15 +180,15 @@ def restrict_logits(
 ) -> torch.Tensor:
     """Keep, per image, only the classes of the task its key selected (DAP's ImageNet-R option).
 
-    ``class_splits[t]`` lists task t's classes. Other logits become the dtype's lowest finite value
-    (not ``-inf``), so a loss computed on restricted logits stays finite.
+    ``class_splits[t]`` lists task t's classes (empty for a task not trained yet). Other logits
+    become :data:`MASKED_LOGIT`.
     """
     keep = torch.zeros(len(class_splits), logits.shape[1], dtype=torch.bool, device=logits.device)
     for t, classes in enumerate(class_splits):
         keep[t, torch.as_tensor(list(classes), dtype=torch.long, device=logits.device)] = True
     if int(key_idx.max()) >= len(class_splits):
         raise CasdapError(f"key index {int(key_idx.max())} has no class split (only {len(class_splits)} tasks)")
-    return logits.masked_fill(~keep[key_idx], torch.finfo(logits.dtype).min)
+    return logits.masked_fill(~keep[key_idx.to(logits.device)], MASKED_LOGIT)
 
 
 class CASDAP(nn.Module):
