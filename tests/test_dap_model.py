@@ -346,6 +346,7 @@ def test_build_without_weights_names_both_places_unless_random_init(tmp_path, ca
         ({"MODEL.DAP.STAGES": "[4]"}, "STAGES"),
         ({"DATA.NUMBER_CLASSES": "-1"}, "NUMBER_CLASSES"),
         ({"MODEL.DAP.KEYS_PER_TASK": "0"}, "KEYS_PER_TASK"),
+        ({"MODEL.DAP.SELECTION": "majority"}, "SELECTION must be one of per_image, batch_majority, oracle"),
     ],
 )
 def test_bad_dap_settings_are_clear_errors(overrides, match):

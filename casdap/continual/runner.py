@@ -44,7 +44,6 @@ from casdap.continual.results import (
     write_json,
 )
 from casdap.continual.strategies import (
-    SELECTIONS,
     BackboneClassifier,
     DAPStrategy,
     NCMClassifier,
@@ -209,9 +208,7 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
     optimizer = _make_optimizer(cfg, _param_groups(cfg, method, model))
     ce = nn.CrossEntropyLoss()
     if method == "dap":
-        d = cfg.MODEL.DAP
-        if d.SELECTION not in SELECTIONS:
-            raise CasdapError(f"unknown MODEL.DAP.SELECTION '{d.SELECTION}' (use one of {', '.join(SELECTIONS)})")
+        d = cfg.MODEL.DAP  # settings already checked by build_dap_model
         return DAPStrategy(
             model=model, optimizer=optimizer, plugins=plugins, current_lambda=d.CURRENT_LAMBDA,
             sim_lambda=d.SIM_LAMBDA, selection=d.SELECTION, restrict_to_task=d.RESTRICT_TO_TASK, **common,
