@@ -335,20 +335,28 @@ def _row_from_metrics(metrics: dict[str, Any], seen: int) -> list[float | None]:
 
 
 @torch.no_grad()
-def _mixed_stream_accuracy(strategy, bench: ContinualBenchmark, seen: int, seed: int, batch: int,
-                           workers: int) -> float:
-    """Accuracy on one shuffled stream of every seen task's test images (batches mix tasks)."""
+def _mixed_stream_accuracy(strategy, bench: ContinualBenchmark, row: list[float], selection: str | None, seed: int,
+                           batch: int, workers: int) -> float:
+    """Accuracy on one shuffled stream of every seen task's test images (batches mix tasks).
+
+    Only DAP's batch-majority protocol lets an image's prediction depend on its batch mates. Every
+    other protocol predicts each image alone, so the mixed stream's accuracy is the image-weighted
+    mean of the per-task accuracies in ``row`` and needs no second pass over the test data.
+    """
     from torch.utils.data import ConcatDataset, DataLoader
 
+    seen = len(row)
+    if selection != "batch_majority" and None not in row:
+        sizes = bench.test_sizes[:seen]
+        return sum(acc * n for acc, n in zip(row, sizes)) / sum(sizes)
     data = ConcatDataset([bench.scenario.test_stream[j].dataset for j in range(seen)])
     loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(seed * 1000 + seen))
-    model = strategy.model
-    model.eval()
+    strategy.model.eval()
     hits = total = 0
     for x, y, *_ in loader:
         x, y = x.to(strategy.device), y.to(strategy.device)
-        logits = strategy.predict(x, y)[0] if isinstance(strategy, DAPStrategy) else model(x)
+        logits = strategy.predict(x, y)[0] if isinstance(strategy, DAPStrategy) else strategy.model(x)
         hits += int((logits.argmax(-1) == y).sum())
         total += len(y)
     return hits / max(total, 1)
@@ -497,7 +505,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         state.train_time_s += time.perf_counter() - tt
         state.train_images += sum(bench.train_sizes) * cfg.SOLVER.TOTAL_EPOCH * world
         row = _row_from_metrics(strategy.eval(test_stream, num_workers=workers), bench.n_tasks) if is_main else []
-        mixed = _mixed_stream_accuracy(strategy, bench, bench.n_tasks, seed, cfg.DATA.BATCH_SIZE, workers) \
+        mixed = _mixed_stream_accuracy(strategy, bench, row, selection, seed, cfg.DATA.BATCH_SIZE, workers) \
             if is_main else None
         finish_task(bench.n_tasks - 1, row, mixed, None, t0)
     else:
@@ -513,7 +521,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
                 row = _row_from_metrics(results, t + 1)
                 if method == "dap":
                     task_sel = next((float(v) for k, v in results.items() if k.startswith("TaskSel_Stream")), None)
-                mixed = _mixed_stream_accuracy(strategy, bench, t + 1, seed, cfg.DATA.BATCH_SIZE, workers)
+                mixed = _mixed_stream_accuracy(strategy, bench, row, selection, seed, cfg.DATA.BATCH_SIZE, workers)
             finish_task(t, row, mixed, task_sel, t0)
 
     metrics = metrics_dict(True)
