@@ -22,13 +22,9 @@ from casdap.continual.benchmarks import build_benchmark
 from casdap.models.dap import build_dap_model
 
 
-def _queries(model, dataset, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def _queries(model, dataset, batch: int = 256) -> torch.Tensor:
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)
-    qs, ys = [], []
-    for x, y, *_ in loader:
-        qs.append(model.forward_query(x))
-        ys.append(y)
-    return torch.cat(qs), torch.cat(ys)
+    return torch.cat([model.forward_query(x) for x, *_ in loader])
 
 
 def _split(n: int, holdout: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         fit, held = [], []
         for exp in bench.scenario.train_stream:
             with torch.no_grad():
-                q, _ = _queries(model, exp.dataset)
+                q = _queries(model, exp.dataset)
             a, b = _split(len(q), args.holdout, gen)
             fit.append(q[a])
             held.append(q[b])
