@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from casdap.errors import CasdapError
+from casdap.errors import CasdapError, yaml_problem
 
 Matrix = list[list[float | None]]
 
@@ -272,7 +272,7 @@ def load_continual_run(run_dir: Path) -> RunRecord:
         try:
             config = _flatten(yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {})
         except yaml.YAMLError as e:
-            raise RunError(f"{cfg_path}: malformed YAML ({str(e).splitlines()[0]})") from None
+            raise RunError(f"{cfg_path}: malformed YAML ({yaml_problem(e)})") from None
 
     selection = m.get("selection")
     return RunRecord(

@@ -120,8 +120,9 @@ def test_missing_base_file(tmp_path):
 def test_malformed_yaml_and_missing_file(tmp_path):
     f = tmp_path / "x.yaml"
     f.write_text("MODEL: [unclosed\n")
-    with pytest.raises(CasdapError, match="not valid YAML"):
+    with pytest.raises(CasdapError, match="not valid YAML") as err:
         load_config(f)
+    assert "\n" not in str(err.value) and "(line 2, column 1)" in str(err.value)
     with pytest.raises(CasdapError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
 

@@ -16,7 +16,7 @@ import yaml
 from yacs.config import CfgNode
 
 from casdap.config.defaults import get_defaults
-from casdap.errors import CasdapError
+from casdap.errors import CasdapError, yaml_problem
 
 __all__ = ["CfgNode", "get_cfg", "load_config", "config_keys", "shipped_config"]
 
@@ -79,7 +79,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dic
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise CasdapError(f"config file '{path}' is not valid YAML: {e}") from None
+        raise CasdapError(f"config file '{path}' is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise CasdapError(f"config file '{path}' must hold a mapping of keys, not a {type(data).__name__}")
     base = data.pop(BASE_KEY, None)
