@@ -22,137 +22,19 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from casdap.cli.argtypes import str2bool
+from casdap.cli.casvit_args import FIXED_FLAGS, OneLineParser, add_casvit_flags
 from casdap.errors import CasdapError
-
-# Flags of the official script that this implementation accepts only at their default value,
-# with the reason shown to the user.
-_FIXED_FLAGS = {
-    "layer_scale_init_value": (1e-6, "CAS-ViT blocks have no layer scale"),
-    "enable_wandb": (False, "Weights & Biases logging is not included; TensorBoard events go to --log_dir"),
-    "wandb_ckpt": (False, "Weights & Biases logging is not included"),
-    "project": ("edgenext", "Weights & Biases logging is not included"),
-    "resplit": (False, "random-erasing splits need augmentation splits (AugMix), which the CAS-ViT recipe "
-                       "does not use"),
-}
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes (unknown, ambiguous or malformed flags) become one CasdapError line."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise CasdapError(f"{message} (see 'casdap train --help')")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(
+    p = OneLineParser(
         prog="casdap train",
         description="Supervised CAS-ViT training and evaluation (the CAS-ViT classification main.py flags). "
         "Boolean flags take True/False.",
-        allow_abbrev=True,
     )
-    a = p.add_argument
-    a("--batch_size", default=256, type=int, help="per-process batch size")
-    a("--epochs", default=300, type=int)
-    a("--update_freq", default=2, type=int, help="gradient accumulation steps")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="rcvit_xs", type=str, metavar="MODEL", help="rcvit_xs, rcvit_s, rcvit_m, rcvit_t")
-    g.add_argument("--drop_path", type=float, default=0.1, metavar="PCT", help="stochastic depth rate")
-    g.add_argument("--input_size", default=224, type=int, help="image input size")
-    g.add_argument("--layer_scale_init_value", default=1e-6, type=float, help="accepted for compatibility; "
-                   "CAS-ViT has no layer scale, so only the default is allowed")
-    g.add_argument("--classifier_dropout", default=0.0, type=float)
-
-    g = p.add_argument_group("EMA")
-    g.add_argument("--model_ema", type=str2bool, default=False)
-    g.add_argument("--model_ema_decay", type=float, default=0.9995)
-    g.add_argument("--model_ema_force_cpu", type=str2bool, default=False)
-    g.add_argument("--model_ema_eval", type=str2bool, default=False, help="also evaluate the EMA weights each epoch")
-
-    g = p.add_argument_group("optimization")
-    g.add_argument("--opt", default="adamw", type=str, metavar="OPTIMIZER", help="any timm optimizer name")
-    g.add_argument("--opt_eps", default=1e-8, type=float, metavar="EPSILON")
-    g.add_argument("--opt_betas", default=None, type=float, nargs="+", metavar="BETA")
-    g.add_argument("--clip_grad", type=float, default=None, metavar="NORM", help="clip gradient norm")
-    g.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
-    g.add_argument("--weight_decay", type=float, default=0.05)
-    g.add_argument("--weight_decay_end", type=float, default=None, help="final weight decay of a cosine "
-                   "schedule (default: constant --weight_decay)")
-    g.add_argument("--lr", type=float, default=6e-3, metavar="LR")
-    g.add_argument("--layer_decay", type=float, default=1.0, help="layer-wise lr decay (1.0: off)")
-    g.add_argument("--min_lr", type=float, default=1e-6, metavar="LR")
-    g.add_argument("--warmup_epochs", type=int, default=20, metavar="N")
-    g.add_argument("--warmup_steps", type=int, default=-1, metavar="N", help="warmup in optimizer steps; "
-                   "overrides --warmup_epochs when > 0")
-    g.add_argument("--warmup_start_lr", type=float, default=0, metavar="LR")
-
-    g = p.add_argument_group("augmentation")
-    g.add_argument("--color_jitter", type=float, default=0.4, metavar="PCT")
-    g.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", metavar="NAME", help="timm auto-augment "
-                   "policy ('' for none)")
-    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
-    g.add_argument("--train_interpolation", type=str, default="bicubic", help="random, bilinear or bicubic")
-    g.add_argument("--crop_pct", type=float, default=None, help="eval centre-crop fraction (default 224/256)")
-    g.add_argument("--reprob", type=float, default=0.0, metavar="PCT", help="random erase probability")
-    g.add_argument("--remode", type=str, default="pixel", help="random erase mode")
-    g.add_argument("--recount", type=int, default=1, help="random erase count")
-    g.add_argument("--resplit", type=str2bool, default=False, help="accepted for compatibility (default only)")
-    g.add_argument("--three_aug", action="store_true", help="DeiT III three augmentations")
-    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha, enabled if > 0")
-    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha, enabled if > 0")
-    g.add_argument("--cutmix_minmax", type=float, nargs="+", default=None)
-    g.add_argument("--mixup_prob", type=float, default=0.0, help="probability of applying mixup or cutmix")
-    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
-    g.add_argument("--mixup_mode", type=str, default="batch", choices=["batch", "pair", "elem"])
-
-    g = p.add_argument_group("data")
-    g.add_argument("--data_path", default=None, type=str, help="data root (default: ./data)")
-    g.add_argument("--eval_data_path", default=None, type=str, help="evaluation folder for image_folder")
-    g.add_argument("--nb_classes", default=1000, type=int, help="class count for image_folder")
-    g.add_argument("--imagenet_default_mean_and_std", type=str2bool, default=True)
-    g.add_argument("--data_set", default="IMNET", choices=["IMNET", "image_folder", "CIFAR", "CIFAR100", "CIFAR10"],
-                   type=str, help="CIFAR is CIFAR-100")
-    g.add_argument("--num_workers", default=10, type=int)
-    g.add_argument("--pin_mem", type=str2bool, default=True)
-    g.add_argument("--multi_scale_sampler", action="store_true", help="batches at several resolutions")
-    g.add_argument("--min_crop_size_w", default=160, type=int)
-    g.add_argument("--max_crop_size_w", default=320, type=int)
-    g.add_argument("--min_crop_size_h", default=160, type=int)
-    g.add_argument("--max_crop_size_h", default=320, type=int)
-
-    g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="", help="where to save checkpoints and logs; empty: no saving")
-    g.add_argument("--log_dir", default=None, help="TensorBoard folder (default: <output_dir>/tensorboard)")
-    g.add_argument("--device", default="cuda", help="cuda or cpu (falls back to cpu without a GPU)")
-    g.add_argument("--seed", default=43, type=int)
-    g.add_argument("--resume", default="", help="resume from checkpoint")
-    g.add_argument("--finetune", default="", help="initialise from weights (heads of another class count dropped)")
-    g.add_argument("--auto_resume", type=str2bool, default=True, help="resume from the latest checkpoint in "
-                   "--output_dir")
-    g.add_argument("--save_ckpt", type=str2bool, default=True)
-    g.add_argument("--save_ckpt_freq", default=1, type=int)
-    g.add_argument("--save_ckpt_num", default=3, type=int, help="numbered checkpoints kept (plus the best)")
-    g.add_argument("--start_epoch", default=0, type=int, metavar="N")
-    g.add_argument("--eval", type=str2bool, default=False, help="evaluation only")
-    g.add_argument("--dist_eval", type=str2bool, default=True, help="split evaluation across processes")
-    g.add_argument("--disable_eval", type=str2bool, default=False, help="no evaluation during training")
-    g.add_argument("--use_amp", type=str2bool, default=True, help="bf16 autocast on CPU, fp16 + grad scaler on CUDA")
-    g.add_argument("--usi_eval", type=str2bool, default=False, help="evaluate a USI checkpoint ('state_dict' "
-                   "entry, crop_pct 0.95)")
-    g.add_argument("--print_verbose", default=100, type=int, help="print progress every N steps (0: never)")
-    g.add_argument("--project", default="edgenext", type=str, help="accepted for compatibility (default only)")
-    g.add_argument("--enable_wandb", type=str2bool, default=False, help="accepted for compatibility (False only)")
-    g.add_argument("--wandb_ckpt", type=str2bool, default=False, help="accepted for compatibility (False only)")
-    g.add_argument("--config-file", dest="config_file", default=None, help="continual-learning config: use "
+    add_casvit_flags(p)
+    p.add_argument("--config-file", dest="config_file", default=None, help="continual-learning config: use "
                    "main.py --config-file (routes to 'casdap cl')")
-
-    g = p.add_argument_group("distributed (set by torch.distributed.run)")
-    g.add_argument("--world_size", default=1, type=int, help="number of processes (from the launcher)")
-    g.add_argument("--local_rank", "--local-rank", dest="local_rank", default=-1, type=int)
-    g.add_argument("--dist_on_itp", type=str2bool, default=False)
-    g.add_argument("--dist_url", default="env://", help="process-group init method")
-    g.add_argument("--find_unused_params", action="store_true")
     return p
 
 
@@ -188,7 +70,7 @@ def _worker_message(message: str) -> str:
 
 def check_flags(args: argparse.Namespace) -> None:
     """Refuse flags that would otherwise be silently ignored."""
-    for name, (default, why) in _FIXED_FLAGS.items():
+    for name, (default, why) in FIXED_FLAGS.items():
         if getattr(args, name) != default:
             raise CasdapError(f"--{name} {getattr(args, name)} is not supported: {why}")
     if args.config_file:

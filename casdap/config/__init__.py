@@ -119,8 +119,33 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if parts[-1] not in node or isinstance(node[parts[-1]], CfgNode):
             raise _unknown_key(key, "the command line")
         node[parts[-1]] = _coerce(_parse_value(text), node[parts[-1]], key, "the command line")
+    resolve_reference_defaults(cfg)
     cfg.freeze()
     return cfg
+
+
+# DAP's reference code changes two things by data set (``vit_models.py`` restricts the logits to
+# the selected key's task, ``vit_dap/vit.py`` leaves the last block unprompted for ImageNet-R). A
+# key left at None takes the reference's value for DATA.NAME, so DAP's own YAML files keep their
+# meaning; a file or override that sets the key wins.
+REFERENCE_DATASET_DEFAULTS: dict[str, dict[str, bool]] = {
+    "imagenet_r": {"RESTRICT_TO_TASK": True, "PROMPT_LAST_BLOCK": False},
+}
+REFERENCE_DEFAULTS: dict[str, bool] = {"RESTRICT_TO_TASK": False, "PROMPT_LAST_BLOCK": True}
+
+
+def resolve_reference_defaults(cfg: CfgNode) -> None:
+    """Fill the ``MODEL.DAP`` keys left at None with the reference's value for ``DATA.NAME``."""
+    name = str(cfg.DATA.NAME).lower().replace("-", "_")
+    name = "imagenet_r" if name == "imagenetr" else name
+    defaults = {**REFERENCE_DEFAULTS, **REFERENCE_DATASET_DEFAULTS.get(name, {})}
+    for key, value in defaults.items():
+        current = cfg.MODEL.DAP[key]
+        if current is None:
+            cfg.MODEL.DAP[key] = value
+        elif not isinstance(current, bool):
+            raise CasdapError(f"config key 'MODEL.DAP.{key}' must be True or False (or None: the reference's "
+                              f"choice for DATA.NAME), got {current!r}")
 
 
 def shipped_config(name: str) -> Path:

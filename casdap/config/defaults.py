@@ -9,7 +9,7 @@ from yacs.config import CfgNode as CN
 _C = CN()
 
 _C.DBG = False
-_C.OUTPUT_DIR = "./output"  # run directory; DAP's configs use "" for "derive from the config"
+_C.OUTPUT_DIR = ""  # run directory; "" (as in DAP's base file): output/<DATA.NAME>/<method>/seed<SEED>
 _C.RUN_N_TIMES = 1  # accepted for DAP compatibility; one run per invocation (use SEED for repeats)
 _C.CUDNN_BENCHMARK = False
 _C.NUM_GPUS = 1  # informational: processes come from torchrun
@@ -30,6 +30,9 @@ _C.CONTINUAL.REPROB = 0.0
 _C.CONTINUAL.REMODE = "pixel"
 _C.CONTINUAL.RECOUNT = 1
 _C.CONTINUAL.RESPLIT = False
+# CAS-ViT's --multi_scale_sampler: each training batch is resized to a side drawn from the sampler's
+# scales (5/7 to 10/7 of DATA.CROPSIZE, multiples of 32); evaluation stays at DATA.CROPSIZE.
+_C.CONTINUAL.MULTI_SCALE = False
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CN()
@@ -60,7 +63,11 @@ _C.MODEL.DAP.KEYS_PER_TASK = 1  # keys per task; the nearest one speaks for its 
 _C.MODEL.DAP.STAGES = [2, 3]  # CAS-ViT stages (0-3) whose blocks are prompted (measured: docs/dap_on_casvit.md)
 _C.MODEL.DAP.INJECTION = "kv"  # kv (extra keys/values) | pool (share of C's pooled context); docs/dap_on_casvit.md
 _C.MODEL.DAP.SELECTION = "per_image"  # inference key selection: per_image | batch_majority | oracle
-_C.MODEL.DAP.RESTRICT_TO_TASK = False  # at inference keep only the selected key's task classes
+# At inference keep only the selected key's task classes. None: as DAP's reference does for
+# DATA.NAME (True for imagenet_r, else False); see REFERENCE_DATASET_DEFAULTS in casdap.config.
+_C.MODEL.DAP.RESTRICT_TO_TASK = None
+# Prompts in the very last block of the backbone. None: as the reference (False for imagenet_r).
+_C.MODEL.DAP.PROMPT_LAST_BLOCK = None
 
 # ---------------------------------------------------------------- non-DAP baselines
 _C.BASELINES = CN()
@@ -87,6 +94,7 @@ _C.SOLVER.SCHEDULER = "cosine"  # cosine | linear | constant
 _C.SOLVER.BASE_LR = 0.01
 _C.SOLVER.BIAS_MULTIPLIER = 1.0
 _C.SOLVER.WARMUP_EPOCH = 5
+_C.SOLVER.WARMUP_STEPS = 0  # CAS-ViT's --warmup_steps: warmup iterations per task; > 0 overrides WARMUP_EPOCH
 _C.SOLVER.TOTAL_EPOCH = 30  # epochs per task
 _C.SOLVER.LOG_EVERY_N = 1000
 _C.SOLVER.DBG_TRAINABLE = False

@@ -210,6 +210,7 @@ class CASDAP(nn.Module):
         stages: Sequence[int] = (2, 3),
         injection: str = "kv",
         keys_per_task: int = 1,
+        prompt_last_block: bool = True,
     ) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
@@ -238,11 +239,14 @@ class CASDAP(nn.Module):
         self.num_features = backbone.num_features
         self.random_init = bool(getattr(backbone, "random_init", False))  # for labelling run outputs
 
+        # Without prompts in the very last block (DAP's reference for ImageNet-R), that block runs as is.
+        last = n_stages - 1
+        self.prompt_last_block = bool(prompt_last_block)
         self.dap_blocks = nn.ModuleDict(
             {
                 str(s): nn.ModuleList(
                     PromptedBlock(backbone.embed_dims[s], num_tokens, task_emb_dim, injection)
-                    for _ in range(backbone.layers[s])
+                    for _ in range(backbone.layers[s] - (s == last and not self.prompt_last_block))
                 )
                 for s in self.stages
             }
@@ -293,8 +297,9 @@ class CASDAP(nn.Module):
         bb = self.backbone
         for s in range(self.stages[0], len(bb.layers)):
             if str(s) in self.dap_blocks:
-                for block, prompted in zip(bb.stages[s], self.dap_blocks[str(s)]):
-                    h = prompted(block, h, task_emb)
+                prompted = self.dap_blocks[str(s)]
+                for i, block in enumerate(bb.stages[s]):
+                    h = prompted[i](block, h, task_emb) if i < len(prompted) else block(h)
             else:
                 h = bb.stages[s](h)
             down = bb.downsample(s)
@@ -475,5 +480,6 @@ def build_dap_model(cfg) -> CASDAP:
         stages=list(dap.STAGES),
         injection=dap.INJECTION,
         keys_per_task=int(dap.KEYS_PER_TASK),
+        prompt_last_block=dap.PROMPT_LAST_BLOCK is not False,
     )
     return model
