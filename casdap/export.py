@@ -1,9 +1,10 @@
 """ONNX export of a backbone or of CAS-DAP, checked against PyTorch with onnxruntime.
 
 A backbone is exported in its BatchNorm-folded form (:mod:`casdap.deploy`), CAS-DAP as is (with
-per-image key selection inside the graph); the batch axis is dynamic. The check compares
-onnxruntime's outputs with the *unfolded* eager PyTorch model, so it covers both the folding and
-the export.
+per-image key selection inside the graph and, when the run restricted its logits to the selected
+key's task, that restriction too); the batch axis is dynamic. The check compares onnxruntime's
+outputs with the *unfolded* eager PyTorch model, so it covers both the folding and the export;
+:func:`check_against_run` compares the eager export module with the run's own evaluation path.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ import os
 import statistics
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from casdap.errors import CasdapError
 
-__all__ = ["DAPLogitsAndKeys", "OnnxCheck", "export_onnx", "check_onnx", "require_onnx"]
+__all__ = [
+    "DAPLogitsAndKeys", "OnnxCheck", "RunCheck", "export_onnx", "check_onnx", "check_against_run", "require_onnx",
+    "keep_mask", "run_class_splits",
+]
 
 INSTALL_HINT = "install the export extra: pip install 'casdap[export]' (onnx, onnxscript, onnxruntime)"
 
@@ -40,18 +46,85 @@ class DAPLogitsAndKeys(nn.Module):
     """CAS-DAP as a graph-friendly module: images -> (logits, selected key index per image).
 
     The query pass, the per-image (cosine, argmax) key selection and the prompted pass are all
-    inside the graph, so a deployed model needs no task identity.
+    inside the graph, so a deployed model needs no task identity. With ``keep`` (a bool
+    ``[num_tasks, num_classes]`` mask, see :func:`keep_mask`) the logits of classes outside the
+    selected key's task become :data:`~casdap.models.dap.MASKED_LOGIT`, inside the graph, as
+    ``MODEL.DAP.RESTRICT_TO_TASK`` does at evaluation.
     """
 
     output_names = ("logits", "key_idx")
 
-    def __init__(self, dap: nn.Module) -> None:
+    def __init__(self, dap: nn.Module, keep: torch.Tensor | None = None) -> None:
         super().__init__()
         self.dap = dap
+        if keep is not None:
+            keep = torch.as_tensor(keep, dtype=torch.bool)
+            want = (int(dap.num_tasks), int(dap.num_classes))
+            if tuple(keep.shape) != want:
+                raise CasdapError(f"the keep mask is {list(keep.shape)}, the model needs [num_tasks, num_classes] = "
+                                  f"{list(want)}")
+        self.register_buffer("keep", keep, persistent=False)
+
+    @property
+    def restricted(self) -> bool:
+        return self.keep is not None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from casdap.models.dap import MASKED_LOGIT
+
         out = self.dap(images, selection="per_image")
-        return out.logits, out.key_idx
+        logits = out.logits
+        if self.keep is not None:
+            logits = logits.masked_fill(~self.keep[out.key_idx], MASKED_LOGIT)
+        return logits, out.key_idx
+
+
+def keep_mask(class_splits: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:
+    """``[len(class_splits), num_classes]`` bool: row t is True at task t's classes."""
+    keep = torch.zeros(len(class_splits), num_classes, dtype=torch.bool)
+    for t, classes in enumerate(class_splits):
+        bad = [c for c in classes if not 0 <= int(c) < num_classes]
+        if bad:
+            raise CasdapError(f"task {t} lists classes {bad[:5]} outside the head's 0..{num_classes - 1}")
+        keep[t, torch.as_tensor([int(c) for c in classes], dtype=torch.long)] = True
+    return keep
+
+
+def run_class_splits(ckpt: Any, cfg, num_tasks: int, path: str | os.PathLike) -> tuple[list[list[int]], str]:
+    """The classes of each of ``num_tasks`` keys as the run's evaluation restricted them, and their source.
+
+    From the class-to-task map a continual run's checkpoint holds (``strategy.class_to_task``);
+    failing that, from ``CONTINUAL.INITIAL/INCREMENT/N_TASKS`` in natural label order (only when
+    ``CONTINUAL.SHUFFLE_CLASSES`` is False; tasks past the checkpoint's ``tasks_done`` get none).
+    Tasks that were not trained get no classes (their logits all masked), as in the run.
+    """
+    from casdap.continual.benchmarks import task_split
+
+    ckpt = ckpt if isinstance(ckpt, Mapping) else {}
+    strategy = ckpt.get("strategy")
+    class_to_task = strategy.get("class_to_task") if isinstance(strategy, Mapping) else None
+    if class_to_task:
+        pairs = {int(c): int(t) for c, t in class_to_task.items()}
+        far = sorted({t for t in pairs.values() if not 0 <= t < num_tasks})
+        if far:
+            raise CasdapError(f"checkpoint '{path}' maps classes to tasks {far[:5]}, the model has keys for "
+                              f"tasks 0..{num_tasks - 1}")
+        splits = [sorted(c for c, t in pairs.items() if t == task) for task in range(num_tasks)]
+        return splits, f"the class-to-task map in '{path}'"
+    if cfg.CONTINUAL.SHUFFLE_CLASSES:
+        raise CasdapError(
+            f"MODEL.DAP.RESTRICT_TO_TASK is True but checkpoint '{path}' holds no class-to-task map and "
+            "CONTINUAL.SHUFFLE_CLASSES is True, so the classes of each task are unknown: pass a checkpoint the "
+            "continual run wrote (RUN/checkpoints/task_XXX.pth), or MODEL.DAP.RESTRICT_TO_TASK False in --opts "
+            "to export unrestricted logits"
+        )
+    sizes = task_split(cfg, int(cfg.DATA.NUMBER_CLASSES))
+    done = min(int(ckpt.get("tasks_done", len(sizes))), len(sizes))
+    if len(sizes) > num_tasks:
+        raise CasdapError(f"CONTINUAL.N_TASKS ({len(sizes)}) exceeds the model's {num_tasks} keys")
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    splits = [list(range(bounds[t], bounds[t + 1])) if t < done else [] for t in range(num_tasks)]
+    return splits, f"CONTINUAL.INITIAL/INCREMENT/N_TASKS in natural label order, {done} of {len(sizes)} tasks trained"
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int = 224, opset: int = 18) -> Path:
@@ -178,4 +251,47 @@ def check_onnx(
     return OnnxCheck(
         max_abs_diff=diff, same_keys=same_keys, batches=tuple(batches), onnxruntime_ms=statistics.median(ms["ort"]),
         torch_eager_ms=statistics.median(ms["eager"]), torch_fast_ms=statistics.median(ms["fast"]), threads=threads,
+    )
+
+
+@dataclass
+class RunCheck:
+    max_abs_diff: float  # over the logits
+    same_keys: bool
+    batch: int
+    restricted: bool
+
+    def ok(self, atol: float) -> bool:
+        return self.max_abs_diff <= atol and self.same_keys
+
+    def summary(self, atol: float) -> str:
+        verdict = "OK" if self.ok(atol) else "MISMATCH"
+        how = "logits restricted to the selected key's task" if self.restricted else "unrestricted logits"
+        return (
+            f"export vs the run's evaluation (per-image keys, {how}): max |logit diff| {self.max_abs_diff:.2e}, "
+            f"key indices {'identical' if self.same_keys else 'DIFFER'} on a batch of {self.batch} ({verdict}, "
+            f"tolerance {atol:g})"
+        )
+
+
+def check_against_run(
+    module: DAPLogitsAndKeys, class_splits: Sequence[Sequence[int]] | None, input_size: int, batch: int = 4
+) -> RunCheck:
+    """``module`` (eager) beside the run's evaluation path on one random batch.
+
+    The run's path is what ``DAPStrategy`` does at evaluation with per-image selection: the model's
+    forward, then :func:`~casdap.models.dap.restrict_logits` over ``class_splits`` when the run
+    restricted its logits (``None``: it did not).
+    """
+    from casdap.models.dap import restrict_logits
+
+    x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        module.eval()
+        got_logits, got_keys = module(x)
+        out = module.dap(x, selection="per_image")
+        want = out.logits if class_splits is None else restrict_logits(out.logits, out.key_idx, class_splits)
+    return RunCheck(
+        max_abs_diff=(got_logits - want).abs().max().item(), same_keys=bool(torch.equal(got_keys, out.key_idx)),
+        batch=batch, restricted=class_splits is not None,
     )

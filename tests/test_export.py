@@ -90,3 +90,115 @@ def test_export_casdap_with_key_selection_inside_the_graph(tmp_path, capsys):
         want = dap(x)  # per-image selection, as in the graph
     assert np.array_equal(keys, want.key_idx.numpy()) and len(set(keys.tolist())) > 2
     assert np.abs(logits - want.logits.numpy()).max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def restricted_run(tmp_path_factory):
+    """A real two-task DAP run at 32 px whose evaluation restricts logits to the selected key's task."""
+    from cl_support import tiny_cifar_cfg, write_tiny_cifar
+
+    from casdap.continual.runner import run_continual
+
+    tmp = tmp_path_factory.mktemp("restricted_run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cifar = write_tiny_cifar(tmp / "cifar")
+        # prompts in the last stage only: a smaller graph, a quicker export
+        cfg = tiny_cifar_cfg(cifar, tmp / "run", "dap", "MODEL.DAP.RESTRICT_TO_TASK", "True",
+                             "MODEL.DAP.STAGES", "[3]")
+        result = run_continual(cfg, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return result, cfg
+
+
+def _test_images(cfg):
+    from casdap.continual.benchmarks import build_benchmark
+
+    items = [item for exp in build_benchmark(cfg).scenario.test_stream for item in exp.dataset]
+    return torch.stack([item[0] for item in items]), torch.tensor([int(item[1]) for item in items])
+
+
+def test_export_follows_the_run_size_and_logit_restriction(restricted_run, tmp_path, capsys):
+    import copy
+
+    result, cfg = restricted_run
+    run_dir = result.output_dir
+    strategy = result.strategy
+    assert strategy.class_to_task == {0: 0, 1: 0, 2: 1, 3: 1}
+    x, y = _test_images(cfg)
+    # The 1-epoch random-backbone run sends every test image to task 0's key; point each task's key
+    # at the query of one of its test images so that both rows of the restriction are exercised.
+    # The run's checkpoint keeps everything else (class-to-task map included).
+    ckpt = casdap.checkpoint.read_checkpoint(run_dir / "checkpoints" / "task_001.pth")
+    model = copy.deepcopy(strategy.model).eval()
+    picks = [int((y < 2).nonzero()[0]), int((y >= 2).nonzero()[0])]
+    with torch.no_grad():
+        model.dap_keys[[t * model.keys_per_task for t in (0, 1)]] = model.forward_query(x[picks])
+    ckpt["model"] = model.state_dict()
+    ckpt_path = casdap.save_checkpoint(ckpt, tmp_path / "task_001.pth")
+    onnx_path = tmp_path / "run.onnx"
+    code = main(["export", "--config", str(run_dir / "config.yaml"), "--checkpoint", str(ckpt_path),
+                 "--onnx", str(onnx_path), "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "exporting CAS-DAP at 32 px; logits restricted to the selected key's task" in out
+    assert "export vs the run's evaluation" in out and out.count("(OK, tolerance 0.0001)") == 2
+    assert "note:" not in out  # no size given: the run's, silently
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [3, 32, 32]
+    logits, keys = session.run(None, {"images": x.numpy()})
+    original = strategy.model
+    strategy.model = model
+    try:
+        want_logits, want_keys = strategy.predict(x, y)  # the run's own evaluation path
+    finally:
+        strategy.model = original
+    assert np.array_equal(keys, want_keys.numpy()) and set(keys[picks].tolist()) == {0, 1}
+    assert np.abs(logits - want_logits.numpy()).max() <= 1e-4
+    splits = [[0, 1], [2, 3]]
+    for row, k in zip(logits, keys):
+        outside = [c for c in range(4) if c not in splits[k]]
+        assert (row[outside] == -1e4).all() and (row[splits[k]] > -1e3).all()
+
+
+def test_export_input_size_option_overrides_the_run_with_a_notice(restricted_run, tmp_path, capsys):
+    result, _ = restricted_run
+    run_dir = result.output_dir
+    # the output folder is missing: everything up to writing the graph runs, then one error (no slow export)
+    code = main(["export", "--config", str(run_dir / "config.yaml"), "--checkpoint",
+                 str(run_dir / "checkpoints" / "task_001.pth"), "--onnx", str(tmp_path / "none" / "x.onnx"),
+                 "--input-size", "64", "--opts", "MODEL.DAP.RESTRICT_TO_TASK", "False", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 2 and "does not exist" in captured.err
+    out = captured.out
+    assert out.startswith("note: exporting at --input-size 64 px, the run used DATA.CROPSIZE 32 px\n")
+    assert "exporting CAS-DAP at 64 px; all logits (MODEL.DAP.RESTRICT_TO_TASK False)" in out
+    assert "unrestricted logits): max |logit diff| 0.00e+00, key indices identical" in out
+
+
+def test_export_class_splits_without_the_run_map(restricted_run):
+    from casdap.export import run_class_splits
+
+    result, cfg = restricted_run
+    ckpt = casdap.checkpoint.read_checkpoint(result.output_dir / "checkpoints" / "task_000.pth")
+    assert run_class_splits(ckpt, cfg, 2, "ck")[0] == [[0, 1], []]  # the run's map after task 0
+    # a bare state dict: natural label order from CONTINUAL.*, every task assumed trained; after
+    # task 0 (tasks_done recorded) the second task has no classes
+    assert run_class_splits({"model": ckpt["model"]}, cfg, 2, "ck")[0] == [[0, 1], [2, 3]]
+    assert run_class_splits({"model": ckpt["model"], "tasks_done": 1}, cfg, 3, "ck")[0] == [[0, 1], [], []]
+
+
+def test_export_restriction_without_class_splits_is_one_clear_error(restricted_run, tmp_path, capsys):
+    result, _ = restricted_run
+    run_dir = result.output_dir
+    ckpt = casdap.checkpoint.read_checkpoint(run_dir / "checkpoints" / "task_001.pth")
+    bare = casdap.save_checkpoint({"model": ckpt["model"]}, tmp_path / "bare.pth")
+    onnx_path = tmp_path / "x.onnx"
+    code = main(["export", "--config", str(run_dir / "config.yaml"), "--opts", "CONTINUAL.SHUFFLE_CLASSES", "True",
+                 "--checkpoint", str(bare), "--onnx", str(onnx_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "RESTRICT_TO_TASK" in err and "no class-to-task map" in err and "RUN/checkpoints/task_XXX.pth" in err
+    assert str(bare) in err and not onnx_path.exists()
