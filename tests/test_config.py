@@ -69,10 +69,11 @@ def test_dap_reference_layout_loads_unchanged(tmp_path):
     assert (cfg.CONTINUAL.INITIAL, cfg.CONTINUAL.INCREMENT, cfg.CONTINUAL.N_TASKS) == (10, 10, 10)
 
 
-@pytest.mark.parametrize("name", ["base-dap", "cifar", "imagenet_r", "digits"])
+@pytest.mark.parametrize("name", ["../base-dap", "cifar", "imagenet_r", "digits"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / "dap" / f"{name}.yaml")
-    assert cfg.MODEL.BACKBONE == "rcvit_xs" and cfg.SOLVER.OPTIMIZER == "adam"
+    assert cfg.MODEL.BACKBONE == "rcvit_xs" and cfg.SOLVER.OPTIMIZER == ("sgd" if name == "imagenet_r" else "adam")
+    assert cfg.OUTPUT_DIR == ""  # the run folder follows data set, method and seed
 
 
 def test_shipped_cifar_is_ten_tasks_of_ten():
@@ -130,3 +131,52 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 def test_every_key_has_full_name():
     keys = config_keys()
     assert "MODEL.DAP.NUM_DAP_TOKENS" in keys and "CONTINUAL.N_TASKS" in keys and "SEED" in keys
+
+
+DAP_IMAGENET_R = """_BASE_: "../base-dap.yaml"
+CONTINUAL:
+  INITIAL: 20
+  INCREMENT: 20
+  N_TASKS: 10
+DATA:
+  NAME: "imagenet_r"
+  NUMBER_CLASSES: 200
+MODEL:
+  DAP:
+    SIM_LAMBDA: 2.0
+    NUM_DAP_TOKENS: 30
+    TASK_EMB: 64
+    NUM_TASKS_FOR_EMB: 10
+    PROMPT_POOL: 10
+SOLVER:
+  BASE_LR: 0.25
+  OPTIMIZER: 'sgd'
+  TOTAL_EPOCH: 20
+SEED: 42
+OUTPUT_DIR: "./results/seed42"
+"""
+
+
+def test_dap_reference_files_keep_their_dataset_meaning(tmp_path):
+    """As in DAP's code, imagenet_r restricts logits to the selected task and leaves the last block
+    unprompted; other data sets do neither; a file or override that says otherwise wins."""
+    (tmp_path / "dap").mkdir()
+    (tmp_path / "base-dap.yaml").write_text(DAP_BASE)
+    (tmp_path / "dap" / "imagenetr.yaml").write_text(DAP_IMAGENET_R)
+    (tmp_path / "dap" / "cifar.yaml").write_text(DAP_CIFAR)
+    r = load_config(tmp_path / "dap" / "imagenetr.yaml")
+    assert (r.MODEL.DAP.RESTRICT_TO_TASK, r.MODEL.DAP.PROMPT_LAST_BLOCK) == (True, False)
+    c = load_config(tmp_path / "dap" / "cifar.yaml")
+    assert (c.MODEL.DAP.RESTRICT_TO_TASK, c.MODEL.DAP.PROMPT_LAST_BLOCK) == (False, True)
+    own = load_config(tmp_path / "dap" / "imagenetr.yaml", ["MODEL.DAP.RESTRICT_TO_TASK", "False"])
+    assert (own.MODEL.DAP.RESTRICT_TO_TASK, own.MODEL.DAP.PROMPT_LAST_BLOCK) == (False, False)
+    with pytest.raises(CasdapError, match="MODEL.DAP.PROMPT_LAST_BLOCK' must be True or False"):
+        load_config(tmp_path / "dap" / "cifar.yaml", ["MODEL.DAP.PROMPT_LAST_BLOCK", "maybe"])
+
+
+def test_shipped_imagenet_r_carries_the_reference_values():
+    cfg = load_config(ROOT / "configs" / "dap" / "imagenet_r.yaml")
+    d, s = cfg.MODEL.DAP, cfg.SOLVER
+    assert (d.SIM_LAMBDA, d.NUM_DAP_TOKENS, d.TASK_EMB, s.OPTIMIZER, s.BASE_LR, s.TOTAL_EPOCH) == (
+        2.0, 30, 64, "sgd", 0.25, 20)
+    assert (d.RESTRICT_TO_TASK, d.PROMPT_LAST_BLOCK) == (True, False)

@@ -352,3 +352,23 @@ def test_build_without_weights_names_both_places_unless_random_init(tmp_path, ca
 def test_bad_dap_settings_are_clear_errors(overrides, match):
     with pytest.raises(casdap.CasdapError, match=match):
         build_dap_model(_cfg(**{"MODEL.RANDOM_INIT": "True", **overrides}))
+
+
+def test_without_prompts_in_the_last_block_it_runs_as_the_backbone_block():
+    """DAP's ImageNet-R setting: the last block of the last stage gets no generator and no prompts."""
+    full = CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=4, task_emb_dim=8, stages=(3,))
+    cut = CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=4, task_emb_dim=8, stages=(3,),
+                 prompt_last_block=False)
+    assert [len(full.dap_blocks["3"]), len(cut.dap_blocks["3"])] == [2, 1]
+    _train_steps(cut, task_id=0, steps=2)  # non-zero prompts, so "unprompted" is visible
+    cut.eval()
+    x, idx = torch.randn(3, 3, 32, 32), torch.zeros(3, dtype=torch.long)
+    bb = cut.backbone
+    with torch.no_grad():
+        h = cut.dap_blocks["3"][0](bb.stages[3][0], cut._prefix(x), cut.dap_task_emb(idx))
+        expected = bb.forward_head(bb.norm(bb.stages[3][1](h)), pre_logits=True)
+        assert torch.allclose(cut.forward_prompted(x, idx), expected, atol=1e-6)
+    cfg = load_config(None, ["MODEL.RANDOM_INIT", "True", "DATA.NAME", "imagenet_r", "DATA.NUMBER_CLASSES", "10",
+                             "CONTINUAL.N_TASKS", "2", "MODEL.DAP.PROMPT_POOL", "2", "MODEL.DAP.NUM_TASKS_FOR_EMB", "2",
+                             "MODEL.MODEL_ROOT", "/nonexistent"])
+    assert len(build_dap_model(cfg).dap_blocks["3"]) == 1  # the reference's choice for imagenet_r

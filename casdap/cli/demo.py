@@ -51,21 +51,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _backbone(out: Path, epochs: int | None) -> Path:
-    """The pretrained backbone of the demo; reused when an earlier demo already made it."""
-    from casdap.pretrain.train import pretrain_backbone, sidecar_path
+def _backbone(out: Path, epochs: int | None, cfg) -> Path:
+    """The pretrained backbone of the demo; reused when an earlier run already made it.
 
-    path = out / "model" / "rcvit_xs.pth"
+    By the documented protocol it is the cache that ``casdap cl`` on the digits uses too
+    (``MODEL.MODEL_ROOT`` of digits.yaml); a demo with its own ``--pretrain-epochs`` keeps its own.
+    """
+    from casdap.pretrain.train import DEFAULT_PROTOCOL, pretrain_backbone, sidecar_path
+
+    if epochs is None:
+        path = Path(cfg.MODEL.MODEL_ROOT) / f"{cfg.MODEL.BACKBONE}.pth"
+    else:
+        path = out / "model" / f"{cfg.MODEL.BACKBONE}.pth"
     if path.is_file() and sidecar_path(path).is_file():
         print(f"[1/3] backbone: reusing {path} (delete it to pretrain again)")
         return path
-    print("[1/3] backbone: pretraining rcvit_xs offline on rendered glyphs (no digit is ever shown)")
+    print(f"[1/3] backbone: pretraining {cfg.MODEL.BACKBONE} offline on rendered glyphs (no digit is ever shown)")
     start = time.perf_counter()
-    kwargs = {} if epochs is None else {"epochs": epochs}
-    info = pretrain_backbone("rcvit_xs", path, **kwargs)
+    info = pretrain_backbone(cfg.MODEL.BACKBONE, path, **{**DEFAULT_PROTOCOL, **({} if epochs is None else
+                                                                                    {"epochs": epochs})})
     print(f"      {info.get('head_classes', '?')} classes, {info.get('epochs', '?')} epochs, "
           f"{time.perf_counter() - start:.0f} s -> {path}")
     return path
+
+
+def run_folder(out: Path, method: str, seed: int, opts: list[str]) -> Path:
+    """``out/<method>/seed<seed>``; with overrides, a folder of their own (so no run made with other
+    settings is ever reused or mixed into the comparison)."""
+    if not opts:
+        return out / method / f"seed{seed}"
+    import hashlib
+
+    tag = hashlib.sha1("\0".join(opts).encode()).hexdigest()[:8]
+    return out / method / f"seed{seed}-{tag}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,15 +95,17 @@ def run(args: argparse.Namespace) -> int:
         raise CasdapError("--pretrain-epochs must be at least 1")
     start = time.perf_counter()
     out: Path = args.out
-    weights = _backbone(out, args.pretrain_epochs)
     config = shipped_config("digits")
+    if args.opts and args.opts[0] == "--":
+        args.opts = args.opts[1:]
+    weights = _backbone(out, args.pretrain_epochs, load_config(config, args.opts))
 
-    # AUTO_RESUME: a demo run again in the same folder reuses finished runs and completes broken ones.
+    # AUTO_RESUME: a demo run again with the same settings reuses finished runs and completes broken ones.
     run_dirs = []
     total = len(args.methods) * len(args.seeds)
     print(f"[2/3] continual learning: {total} runs on {config.name} (5 tasks of 2 digits)")
     for i, (seed, method) in enumerate(((s, m) for s in args.seeds for m in args.methods), 1):
-        run_dir = out / method / f"seed{seed}"
+        run_dir = run_folder(out, method, seed, args.opts)
         cfg = load_config(config, [
             "MODEL.TRANSFER_TYPE", method, "SEED", str(seed), "OUTPUT_DIR", str(run_dir),
             "MODEL.WEIGHT_PATH", str(weights), "SOLVER.AUTO_RESUME", "True", *args.opts,

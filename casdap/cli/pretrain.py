@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "sidecar describing exactly what it saw.",
     )
     p.add_argument("--model", default="rcvit_xs", help="backbone name (default: rcvit_xs)")
-    p.add_argument("--out", default=None, help="checkpoint path (default: model/<model>.pth)")
+    p.add_argument("--out", default=None,
+                   help="checkpoint path (default: model/embedded/<model>.pth, where digits.yaml looks)")
     p.add_argument("--source", default=DEFAULT_PROTOCOL["source"], choices=sorted(SOURCES),
                    help=f"pretraining images (default: {DEFAULT_PROTOCOL['source']})")
     p.add_argument("--epochs", type=_positive_int, default=DEFAULT_PROTOCOL["epochs"],
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from casdap.errors import CasdapError
     from casdap.pretrain.train import pretrain_backbone, sidecar_path
 
-    out = Path(args.out) if args.out else Path("model") / f"{args.model}.pth"
+    out = Path(args.out) if args.out else Path("model") / "embedded" / f"{args.model}.pth"
     if out.suffix != ".pth":
         raise CasdapError(f"--out '{out}' should end in .pth (the sidecar is written beside it as .json)")
     torch.set_num_threads(args.threads)

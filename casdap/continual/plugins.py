@@ -11,6 +11,7 @@ from avalanche.core import SupervisedPlugin
 from tqdm.auto import tqdm
 
 from casdap.errors import CasdapError
+from casdap.models.dap import MASKED_LOGIT
 
 __all__ = [
     "CurrentClassMaskPlugin",
@@ -20,19 +21,28 @@ __all__ = [
     "AutocastPlugin",
     "ProgressPlugin",
     "RngRecorderPlugin",
+    "MultiScalePlugin",
     "mask_to_classes",
 ]
 
 
-def mask_to_classes(logits: torch.Tensor, classes, fill: float = float("-inf")) -> torch.Tensor:
-    """``logits`` with every column outside ``classes`` set to ``fill`` (out of place)."""
+def mask_to_classes(logits: torch.Tensor, classes, fill: float = MASKED_LOGIT) -> torch.Tensor:
+    """``logits`` with every column outside ``classes`` set to ``fill`` (out of place).
+
+    The default fill is finite (:data:`casdap.models.dap.MASKED_LOGIT`): softmax gives those
+    classes zero weight as -inf would, but a row whose label is excluded costs a large finite loss
+    instead of making the batch loss inf.
+    """
     keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     keep[torch.as_tensor(sorted(classes), dtype=torch.long, device=logits.device)] = True
     return logits.masked_fill(~keep, fill)
 
 
 class CurrentClassMaskPlugin(SupervisedPlugin):
-    """During training, logits of classes outside the current experience are -inf (DAP's masking)."""
+    """During training, logits of classes outside the current experience are masked (DAP's masking).
+
+    The masked logits become ``mb_output``, so both the loss and the training accuracy metric see
+    what is trained. Evaluation is left alone (every class competes)."""
 
     supports_distributed = True
 
@@ -86,11 +96,12 @@ class LRSchedulePlugin(SupervisedPlugin):
 
     supports_distributed = True
 
-    def __init__(self, kind: str, warmup_epochs: int = 0) -> None:
+    def __init__(self, kind: str, warmup_epochs: int = 0, warmup_steps: int = 0) -> None:
         super().__init__()
         if kind not in ("linear", "cosine", "constant"):
             raise CasdapError(f"unknown SOLVER.SCHEDULER '{kind}' (use linear, cosine or constant)")
-        self.kind, self.warmup_epochs = kind, warmup_epochs
+        self.kind, self.warmup_epochs, self.warmup_steps = kind, warmup_epochs, warmup_steps
+        self._told = False
         self.scheduler = None
         self.step = 0
 
@@ -111,7 +122,12 @@ class LRSchedulePlugin(SupervisedPlugin):
 
         per_epoch = max(len(strategy.dataloader), 1)
         total = max(per_epoch * strategy.train_epochs, 1)
-        warmup = min(per_epoch * self.warmup_epochs, total - 1)
+        want = self.warmup_steps if self.warmup_steps > 0 else per_epoch * self.warmup_epochs
+        warmup = min(want, total - 1)
+        if warmup < want and not self._told:
+            self._told = True
+            tqdm.write(f"casdap cl: a task has {total} steps, so warmup is {warmup} steps, not {want} "
+                       "(the schedule restarts with every task)")
         opt = strategy.optimizer
         for group in opt.param_groups:  # timm reads the base rate from initial_lr
             group.setdefault("initial_lr", group["lr"])
@@ -238,3 +254,31 @@ class RngRecorderPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kwargs):
         self.states[strategy.experience.current_experience] = torch.get_rng_state()
+
+
+class MultiScalePlugin(SupervisedPlugin):
+    """CAS-ViT's multi-scale training for the continual path: every training batch is resized to a
+    side drawn from the multi-scale sampler's choices (5/7 to 10/7 of the crop size, multiples of
+    32, as 160-320 px around 224), so the prompt side and the keys see several resolutions. The
+    frozen backbone and the prompt generator work at any size; evaluation stays at the crop size.
+    The draw depends only on ``seed`` and the iteration count, so resumed runs draw the same sizes.
+    """
+
+    supports_distributed = True
+
+    def __init__(self, crop_size: int, seed: int = 0) -> None:
+        super().__init__()
+        from casdap.data.samplers import scale_batch_pairs
+
+        lo, hi = round(crop_size * 160 / 224), round(crop_size * 320 / 224)
+        self.sides = sorted({h for h, _, _ in scale_batch_pairs(crop_size, crop_size, 1, lo, hi, lo, hi)})
+        self.seed = seed
+
+    def before_forward(self, strategy, **kwargs):
+        step = int(strategy.clock.train_iterations)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        side = self.sides[int(torch.randint(len(self.sides), (1,), generator=gen))]
+        x = strategy.mbatch[0]
+        if x.shape[-1] != side or x.shape[-2] != side:
+            strategy.mbatch[0] = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear",
+                                                                 align_corners=False, antialias=True)

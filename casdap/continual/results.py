@@ -79,7 +79,7 @@ def summarize(a: Matrix) -> dict[str, float | None]:
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -92,7 +92,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_acc_matrix_csv(path: Path, a: Matrix, n_tasks: int) -> None:
@@ -104,7 +104,7 @@ def write_acc_matrix_csv(path: Path, a: Matrix, n_tasks: int) -> None:
     offset = n_tasks - len(a) if len(a) == 1 and all(v is not None for v in a[0]) else 0
     for i, row in enumerate(a, start=offset):
         w.writerow([i, *["" if v is None else f"{v:.6f}" for v in row]])
-    _atomic_write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def write_final_results(path: Path, cfg_text: str, a: Matrix, n_tasks: int, notes: list[str] = ()) -> None:
@@ -135,7 +135,7 @@ def write_final_results(path: Path, cfg_text: str, a: Matrix, n_tasks: int, note
         f"\nFinal test LA: {fmt(s['learning_acc'])}",
     ]
     lines += [f"\n{n}" for n in notes]
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def _pct(v: float | None) -> str:
