@@ -63,6 +63,7 @@ _C.MODEL.DAP.KEYS_PER_TASK = 1  # keys per task; the nearest one speaks for its 
 _C.MODEL.DAP.STAGES = [2, 3]  # CAS-ViT stages (0-3) whose blocks are prompted (measured: docs/dap_on_casvit.md)
 _C.MODEL.DAP.INJECTION = "kv"  # kv (extra keys/values) | pool (share of C's pooled context); docs/dap_on_casvit.md
 _C.MODEL.DAP.SELECTION = "per_image"  # inference key selection: per_image | batch_majority | oracle
+_C.MODEL.DAP.REPLAY_MEM_SIZE = 0  # >0: Avalanche's ReplayPlugin, class-balanced buffer of this many images; 0: none
 # At inference keep only the selected key's task classes. None: as DAP's reference does for
 # DATA.NAME (True for imagenet_r, else False); see REFERENCE_DATASET_DEFAULTS in casdap.config.
 _C.MODEL.DAP.RESTRICT_TO_TASK = None

@@ -12,6 +12,7 @@ import copy
 import os
 import random
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from casdap.continual.plugins import (
     GradClipPlugin,
     GradSyncPlugin,
     LRSchedulePlugin,
+    MultiScalePlugin,
     ProgressPlugin,
     RngRecorderPlugin,
 )
@@ -42,6 +44,7 @@ from casdap.continual.results import (
     write_acc_matrix_csv,
     write_final_results,
     write_json,
+    write_text,
 )
 from casdap.continual.strategies import (
     BackboneClassifier,
@@ -193,7 +196,9 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
 
     plugins: list = [progress]
     if method != "ncm":
-        plugins.append(LRSchedulePlugin(cfg.SOLVER.SCHEDULER, cfg.SOLVER.WARMUP_EPOCH))
+        plugins.append(LRSchedulePlugin(cfg.SOLVER.SCHEDULER, cfg.SOLVER.WARMUP_EPOCH, cfg.SOLVER.WARMUP_STEPS))
+        if cfg.CONTINUAL.MULTI_SCALE:
+            plugins.append(MultiScalePlugin(cfg.DATA.CROPSIZE, 0 if cfg.SEED is None else int(cfg.SEED)))
         plugins.append(GradSyncPlugin())
         if cfg.SOLVER.GRAD_CLIP_APPLY and cfg.SOLVER.GRAD_CLIP > 0:
             plugins.append(GradClipPlugin(cfg.SOLVER.GRAD_CLIP))
@@ -209,6 +214,12 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
     ce = nn.CrossEntropyLoss()
     if method == "dap":
         d = cfg.MODEL.DAP  # settings already checked by build_dap_model
+        size = int(d.REPLAY_MEM_SIZE)
+        if size < 0:
+            raise CasdapError(f"MODEL.DAP.REPLAY_MEM_SIZE must be 0 (no replay) or positive, got {size}")
+        if size > 0:  # replayed samples are trained under their own task's key and classes
+            replay = ReplayPlugin(mem_size=size, storage_policy=ClassBalancedBuffer(max_size=size, adaptive_size=True))
+            plugins = [RngRecorderPlugin(), replay, *plugins]  # recorder first: resume rebuilds the buffer
         return DAPStrategy(
             model=model, optimizer=optimizer, plugins=plugins, current_lambda=d.CURRENT_LAMBDA,
             sim_lambda=d.SIM_LAMBDA, selection=d.SELECTION, restrict_to_task=d.RESTRICT_TO_TASK, **common,
@@ -304,24 +315,117 @@ def _restore_strategy(strategy, state: dict[str, Any], bench: ContinualBenchmark
             replay.storage_policy.post_adapt(strategy, bench.scenario.train_stream[t])
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    found = sorted((out / CHECKPOINT_DIR).glob("task_*.pth"))
-    return found[-1] if found else None
+def _checkpoints(out: Path) -> list[Path]:
+    """The run's per-task checkpoints, newest first."""
+    return sorted((out / CHECKPOINT_DIR).glob("task_*.pth"), reverse=True)
 
 
-def _check_compatible(saved_cfg: str, cfg: CfgNode, path: Path) -> None:
-    saved = CfgNode.load_cfg(saved_cfg)
-    keys = ["MODEL.TRANSFER_TYPE", "MODEL.BACKBONE", "DATA.NAME", "SEED", "CONTINUAL.INITIAL", "CONTINUAL.INCREMENT",
-            "CONTINUAL.N_TASKS", "CONTINUAL.SHUFFLE_CLASSES", "DATA.CROPSIZE"]
-    for key in keys:
-        a, b = saved, cfg
-        for part in key.split("."):
-            a, b = a[part], b[part]
-        if a != b:
-            raise CasdapError(
-                f"cannot resume from '{path}': it was made with {key} = {a!r}, this run has {b!r}. "
-                "Use the same settings, or another OUTPUT_DIR for a new run"
-            )
+def _read_resume_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint of the run; an unreadable newer one is skipped with a warning."""
+    for path in _checkpoints(out):
+        try:
+            ckpt = read_checkpoint(path)
+            if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+                raise CasdapError(f"'{path}' is not a continual-learning checkpoint of this version")
+        except CasdapError as e:
+            warnings.warn(f"skipping {path.name}, which cannot be used ({e}); trying the one before it", stacklevel=2)
+            continue
+        return path, ckpt
+    return None
+
+
+def _finished_metrics(out: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``out``, or None."""
+    import json
+
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(metrics, dict) and metrics.get("finished") and (out / "config.yaml").is_file():
+        return metrics
+    return None
+
+
+# Data sets that ship with an installed package, and the backbone their runs use by default: made
+# by the documented pretraining protocol (casdap pretrain, docs/pretraining.md) when missing.
+EMBEDDED_DATASETS = ("digits",)
+
+
+def ensure_embedded_backbone(cfg: CfgNode, is_main: bool = True, world: int = 1) -> Path | None:
+    """For an embedded benchmark with no backbone file, pretrain it once at ``MODEL_ROOT/<BACKBONE>.pth``.
+
+    Only when ``MODEL.WEIGHT_PATH`` is empty and ``MODEL.RANDOM_INIT`` is False: an explicit path
+    never falls back to anything. The file's JSON sidecar records exactly what the backbone saw;
+    later runs reuse the file.
+    """
+    if cfg.DATA.NAME.lower() not in EMBEDDED_DATASETS or cfg.MODEL.WEIGHT_PATH or cfg.MODEL.RANDOM_INIT:
+        return None
+    path = Path(cfg.MODEL.MODEL_ROOT or ".") / f"{cfg.MODEL.BACKBONE}.pth"
+    if not path.is_file() and is_main:
+        from casdap.pretrain.train import DEFAULT_PROTOCOL, pretrain_backbone, sidecar_path
+
+        print(f"casdap cl: no {cfg.MODEL.BACKBONE} backbone at '{path}': pretraining it once by the embedded "
+              f"benchmark's protocol ({DEFAULT_PROTOCOL['epochs']} epochs on rendered {DEFAULT_PROTOCOL['source']}, "
+              "never a digit; docs/pretraining.md), one thread; later runs reuse it", flush=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # measured fastest for these 32 px batches (docs/pretraining.md)
+        try:
+            pretrain_backbone(cfg.MODEL.BACKBONE, path, **DEFAULT_PROTOCOL)
+        finally:
+            torch.set_num_threads(threads)
+        print(f"casdap cl: saved {path} (what it saw: {sidecar_path(path)})", flush=True)
+    if world > 1:
+        dist.barrier()
+    return path
+
+
+# Settings that cannot change a run's results: they may differ between a run and its resumption.
+RESULT_NEUTRAL_KEYS = frozenset({
+    "OUTPUT_DIR", "DEVICE", "CUDNN_BENCHMARK", "NUM_GPUS", "NUM_SHARDS", "DIST_BACKEND", "DIST_INIT_PATH",
+    "DIST_INIT_FILE", "DBG", "RUN_N_TIMES", "SOLVER.AUTO_RESUME", "SOLVER.LOG_EVERY_N", "SOLVER.DBG_TRAINABLE",
+    "MODEL.SAVE_CKPT", "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.DATAPATH",
+})
+# Paths compared by the file they name, not by their spelling.
+_PATH_KEYS = frozenset({"MODEL.WEIGHT_PATH", "MODEL.MODEL_ROOT"})
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def settings_changed(saved_cfg: str, cfg: CfgNode) -> list[str]:
+    """``KEY: old -> new`` for every setting that changes results and differs from the saved run."""
+    from casdap.config import get_defaults
+
+    defaults = _flat(get_defaults())
+    saved, now = _flat(CfgNode.load_cfg(saved_cfg)), _flat(cfg)
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        if key in RESULT_NEUTRAL_KEYS:
+            continue
+        old, new = saved.get(key, defaults.get(key)), now.get(key, defaults.get(key))
+        if key in _PATH_KEYS and old and new:
+            old_path, new_path = Path(str(old)).resolve(), Path(str(new)).resolve()
+            if old_path == new_path:
+                continue
+        if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+            old, new = list(old), list(new)
+        if old != new:
+            changed.append(f"{key}: {old!r} -> {new!r}")
+    return changed
+
+
+def _check_compatible(saved_cfg: str, cfg: CfgNode, out: Path) -> None:
+    changed = settings_changed(saved_cfg, cfg)
+    if changed:
+        raise CasdapError(
+            f"cannot resume '{out}': it was made with other settings, and resuming would label its results "
+            f"with these ({'; '.join(changed)}). Use the run's own settings (casdap cl --config-file "
+            f"{out / 'config.yaml'} --auto_resume True), or another OUTPUT_DIR for a new run"
+        )
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -388,20 +492,32 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     out = output_dir_of(cfg)
     workers = cfg.DATA.NUM_WORKERS
 
-    resume_from = _latest_checkpoint(out) if out.is_dir() else None
-    if resume_from is not None and not cfg.SOLVER.AUTO_RESUME:
+    resume = _read_resume_checkpoint(out) if out.is_dir() else None
+    finished = _finished_metrics(out)
+    if (resume is not None or finished is not None) and not cfg.SOLVER.AUTO_RESUME:
+        held = f"checkpoints up to {resume[0].name}" if resume is not None else "a finished run"
         raise CasdapError(
-            f"'{out}' already holds a run (checkpoints up to {resume_from.name}). Pass --auto_resume "
-            "(SOLVER.AUTO_RESUME True) to continue it, or choose another OUTPUT_DIR"
+            f"'{out}' already holds a run ({held}). Pass --auto_resume (SOLVER.AUTO_RESUME True) to continue it, "
+            "or choose another OUTPUT_DIR"
         )
 
     _seed_everything(seed)
     bench = build_benchmark(cfg, rank, world)
-    if cfg.DATA.NUMBER_CLASSES != bench.num_classes:  # resolved from the data (DAP's -1: "from the data")
-        cfg = cfg.clone()
+    if cfg.DATA.NUMBER_CLASSES != bench.num_classes or cfg.OUTPUT_DIR != str(out):
+        cfg = cfg.clone()  # resolved: the class count from the data (DAP's -1), the run folder
         cfg.defrost()
         cfg.DATA.NUMBER_CLASSES = bench.num_classes
+        cfg.OUTPUT_DIR = str(out)
         cfg.freeze()
+    if finished is not None:
+        _check_compatible((out / "config.yaml").read_text(), cfg, out)
+        if is_main:
+            print(f"casdap cl: '{out}' holds a finished run ({finished['tasks_done']}/{finished['n_tasks']} tasks, "
+                  f"final accuracy {finished['final_acc']:.4f}); nothing to do, its files are left as they are")
+        return RunResult(finished, out)
+    if resume is not None:
+        _check_compatible(resume[1]["config"], cfg, out)
+    ensure_embedded_backbone(cfg, is_main, world)
     model = _build_model(cfg, method, bench.num_classes)
     # what the backbone really is (a weight file wins over MODEL.RANDOM_INIT when both exist)
     random_backbone = bool(getattr(getattr(model, "backbone", model), "random_init", cfg.MODEL.RANDOM_INIT))
@@ -418,11 +534,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
 
     state = _State()
     start = 0
-    if resume_from is not None:
-        ckpt = read_checkpoint(resume_from)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CasdapError(f"'{resume_from}' is not a continual-learning checkpoint of this version")
-        _check_compatible(ckpt["config"], cfg, resume_from)
+    if resume is not None:
+        ckpt = resume[1]
         model.load_state_dict(ckpt["model"])
         start = int(ckpt["tasks_done"])
         state = _State(**ckpt["state"])
@@ -434,7 +547,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     selection = cfg.MODEL.DAP.SELECTION if method == "dap" else None
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.dump())
+        write_text(out / "config.yaml", cfg.dump())
         label = f" [{selection} key selection]" if selection else ""
         print(f"casdap cl: {method}{label} on {bench.dataset} ({bench.num_classes} classes, {bench.n_tasks} tasks "
               f"of {[len(c) for c in bench.task_classes]}), backbone {cfg.MODEL.BACKBONE}, seed {seed}, "
@@ -496,33 +609,42 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         if world > 1:
             dist.barrier()
 
-    train_stream, test_stream = bench.scenario.train_stream, bench.scenario.test_stream
-    if method == "joint" and start < bench.n_tasks:
-        # Joint training sees every task at once: one training, one row (the upper bound).
-        t0 = time.perf_counter()
-        tt = time.perf_counter()
-        strategy.train(train_stream, num_workers=workers)
-        state.train_time_s += time.perf_counter() - tt
-        state.train_images += sum(bench.train_sizes) * cfg.SOLVER.TOTAL_EPOCH * world
-        row = _row_from_metrics(strategy.eval(test_stream, num_workers=workers), bench.n_tasks) if is_main else []
-        mixed = _mixed_stream_accuracy(strategy, bench, row, selection, seed, cfg.DATA.BATCH_SIZE, workers) \
-            if is_main else None
-        finish_task(bench.n_tasks - 1, row, mixed, None, t0)
-    else:
-        for t in range(start, bench.n_tasks):
+    try:
+        train_stream, test_stream = bench.scenario.train_stream, bench.scenario.test_stream
+        if method == "joint" and start < bench.n_tasks:
+            # Joint training sees every task at once: one training, one row (the upper bound).
             t0 = time.perf_counter()
             tt = time.perf_counter()
-            strategy.train(train_stream[t], num_workers=workers, reset_optimizer_state=True)
+            strategy.train(train_stream, num_workers=workers)
             state.train_time_s += time.perf_counter() - tt
-            state.train_images += bench.train_sizes[t] * (1 if method == "ncm" else cfg.SOLVER.TOTAL_EPOCH) * world
-            row, mixed, task_sel = [], None, None
-            if is_main:
-                results = strategy.eval(test_stream[: t + 1], num_workers=workers)
-                row = _row_from_metrics(results, t + 1)
-                if method == "dap":
-                    task_sel = next((float(v) for k, v in results.items() if k.startswith("TaskSel_Stream")), None)
-                mixed = _mixed_stream_accuracy(strategy, bench, row, selection, seed, cfg.DATA.BATCH_SIZE, workers)
-            finish_task(t, row, mixed, task_sel, t0)
+            state.train_images += sum(bench.train_sizes) * cfg.SOLVER.TOTAL_EPOCH * world
+            row = _row_from_metrics(strategy.eval(test_stream, num_workers=workers), bench.n_tasks) if is_main else []
+            mixed = _mixed_stream_accuracy(strategy, bench, row, selection, seed, cfg.DATA.BATCH_SIZE, workers) \
+                if is_main else None
+            finish_task(bench.n_tasks - 1, row, mixed, None, t0)
+        else:
+            for t in range(start, bench.n_tasks):
+                t0 = time.perf_counter()
+                tt = time.perf_counter()
+                strategy.train(train_stream[t], num_workers=workers, reset_optimizer_state=True)
+                state.train_time_s += time.perf_counter() - tt
+                state.train_images += bench.train_sizes[t] * (1 if method == "ncm" else cfg.SOLVER.TOTAL_EPOCH) * world
+                row, mixed, task_sel = [], None, None
+                if is_main:
+                    results = strategy.eval(test_stream[: t + 1], num_workers=workers)
+                    row = _row_from_metrics(results, t + 1)
+                    if method == "dap":
+                        task_sel = next((float(v) for k, v in results.items() if k.startswith("TaskSel_Stream")), None)
+                    mixed = _mixed_stream_accuracy(strategy, bench, row, selection, seed, cfg.DATA.BATCH_SIZE, workers)
+                finish_task(t, row, mixed, task_sel, t0)
+
+    except KeyboardInterrupt:
+        if is_main:
+            done = n_done()
+            where = f"after task {done}/{bench.n_tasks}" if done else "from the start (no task had finished)"
+            print(f"\ncasdap cl: interrupted; the run resumes {where} with:\n"
+                  f"  casdap cl --config-file {out / 'config.yaml'} --auto_resume True", file=sys.stderr, flush=True)
+        raise
 
     metrics = metrics_dict(True)
     if is_main:

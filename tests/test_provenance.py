@@ -1,0 +1,141 @@
+"""What a run records is what ran: resume refuses changed settings, a finished run is left as it
+is, an unreadable checkpoint falls back to the one before, Ctrl-C says how to resume, an embedded
+benchmark makes its missing backbone, and CAS-ViT flags map onto the config they name."""
+
+import json
+import shlex
+
+import pytest
+from cl_support import DIGITS_YAML, single_thread, tiny_cifar_cfg, write_tiny_cifar
+from test_continual_runs import _interrupt_during_task
+
+from casdap.cli import main
+from casdap.cli.cl import flag_overrides, parse_cl_args
+from casdap.config import load_config
+from casdap.continual.runner import run_continual, settings_changed
+
+_one_thread = pytest.fixture(autouse=True)(single_thread)
+
+
+@pytest.fixture
+def cifar(tmp_path):
+    return write_tiny_cifar(tmp_path / "cifar")
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _killed_run(tmp_path, cifar, monkeypatch, method="linear"):
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as mp:
+        _interrupt_during_task(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_continual(tiny_cifar_cfg(cifar, killed, method), progress=False)
+    return killed
+
+
+def test_resume_with_a_changed_learning_rate_is_refused_naming_old_and_new(tmp_path, cifar, monkeypatch, capsys):
+    killed = _killed_run(tmp_path, cifar, monkeypatch)
+    before = _files(killed)
+    cfg = tiny_cifar_cfg(cifar, killed, "linear", "SOLVER.AUTO_RESUME", "True", "SOLVER.BASE_LR", "0.02",
+                         "SOLVER.TOTAL_EPOCH", "2")
+    with pytest.raises(Exception) as err:
+        run_continual(cfg, progress=False)
+    message = str(err.value)
+    assert "SOLVER.BASE_LR: 0.01 -> 0.02" in message and "SOLVER.TOTAL_EPOCH: 1 -> 2" in message
+    assert "cannot resume" in message and "\n" not in message
+    assert _files(killed) == before  # nothing written
+    # settings that cannot change results may differ
+    resumed = run_continual(tiny_cifar_cfg(cifar, killed, "linear", "SOLVER.AUTO_RESUME", "True",
+                                           "DATA.NUM_WORKERS", "1", "SOLVER.LOG_EVERY_N", "7"), progress=False)
+    assert resumed.metrics["finished"] and resumed.metrics["tasks_done"] == 2
+
+
+def test_settings_changed_ignores_paths_spelled_differently(tmp_path, cifar):
+    a = tiny_cifar_cfg(cifar, tmp_path / "r", "dap", "MODEL.WEIGHT_PATH", str(tmp_path / "w.pth"))
+    b = tiny_cifar_cfg(cifar, tmp_path / "r2", "dap", "MODEL.WEIGHT_PATH", str(tmp_path / "." / "w.pth"),
+                       "DEVICE", "auto", "DATA.PIN_MEMORY", "False")
+    assert settings_changed(a.dump(), b) == []
+    c = tiny_cifar_cfg(cifar, tmp_path / "r", "dap", "MODEL.WEIGHT_PATH", str(tmp_path / "other.pth"), "USE_AMP",
+                       "True")
+    assert [s.split(":")[0] for s in settings_changed(a.dump(), c)] == ["MODEL.WEIGHT_PATH", "USE_AMP"]
+
+
+def test_finished_run_is_reported_and_left_untouched(tmp_path, cifar, capsys):
+    out = tmp_path / "run"
+    first = run_continual(tiny_cifar_cfg(cifar, out, "ncm"), progress=False).metrics
+    before = _files(out)
+    again = run_continual(tiny_cifar_cfg(cifar, out, "ncm", "SOLVER.AUTO_RESUME", "True"), progress=False)
+    printed = capsys.readouterr().out
+    assert "holds a finished run (2/2 tasks" in printed and "resuming" not in printed
+    assert again.metrics == json.loads(json.dumps(first)) and _files(out) == before
+    with pytest.raises(Exception, match=r"DATA.BATCH_SIZE: 8 -> 4"):  # never relabelled either
+        run_continual(tiny_cifar_cfg(cifar, out, "ncm", "SOLVER.AUTO_RESUME", "True", "DATA.BATCH_SIZE", "4"),
+                      progress=False)
+    assert _files(out) == before
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, cifar):
+    full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "linear"), progress=False).metrics
+    out = tmp_path / "run"
+    run_continual(tiny_cifar_cfg(cifar, out, "linear", tasks=2), progress=False)
+    (out / "checkpoints" / "task_001.pth").write_bytes(b"truncated")
+    (out / "metrics.json").unlink()  # as if killed while the last task was being written
+    with pytest.warns(UserWarning, match="skipping task_001.pth"):
+        resumed = run_continual(tiny_cifar_cfg(cifar, out, "linear", "SOLVER.AUTO_RESUME", "True"), progress=False)
+    assert resumed.metrics["acc_matrix"] == full["acc_matrix"]
+
+
+def test_ctrl_c_prints_the_command_that_resumes_the_run(tmp_path, cifar, monkeypatch, capsys):
+    full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "linear"), progress=False).metrics
+    killed = _killed_run(tmp_path, cifar, monkeypatch)
+    err = capsys.readouterr().err
+    line = next(s.strip() for s in err.splitlines() if s.strip().startswith("casdap cl --config-file"))
+    assert "after task 1/2" in err and line.endswith("--auto_resume True")
+    assert main([*shlex.split(line)[1:], "--no-progress"]) == 0
+    assert json.loads((killed / "metrics.json").read_text())["acc_matrix"] == full["acc_matrix"]
+
+
+def test_missing_embedded_backbone_is_pretrained_once_and_reused(tmp_path, monkeypatch, capsys):
+    from casdap.pretrain import train as pretrain
+
+    monkeypatch.setitem(pretrain.DEFAULT_PROTOCOL, "epochs", 1)  # the documented protocol, shortened
+    monkeypatch.setitem(pretrain.DEFAULT_PROTOCOL, "images_per_class", 2)
+    monkeypatch.chdir(tmp_path)
+    small = ["DATA.PERCENTAGE", "0.05", "SOLVER.TOTAL_EPOCH", "1", "MODEL.TRANSFER_TYPE", "ncm"]
+    assert main(["cl", "--config-file", str(DIGITS_YAML), "--no-progress", *small]) == 0
+    printed = capsys.readouterr().out
+    backbone = tmp_path / "model" / "embedded" / "rcvit_xs.pth"
+    assert "no rcvit_xs backbone at 'model/embedded/rcvit_xs.pth': pretraining it once" in printed
+    side = json.loads(backbone.with_suffix(".json").read_text())
+    assert side["what_the_backbone_saw"]["source"].startswith("glyphs") and side["epochs"] == 1
+    assert (tmp_path / "output" / "digits" / "ncm" / "seed0" / "metrics.json").is_file()  # the documented folder
+    assert main(["cl", "--config-file", str(DIGITS_YAML), "--no-progress", *small, "SEED", "1"]) == 0
+    assert "pretraining it once" not in capsys.readouterr().out
+
+
+def test_casvit_flags_map_or_are_named_and_misspelt_ones_are_errors(tmp_path, capsys):
+    args, opts = parse_cl_args([
+        "--data_set", "CIFAR10", "--warmup_steps", "30", "--multi_scale_sampler", "--opt", "sgd", "--opt_betas",
+        "0.8", "0.95", "--clip_grad", "2", "--finetune", "zoo.pth", "--drop_path", "0.2", "--model_ema", "True",
+        "--mixup", "0.8", "SOLVER.TOTAL_EPOCH", "3", "--config-file", str(DIGITS_YAML),
+    ])
+    pairs, unused = flag_overrides(args)
+    cfg = load_config(args.config_file, [*pairs, *opts])
+    assert (cfg.DATA.NAME, cfg.SOLVER.WARMUP_STEPS, cfg.CONTINUAL.MULTI_SCALE, cfg.SOLVER.OPTIMIZER) == (
+        "cifar10", 30, True, "sgd")
+    assert (cfg.SOLVER.BETA1, cfg.SOLVER.BETA2, cfg.SOLVER.GRAD_CLIP, cfg.SOLVER.GRAD_CLIP_APPLY) == (0.8, 0.95, 2.0,
+                                                                                                     True)
+    assert cfg.MODEL.WEIGHT_PATH == "zoo.pth" and cfg.SOLVER.TOTAL_EPOCH == 3
+    assert unused == ["--drop_path", "--model_ema", "--mixup"]
+    for argv, says in (
+        (["--config-file", str(DIGITS_YAML), "--epochz", "3"], "unknown flag --epochz. Did you mean --epochs?"),
+        (["--config-file", str(DIGITS_YAML), "--use_amp", "perhaps"], "expected True or False, got 'perhaps'"),
+        (["--config-file", str(DIGITS_YAML), "--eval", "True"], "--eval True (evaluation only) has no continual"),
+        (["--data_set", "CIFAR"], "the following arguments are required: --config-file"),
+    ):
+        assert main(["cl", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "output").exists()
