@@ -14,8 +14,8 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[1/3] backbone: pretraining rcvit_xs offline" in out.stdout
     for method in ("dap", "finetune", "linear", "joint"):
-        assert (out_dir / method / "seed0" / "metrics.json").is_file()
-        assert f"{method}/seed0" in out.stdout
+        assert (out_dir / method / "seed0-77c23270" / "metrics.json").is_file()
+        assert f"{method}/seed0-" in out.stdout
     rows = list(csv.DictReader(open(out_dir / "compare" / "runs.csv")))
     assert sorted(r["method"] for r in rows) == ["dap", "finetune", "joint", "linear"]
     heat = Image.open(out_dir / "compare" / "avg_accuracy.png")

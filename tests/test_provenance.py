@@ -139,3 +139,27 @@ def test_casvit_flags_map_or_are_named_and_misspelt_ones_are_errors(tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / "output").exists()
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear_decay"])
+def test_dap_linear_schedule_is_warmup_then_constant(kind):
+    """DAP's "linear" (its WarmupConstantSchedule) warms up, then keeps the base rate."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from casdap.continual.plugins import LRSchedulePlugin
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    strategy = SimpleNamespace(dataloader=range(3), train_epochs=2, optimizer=opt)
+    plugin = LRSchedulePlugin(kind, warmup_steps=2)
+    rates = []
+    for _ in range(6):
+        plugin.before_training_iteration(strategy)
+        rates.append(opt.param_groups[0]["lr"])
+        plugin.after_update(strategy)
+    assert rates[:2] == pytest.approx([0.0, 0.05])  # warmup
+    if kind == "linear":
+        assert rates[2:] == pytest.approx([0.1] * 4)
+    else:
+        assert 0.1 > rates[2] > rates[3] > rates[4] > rates[5] > 0

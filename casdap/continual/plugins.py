@@ -88,18 +88,22 @@ class GradClipPlugin(SupervisedPlugin):
 
 
 class LRSchedulePlugin(SupervisedPlugin):
-    """Per-iteration timm schedule, restarted for every experience (DAP trains each task afresh).
+    """Per-iteration timm schedule, restarted for every experience.
 
-    ``linear`` decays to zero over the experience, ``cosine`` follows a half cosine, ``constant``
-    keeps the base rate; ``warmup_epochs`` ramps up linearly first.
+    ``linear`` is DAP's: a linear warmup, then the base rate (its ``WarmupConstantSchedule``; with
+    no warmup, constant). ``linear_decay`` decays linearly to zero over the experience, ``cosine``
+    follows a half cosine, ``constant`` keeps the base rate after the same warmup. The warmup is
+    ``warmup_steps`` iterations, else ``warmup_epochs`` epochs.
     """
+
+    KINDS = ("linear", "linear_decay", "cosine", "constant")
 
     supports_distributed = True
 
     def __init__(self, kind: str, warmup_epochs: int = 0, warmup_steps: int = 0) -> None:
         super().__init__()
-        if kind not in ("linear", "cosine", "constant"):
-            raise CasdapError(f"unknown SOLVER.SCHEDULER '{kind}' (use linear, cosine or constant)")
+        if kind not in self.KINDS:
+            raise CasdapError(f"unknown SOLVER.SCHEDULER '{kind}' (use {', '.join(self.KINDS)})")
         self.kind, self.warmup_epochs, self.warmup_steps = kind, warmup_epochs, warmup_steps
         self._told = False
         self.scheduler = None
@@ -133,7 +137,7 @@ class LRSchedulePlugin(SupervisedPlugin):
             group.setdefault("initial_lr", group["lr"])
             group["lr"] = group["initial_lr"]
         common = dict(t_initial=total, warmup_t=warmup, warmup_lr_init=0.0, t_in_epochs=False, lr_min=0.0)
-        if self.kind == "linear":
+        if self.kind == "linear_decay":
             self.scheduler = PolyLRScheduler(opt, power=1.0, **common)
         elif self.kind == "cosine":
             self.scheduler = CosineLRScheduler(opt, **common)
