@@ -88,3 +88,22 @@ def test_unknown_data_set_and_missing_folder(tmp_path):
         build_benchmark(load_config(DIGITS_YAML, ["DATA.NAME", "mnist"]))
     with pytest.raises(CasdapError, match="does not exist"):
         build_benchmark(load_config(DIGITS_YAML, ["DATA.NAME", "folder", "DATA.DATAPATH", str(tmp_path / "none")]))
+
+
+def test_imagenet_layout_train_and_val_is_read_by_data_set_imnet(tmp_path):
+    """`--data_set IMNET` maps to folder data; ImageNet's train/ + val/ layout is its split."""
+    from casdap.cli.cl import flag_overrides, parse_cl_args
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        for c in range(4):
+            (tmp_path / "imnet" / split / f"n0{c}").mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                    tmp_path / "imnet" / split / f"n0{c}" / f"{i}.png")
+    args, opts = parse_cl_args(["--config-file", str(DIGITS_YAML), "--data_set", "IMNET", "--data_path",
+                                str(tmp_path / "imnet"), "DATA.NUMBER_CLASSES", "4", "CONTINUAL.INITIAL", "2",
+                                "CONTINUAL.N_TASKS", "2"])
+    bench = build_benchmark(load_config(args.config_file, [*flag_overrides(args)[0], *opts]))
+    assert bench.class_names == ["n00", "n01", "n02", "n03"]
+    assert bench.train_sizes == [6, 6] and bench.test_sizes == [4, 4]

@@ -153,16 +153,17 @@ def _folder(cfg: CfgNode, seed: int):
     if not root.is_dir():
         raise CasdapError(
             f"folder data set '{root}' does not exist. Set DATA.DATAPATH (or --data_path) to a folder with "
-            "train/ and test/ class folders, or one folder of class folders"
+            "train/ and test/ (or val/) class folders, or one folder of class folders"
         )
     train_tf, test_tf = _image_transforms(cfg)
     try:
-        if (root / "train").is_dir() and (root / "test").is_dir():
-            tr, te = ImageFolder(str(root / "train")), ImageFolder(str(root / "test"))
+        held_out = root / "test" if (root / "test").is_dir() else root / "val"  # val/: the ImageNet layout
+        if (root / "train").is_dir() and held_out.is_dir():
+            tr, te = ImageFolder(str(root / "train")), ImageFolder(str(held_out))
             if tr.classes != te.classes:
                 missing = sorted(set(tr.classes) ^ set(te.classes))[:5]
                 raise CasdapError(
-                    f"'{root}/train' and '{root}/test' must hold the same class folders (differ in {missing})"
+                    f"'{root}/train' and '{held_out}' must hold the same class folders (differ in {missing})"
                 )
             return (LabelledDataset(tr, tr.targets, train_tf), LabelledDataset(te, te.targets, test_tf),
                     list(tr.classes))
