@@ -163,3 +163,25 @@ def test_dap_linear_schedule_is_warmup_then_constant(kind):
         assert rates[2:] == pytest.approx([0.1] * 4)
     else:
         assert 0.1 > rates[2] > rates[3] > rates[4] > rates[5] > 0
+
+
+def test_multi_scale_batches_take_the_samplers_sides_and_repeat_on_resume():
+    from types import SimpleNamespace
+
+    import torch
+
+    from casdap.continual.plugins import MultiScalePlugin
+
+    assert MultiScalePlugin(224).sides == [160, 192, 224, 256, 288, 320]  # CAS-ViT's 160-320 px around 224
+    assert MultiScalePlugin(32).sides == [32, 64]
+
+    def sides(seed, steps):
+        plugin, seen = MultiScalePlugin(32, seed), []
+        for step in steps:
+            strategy = SimpleNamespace(clock=SimpleNamespace(train_iterations=step), mbatch=[torch.rand(2, 3, 32, 32)])
+            plugin.before_forward(strategy)
+            seen.append(strategy.mbatch[0].shape[-1])
+        return seen
+
+    drawn = sides(0, range(20))
+    assert set(drawn) == {32, 64} and drawn[10:] == sides(0, range(10, 20))  # a resumed run draws the same
