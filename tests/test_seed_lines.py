@@ -74,7 +74,7 @@ def test_readme_seed_lines_run_as_written(tmp_path):
     assert (cfg["SOLVER"]["WARMUP_STEPS"], cfg["DATA"]["CROPSIZE"], cfg["USE_AMP"]) == (1950, 32, False)
 
     done = _run(lines[2], first)  # the folder holds the second line's run: never overwritten (torchrun exits 1)
-    assert done.returncode != 0 and "casdap: error: './output' already holds a run" in done.stderr, done.stderr[-3000:]
+    assert done.returncode != 0 and "casdap: error: 'output' already holds a run" in done.stderr, done.stderr[-3000:]
 
     second = _checkout(tmp_path / "b")
     done = _run(lines[2], second)  # bf16 autocast, multi-scale batches, data under ../dataset/cifar100
