@@ -372,3 +372,20 @@ def test_without_prompts_in_the_last_block_it_runs_as_the_backbone_block():
                              "CONTINUAL.N_TASKS", "2", "MODEL.DAP.PROMPT_POOL", "2", "MODEL.DAP.NUM_TASKS_FOR_EMB", "2",
                              "MODEL.MODEL_ROOT", "/nonexistent"])
     assert len(build_dap_model(cfg).dap_blocks["3"]) == 1  # the reference's choice for imagenet_r
+
+
+def test_prompts_off_injects_nothing_and_trains_keys_and_head():
+    """MODEL.DAP.NUM_DAP_TOKENS 0, the ablation that says what the prompts add: the features are the
+    frozen backbone's exactly, before and after training; keys and head still learn."""
+    model = CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=0, task_emb_dim=8)
+    assert len(model.dap_blocks) == 0
+    keys, head = model.dap_keys.detach().clone(), model.head.weight.detach().clone()
+    _train_steps(model, task_id=1, steps=2)
+    assert not torch.equal(keys, model.dap_keys) and not torch.equal(head, model.head.weight)
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        for task in (0, 1):
+            assert torch.equal(model.forward_prompted(x, torch.full((3,), task)), model.backbone.forward_pooled(x))
+    with pytest.raises(casdap.CasdapError, match="NUM_DAP_TOKENS must be 0 \\(prompts off\\) or more"):
+        CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=-1)

@@ -223,6 +223,8 @@ class CASDAP(nn.Module):
                 f"MODEL.DAP.NUM_TASKS_FOR_EMB ({num_task_embeddings}) must be at least MODEL.DAP.PROMPT_POOL "
                 f"({num_tasks}) and PROMPT_POOL at least 1: every key indexes one task embedding"
             )
+        if num_tokens < 0:
+            raise CasdapError(f"MODEL.DAP.NUM_DAP_TOKENS must be 0 (prompts off) or more, got {num_tokens}")
         if keys_per_task < 1:
             raise CasdapError(f"MODEL.DAP.KEYS_PER_TASK must be at least 1, got {keys_per_task}")
         if num_classes < 1:
@@ -240,8 +242,11 @@ class CASDAP(nn.Module):
         self.random_init = bool(getattr(backbone, "random_init", False))  # for labelling run outputs
 
         # Without prompts in the very last block (DAP's reference for ImageNet-R), that block runs as is.
+        # With no prompt tokens (the prompts-off ablation) no block is prompted: keys, task embeddings
+        # and head train as usual, and the features are the frozen backbone's.
         last = n_stages - 1
         self.prompt_last_block = bool(prompt_last_block)
+        self.num_tokens = int(num_tokens)
         self.dap_blocks = nn.ModuleDict(
             {
                 str(s): nn.ModuleList(
@@ -250,6 +255,7 @@ class CASDAP(nn.Module):
                 )
                 for s in self.stages
             }
+            if num_tokens > 0 else {}
         )
         # Keys live in the query's space; DAP's uniform (Glorot-style) init, stem of 4x4 patches.
         # Row j belongs to task j // keys_per_task.
