@@ -15,7 +15,6 @@ from avalanche.evaluation.metric_utils import get_metric_name
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
-from casdap.continual.plugins import mask_to_classes
 from casdap.errors import CasdapError
 from casdap.models.dap import MASKED_LOGIT, SELECTIONS, restrict_logits
 
@@ -76,24 +75,38 @@ class NCMClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone.forward_pooled(x), dim=-1)
 
+    @staticmethod
+    def logits_from(feats: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Cosine logits of normalised ``feats`` against the class means ``sums / counts``."""
+        means = F.normalize(sums / counts.clamp(min=1).unsqueeze(1), dim=-1)
+        return (feats @ means.t()).masked_fill(~(counts > 0), MASKED_LOGIT)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seen = self.class_counts > 0
-        means = F.normalize(self.class_sums / self.class_counts.clamp(min=1).unsqueeze(1), dim=-1)
-        logits = self.features(x) @ means.t()
-        return logits.masked_fill(~seen, MASKED_LOGIT)
+        return self.logits_from(self.features(x), self.class_sums, self.class_counts)
 
 
 class DAPStrategy(SupervisedTemplate):
     """Domain-adaptive prompting (Jung et al., ICCV 2023) as an Avalanche strategy.
 
-    Training on experience ``t`` forces key ``t``; the loss is ``current_lambda`` times the
-    cross-entropy over the current experience's classes (other logits -inf) minus
-    ``sim_lambda`` times the mean cosine pull between queries and the selected key. With several
-    keys per task, the task's keys are seeded from its first training batch (``CASDAP.seed_keys``).
-    The generators' token-axis maps are frozen once the first experience is done. Evaluation picks
-    the key per image (default), by batch majority (the reference protocol: uses the test
-    batch's shared task), or from the true task (oracle, a diagnostic); ``restrict_to_task``
-    keeps only the selected key's task classes. The model must follow ``casdap.models.dap.CASDAP``.
+    Training: every sample is trained under its own task, read from its label (``class_to_task``,
+    filled as experiences start): its task's key is forced and its logits are restricted to its
+    task's classes (others :data:`MASKED_LOGIT`). On a plain stream that is the current experience
+    for every sample (DAP); a plugin that mixes stored samples into the batch (Avalanche's
+    ``ReplayPlugin``) gets them trained under their own keys and classes. The loss is
+    ``current_lambda`` times the cross-entropy over those restricted logits minus ``sim_lambda``
+    times the mean cosine pull between each query and its own task's nearest key. ``mb_output`` is
+    the restricted logits, so the training accuracy metric scores what the loss trains. With several
+    keys per task, the current task's keys are seeded from the current-task samples of its first
+    training batch (``CASDAP.seed_keys``). The generators' token-axis maps are frozen once the first
+    experience is done.
+
+    Evaluation picks the key per image (default), by batch majority (the reference protocol: uses
+    the test batch's shared task), or from the true task (oracle, a diagnostic); ``restrict_to_task``
+    keeps only the selected key's task classes in the predictions (``mb_output``). The evaluation
+    loss is the same for every protocol: the cross-entropy of the selected key's logits over the
+    classes trained so far (plus the image's own class if it was never trained), before any
+    restriction. So a key-selection error costs what the head's scores say, not the ~1e4 of an
+    excluded logit. The model must follow ``casdap.models.dap.CASDAP``.
     """
 
     def __init__(
@@ -147,9 +160,11 @@ class DAPStrategy(SupervisedTemplate):
         self._keys_seeded = False
         super()._before_training_exp(**kwargs)
 
-    def _seed_keys(self) -> None:
-        """Seed the current task's keys from its first training batch (same keys on every rank)."""
-        self.model.seed_keys(self.current_task, self.model.forward_query(self.mb_x))
+    def _seed_keys(self, own: torch.Tensor) -> None:
+        """Seed the current task's keys from the current-task samples (``own``) of its first training
+        batch (same keys on every rank). Replayed samples of earlier tasks never seed them."""
+        if bool(own.any()):
+            self.model.seed_keys(self.current_task, self.model.forward_query(self.mb_x[own]))
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(self.model.dap_keys.data, src=0)
         self._keys_seeded = True
@@ -159,39 +174,53 @@ class DAPStrategy(SupervisedTemplate):
         table = torch.full((max(self.class_to_task, default=0) + 1,), -1, dtype=torch.long)
         for c, t in self.class_to_task.items():
             table[c] = t
-        y = y.cpu()
-        out = torch.full_like(y, -1)
+        table = table.to(y.device)
         inside = y < len(table)
-        out[inside] = table[y[inside]]
-        return out.to(self.device)
+        return torch.where(inside, table[y.clamp(max=len(table) - 1)], -1).to(self.device)
+
+    def class_splits(self) -> list[list[int]]:
+        """Classes of each task (one list per key group; empty for a task not trained yet)."""
+        return [[c for c, t in self.class_to_task.items() if t == task] for task in range(self.model.num_tasks)]
 
     # -- forward and loss ------------------------------------------------------------------
     def forward(self):
         if self.is_training:
+            task = self.true_task(self.mb_y)
+            if bool((task < 0).any()):
+                bad = sorted(set(self.mb_y[task < 0].tolist()))
+                raise CasdapError(f"training labels {bad[:10]} belong to no experience trained so far")
             if not self._keys_seeded:
-                self._seed_keys()
-            out = self.model(self.mb_x, task_id=self.current_task)
-        else:
-            self.mb_true_task = self.true_task(self.mb_y)
-            oracle = self.mb_true_task.clamp(min=0) if self.selection == "oracle" else None
-            out = self.model(self.mb_x, task_id=oracle, selection=self.selection)
+                self._seed_keys(task == self.current_task)
+            out = self.model(self.mb_x, task_id=task)
+            self.mb_dap = out
+            # The logits the loss trains on: each sample's own task's classes (finite fill).
+            return restrict_logits(out.logits, task, self.class_splits())
+        self.mb_true_task = self.true_task(self.mb_y)
+        oracle = self.mb_true_task.clamp(min=0) if self.selection == "oracle" else None
+        out = self.model(self.mb_x, task_id=oracle, selection=self.selection)
         self.mb_dap = out
-        logits = out.logits
-        if not self.is_training and self.restrict_to_task:
-            logits = self.restrict(logits, out.key_idx)
-        return logits
+        return self.restrict(out.logits, out.key_idx) if self.restrict_to_task else out.logits
 
     def restrict(self, logits: torch.Tensor, key_idx: torch.Tensor) -> torch.Tensor:
         """Keep, per image, only the classes of the task its selected key stands for."""
-        splits = [[c for c, t in self.class_to_task.items() if t == task] for task in range(self.model.num_tasks)]
-        return restrict_logits(logits, key_idx, splits)
+        return restrict_logits(logits, key_idx, self.class_splits())
+
+    def eval_loss_logits(self) -> torch.Tensor:
+        """Logits the evaluation loss is taken over: the selected key's logits before any restriction,
+        over the classes trained so far and each image's own class (others :data:`MASKED_LOGIT`)."""
+        logits = self.mb_dap.logits.float()
+        keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        if self.class_to_task:
+            keep[torch.as_tensor(sorted(self.class_to_task), dtype=torch.long, device=logits.device)] = True
+        keep = keep.unsqueeze(0).expand_as(logits).clone()
+        keep[torch.arange(len(self.mb_y), device=logits.device), self.mb_y.to(logits.device)] = True
+        return logits.masked_fill(~keep, MASKED_LOGIT)
 
     def criterion(self):
         if self.is_training:
-            logits = mask_to_classes(self.mb_output, self.experience.classes_in_this_experience)
-            ce = F.cross_entropy(logits, self.mb_y)
+            ce = F.cross_entropy(self.mb_output.float(), self.mb_y)
             return self.current_lambda * ce - self.sim_lambda * self.mb_dap.pull
-        return F.cross_entropy(self.mb_output, self.mb_y)
+        return F.cross_entropy(self.eval_loss_logits(), self.mb_y)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +237,10 @@ class NCMStrategy(SupervisedTemplate):
     """Nearest class mean on frozen features: each experience adds its classes' prototypes.
 
     No gradient step happens; the "epoch" is one pass that accumulates class sums. Under
-    ``torchrun`` the sums are added over ranks.
+    ``torchrun`` the sums are added over ranks. The training ``mb_output`` of each batch is the
+    logits of the classifier being built (the prototypes so far, this batch included, on this
+    rank), so the training accuracy metric scores the classifier, not raw features; the training
+    loss is zero (nothing is optimised).
     """
 
     def __init__(
@@ -246,7 +278,9 @@ class NCMStrategy(SupervisedTemplate):
             feats = self.model.features(self.mb_x)
             sums.index_add_(0, self.mb_y, feats)
             counts.index_add_(0, self.mb_y, torch.ones_like(self.mb_y, dtype=counts.dtype))
-            self.mb_output = feats
+            self.mb_output = self.model.logits_from(
+                feats, self.model.class_sums + sums, self.model.class_counts + counts
+            )
             self.loss = self._make_empty_loss()
             self._after_training_iteration(**kwargs)
         if dist.is_available() and dist.is_initialized():

@@ -1,0 +1,223 @@
+"""DAPStrategy's metrics and its work with Avalanche's own plugins.
+
+- Training accuracy is scored on the logits the loss trains (each sample's own task's classes),
+  and the evaluation loss is an ordinary cross-entropy, also when a key-selection error would put
+  the true class outside the restricted logits.
+- A plugin that mixes stored samples into the batch (Avalanche's ``ReplayPlugin``) gets every
+  sample trained under its own task: its own key, its own task's classes.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from cl_support import single_thread, tiny_cifar_cfg, write_tiny_cifar
+
+from casdap.continual.plugins import ProgressPlugin, RngRecorderPlugin
+from casdap.continual.runner import METHODS, run_continual
+from casdap.errors import CasdapError
+
+_one_thread = pytest.fixture(autouse=True)(single_thread)
+
+TRAIN_ACC = "Top1_Acc_Epoch/train_phase/train_stream"
+EVAL_LOSS = "Loss_Stream/eval_phase/test_stream"
+
+
+@pytest.fixture
+def cifar(tmp_path):
+    return write_tiny_cifar(tmp_path / "cifar")
+
+
+def _history(strategy, prefix: str) -> list[float]:
+    """Every value logged under metric names starting with ``prefix``, in logging order."""
+    found = [(x, float(v)) for k, (xs, vs) in strategy.evaluator.get_all_metrics().items() if k.startswith(prefix)
+             for x, v in zip(xs, vs)]
+    return [v for _, v in sorted(found, key=lambda p: p[0])]
+
+
+def _calibrated_backbone(images: torch.Tensor, seed: int = 1):
+    """A random rcvit_xs whose BatchNorm statistics are those of ``images``.
+
+    A random backbone with its initial statistics maps every image to nearly the same direction
+    (cosine ~0.99 between classes); calibrated statistics stand in for pretrained features.
+    """
+    import casdap
+
+    torch.manual_seed(seed)
+    bb = casdap.create_model("rcvit_xs", num_classes=0, distillation=False)
+    for m in bb.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average over the calibration pass
+            m.reset_running_stats()
+    bb.train()
+    with torch.no_grad():
+        bb.forward_pooled(images)
+    return bb.eval()
+
+
+# ------------------------------------------------------------------------------------ metrics
+def test_dap_train_accuracy_is_scored_on_trained_logits_and_eval_loss_is_ordinary(tmp_path, cifar):
+    from casdap import save_checkpoint
+    from casdap.continual.benchmarks import build_benchmark
+
+    def cfg_with(*extra):
+        return tiny_cifar_cfg(cifar, tmp_path / "run", "dap", "MODEL.DAP.RESTRICT_TO_TASK", "True",
+                              "SOLVER.TOTAL_EPOCH", "3", *extra)
+
+    bench = build_benchmark(cfg_with())
+    images = torch.stack([e.dataset[i][0] for e in bench.scenario.train_stream for i in range(len(e.dataset))])
+    save_checkpoint({"model": _calibrated_backbone(images).state_dict()}, tmp_path / "bb.pth")
+    # SIM_LAMBDA 0: the keys stay where they were drawn, so some test images select another
+    # task's key and, with logits restricted to that task, have their true class excluded
+    cfg = cfg_with("MODEL.RANDOM_INIT", "False", "MODEL.WEIGHT_PATH", str(tmp_path / "bb.pth"),
+                   "MODEL.DAP.SIM_LAMBDA", "0.0")
+    res = run_continual(cfg, progress=False)
+    strategy = res.strategy
+    # colour-coded classes, two per task: within its task every training image is learned
+    train_acc = _history(strategy, TRAIN_ACC)
+    assert len(train_acc) == 6 and min(train_acc[1:3] + train_acc[4:6]) >= 0.95  # epochs 2-3 of each task
+    # a key-selection error costs an ordinary cross-entropy, not ~1e4
+    assert res.metrics["task_selection_acc"] < 1.0
+    losses = _history(strategy, EVAL_LOSS)
+    assert len(losses) == 2 and all(math.isfinite(v) and 0.0 < v < 10.0 for v in losses)
+    # ... and it is the one the docstring defines: the selected key's logits over the seen classes
+    model = strategy.model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for x, y, *_ in torch.utils.data.DataLoader(
+            torch.utils.data.ConcatDataset([e.dataset for e in build_benchmark(cfg).scenario.test_stream]),
+            batch_size=8,
+        ):
+            total += float(F.cross_entropy(model(x, selection="per_image").logits, y, reduction="sum"))
+            n += len(y)
+    assert losses[-1] == pytest.approx(total / n, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_has_a_finite_eval_loss_and_a_train_accuracy(tmp_path, cifar, method):
+    extra = ("MODEL.DAP.RESTRICT_TO_TASK", "True") if method == "dap" else ()
+    strategy = run_continual(tiny_cifar_cfg(cifar, tmp_path / method, method, *extra), progress=False).strategy
+    losses = _history(strategy, EVAL_LOSS)
+    assert losses and all(math.isfinite(v) and 0.0 <= v < 10.0 for v in losses)
+    train_acc = _history(strategy, TRAIN_ACC)
+    assert train_acc and all(0.0 <= v <= 1.0 for v in train_acc)
+    if method == "ncm":  # the prototypes being built separate the colour-coded classes
+        assert train_acc[-1] >= 0.75
+
+
+# ------------------------------------------------------------------- Avalanche's ReplayPlugin
+N_CLASSES, N_TASKS = 8, 4
+
+
+def _images(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat-colour images at the 8 corners of the colour cube, with noise: well-separated classes."""
+    corners = 1.5 * (2.0 * ((torch.arange(N_CLASSES)[:, None] >> torch.arange(3)) & 1) - 1)
+    y = torch.arange(N_CLASSES).repeat_interleave(per_class)
+    g = torch.Generator().manual_seed(seed)
+    return corners[y][:, :, None, None] + 0.3 * torch.randn(len(y), 3, 32, 32, generator=g), y
+
+
+def _avalanche_benchmark():
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from torch.utils.data import TensorDataset
+
+    def dataset(x, y):
+        d = TensorDataset(x, y)
+        d.targets = y.tolist()
+        return d
+
+    train, test = _images(16, 1), _images(8, 2)
+    return class_incremental_benchmark({"train": dataset(*train), "test": dataset(*test)},
+                                       class_order=list(range(N_CLASSES)), num_experiences=N_TASKS), train[0]
+
+
+def _dap_model(calibration: torch.Tensor):
+    from casdap.models.dap import CASDAP
+
+    bb = _calibrated_backbone(calibration)
+    return CASDAP(bb, num_classes=N_CLASSES, num_tasks=N_TASKS, num_tokens=2, task_emb_dim=8, keys_per_task=8)
+
+
+def _run_dap(replay: bool):
+    from avalanche.core import SupervisedPlugin
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer
+
+    from casdap.continual.strategies import DAPStrategy
+
+    class KeySpy(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+        def after_forward(self, strategy, **kwargs):
+            self.seen.append((strategy.current_task, strategy.mb_y.clone(), strategy.mb_dap.key_idx.clone()))
+
+    bench, calibration = _avalanche_benchmark()
+    model = _dap_model(calibration)
+    spy = KeySpy()
+    plugins = [spy]
+    if replay:
+        plugins.append(ReplayPlugin(mem_size=16, storage_policy=ClassBalancedBuffer(max_size=16, adaptive_size=True)))
+    strategy = DAPStrategy(
+        model=model, optimizer=torch.optim.Adam(model.trainable_parameters(), lr=0.01), train_mb_size=8,
+        train_epochs=3, plugins=plugins, sim_lambda=0.5, restrict_to_task=True,
+        evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
+    )
+    for exp in bench.train_stream:
+        strategy.train(exp, reset_optimizer_state=True)
+    results = strategy.eval(bench.test_stream)
+    acc = next(float(v) for k, v in results.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream"))
+    return acc, spy.seen
+
+
+def test_avalanche_replay_plugin_trains_every_sample_under_its_own_task():
+    with_replay, seen = _run_dap(replay=True)
+    task_of = torch.arange(N_CLASSES) // (N_CLASSES // N_TASKS)
+    replayed = sum(int((task_of[y] < t).sum()) for t, y, _ in seen)
+    assert replayed > 0  # the plugin did mix stored samples of earlier tasks into the batches
+    for _, y, key_idx in seen:  # every sample, replayed or not, under its own task's key
+        assert torch.equal(key_idx, task_of[y])
+    without_replay, _ = _run_dap(replay=False)
+    assert without_replay >= 0.9
+    assert with_replay >= without_replay - 0.03
+
+
+# ------------------------------------------------------------------------ the runner's DAP replay
+def test_negative_dap_replay_memory_is_one_clear_error(tmp_path, cifar):
+    with pytest.raises(CasdapError, match=r"MODEL\.DAP\.REPLAY_MEM_SIZE must be 0 \(no replay\) or positive, got -1"):
+        run_continual(tiny_cifar_cfg(cifar, tmp_path / "neg", "dap", "MODEL.DAP.REPLAY_MEM_SIZE", "-1"), progress=False)
+
+
+def test_dap_replay_resumes_to_the_uninterrupted_run(tmp_path, cifar, monkeypatch):
+    from avalanche.training.plugins import ReplayPlugin
+
+    extra = ("DATA.BATCH_SIZE", "4", "MODEL.DAP.KEYS_PER_TASK", "3", "MODEL.DAP.REPLAY_MEM_SIZE", "4")
+    res = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "dap", *extra), progress=False)
+    kinds = [type(p) for p in res.strategy.plugins]
+    assert kinds.index(RngRecorderPlugin) < kinds.index(ReplayPlugin)  # the buffer can be rebuilt on resume
+    assert len(res.strategy.plugins[kinds.index(ReplayPlugin)].storage_policy.buffer) == 4
+    full = res.metrics
+    killed = tmp_path / "killed"
+    original = ProgressPlugin.after_training_iteration
+
+    def boom(self, strategy, **kwargs):
+        original(self, strategy, **kwargs)
+        if strategy.experience.current_experience == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ProgressPlugin, "after_training_iteration", boom)
+        with pytest.raises(KeyboardInterrupt):
+            run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra), progress=False)
+    assert json.loads((killed / "metrics.json").read_text())["tasks_done"] == 1
+    resumed = run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra, "SOLVER.AUTO_RESUME", "True"),
+                            progress=False).metrics
+    assert resumed["acc_matrix"] == full["acc_matrix"] and resumed["finished"]
+    assert resumed["task_selection_acc"] == full["task_selection_acc"]
+    a = torch.load(tmp_path / "full" / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
