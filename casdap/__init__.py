@@ -1,9 +1,26 @@
-"""CAS-DAP: domain-adaptive prompts on the CAS-ViT backbone, for class-incremental learning."""
+"""CAS-DAP: domain-adaptive prompts on the CAS-ViT backbone, for class-incremental learning.
 
-from casdap.checkpoint import load_checkpoint, save_checkpoint
+The names below load torch on first use, so the command line answers ``--help`` and input errors
+without importing it.
+"""
+
 from casdap.errors import CasdapError
-from casdap.models import create_model, list_models
 
 __version__ = "0.1.0"
 
 __all__ = ["CasdapError", "create_model", "list_models", "load_checkpoint", "save_checkpoint"]
+
+_LAZY = {
+    "create_model": "casdap.models",
+    "list_models": "casdap.models",
+    "load_checkpoint": "casdap.checkpoint",
+    "save_checkpoint": "casdap.checkpoint",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'casdap' has no attribute {name!r}")

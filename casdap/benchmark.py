@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from casdap.bench_config import INFER_PATHS, MODES, PARITY_TOLERANCE, TRAIN_PATHS, BenchConfig
 from casdap.errors import CasdapError
 
 __all__ = [
@@ -53,37 +54,6 @@ __all__ = [
     "run_benchmark",
     "format_table",
 ]
-
-INFER_PATHS = ("eager", "folded", "folded_cl", "fused_cl", "compiled")
-TRAIN_PATHS = ("eager", "cl")
-MODES = ("train", "infer", "latency")
-# every variant timed must give the eager model's logits (on the timed batch) within this
-PARITY_TOLERANCE = 1e-4
-
-
-@dataclass
-class BenchConfig:
-    models: Sequence[str] = ("rcvit_xs", "rcvit_s", "rcvit_m", "rcvit_t")
-    sizes: Sequence[int] = (32, 224)
-    modes: Sequence[str] = MODES
-    infer_paths: Sequence[str] = ("eager", "folded", "folded_cl", "fused_cl")
-    train_paths: Sequence[str] = ("eager",)
-    batch: int | None = None  # None: 128 at <= 64 px, 16 above
-    repeats: int = 5
-    warmup: int = 2
-    min_time: float = 0.2  # seconds per timed sample
-    device: str = "cpu"
-    threads: int | None = None
-    num_classes: int = 1000
-    checkpoint: str | None = None
-    reference: str | None = None
-    memory: bool = True
-    dap: bool = False  # also time CAS-DAP (per-image key selection) on each backbone
-    seed: int = 0
-
-    def batch_for(self, size: int) -> int:
-        return self.batch if self.batch else (128 if size <= 64 else 16)
-
 
 @dataclass
 class Stats:

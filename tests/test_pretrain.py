@@ -156,3 +156,10 @@ def test_cli_rejects_bad_input(argv, message, tmp_path, capsys, monkeypatch, one
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # nothing written
+
+
+def test_source_names_of_the_command_line_are_the_sources():
+    from casdap.pretrain.protocol import DEFAULT_PROTOCOL, SOURCE_NAMES
+    from casdap.pretrain.sources import SOURCES
+
+    assert tuple(SOURCES) == SOURCE_NAMES and DEFAULT_PROTOCOL["source"] in SOURCES

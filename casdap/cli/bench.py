@@ -19,7 +19,7 @@ def _csv(kind: type = str):
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from casdap.benchmark import INFER_PATHS, MODES, TRAIN_PATHS, BenchConfig
+    from casdap.bench_config import INFER_PATHS, MODES, TRAIN_PATHS, BenchConfig
 
     d = BenchConfig()
     p = sub.add_parser(

@@ -17,8 +17,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from casdap.pretrain.sources import SOURCES
-    from casdap.pretrain.train import DEFAULT_PROTOCOL
+    from casdap.pretrain.protocol import DEFAULT_PROTOCOL, SOURCE_NAMES
 
     p = sub.add_parser(
         "pretrain",
@@ -30,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="rcvit_xs", help="backbone name (default: rcvit_xs)")
     p.add_argument("--out", default=None,
                    help="checkpoint path (default: model/embedded/<model>.pth, where digits.yaml looks)")
-    p.add_argument("--source", default=DEFAULT_PROTOCOL["source"], choices=sorted(SOURCES),
+    p.add_argument("--source", default=DEFAULT_PROTOCOL["source"], choices=sorted(SOURCE_NAMES),
                    help=f"pretraining images (default: {DEFAULT_PROTOCOL['source']})")
     p.add_argument("--epochs", type=_positive_int, default=DEFAULT_PROTOCOL["epochs"],
                    help=f"epochs, each of fresh images (default: {DEFAULT_PROTOCOL['epochs']})")

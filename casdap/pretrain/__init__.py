@@ -1,12 +1,11 @@
-"""Offline pretraining of the frozen backbone for the embedded digits benchmark.
+"""Offline pretraining of the frozen backbone for the embedded benchmarks.
 
 ``sources``: synthetic images with the digits' look and no digit in them (font glyphs, IFS
-fractals); ``train``: :func:`pretrain_backbone`; ``evaluate``: frozen-feature quality on the digits.
+fractals); ``train``: :func:`pretrain_backbone`; ``evaluate``: frozen-feature quality on the digits;
+``protocol``: the default protocol. Names load on first use (torch is imported only then).
 """
 
-from casdap.pretrain.evaluate import digits_feature_quality
-from casdap.pretrain.sources import SOURCES, build_source, normalize_input
-from casdap.pretrain.train import DEFAULT_PROTOCOL, pretrain_backbone, sidecar_path
+from casdap.pretrain.protocol import DEFAULT_PROTOCOL
 
 __all__ = [
     "DEFAULT_PROTOCOL",
@@ -17,3 +16,20 @@ __all__ = [
     "pretrain_backbone",
     "sidecar_path",
 ]
+
+_LAZY = {
+    "SOURCES": "casdap.pretrain.sources",
+    "build_source": "casdap.pretrain.sources",
+    "normalize_input": "casdap.pretrain.sources",
+    "digits_feature_quality": "casdap.pretrain.evaluate",
+    "pretrain_backbone": "casdap.pretrain.train",
+    "sidecar_path": "casdap.pretrain.train",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'casdap.pretrain' has no attribute {name!r}")

@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,21 +23,11 @@ import torch.nn.functional as F
 from casdap.checkpoint import save_checkpoint
 from casdap.errors import CasdapError
 from casdap.models import create_model
+from casdap.pretrain.protocol import DEFAULT_PROTOCOL
 from casdap.pretrain.sources import INPUT_MEAN, INPUT_STD, SOURCES, build_source, normalize_input
 
 __all__ = ["DEFAULT_PROTOCOL", "pretrain_backbone", "sidecar_path"]
 
-# The protocol of the embedded default, chosen by measurement (docs/pretraining.md).
-DEFAULT_PROTOCOL: dict[str, Any] = {
-    "source": "glyphs",
-    "epochs": 6,
-    "images_per_class": 26,
-    "batch_size": 128,
-    "lr": 2e-3,
-    "weight_decay": 0.05,
-    "warmup_epochs": 1,
-    "label_smoothing": 0.1,
-}
 
 
 def sidecar_path(checkpoint_path: str | os.PathLike) -> Path:
