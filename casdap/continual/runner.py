@@ -38,6 +38,7 @@ from casdap.continual.plugins import (
     ProgressPlugin,
     RngRecorderPlugin,
 )
+from casdap.continual.prototypes import PROTOTYPE_METHODS, RanPACStrategy, build_ranpac
 from casdap.continual.results import (
     format_summary_table,
     summarize,
@@ -57,7 +58,7 @@ from casdap.errors import CasdapError
 
 __all__ = ["METHODS", "run_continual", "RunResult"]
 
-METHODS = ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", "joint")
+METHODS = ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", *PROTOTYPE_METHODS, "joint")
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FORMAT = "casdap-continual/1"
 _ACC_KEY = re.compile(r"^Top1_Acc_Exp/eval_phase/[^/]+/(?:Task\d+/)?Exp(\d+)$")
@@ -173,6 +174,8 @@ def _build_model(cfg: CfgNode, method: str, num_classes: int) -> nn.Module:
     backbone = dap_models.build_backbone(cfg, num_classes=0)
     if method == "ncm":
         return NCMClassifier(backbone, num_classes)
+    if method == "ranpac":
+        return build_ranpac(cfg, backbone, num_classes)
     return BackboneClassifier(backbone, num_classes, freeze_backbone=(method == "linear"))
 
 
@@ -195,7 +198,7 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
     from avalanche.training.storage_policy import ClassBalancedBuffer
 
     plugins: list = [progress]
-    if method != "ncm":
+    if method not in ("ncm", *PROTOTYPE_METHODS):  # no gradient step
         plugins.append(LRSchedulePlugin(cfg.SOLVER.SCHEDULER, cfg.SOLVER.WARMUP_EPOCH, cfg.SOLVER.WARMUP_STEPS))
         if cfg.CONTINUAL.MULTI_SCALE:
             plugins.append(MultiScalePlugin(cfg.DATA.CROPSIZE, 0 if cfg.SEED is None else int(cfg.SEED)))
@@ -210,6 +213,8 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
     )
     if method == "ncm":
         return NCMStrategy(model=model, plugins=plugins, **common)
+    if method == "ranpac":
+        return RanPACStrategy(model=model, plugins=plugins, seed=0 if cfg.SEED is None else int(cfg.SEED), **common)
     optimizer = _make_optimizer(cfg, _param_groups(cfg, method, model))
     ce = nn.CrossEntropyLoss()
     if method == "dap":
@@ -349,7 +354,7 @@ def _finished_metrics(out: Path) -> dict[str, Any] | None:
 
 # Data sets that ship with an installed package, and the backbone their runs use by default: made
 # by the documented pretraining protocol (casdap pretrain, docs/pretraining.md) when missing.
-EMBEDDED_DATASETS = ("digits",)
+EMBEDDED_DATASETS = ("digits", "embedded_shift")  # embedded_shift: classes disjoint from the pretraining
 
 
 def ensure_embedded_backbone(cfg: CfgNode, is_main: bool = True, world: int = 1) -> Path | None:
@@ -359,7 +364,8 @@ def ensure_embedded_backbone(cfg: CfgNode, is_main: bool = True, world: int = 1)
     never falls back to anything. The file's JSON sidecar records exactly what the backbone saw;
     later runs reuse the file.
     """
-    if cfg.DATA.NAME.lower() not in EMBEDDED_DATASETS or cfg.MODEL.WEIGHT_PATH or cfg.MODEL.RANDOM_INIT:
+    if (cfg.DATA.NAME.lower().replace("-", "_") not in EMBEDDED_DATASETS or cfg.MODEL.WEIGHT_PATH
+            or cfg.MODEL.RANDOM_INIT):
         return None
     path = Path(cfg.MODEL.MODEL_ROOT or ".") / f"{cfg.MODEL.BACKBONE}.pth"
     if not path.is_file() and is_main:
@@ -592,6 +598,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
                     "rng": _rng_state(),
                 }, out / CHECKPOINT_DIR / f"task_{t:03d}.pth")
             write_json(out / "metrics.json", metrics)
+            if method in PROTOTYPE_METHODS:  # the method's own choices (ranpac: ridge strength per task)
+                write_json(out / f"{method}.json", model.summary())
             write_acc_matrix_csv(out / "acc_matrix.csv", state.acc_matrix, bench.n_tasks)
             for lg in loggers:
                 done = [v for v in row if v is not None]
@@ -628,7 +636,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
                 tt = time.perf_counter()
                 strategy.train(train_stream[t], num_workers=workers, reset_optimizer_state=True)
                 state.train_time_s += time.perf_counter() - tt
-                state.train_images += bench.train_sizes[t] * (1 if method == "ncm" else cfg.SOLVER.TOTAL_EPOCH) * world
+                passes = 1 if method in ("ncm", *PROTOTYPE_METHODS) else cfg.SOLVER.TOTAL_EPOCH
+                state.train_images += bench.train_sizes[t] * passes * world
                 row, mixed, task_sel = [], None, None
                 if is_main:
                     results = strategy.eval(test_stream[: t + 1], num_workers=workers)

@@ -1,0 +1,277 @@
+"""Prototype baselines of pretrained-model class-incremental learning, on the frozen CAS-ViT backbone.
+
+``ranpac`` (after RanPAC, McDonnell et al., NeurIPS 2023): pooled backbone features go through a
+fixed Gaussian random projection and a ReLU, ``h = relu(f P)``; the classifier is the ridge
+regression of one-hot labels on ``h``, ``W = (G + lambda I)^-1 C`` with ``G = sum h h^T`` and
+``C = sum h y^T`` added up task by task. No image or feature is stored and nothing takes a
+gradient step, so the classifier after task *t* is exactly the one fitted on the union of tasks
+0..t (ridge regression does not forget). The ridge strength is chosen after every task on a
+held-out fifth of the training images seen so far (their own Gram and target statistics), by the
+validation squared error over a log grid, then the classifier is fitted on all training images.
+
+Under ``torchrun`` every rank adds up its own share and the statistics are summed over ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+from tqdm.auto import tqdm
+
+from casdap.errors import CasdapError
+from casdap.models.dap import MASKED_LOGIT
+
+__all__ = [
+    "HOLDOUT_EVERY",
+    "PROTOTYPE_METHODS",
+    "RIDGE_GRID",
+    "RanPACClassifier",
+    "RanPACStrategy",
+    "build_ranpac",
+    "choose_ridge",
+    "ridge_solve",
+    "validation_sse",
+]
+
+PROTOTYPE_METHODS = ("ranpac",)
+# Ridge strengths tried (RanPAC's grid): 1e-8 ... 1e8, one per decade.
+RIDGE_GRID = tuple(10.0 ** k for k in range(-8, 9))
+# Every HOLDOUT_EVERY-th training image of each class (from a seeded offset) is held out for choosing
+# the ridge strength: a fifth, as RanPAC's 80/20 split.
+HOLDOUT_EVERY = 5
+
+
+def ridge_solve(gram: torch.Tensor, targets: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``(gram + ridge I)^-1 targets`` in float64: the ridge-regression weights ``[M, K]``."""
+    g = gram.double()
+    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    return torch.linalg.solve(g + ridge * eye, targets.double())
+
+
+def validation_sse(weights: torch.Tensor, val_gram: torch.Tensor, val_targets: torch.Tensor,
+                   n_val: float) -> float:
+    """Squared error ``||Y - H W||^2`` of one-hot targets on held-out rows, from their statistics alone:
+    ``n_val - 2 <W, H^T Y> + <W, H^T H W>`` (each one-hot row has squared norm 1)."""
+    w = weights.double()
+    return float(n_val - 2 * (w * val_targets).sum() + (w * (val_gram @ w)).sum())
+
+
+def choose_ridge(gram: torch.Tensor, targets: torch.Tensor, val_gram: torch.Tensor, val_targets: torch.Tensor,
+                 n_val: float, grid: Sequence[float] = RIDGE_GRID) -> tuple[float, list[float]]:
+    """The grid strength whose fit on the training rows (all statistics minus the held-out ones) has the
+    least squared error on the held-out rows; also every grid value's error (first one on ties)."""
+    fit_gram, fit_targets = gram.double() - val_gram, targets.double() - val_targets
+    errors = [validation_sse(ridge_solve(fit_gram, fit_targets, lam), val_gram, val_targets, n_val) for lam in grid]
+    best = min(range(len(grid)), key=lambda i: (errors[i], i))
+    return float(grid[best]), errors
+
+
+class RanPACClassifier(nn.Module):
+    """Frozen backbone, fixed random projection ``P`` ``[features, M]`` and ReLU, ridge-regression head.
+
+    Everything that defines the classifier is a buffer (``projection``, the float64 statistics
+    ``gram``/``targets`` of all training images and ``val_gram``/``val_targets``/``val_counts`` of the
+    held-out ones, the fitted ``weights``, ``class_counts``, and ``ridges``: the strength used after
+    each task, NaN for tasks not trained), so checkpoints and resuming keep it. Logits are
+    ``relu(f P) W``; classes never trained get :data:`MASKED_LOGIT`.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, proj_dim: int, seed: int = 0,
+                 ridge: float | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False)
+        self.proj_dim, self.fixed_ridge = int(proj_dim), ridge
+        d, m = backbone.num_features, self.proj_dim
+        gen = torch.Generator().manual_seed(int(seed))
+        self.register_buffer("projection", torch.randn(d, m, generator=gen))
+        for name, shape in (("gram", (m, m)), ("targets", (m, num_classes)), ("val_gram", (m, m)),
+                            ("val_targets", (m, num_classes))):
+            self.register_buffer(name, torch.zeros(*shape, dtype=torch.float64))
+        self.register_buffer("val_counts", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("class_counts", torch.zeros(num_classes))
+        self.register_buffer("weights", torch.zeros(m, num_classes))
+        # a task holds at least one class: at most num_classes tasks
+        self.register_buffer("ridges", torch.full((num_classes,), float("nan"), dtype=torch.float64))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(f P)`` of the images' pooled backbone features ``f``: ``[B, M]``."""
+        return F.relu(self.backbone.forward_pooled(x).float() @ self.projection)
+
+    def logits_from(self, h: torch.Tensor) -> torch.Tensor:
+        return (h @ self.weights).masked_fill(~(self.class_counts > 0), MASKED_LOGIT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_from(self.hidden(x))
+
+    @property
+    def tasks_fitted(self) -> int:
+        return int((~torch.isnan(self.ridges)).sum())
+
+    @torch.no_grad()
+    def add_statistics(self, gram: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor,
+                       val_gram: torch.Tensor, val_targets: torch.Tensor, val_counts: torch.Tensor) -> None:
+        """Add one task's statistics (all its training images; and those of its held-out share)."""
+        self.gram += gram
+        self.targets += targets
+        self.class_counts += counts.to(self.class_counts.dtype)
+        self.val_gram += val_gram
+        self.val_targets += val_targets
+        self.val_counts += val_counts
+
+    def summary(self) -> dict:
+        """What the run directory's ``ranpac.json`` records: the ridge strength of every task so far."""
+        done = self.tasks_fitted
+        return {
+            "proj_dim": self.proj_dim, "ridge_fixed": self.fixed_ridge,
+            "ridge_grid": None if self.fixed_ridge is not None else list(RIDGE_GRID),
+            "holdout": f"every {HOLDOUT_EVERY}th training image of each class (seeded offset)",
+            "ridge_per_task": [float(v) for v in self.ridges[:done]],
+            "held_out_images": int(self.val_counts.sum()), "train_images": int(self.class_counts.sum()),
+        }
+
+    @torch.no_grad()
+    def fit(self, grid: Sequence[float] = RIDGE_GRID) -> tuple[float, list[float] | None]:
+        """Choose the ridge strength (unless fixed) and fit ``weights`` on every training image so far;
+        record the strength for the task just added. Returns it and the grid's held-out errors."""
+        errors = None
+        if self.fixed_ridge is not None:
+            lam = float(self.fixed_ridge)
+        elif float(self.val_counts.sum()) > 0:
+            lam, errors = choose_ridge(self.gram, self.targets, self.val_gram, self.val_targets,
+                                       float(self.val_counts.sum()), grid)
+        else:  # no held-out image yet (classes of fewer than HOLDOUT_EVERY images): the grid's middle
+            lam = float(grid[len(grid) // 2])
+        self.weights.copy_(ridge_solve(self.gram, self.targets, lam).to(self.weights.dtype))
+        self.ridges[self.tasks_fitted] = lam
+        return lam, errors
+
+
+def build_ranpac(cfg, backbone: nn.Module, num_classes: int) -> RanPACClassifier:
+    """:class:`RanPACClassifier` from ``BASELINES.RANPAC_PROJ_DIM`` / ``RANPAC_RIDGE``, checked."""
+    b = cfg.BASELINES
+    dim = b.RANPAC_PROJ_DIM
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise CasdapError(f"BASELINES.RANPAC_PROJ_DIM must be a positive integer (the random projection's size), "
+                          f"got {dim!r}")
+    ridge = b.RANPAC_RIDGE
+    if isinstance(ridge, str) and ridge.lower() == "auto":
+        ridge = None
+    if ridge is not None:
+        ok = isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and math.isfinite(ridge) and ridge > 0
+        if not ok:
+            raise CasdapError(f"BASELINES.RANPAC_RIDGE must be a positive number (a fixed ridge strength), or None / "
+                              f"auto to choose it on held-out training images, got {ridge!r}")
+        ridge = float(ridge)
+    seed = 0 if cfg.SEED is None else int(cfg.SEED)
+    return RanPACClassifier(backbone, num_classes, dim, seed=seed, ridge=ridge)
+
+
+def _holdout_offsets(seed: int, task: int, num_classes: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(task))
+    return torch.randint(0, HOLDOUT_EVERY, (num_classes,), generator=gen)
+
+
+class RanPACStrategy(SupervisedTemplate):
+    """RanPAC's random-projection ridge classifier on frozen features, as an Avalanche strategy.
+
+    The "epoch" is one pass over the experience that adds up the statistics (no gradient step);
+    every :data:`HOLDOUT_EVERY`-th image of each class in the (shuffled) stream, from an offset seeded
+    by ``seed`` and the experience, also goes into the held-out statistics. After the pass the
+    statistics are summed over ``torchrun`` ranks and the classifier is fitted
+    (:meth:`RanPACClassifier.fit`). The training ``mb_output`` is the logits of the classifier before
+    this experience; the training loss is zero (nothing is optimised).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: RanPACClassifier,
+        optimizer: torch.optim.Optimizer | None = None,
+        train_mb_size: int = 128,
+        train_epochs: int = 1,
+        eval_mb_size: int | None = None,
+        device: str | torch.device = "cpu",
+        plugins: Sequence | None = None,
+        evaluator: EvaluationPlugin | None = None,
+        eval_every: int = -1,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        kwargs = {} if evaluator is None else {"evaluator": evaluator}
+        # Avalanche expects an optimizer; nothing is optimised (every parameter is frozen).
+        optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.0)
+        super().__init__(
+            model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=train_mb_size,
+            train_epochs=1, eval_mb_size=eval_mb_size or train_mb_size, device=device,
+            plugins=list(plugins or []), eval_every=eval_every, **kwargs,
+        )
+        self.seed, self.verbose = int(seed), verbose
+        self.last_fit: dict | None = None
+
+    @torch.no_grad()
+    def training_epoch(self, **kwargs):
+        model: RanPACClassifier = self.model
+        m, k = model.gram.shape[0], model.targets.shape[1]
+        dev = model.gram.device
+        gram = torch.zeros(m, m, dtype=torch.float64, device=dev)
+        val_gram = torch.zeros_like(gram)
+        targets = torch.zeros(m, k, dtype=torch.float64, device=dev)
+        val_targets = torch.zeros_like(targets)
+        counts = torch.zeros(k, dtype=torch.float64, device=dev)
+        val_counts = torch.zeros_like(counts)
+        offsets = _holdout_offsets(self.seed, int(self.experience.current_experience), k).to(dev)
+        seen = torch.zeros(k, dtype=torch.long, device=dev)  # images of each class so far in this pass
+        for batch in self.dataloader:
+            self.mbatch = batch
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            h = model.hidden(self.mb_x)
+            y = self.mb_y
+            onehot = F.one_hot(y, k).double()
+            # position of each image among its class's images in this pass
+            rank_in_class = seen[y] + (torch.cumsum(onehot, 0).gather(1, y[:, None]).squeeze(1).long() - 1)
+            seen += onehot.sum(0).long()
+            held = (rank_in_class + offsets[y]) % HOLDOUT_EVERY == 0
+            hd = h.double()
+            gram += hd.t() @ hd
+            targets += hd.t() @ onehot
+            counts += onehot.sum(0)
+            hv, ov = hd[held], onehot[held]
+            val_gram += hv.t() @ hv
+            val_targets += hv.t() @ ov
+            val_counts += ov.sum(0)
+            self.mb_output = model.logits_from(h)
+            self.loss = self._make_empty_loss()
+            self._after_training_iteration(**kwargs)
+        stats = [gram, targets, counts, val_gram, val_targets, val_counts]
+        if dist.is_available() and dist.is_initialized():
+            for s in stats:
+                dist.all_reduce(s)
+        model.add_statistics(*stats)
+        lam, errors = model.fit()
+        task = model.tasks_fitted - 1
+        n_val = int(model.val_counts.sum())
+        self.last_fit = {"task": task, "ridge": lam, "held_out_images": n_val, "val_sse": errors}
+        if self.verbose and (not dist.is_initialized() or dist.get_rank() == 0):
+            if model.fixed_ridge is not None:
+                how = "fixed (BASELINES.RANPAC_RIDGE)"
+            elif errors is not None:
+                per_image = errors[RIDGE_GRID.index(lam)] / n_val
+                how = f"chosen on {n_val} held-out training images (squared error per image {per_image:.4f})"
+            else:
+                how = "the grid's middle: no held-out image yet"
+            tqdm.write(f"ranpac: task {task + 1}: ridge lambda {lam:g}, {how}")
