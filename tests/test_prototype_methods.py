@@ -171,3 +171,44 @@ def test_torchrun_sums_the_statistics_of_every_rank(tmp_path):
     assert int(model["class_counts"].sum()) == shards  # both ranks' images, added up
     lam = float(model["ridges"][1])
     assert _close(model["weights"], ridge_solve(model["gram"], model["targets"], lam).float())
+
+
+# -------------------------------------------------------------------------------------------- aper
+def test_aper_adapts_on_the_first_task_only_then_classifies_by_prototypes(tmp_path, cifar):
+    out = tmp_path / "aper"
+    res = run_continual(tiny_cifar_cfg(cifar, out, "aper"), progress=False)
+    m = res.metrics
+    assert set(m) == CONTRACT and m["method"] == "aper" and m["finished"] and m["forgetting"] is not None
+    assert 0 < m["trainable_params"] < m["total_params"]  # the adapted copy and its head, not the pretrained one
+    first, last = (torch.load(out / "checkpoints" / f"task_00{t}.pth", weights_only=True)["model"] for t in (0, 1))
+    assert bool(first["adapted"]) and bool(last["adapted"])
+    for k in first:  # after the first task only the prototypes change
+        if not k.startswith("class_"):
+            assert torch.equal(first[k], last[k]), k
+    moved = [k for k in first if k.startswith("backbone.") and k.endswith("weight")
+             and not torch.equal(first[k], first["pretrained." + k[len("backbone."):]])]
+    assert moved  # the copy was trained; the pretrained backbone was not
+    assert int(first["class_counts"].sum()) == 20 and int(last["class_counts"].sum()) == 40  # one pass per task
+    assert m["final_acc"] >= 0.75  # colour-coded fixture classes: prototypes separate them
+
+
+def test_aper_resume_after_task_one_matches_the_uninterrupted_run(tmp_path, cifar, monkeypatch):
+    full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "aper"), progress=False).metrics
+    killed = tmp_path / "killed"
+    original = ProgressPlugin.after_training_iteration
+
+    def boom(self, strategy, **kwargs):
+        original(self, strategy, **kwargs)
+        if strategy.experience.current_experience == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ProgressPlugin, "after_training_iteration", boom)
+        with pytest.raises(KeyboardInterrupt):
+            run_continual(tiny_cifar_cfg(cifar, killed, "aper"), progress=False)
+    resumed = run_continual(tiny_cifar_cfg(cifar, killed, "aper", "SOLVER.AUTO_RESUME", "True"), progress=False)
+    assert resumed.metrics["acc_matrix"] == full["acc_matrix"] and resumed.metrics["finished"]
+    assert not any(p.requires_grad for p in resumed.strategy.model.parameters())  # the loaded copy stays frozen
+    a = torch.load(tmp_path / "full" / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -36,7 +36,7 @@ _C.CONTINUAL.MULTI_SCALE = False
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CN()
-# Method: dap | finetune | linear | ewc | lwf | replay | ncm | ranpac | joint
+# Method: dap | finetune | linear | ewc | lwf | replay | ncm | ranpac | aper | joint
 _C.MODEL.TRANSFER_TYPE = "dap"
 _C.MODEL.TYPE = "casvit"  # backbone family; DAP's "vit" is accepted as an alias
 _C.MODEL.BACKBONE = "rcvit_xs"  # rcvit_xs | rcvit_s | rcvit_m | rcvit_t
@@ -76,7 +76,7 @@ _C.BASELINES.EWC_LAMBDA = 100.0
 _C.BASELINES.LWF_ALPHA = 1.0
 _C.BASELINES.LWF_TEMPERATURE = 2.0
 _C.BASELINES.REPLAY_MEM_SIZE = 200  # class-balanced buffer, images in total
-_C.BASELINES.BACKBONE_LR_SCALE = 0.1  # finetune/ewc/lwf/replay/joint: backbone lr = BASE_LR * this
+_C.BASELINES.BACKBONE_LR_SCALE = 0.1  # finetune/ewc/lwf/replay/joint, aper's first task: backbone lr = BASE_LR * this
 _C.BASELINES.RANPAC_PROJ_DIM = 1000  # ranpac: size M of the fixed random projection (benchmarks/ranpac_proj_dim.py)
 # ranpac: ridge strength; None (or auto): chosen after every task on held-out training images from 1e-8..1e8
 _C.BASELINES.RANPAC_RIDGE = None

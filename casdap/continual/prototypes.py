@@ -9,12 +9,20 @@ gradient step, so the classifier after task *t* is exactly the one fitted on the
 held-out fifth of the training images seen so far (their own Gram and target statistics), by the
 validation squared error over a log grid, then the classifier is fitted on all training images.
 
+``aper`` (after APER/ADAM, Zhou et al., IJCV 2024): on the first task only, a copy of the backbone
+is fine-tuned with a linear head (the first task's epochs, backbone rate scaled by
+``BASELINES.BACKBONE_LR_SCALE``), then frozen; every task's classes get prototypes (class means) of
+the concatenation of the pretrained and the adapted backbone's L2-normalised pooled features, and
+images are classified by cosine similarity to them, as ``ncm`` does with the pretrained features.
+
 Under ``torchrun`` every rank adds up its own share and the statistics are summed over ranks.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -29,7 +37,10 @@ from casdap.errors import CasdapError
 from casdap.models.dap import MASKED_LOGIT
 
 __all__ = [
+    "GRADIENT_FREE",
     "HOLDOUT_EVERY",
+    "APERClassifier",
+    "APERStrategy",
     "PROTOTYPE_METHODS",
     "RIDGE_GRID",
     "RanPACClassifier",
@@ -40,7 +51,8 @@ __all__ = [
     "validation_sse",
 ]
 
-PROTOTYPE_METHODS = ("ranpac",)
+PROTOTYPE_METHODS = ("ranpac", "aper")
+GRADIENT_FREE = ("ranpac",)  # no gradient step at all (aper trains on its first task)
 # Ridge strengths tried (RanPAC's grid): 1e-8 ... 1e8, one per decade.
 RIDGE_GRID = tuple(10.0 ** k for k in range(-8, 9))
 # Every HOLDOUT_EVERY-th training image of each class (from a seeded offset) is held out for choosing
@@ -275,3 +287,142 @@ class RanPACStrategy(SupervisedTemplate):
             else:
                 how = "the grid's middle: no held-out image yet"
             tqdm.write(f"ranpac: task {task + 1}: ridge lambda {lam:g}, {how}")
+
+
+class APERClassifier(nn.Module):
+    """APER-style: the pretrained backbone (frozen) and a copy adapted on the first task, then frozen.
+
+    ``backbone`` is the copy that the first task fine-tunes with ``head`` (a linear head over all
+    classes, used only then); ``pretrained`` never changes. Once ``adapted`` is set (a buffer, like
+    the class sums and counts, so checkpoints and resuming keep it), logits are cosine similarities
+    of ``[f_pre, f_adapted] / sqrt(2)`` (each half L2-normalised) to the class means of the same
+    features; classes never trained get :data:`MASKED_LOGIT`.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.pretrained = backbone.requires_grad_(False)
+        self.backbone = copy.deepcopy(backbone).requires_grad_(True)
+        self.head = nn.Linear(backbone.num_features, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("class_sums", torch.zeros(num_classes, 2 * backbone.num_features))
+        self.register_buffer("class_counts", torch.zeros(num_classes))
+        self.register_buffer("adapted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def is_adapted(self) -> bool:
+        return bool(self.adapted)
+
+    def freeze_adapted(self) -> None:
+        """End of the adaptation: the adapted copy and the head are frozen for good."""
+        self.adapted.fill_(True)
+        self.backbone.requires_grad_(False)
+        self.head.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.pretrained.eval()
+        if self.is_adapted:
+            self.backbone.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.normalize(self.pretrained.forward_pooled(x).float(), dim=-1)
+        ada = F.normalize(self.backbone.forward_pooled(x).float(), dim=-1)
+        return torch.cat([pre, ada], dim=-1) / math.sqrt(2.0)
+
+    def logits_from(self, feats: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        means = F.normalize(sums / counts.clamp(min=1).unsqueeze(1), dim=-1)
+        return (feats @ means.t()).masked_fill(~(counts > 0), MASKED_LOGIT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_adapted:  # first task: the adapted copy and its linear head are being trained
+            return self.head(self.backbone.forward_pooled(x))
+        return self.logits_from(self.features(x), self.class_sums, self.class_counts)
+
+
+class APERStrategy(SupervisedTemplate):
+    """APER on frozen prototypes after a first-task adaptation, as an Avalanche strategy.
+
+    First experience: ``train_epochs`` epochs of cross-entropy on the adapted copy and its head
+    (the optimizer's parameters), then the copy is frozen (under ``torchrun`` rank 0's BatchNorm
+    statistics are broadcast so every rank holds the same model) and one more pass adds the
+    experience's class sums. Every later experience is that one pass only (no gradient step); its
+    ``mb_output`` is the logits of the prototypes so far, this batch included. Sums and counts are
+    added over ranks.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: APERClassifier,
+        optimizer: torch.optim.Optimizer,
+        train_mb_size: int = 128,
+        train_epochs: int = 1,
+        eval_mb_size: int | None = None,
+        device: str | torch.device = "cpu",
+        plugins: Sequence | None = None,
+        evaluator: EvaluationPlugin | None = None,
+        eval_every: int = -1,
+    ) -> None:
+        kwargs = {} if evaluator is None else {"evaluator": evaluator}
+        super().__init__(
+            model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=train_mb_size,
+            train_epochs=train_epochs, eval_mb_size=eval_mb_size or train_mb_size, device=device,
+            plugins=list(plugins or []), eval_every=eval_every, **kwargs,
+        )
+        self.adapt_epochs = int(train_epochs)
+
+    def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
+        """The optimizer keeps the runner's groups (the adapted copy, the head). Avalanche's default
+        would put every model parameter, the pretrained backbone's too, into one of them."""
+        if reset_optimizer_state:
+            self.optimizer.state = defaultdict(dict)
+        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if not n.startswith("pretrained.")}
+
+    def _before_training_exp(self, **kwargs):
+        if self.model.is_adapted:
+            self.model.freeze_adapted()  # also after resuming: the loaded copy stays frozen
+        self.train_epochs = 1 if self.model.is_adapted else self.adapt_epochs
+        super()._before_training_exp(**kwargs)
+
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        adapting = not self.model.is_adapted
+        super()._train_exp(experience, eval_streams, **kwargs)
+        if adapting:
+            self.model.freeze_adapted()
+            if dist.is_available() and dist.is_initialized():
+                for b in self.model.backbone.buffers():
+                    dist.broadcast(b, src=0)
+            self._accumulate(**kwargs)
+
+    def training_epoch(self, **kwargs):
+        if not self.model.is_adapted:
+            return super().training_epoch(**kwargs)
+        self._accumulate(**kwargs)
+
+    @torch.no_grad()
+    def _accumulate(self, **kwargs):
+        model: APERClassifier = self.model
+        model.eval()
+        sums = torch.zeros_like(model.class_sums)
+        counts = torch.zeros_like(model.class_counts)
+        for batch in self.dataloader:
+            self.mbatch = batch
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            feats = model.features(self.mb_x)
+            sums.index_add_(0, self.mb_y, feats)
+            counts.index_add_(0, self.mb_y, torch.ones_like(self.mb_y, dtype=counts.dtype))
+            self.mb_output = model.logits_from(feats, model.class_sums + sums, model.class_counts + counts)
+            self.loss = self._make_empty_loss()
+            self._after_training_iteration(**kwargs)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        model.class_sums += sums
+        model.class_counts += counts

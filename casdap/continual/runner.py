@@ -38,7 +38,14 @@ from casdap.continual.plugins import (
     ProgressPlugin,
     RngRecorderPlugin,
 )
-from casdap.continual.prototypes import PROTOTYPE_METHODS, RanPACStrategy, build_ranpac
+from casdap.continual.prototypes import (
+    GRADIENT_FREE,
+    PROTOTYPE_METHODS,
+    APERClassifier,
+    APERStrategy,
+    RanPACStrategy,
+    build_ranpac,
+)
 from casdap.continual.results import (
     format_summary_table,
     summarize,
@@ -176,6 +183,8 @@ def _build_model(cfg: CfgNode, method: str, num_classes: int) -> nn.Module:
         return NCMClassifier(backbone, num_classes)
     if method == "ranpac":
         return build_ranpac(cfg, backbone, num_classes)
+    if method == "aper":  # model.backbone: the copy adapted on the first task (model.pretrained stays)
+        return APERClassifier(backbone, num_classes)
     return BackboneClassifier(backbone, num_classes, freeze_backbone=(method == "linear"))
 
 
@@ -198,7 +207,7 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
     from avalanche.training.storage_policy import ClassBalancedBuffer
 
     plugins: list = [progress]
-    if method not in ("ncm", *PROTOTYPE_METHODS):  # no gradient step
+    if method not in ("ncm", *GRADIENT_FREE):  # no gradient step
         plugins.append(LRSchedulePlugin(cfg.SOLVER.SCHEDULER, cfg.SOLVER.WARMUP_EPOCH, cfg.SOLVER.WARMUP_STEPS))
         if cfg.CONTINUAL.MULTI_SCALE:
             plugins.append(MultiScalePlugin(cfg.DATA.CROPSIZE, 0 if cfg.SEED is None else int(cfg.SEED)))
@@ -217,6 +226,8 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
         return RanPACStrategy(model=model, plugins=plugins, seed=0 if cfg.SEED is None else int(cfg.SEED), **common)
     optimizer = _make_optimizer(cfg, _param_groups(cfg, method, model))
     ce = nn.CrossEntropyLoss()
+    if method == "aper":
+        return APERStrategy(model=model, optimizer=optimizer, plugins=plugins, **common)
     if method == "dap":
         d = cfg.MODEL.DAP  # settings already checked by build_dap_model
         size = int(d.REPLAY_MEM_SIZE)
@@ -598,8 +609,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
                     "rng": _rng_state(),
                 }, out / CHECKPOINT_DIR / f"task_{t:03d}.pth")
             write_json(out / "metrics.json", metrics)
-            if method in PROTOTYPE_METHODS:  # the method's own choices (ranpac: ridge strength per task)
-                write_json(out / f"{method}.json", model.summary())
+            if method == "ranpac":  # the method's own choices: the ridge strength of every task
+                write_json(out / "ranpac.json", model.summary())
             write_acc_matrix_csv(out / "acc_matrix.csv", state.acc_matrix, bench.n_tasks)
             for lg in loggers:
                 done = [v for v in row if v is not None]
@@ -636,7 +647,9 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
                 tt = time.perf_counter()
                 strategy.train(train_stream[t], num_workers=workers, reset_optimizer_state=True)
                 state.train_time_s += time.perf_counter() - tt
-                passes = 1 if method in ("ncm", *PROTOTYPE_METHODS) else cfg.SOLVER.TOTAL_EPOCH
+                passes = 1 if method in ("ncm", *GRADIENT_FREE) else cfg.SOLVER.TOTAL_EPOCH
+                if method == "aper":  # the first task adapts, then every task is one prototype pass
+                    passes = cfg.SOLVER.TOTAL_EPOCH + 1 if t == 0 else 1
                 state.train_images += bench.train_sizes[t] * passes * world
                 row, mixed, task_sel = [], None, None
                 if is_main:
