@@ -14,7 +14,7 @@ run() {  # run NAME SEED [KEY VALUE ...]
 }
 mkdir -p "$OUT"
 for seed in 0 1 2; do
-    for method in dap ncm linear finetune joint replay ewc lwf; do
+    for method in dap ncm ranpac aper linear finetune joint replay ewc lwf; do
         run "$method" "$seed" MODEL.TRANSFER_TYPE "$method"
     done
     run dap-ref "$seed" MODEL.DAP.KEYS_PER_TASK 1 MODEL.DAP.RESTRICT_TO_TASK False
