@@ -113,6 +113,7 @@ def test_tiny_pretraining_writes_loadable_checkpoint_and_sidecar(tmp_path, one_t
     assert not [c for c in saw["class_names"] if is_digit_like(c)]
     assert on_disk["images_seen"] == 3 * 52 * 5 and on_disk["epochs"] == 3 and on_disk["seed"] == 0
     assert on_disk["digits_seen"] is False and on_disk["wall_time_s"] > 0
+    assert on_disk["embedded_shift_classes_seen"] == []  # none of the embedded_shift stream's classes
     assert on_disk["input"]["mean"] == [0.5] * 3 and on_disk["input"]["std"] == [0.25] * 3
     losses = [e["train_loss"] for e in on_disk["log"]]
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.3, losses

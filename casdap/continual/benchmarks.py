@@ -19,7 +19,7 @@ from casdap.errors import CasdapError
 
 __all__ = ["ContinualBenchmark", "build_benchmark", "task_split", "DATASETS"]
 
-DATASETS = ("digits", "cifar100", "cifar10", "imagenet_r", "folder")
+DATASETS = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "folder")
 # The embedded digits use the input scale of the project's digits backbones (``casdap pretrain``,
 # ``casdap demo``): (x - 0.5) / 0.25 on [0, 1] images. Photos use ImageNet statistics (Model Zoo).
 DIGITS_MEAN, DIGITS_STD = 0.5, 0.25
@@ -136,6 +136,18 @@ def _digits(cfg: CfgNode, seed: int):
     return train, test, names
 
 
+def _embedded_shift(cfg: CfgNode, seed: int):
+    """Rendered characters the embedded backbone never saw, in another look (casdap/data/glyph_stream.py);
+    separate training and test renders, both drawn from ``seed``, on the digits' input scale."""
+    from casdap.data import glyph_stream
+
+    x_tr, y_tr, x_te, y_te = glyph_stream.render_shift_stream(
+        seed, glyph_stream.TRAIN_PER_CLASS, glyph_stream.TEST_PER_CLASS, int(cfg.DATA.CROPSIZE))
+    train = LabelledDataset((x_tr - DIGITS_MEAN) / DIGITS_STD, y_tr.tolist())
+    test = LabelledDataset((x_te - DIGITS_MEAN) / DIGITS_STD, y_te.tolist())
+    return train, test, glyph_stream.shift_class_names()
+
+
 def _cifar(cfg: CfgNode, variant: str):
     from casdap.data.cifar import CIFARLocal
 
@@ -203,6 +215,8 @@ def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBen
     seed = 0 if cfg.SEED is None else int(cfg.SEED)
     if name == "digits":
         train, test, names = _digits(cfg, seed)
+    elif name == "embedded_shift":
+        train, test, names = _embedded_shift(cfg, seed)
     elif name in ("cifar100", "cifar10"):
         train, test, names = _cifar(cfg, name)
         train = LabelledDataset(train, train.targets)

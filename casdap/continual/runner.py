@@ -384,7 +384,8 @@ def ensure_embedded_backbone(cfg: CfgNode, is_main: bool = True, world: int = 1)
 
         print(f"casdap cl: no {cfg.MODEL.BACKBONE} backbone at '{path}': pretraining it once by the embedded "
               f"benchmark's protocol ({DEFAULT_PROTOCOL['epochs']} epochs on rendered {DEFAULT_PROTOCOL['source']}, "
-              "never a digit; docs/pretraining.md), one thread; later runs reuse it", flush=True)
+              "never a digit nor an embedded_shift character; docs/pretraining.md), one thread; later runs reuse it",
+              flush=True)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # measured fastest for these 32 px batches (docs/pretraining.md)
         try:

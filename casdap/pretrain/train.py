@@ -49,6 +49,14 @@ def _write_json_atomic(obj: dict, path: Path) -> None:
         raise
 
 
+def _shift_classes_seen(class_names: list[str]) -> list[str]:
+    """The embedded_shift stream's characters among a source's class names (``"set/char"`` or ``"char"``)."""
+    from casdap.data.glyph_stream import shift_characters
+
+    stream = set(shift_characters())
+    return sorted({n.rsplit("/", 1)[-1] for n in class_names} & stream)
+
+
 def _check_args(model_name: str, epochs: int, source: str, images_per_class: int, batch_size: int,
                 lr: float) -> None:
     from casdap.models import list_models
@@ -164,6 +172,8 @@ def pretrain_backbone(
         "model": model_name,
         "what_the_backbone_saw": src.describe(),
         "digits_seen": False,
+        # the embedded_shift stream's classes among the pretraining classes (by construction none)
+        "embedded_shift_classes_seen": _shift_classes_seen(src.class_names),
         "images_seen": seen,
         "distinct_images": seen,
         "epochs": epochs,
