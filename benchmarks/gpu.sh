@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# One command on a GPU node: offline install, the CUDA tests, then the measurements.
+#
+#   bash benchmarks/gpu.sh WHEELS OUT [--reference rcvit.py] [--budget-s 460] [--venv DIR] [--python PY]
+#
+#   WHEELS  the folder made by `bash scripts/wheelhouse.sh WHEELS ...` (where the registry is reachable)
+#   OUT     where the results go: gpu_report.json, gpu_report.md, and the logs of every step
+#
+# 1. installs casdap from WHEELS with no network (WHEELS/install.py: a venv that sees the node's
+#    torch, pip --no-index --no-deps, torch never replaced);
+# 2. runs `pytest -m cuda` (tests/test_cuda.py: fp16 + GradScaler, nccl, bf16 continual, CUDA vs
+#    CPU, resume, casdap bench --device cuda, export of CUDA-trained checkpoints);
+# 3. runs benchmarks/gpu_report.py: backbones (this project's and, with --reference, the official
+#    definition) at 224 px in eager, channels-last, AMP bf16/fp16 and torch.compile, CAS-DAP /
+#    backbone inference ratios, continual DAP throughput with the real data pipeline vs synthetic
+#    GPU-resident tensors.
+# The whole run keeps to --budget-s seconds (default 460, about 8 minutes with the install) on one
+# H100-class GPU: the report skips, and says so, what would not fit. The official rcvit.py
+# (CAS-ViT classification/model/rcvit.py) is taken from --reference, $CASVIT_REFERENCE or
+# dist/reference/rcvit.py, whichever is given first.
+# Exit code: 0 when the install, every CUDA test and every measurement succeeded.
+# --cpu-smoke: check this script's flow on a machine without a GPU (the CUDA tests skip, tiny CPU
+# measurements); it proves nothing about CUDA.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+WHEELS="" OUT="" REFERENCE="${CASVIT_REFERENCE:-}" BUDGET=460 VENV="${TMPDIR:-/tmp}/casdap-gpu-env" PY=python3
+SMOKE=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --reference) REFERENCE="$2"; shift 2 ;;
+        --budget-s) BUDGET="$2"; shift 2 ;;
+        --venv) VENV="$2"; shift 2 ;;
+        --python) PY="$2"; shift 2 ;;
+        --cpu-smoke) SMOKE=1; shift ;;
+        -*) echo "gpu.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+        *) if [ -z "$WHEELS" ]; then WHEELS="$1"; elif [ -z "$OUT" ]; then OUT="$1"
+           else echo "gpu.sh: too many arguments ('$1')" >&2; exit 2; fi; shift ;;
+    esac
+done
+if [ -z "$WHEELS" ] || [ -z "$OUT" ]; then echo "usage: bash benchmarks/gpu.sh WHEELS OUT [options] (see --help)" >&2; exit 2; fi
+if [ ! -f "$WHEELS/install.py" ]; then
+    echo "gpu.sh: '$WHEELS' is not a wheel folder (no install.py): make it with bash scripts/wheelhouse.sh" >&2; exit 2
+fi
+[ -z "$REFERENCE" ] && [ -f dist/reference/rcvit.py ] && REFERENCE=dist/reference/rcvit.py
+if [ -n "$REFERENCE" ] && [ ! -f "$REFERENCE" ]; then echo "gpu.sh: reference file '$REFERENCE' does not exist" >&2; exit 2; fi
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+[ $SMOKE -eq 1 ] && export OMP_NUM_THREADS=1  # tiny CPU models: one thread is fastest on a shared CPU
+t0=$SECONDS
+log() { echo "[gpu.sh $((SECONDS - t0))s] $*"; }
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true; } > "$OUT/nvidia-smi.txt"
+log "machine: $(tail -n +2 "$OUT/nvidia-smi.txt" | head -1)"
+
+# 1. offline install
+log "installing from $WHEELS into $VENV (no network)"
+"$PY" "$WHEELS/install.py" --venv "$VENV" > "$OUT/install.log" 2>&1
+status=$?
+tail -n 3 "$OUT/install.log"
+if [ $status -ne 0 ]; then log "offline install failed (exit $status): see $OUT/install.log"; exit 1; fi
+VPY="$VENV/bin/python"
+if [ $SMOKE -eq 0 ] && ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    log "torch in $VENV sees no CUDA device"; exit 2
+fi
+if ! "$VPY" -c "import pytest" 2>/dev/null; then
+    log "pytest is not installed: make the wheel folder with --add pytest"; exit 2
+fi
+
+# 2. the CUDA tests
+log "pytest -m cuda"
+PYTHONUNBUFFERED=1 "$VPY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider --junitxml "$OUT/cuda_tests.xml" \
+    > "$OUT/cuda_tests.log" 2>&1
+tests=$?
+tail -n 1 "$OUT/cuda_tests.log"
+[ $tests -ne 0 ] && log "CUDA tests failed (exit $tests): see $OUT/cuda_tests.log"
+
+# 3. the measurements, in the time left
+left=$((BUDGET - (SECONDS - t0)))
+[ $left -lt 120 ] && left=120
+args=(--out "$OUT" --budget-s "$left")
+[ -n "$REFERENCE" ] && args+=(--reference "$REFERENCE")
+[ $SMOKE -eq 1 ] && args+=(--device cpu --quick --no-compile --models rcvit_xs --workers 1)
+log "benchmarks/gpu_report.py ${args[*]}"
+PYTHONUNBUFFERED=1 "$VPY" benchmarks/gpu_report.py "${args[@]}" > "$OUT/gpu_report.log" 2>&1
+report=$?
+[ $report -ne 0 ] && log "measurements had errors (exit $report): see $OUT/gpu_report.log and the report's Errors"
+
+log "done: $OUT/gpu_report.md, $OUT/gpu_report.json (tests exit $tests, measurements exit $report)"
+[ $tests -eq 0 ] && [ $report -eq 0 ]
