@@ -103,3 +103,30 @@ def test_uses_the_embedded_backbone(tmp_path):
     assert ensure_embedded_backbone(cfg) == tmp_path / "rcvit_xs.pth"
     digits = load_config(ROOT / "configs" / "dap" / "digits.yaml")
     assert load_config(SHIFT_YAML).MODEL.MODEL_ROOT == digits.MODEL.MODEL_ROOT  # the same backbone file
+
+
+def test_pretraining_a_missing_backbone_leaves_the_run_random_streams_alone(tmp_path, monkeypatch):
+    """The first run on a fresh checkout pretrains in its own process; its seeded streams must go on
+    as if the file had been there, or its results differ from every later run with the same seed."""
+    import random
+
+    import numpy as np
+
+    from casdap.pretrain import train as pretrain
+
+    def fake_pretrain(model_name, path, **protocol):  # draws from every global stream, as training does
+        torch.manual_seed(123)
+        torch.rand(3), np.random.rand(3), random.random()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+    monkeypatch.setattr(pretrain, "pretrain_backbone", fake_pretrain)
+    cfg = load_config(SHIFT_YAML, ["MODEL.MODEL_ROOT", str(tmp_path / "fresh")])
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    ensure_embedded_backbone(cfg)
+    after = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    ensure_embedded_backbone(cfg)  # the file exists now: nothing is pretrained
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert (tmp_path / "fresh" / "rcvit_xs.pth").is_file()
+    assert torch.equal(after[0], again[0]) and np.array_equal(after[1], again[1]) and after[2] == again[2]

@@ -388,10 +388,16 @@ def ensure_embedded_backbone(cfg: CfgNode, is_main: bool = True, world: int = 1)
               flush=True)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # measured fastest for these 32 px batches (docs/pretraining.md)
+        # the run's seeded random streams continue as if the file had been there: the first run on a
+        # fresh checkout gives the same results as every later run with the same seed
+        py_state, np_state = random.getstate(), np.random.get_state()
         try:
-            pretrain_backbone(cfg.MODEL.BACKBONE, path, **DEFAULT_PROTOCOL)
+            with torch.random.fork_rng(devices=[]):
+                pretrain_backbone(cfg.MODEL.BACKBONE, path, **DEFAULT_PROTOCOL)
         finally:
             torch.set_num_threads(threads)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
         print(f"casdap cl: saved {path} (what it saw: {sidecar_path(path)})", flush=True)
     if world > 1:
         dist.barrier()
