@@ -60,17 +60,22 @@ def make_venv(venv: Path) -> None:
     node's PyTorch often lives in one), ``--system-site-packages`` would reach only the base
     interpreter's packages, so a .pth file adds this venv's package folders instead.
     """
+    import shutil
     import site
 
-    if sys.prefix == sys.base_prefix:
-        run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
-        return
-    run([sys.executable, "-m", "venv", str(venv)])
+    # No pip of its own (ensurepip is missing from some system Pythons): the packages it sees bring pip.
+    inherit = sys.prefix == sys.base_prefix
+    run([sys.executable, "-m", "venv", "--without-pip", *(["--system-site-packages"] if inherit else []), str(venv)])
     py = venv / "bin" / "python"
-    own = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    lines = [f"import site; site.addsitedir({d!r})" for d in site.getsitepackages() if Path(d).is_dir()]
-    Path(own, "casdap_parent_env.pth").write_text("\n".join(lines) + "\n")
+    if not inherit:
+        own = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        lines = [f"import site; site.addsitedir({d!r})" for d in site.getsitepackages() if Path(d).is_dir()]
+        Path(own, "casdap_parent_env.pth").write_text("\n".join(lines) + "\n")
+    if subprocess.run([str(py), "-m", "pip", "--version"], capture_output=True).returncode:
+        shutil.rmtree(venv)
+        raise SystemExit(f"install.py: {sys.executable} has no pip for the new venv to use; install pip there, "
+                         "or run install.py without --venv")
     print(f"{venv} sees the packages of {sys.prefix}")
 
 
