@@ -33,6 +33,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
+from casdap.continual.strategies import GradientFreeStrategy
 from casdap.errors import CasdapError
 from casdap.models.dap import MASKED_LOGIT
 
@@ -195,7 +196,7 @@ def _holdout_offsets(seed: int, task: int, num_classes: int) -> torch.Tensor:
     return torch.randint(0, HOLDOUT_EVERY, (num_classes,), generator=gen)
 
 
-class RanPACStrategy(SupervisedTemplate):
+class RanPACStrategy(GradientFreeStrategy):
     """RanPAC's random-projection ridge classifier on frozen features, as an Avalanche strategy.
 
     The "epoch" is one pass over the experience that adds up the statistics (no gradient step);
@@ -206,29 +207,8 @@ class RanPACStrategy(SupervisedTemplate):
     this experience; the training loss is zero (nothing is optimised).
     """
 
-    def __init__(
-        self,
-        *,
-        model: RanPACClassifier,
-        optimizer: torch.optim.Optimizer | None = None,
-        train_mb_size: int = 128,
-        train_epochs: int = 1,
-        eval_mb_size: int | None = None,
-        device: str | torch.device = "cpu",
-        plugins: Sequence | None = None,
-        evaluator: EvaluationPlugin | None = None,
-        eval_every: int = -1,
-        seed: int = 0,
-        verbose: bool = True,
-    ) -> None:
-        kwargs = {} if evaluator is None else {"evaluator": evaluator}
-        # Avalanche expects an optimizer; nothing is optimised (every parameter is frozen).
-        optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.0)
-        super().__init__(
-            model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=train_mb_size,
-            train_epochs=1, eval_mb_size=eval_mb_size or train_mb_size, device=device,
-            plugins=list(plugins or []), eval_every=eval_every, **kwargs,
-        )
+    def __init__(self, *, model: RanPACClassifier, seed: int = 0, verbose: bool = True, **kwargs) -> None:
+        super().__init__(model=model, **kwargs)
         self.seed, self.verbose = int(seed), verbose
         self.last_fit: dict | None = None
 

@@ -23,6 +23,7 @@ __all__ = [
     "BackboneClassifier",
     "NCMClassifier",
     "DAPStrategy",
+    "GradientFreeStrategy",
     "NCMStrategy",
     "TaskSelectionAccuracy",
 ]
@@ -233,20 +234,14 @@ class DAPStrategy(SupervisedTemplate):
         return logits, out.key_idx
 
 
-class NCMStrategy(SupervisedTemplate):
-    """Nearest class mean on frozen features: each experience adds its classes' prototypes.
-
-    No gradient step happens; the "epoch" is one pass that accumulates class sums. Under
-    ``torchrun`` the sums are added over ranks. The training ``mb_output`` of each batch is the
-    logits of the classifier being built (the prototypes so far, this batch included, on this
-    rank), so the training accuracy metric scores the classifier, not raw features; the training
-    loss is zero (nothing is optimised).
-    """
+class GradientFreeStrategy(SupervisedTemplate):
+    """A strategy whose "training" is one pass that adds up statistics of frozen features (no
+    gradient step): the shared constructor of the prototype methods (ncm, ranpac)."""
 
     def __init__(
         self,
         *,
-        model: NCMClassifier,
+        model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         train_mb_size: int = 128,
         train_epochs: int = 1,
@@ -264,6 +259,17 @@ class NCMStrategy(SupervisedTemplate):
             train_epochs=1, eval_mb_size=eval_mb_size or train_mb_size, device=device,
             plugins=list(plugins or []), eval_every=eval_every, **kwargs,
         )
+
+
+class NCMStrategy(GradientFreeStrategy):
+    """Nearest class mean on frozen features: each experience adds its classes' prototypes.
+
+    No gradient step happens; the "epoch" is one pass that accumulates class sums. Under
+    ``torchrun`` the sums are added over ranks. The training ``mb_output`` of each batch is the
+    logits of the classifier being built (the prototypes so far, this batch included, on this
+    rank), so the training accuracy metric scores the classifier, not raw features; the training
+    loss is zero (nothing is optimised).
+    """
 
     @torch.no_grad()
     def training_epoch(self, **kwargs):
