@@ -18,6 +18,7 @@ ROWS=(
     "dap|"
     "dap-prompts-off|MODEL.DAP.NUM_DAP_TOKENS 0"
     "dap-oracle|MODEL.DAP.SELECTION oracle"
+    "dap-prompts-off-oracle|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.SELECTION oracle"
     "dap-batch-majority|MODEL.DAP.SELECTION batch_majority"
     "dap-stages3|MODEL.DAP.STAGES [3]"
     "dap-stages123|MODEL.DAP.STAGES [1,2,3]"
