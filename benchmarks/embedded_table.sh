@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's embedded-default table: every method and the DAP ablations, seeds 0-2, one run at a
+# The embedded-default table (docs/continual_learning.md; its headline rows in the README): every method and the DAP ablations, seeds 0-2, one run at a
 # time with one torch thread, then `casdap compare`. The backbone (model/embedded/rcvit_xs.pth) is made on first use.
 #   bash benchmarks/embedded_table.sh [OUT]        (default OUT: runs/table; about 25 min on 2 cores)
 set -euo pipefail
