@@ -49,3 +49,17 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def interrupt_during_task(monkeypatch, task: int) -> None:
+    """Make a run raise KeyboardInterrupt (as Ctrl-C would) after its first step of ``task``."""
+    from casdap.continual.plugins import ProgressPlugin
+
+    original = ProgressPlugin.after_training_iteration
+
+    def boom(self, strategy, **kwargs):
+        original(self, strategy, **kwargs)
+        if strategy.experience.current_experience == task:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ProgressPlugin, "after_training_iteration", boom)

@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
-from cl_support import DIGITS_YAML, single_thread, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, interrupt_during_task, single_thread, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.cli import main
 from casdap.continual import runner
-from casdap.continual.plugins import ProgressPlugin
 from casdap.continual.runner import run_continual
 
 CONTRACT = {
@@ -141,24 +140,13 @@ def test_every_baseline_runs_on_the_same_stream(tmp_path, cifar, method):
         assert m["final_acc"] >= 0.75
 
 
-def _interrupt_during_task(monkeypatch, task: int):
-    original = ProgressPlugin.after_training_iteration
-
-    def boom(self, strategy, **kwargs):
-        original(self, strategy, **kwargs)
-        if strategy.experience.current_experience == task:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ProgressPlugin, "after_training_iteration", boom)
-
-
 @pytest.mark.parametrize("method", ["dap", "replay", "ewc", "lwf"])
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cifar, monkeypatch, method):
     extra = ("DATA.BATCH_SIZE", "4", "MODEL.DAP.KEYS_PER_TASK", "3")  # dap: seeded keys are resumed too
     full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", method, *extra, tasks=2), progress=False).metrics
     killed = tmp_path / "killed"
     with monkeypatch.context() as mp:
-        _interrupt_during_task(mp, 1)
+        interrupt_during_task(mp, 1)
         with pytest.raises(KeyboardInterrupt):
             run_continual(tiny_cifar_cfg(cifar, killed, method, *extra, tasks=2), progress=False)
     half = json.loads((killed / "metrics.json").read_text())

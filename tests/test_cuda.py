@@ -35,7 +35,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from cl_support import tiny_cifar_cfg  # noqa: E402
+from cl_support import interrupt_during_task, tiny_cifar_cfg  # noqa: E402
 from cl_support import write_tiny_cifar as write_cl_cifar  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from train_helpers import write_tiny_cifar as write_train_cifar  # noqa: E402
@@ -292,20 +292,12 @@ def test_continual_dap_bf16_on_cuda(cl_data, tmp_path, monkeypatch):
 
 
 def test_resume_on_cuda_gives_the_uninterrupted_matrix(cl_data, tmp_path, monkeypatch, deterministic):
-    from casdap.continual.plugins import ProgressPlugin
 
     extra = ("MODEL.DAP.KEYS_PER_TASK", "3")  # keys seeded from the CUDA generator: its state must resume
     full = _dap(cl_data, tmp_path / "full", DEVICE, *extra)
     killed = tmp_path / "killed"
-    original = ProgressPlugin.after_training_iteration
-
-    def boom(self, strategy, **kwargs):
-        original(self, strategy, **kwargs)
-        if strategy.experience.current_experience == 1:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as mp:
-        mp.setattr(ProgressPlugin, "after_training_iteration", boom)
+        interrupt_during_task(mp, 1)
         with pytest.raises(KeyboardInterrupt):
             _dap(cl_data, killed, DEVICE, *extra)
     assert json.loads((killed / "metrics.json").read_text())["tasks_done"] == 1

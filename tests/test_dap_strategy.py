@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from cl_support import single_thread, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import interrupt_during_task, single_thread, tiny_cifar_cfg, write_tiny_cifar
 
-from casdap.continual.plugins import ProgressPlugin, RngRecorderPlugin
+from casdap.continual.plugins import RngRecorderPlugin
 from casdap.continual.runner import METHODS, run_continual
 from casdap.errors import CasdapError
 
@@ -202,15 +202,8 @@ def test_dap_replay_resumes_to_the_uninterrupted_run(tmp_path, cifar, monkeypatc
     assert len(res.strategy.plugins[kinds.index(ReplayPlugin)].storage_policy.buffer) == 4
     full = res.metrics
     killed = tmp_path / "killed"
-    original = ProgressPlugin.after_training_iteration
-
-    def boom(self, strategy, **kwargs):
-        original(self, strategy, **kwargs)
-        if strategy.experience.current_experience == 1:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as mp:
-        mp.setattr(ProgressPlugin, "after_training_iteration", boom)
+        interrupt_during_task(mp, 1)
         with pytest.raises(KeyboardInterrupt):
             run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra), progress=False)
     assert json.loads((killed / "metrics.json").read_text())["tasks_done"] == 1

@@ -6,13 +6,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from cl_support import DIGITS_YAML, single_thread, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, interrupt_during_task, single_thread, tiny_cifar_cfg, write_tiny_cifar
 from test_continual_runs import CONTRACT
 
 from casdap.cli import main
 from casdap.config import load_config
 from casdap.continual.benchmarks import build_benchmark
-from casdap.continual.plugins import ProgressPlugin
 from casdap.continual.prototypes import RIDGE_GRID, choose_ridge, ridge_solve, validation_sse
 from casdap.continual.runner import run_continual
 
@@ -111,15 +110,8 @@ def test_ridge_is_chosen_on_held_out_images_and_logged(tmp_path, capsys):
 def test_resume_after_task_one_matches_the_uninterrupted_run(tmp_path, monkeypatch):
     full = run_continual(_digits_cfg(tmp_path / "full"), progress=False).metrics
     killed = tmp_path / "killed"
-    original = ProgressPlugin.after_training_iteration
-
-    def boom(self, strategy, **kwargs):
-        original(self, strategy, **kwargs)
-        if strategy.experience.current_experience == 1:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as mp:
-        mp.setattr(ProgressPlugin, "after_training_iteration", boom)
+        interrupt_during_task(mp, 1)
         with pytest.raises(KeyboardInterrupt):
             run_continual(_digits_cfg(killed), progress=False)
     assert json.loads((killed / "metrics.json").read_text())["tasks_done"] == 1
@@ -195,15 +187,8 @@ def test_aper_adapts_on_the_first_task_only_then_classifies_by_prototypes(tmp_pa
 def test_aper_resume_after_task_one_matches_the_uninterrupted_run(tmp_path, cifar, monkeypatch):
     full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "aper"), progress=False).metrics
     killed = tmp_path / "killed"
-    original = ProgressPlugin.after_training_iteration
-
-    def boom(self, strategy, **kwargs):
-        original(self, strategy, **kwargs)
-        if strategy.experience.current_experience == 1:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as mp:
-        mp.setattr(ProgressPlugin, "after_training_iteration", boom)
+        interrupt_during_task(mp, 1)
         with pytest.raises(KeyboardInterrupt):
             run_continual(tiny_cifar_cfg(cifar, killed, "aper"), progress=False)
     resumed = run_continual(tiny_cifar_cfg(cifar, killed, "aper", "SOLVER.AUTO_RESUME", "True"), progress=False)

@@ -6,8 +6,7 @@ import json
 import shlex
 
 import pytest
-from cl_support import DIGITS_YAML, single_thread, tiny_cifar_cfg, write_tiny_cifar
-from test_continual_runs import _interrupt_during_task
+from cl_support import DIGITS_YAML, interrupt_during_task, single_thread, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.cli import main
 from casdap.cli.cl import flag_overrides, parse_cl_args
@@ -29,7 +28,7 @@ def _files(folder):
 def _killed_run(tmp_path, cifar, monkeypatch, method="linear"):
     killed = tmp_path / "killed"
     with monkeypatch.context() as mp:
-        _interrupt_during_task(mp, 1)
+        interrupt_during_task(mp, 1)
         with pytest.raises(KeyboardInterrupt):
             run_continual(tiny_cifar_cfg(cifar, killed, method), progress=False)
     return killed
