@@ -33,7 +33,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
-from casdap.continual.strategies import GradientFreeStrategy
+from casdap.continual.strategies import GradientFreeStrategy, add_class_means
 from casdap.errors import CasdapError
 from casdap.models.dap import MASKED_LOGIT
 
@@ -383,26 +383,6 @@ class APERStrategy(SupervisedTemplate):
             return super().training_epoch(**kwargs)
         self._accumulate(**kwargs)
 
-    @torch.no_grad()
     def _accumulate(self, **kwargs):
-        model: APERClassifier = self.model
-        model.eval()
-        sums = torch.zeros_like(model.class_sums)
-        counts = torch.zeros_like(model.class_counts)
-        for batch in self.dataloader:
-            self.mbatch = batch
-            if self._stop_training:
-                break
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
-            feats = model.features(self.mb_x)
-            sums.index_add_(0, self.mb_y, feats)
-            counts.index_add_(0, self.mb_y, torch.ones_like(self.mb_y, dtype=counts.dtype))
-            self.mb_output = model.logits_from(feats, model.class_sums + sums, model.class_counts + counts)
-            self.loss = self._make_empty_loss()
-            self._after_training_iteration(**kwargs)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(sums)
-            dist.all_reduce(counts)
-        model.class_sums += sums
-        model.class_counts += counts
+        self.model.eval()
+        add_class_means(self, **kwargs)

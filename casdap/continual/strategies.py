@@ -26,6 +26,7 @@ __all__ = [
     "GradientFreeStrategy",
     "NCMStrategy",
     "TaskSelectionAccuracy",
+    "add_class_means",
 ]
 
 class BackboneClassifier(nn.Module):
@@ -271,29 +272,35 @@ class NCMStrategy(GradientFreeStrategy):
     loss is zero (nothing is optimised).
     """
 
-    @torch.no_grad()
     def training_epoch(self, **kwargs):
-        sums = torch.zeros_like(self.model.class_sums)
-        counts = torch.zeros_like(self.model.class_counts)
-        for batch in self.dataloader:
-            self.mbatch = batch
-            if self._stop_training:
-                break
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
-            feats = self.model.features(self.mb_x)
-            sums.index_add_(0, self.mb_y, feats)
-            counts.index_add_(0, self.mb_y, torch.ones_like(self.mb_y, dtype=counts.dtype))
-            self.mb_output = self.model.logits_from(
-                feats, self.model.class_sums + sums, self.model.class_counts + counts
-            )
-            self.loss = self._make_empty_loss()
-            self._after_training_iteration(**kwargs)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(sums)
-            dist.all_reduce(counts)
-        self.model.class_sums += sums
-        self.model.class_counts += counts
+        add_class_means(self, **kwargs)
+
+
+@torch.no_grad()
+def add_class_means(strategy: SupervisedTemplate, **kwargs) -> None:
+    """One pass over the strategy's dataloader adding each class's feature sum and count to the
+    model's ``class_sums`` / ``class_counts`` (summed over ``torchrun`` ranks). Each batch's
+    ``mb_output`` is the logits of the prototypes so far, this batch included; the loss is zero."""
+    model = strategy.model
+    sums = torch.zeros_like(model.class_sums)
+    counts = torch.zeros_like(model.class_counts)
+    for batch in strategy.dataloader:
+        strategy.mbatch = batch
+        if strategy._stop_training:
+            break
+        strategy._unpack_minibatch()
+        strategy._before_training_iteration(**kwargs)
+        feats = model.features(strategy.mb_x)
+        sums.index_add_(0, strategy.mb_y, feats)
+        counts.index_add_(0, strategy.mb_y, torch.ones_like(strategy.mb_y, dtype=counts.dtype))
+        strategy.mb_output = model.logits_from(feats, model.class_sums + sums, model.class_counts + counts)
+        strategy.loss = strategy._make_empty_loss()
+        strategy._after_training_iteration(**kwargs)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(sums)
+        dist.all_reduce(counts)
+    model.class_sums += sums
+    model.class_counts += counts
 
 
 class TaskSelectionAccuracy(PluginMetric[float]):
