@@ -140,24 +140,25 @@ def flag_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return pairs, unused
 
 
-def resolve_config(args: argparse.Namespace):
-    """Defaults < file < typed CAS-ViT flags < KEY VALUE pairs, loaded once and type-checked."""
+def _load(argv: Sequence[str]):
+    """The run's config, the typed flags, and the typed flags that change nothing here."""
     from casdap.config import load_config
 
-    cl_args, opts = parse_cl_args(args.argv)
-    pairs, _ = flag_overrides(cl_args)
-    return load_config(cl_args.config_file, [*pairs, *opts])
+    cl_args, opts = parse_cl_args(argv)
+    pairs, unused = flag_overrides(cl_args)
+    return load_config(cl_args.config_file, [*pairs, *opts]), cl_args, unused
+
+
+def resolve_config(args: argparse.Namespace):
+    """Defaults < file < typed CAS-ViT flags < KEY VALUE pairs, loaded once and type-checked."""
+    return _load(args.argv)[0]
 
 
 def run(args: argparse.Namespace) -> int:
-    cl_args, opts = parse_cl_args(args.argv)
-    pairs, unused = flag_overrides(cl_args)
+    cfg, cl_args, unused = _load(args.argv)
     if unused:
         print(f"casdap cl: accepted with no effect on a frozen-backbone continual run: {', '.join(unused)}",
               file=sys.stderr)
-    from casdap.config import load_config
-
-    cfg = load_config(cl_args.config_file, [*pairs, *opts])
     from casdap.continual.runner import run_continual
 
     progress = not cl_args.no_progress and getattr(cl_args, "print_verbose", 1) != 0
