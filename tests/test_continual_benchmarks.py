@@ -107,3 +107,37 @@ def test_imagenet_layout_train_and_val_is_read_by_data_set_imnet(tmp_path):
     bench = build_benchmark(load_config(args.config_file, [*flag_overrides(args)[0], *opts]))
     assert bench.class_names == ["n00", "n01", "n02", "n03"]
     assert bench.train_sizes == [6, 6] and bench.test_sizes == [4, 4]
+
+
+def _images(stream) -> set[bytes]:
+    return {exp.dataset[i][0].numpy().tobytes() for exp in stream for i in range(len(exp.dataset))}
+
+
+def test_validation_split_holds_out_training_images_and_never_reads_the_test_set():
+    full = build_benchmark(load_config(DIGITS_YAML))
+    val = build_benchmark(load_config(DIGITS_YAML, ["DATA.VALIDATION", "0.2"]))
+    assert sum(val.train_sizes) + sum(val.test_sizes) == sum(full.train_sizes)
+    assert abs(sum(val.test_sizes) / sum(full.train_sizes) - 0.2) < 0.01
+    train_images, held_out, test_images = _images(val.scenario.train_stream), _images(val.scenario.test_stream), \
+        _images(full.scenario.test_stream)
+    assert held_out <= _images(full.scenario.train_stream)
+    assert not held_out & train_images and not held_out & test_images
+    assert val.task_classes == full.task_classes
+
+
+def test_validation_images_get_the_evaluation_transform(tmp_path):
+    data = write_tiny_cifar(tmp_path / "cifar")
+    cfg = tiny_cifar_cfg(data, tmp_path / "out")
+    cfg.defrost()
+    cfg.DATA.VALIDATION = 0.25
+    cfg.CONTINUAL.COLOR_JITTER = 0.4  # a random training transform would make two reads differ
+    bench = build_benchmark(cfg)
+    assert bench.train_sizes == [12, 12] and bench.test_sizes == [4, 4]
+    ds = bench.scenario.test_stream[0].dataset
+    assert all(bool((ds[i][0] == ds[i][0]).all()) for i in range(len(ds)))
+
+
+@pytest.mark.parametrize("share", ["1.0", "-0.1"])
+def test_validation_share_out_of_range_is_one_clear_error(share):
+    with pytest.raises(CasdapError, match=r"DATA.VALIDATION must be in \[0, 1\)"):
+        build_benchmark(load_config(DIGITS_YAML, ["DATA.VALIDATION", share]))

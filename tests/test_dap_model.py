@@ -7,7 +7,7 @@ import casdap
 from casdap.config import load_config
 from casdap.models.dap import CASDAP, MASKED_LOGIT, build_backbone, build_dap_model, restrict_logits
 
-INJECTIONS = ["kv", "pool"]
+INJECTIONS = ["kv", "pool", "attn", "attn+mix"]  # "+mix": with the channel-mixing generator
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,8 +32,9 @@ def _backbone(seed: int = 0):
 
 
 def _model(injection="kv", stages=(2, 3), num_tasks=5, seed=0):
+    injection, _, mix = injection.partition("+")
     return CASDAP(_backbone(seed), num_classes=10, num_tasks=num_tasks, num_tokens=4, task_emb_dim=8,
-                  stages=stages, injection=injection)
+                  stages=stages, injection=injection, channel_mix=mix == "mix")
 
 
 def _train_steps(model, task_id, steps=3, size=32, lr=0.05):
@@ -87,11 +88,14 @@ def test_backbone_stays_in_eval_mode_even_if_switched():
     assert all(torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items())
 
 
-def test_freeze_token_axis_stops_structure_while_film_and_keys_train():
-    model = _train_steps(_model(), task_id=0)
+@pytest.mark.parametrize("injection", ["kv", "attn+mix"])
+def test_freeze_token_axis_stops_structure_while_film_and_keys_train(injection):
+    model = _train_steps(_model(injection), task_id=0)
     model.freeze_token_axis()
-    structure = {n for n, _ in model.named_parameters() if n.endswith(("token_map.weight", "token_map.bias", "gate_a",
-                                                                        "gate_b"))}
+    structure = {n for n, _ in model.named_parameters()
+                 if n.endswith(("token_map.weight", "token_map.bias", "channel_mix.weight", "channel_mix.bias",
+                                "gate_a", "gate_b"))}
+    assert ("+mix" in injection) == any("channel_mix" in n for n in structure)
     assert structure
     assert not ({id(p) for n, p in model.named_parameters() if n in structure}
                 & {id(p) for p in model.trainable_parameters()})
@@ -121,7 +125,8 @@ def test_initial_model_is_exactly_the_frozen_backbone(injection):
             assert torch.equal(out.logits, model.head(ref))
         # the check can fail: open the gates and the prompts change the features
         for block in model._prompted_blocks():
-            block.gate_a.fill_(0.5)
+            if block.gate_a is not None:
+                block.gate_a.fill_(0.5)
             block.gate_b.fill_(0.5)
         x = torch.randn(2, 3, 32, 32)
         assert (model.forward_prompted(x, torch.tensor([0, 1])) - model.backbone.forward_pooled(x)).abs().max() > 1e-5
@@ -341,7 +346,7 @@ def test_build_without_weights_names_both_places_unless_random_init(tmp_path, ca
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"MODEL.DAP.INJECTION": "attn"}, "INJECTION"),
+        ({"MODEL.DAP.INJECTION": "prefix"}, "INJECTION"),
         ({"MODEL.DAP.PROMPT_POOL": "3"}, "PROMPT_POOL"),
         ({"MODEL.DAP.STAGES": "[4]"}, "STAGES"),
         ({"DATA.NUMBER_CLASSES": "-1"}, "NUMBER_CLASSES"),

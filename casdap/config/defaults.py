@@ -61,7 +61,8 @@ _C.MODEL.DAP.NUM_TASKS_FOR_EMB = 10  # rows of the task-embedding table
 _C.MODEL.DAP.PROMPT_POOL = 10  # number of key groups, one per task (DAP: one key each)
 _C.MODEL.DAP.KEYS_PER_TASK = 1  # keys per task; the nearest one speaks for its task (docs/dap_on_casvit.md)
 _C.MODEL.DAP.STAGES = [2, 3]  # CAS-ViT stages (0-3) whose blocks are prompted (measured: docs/dap_on_casvit.md)
-_C.MODEL.DAP.INJECTION = "kv"  # kv (extra keys/values) | pool (share of C's pooled context); docs/dap_on_casvit.md
+_C.MODEL.DAP.INJECTION = "kv"  # kv (extra keys/values) | attn (softmax over prompts) | pool; docs/dap_on_casvit.md
+_C.MODEL.DAP.CHANNEL_MIX = False  # prompt generator also mixes channels (trained on task 1, then frozen)
 _C.MODEL.DAP.SELECTION = "per_image"  # inference key selection: per_image | batch_majority | oracle
 _C.MODEL.DAP.REPLAY_MEM_SIZE = 0  # >0: Avalanche's ReplayPlugin, class-balanced buffer of this many images; 0: none
 # At inference keep only the selected key's task classes. None: as DAP's reference does for
@@ -110,6 +111,9 @@ _C.DATA.NAME = ""  # cifar100 | imagenet_r | folder | digits
 _C.DATA.DATAPATH = ""
 _C.DATA.FEATURE = ""  # DAP (ViT) key, unused
 _C.DATA.PERCENTAGE = 1.0
+# > 0: hold out this share of each class's training images and evaluate on them instead of the
+# test set, to choose hyperparameters without seeing test images (0: evaluate on the test set).
+_C.DATA.VALIDATION = 0.0
 _C.DATA.NUMBER_CLASSES = -1
 _C.DATA.MULTILABEL = False
 _C.DATA.CLASS_WEIGHTS_TYPE = "none"

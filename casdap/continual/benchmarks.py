@@ -76,6 +76,10 @@ class _Subset:
         return self.source[self.indices[i]]
 
 
+# The validation split draws from its own stream, so it is not the PERCENTAGE or test split of the same seed.
+VALIDATION_SEED_OFFSET = 7919
+
+
 def task_split(cfg: CfgNode, num_classes: int) -> list[int]:
     """Classes per task from ``CONTINUAL.INITIAL/INCREMENT/N_TASKS``; they must cover every class."""
     c = cfg.CONTINUAL
@@ -154,8 +158,8 @@ def _cifar(cfg: CfgNode, variant: str):
     train_tf, test_tf = _image_transforms(cfg)
     train = CIFARLocal(cfg.DATA.DATAPATH or None, train=True, variant=variant)
     test = CIFARLocal(cfg.DATA.DATAPATH or None, train=False, variant=variant)
-    train.transform, test.transform = train_tf, test_tf
-    return train, test, list(train.classes)
+    return (LabelledDataset(train, train.targets, train_tf), LabelledDataset(test, test.targets, test_tf),
+            list(train.classes))
 
 
 def _folder(cfg: CfgNode, seed: int):
@@ -219,8 +223,6 @@ def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBen
         train, test, names = _embedded_shift(cfg, seed)
     elif name in ("cifar100", "cifar10"):
         train, test, names = _cifar(cfg, name)
-        train = LabelledDataset(train, train.targets)
-        test = LabelledDataset(test, test.targets)
     elif name in ("imagenet_r", "imagenetr", "folder"):
         train, test, names = _folder(cfg, seed)
     else:
@@ -236,6 +238,13 @@ def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBen
         if missing:
             raise CasdapError(f"the {split} data of '{cfg.DATA.NAME}' has no images of classes {missing[:10]}")
     sizes = task_split(cfg, num_classes)
+    if not 0.0 <= cfg.DATA.VALIDATION < 1.0:
+        raise CasdapError(
+            f"DATA.VALIDATION must be in [0, 1) (share of training images held out), got {cfg.DATA.VALIDATION}")
+    if cfg.DATA.VALIDATION > 0:  # the held-out training images replace the test set
+        fit, held = _seeded_split(train.targets, cfg.DATA.VALIDATION, seed + VALIDATION_SEED_OFFSET)
+        test = LabelledDataset(_Subset(train.source, held), [train.targets[i] for i in held], test.transform)
+        train = LabelledDataset(_Subset(train.source, fit), [train.targets[i] for i in fit], train.transform)
     if not 0.0 < cfg.DATA.PERCENTAGE <= 1.0:
         raise CasdapError(f"DATA.PERCENTAGE must be in (0, 1], got {cfg.DATA.PERCENTAGE}")
     if cfg.DATA.PERCENTAGE < 1.0:  # DAP's few-shot setting: a seeded share of each class's training images

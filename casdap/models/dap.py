@@ -41,7 +41,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-INJECTIONS = ("kv", "pool")
+INJECTIONS = ("kv", "pool", "attn")
 SELECTIONS = ("per_image", "batch_majority", "oracle")
 # Logit given to excluded classes: far below any trained logit, yet finite even in float16, so the
 # batch-mean loss over rows whose true class is excluded stays finite (-inf or the dtype's lowest
@@ -71,9 +71,17 @@ class PromptGenerator(nn.Module):
     tokens and position-aware, as in DAP, but no parameter depends on the input size. The map is
     zero-initialised (raw prompts start at 0) and is trained on the first task only.
     FiLM: ``gamma, beta = film(task_embedding)``, each divided by its own detached L2 norm.
+
+    With ``channel_mix`` a ``dim x dim`` linear map (identity-initialised, so it starts as DAP's
+    generator) mixes the channels of every raw prompt. DAP's generator only re-weights positions of
+    the normalised input, so its prompts are averages of features the block already sees; the
+    channel map lets a prompt carry a direction the input does not (measured in docs/dap_on_casvit.md).
+    It is trained on the first task and then frozen with the token-axis map.
     """
 
-    def __init__(self, dim: int, num_tokens: int, task_emb_dim: int, grid: int = TOKEN_GRID) -> None:
+    def __init__(
+        self, dim: int, num_tokens: int, task_emb_dim: int, grid: int = TOKEN_GRID, channel_mix: bool = False
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.grid = grid
@@ -82,11 +90,18 @@ class PromptGenerator(nn.Module):
         nn.init.zeros_(self.token_map.weight)
         nn.init.zeros_(self.token_map.bias)
         self.film = nn.Linear(task_emb_dim, 2 * dim)
+        self.channel_mix = None
+        if channel_mix:
+            self.channel_mix = nn.Linear(dim, dim)
+            nn.init.eye_(self.channel_mix.weight)
+            nn.init.zeros_(self.channel_mix.bias)
 
     def forward(self, x: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
         tokens = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # LayerNorm per position
         tokens = F.adaptive_avg_pool2d(tokens, self.grid).flatten(2)  # [B, C, grid*grid]
         raw = self.token_map(tokens)  # [B, C, N]
+        if self.channel_mix is not None:
+            raw = self.channel_mix(raw.transpose(1, 2)).transpose(1, 2)
         gamma, beta = self.film(task_emb).chunk(2, dim=1)
         gamma = gamma / gamma.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
         beta = beta / beta.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
@@ -112,20 +127,28 @@ class PromptedBlock(nn.Module):
       block's own key operator as one-pixel maps, shift the additive attention map; the prompt
       values are added to every position's value, so each position reads them in proportion to
       its own attention map: ``proj(dwc(q' + k' + gk * mean k'_p) * (v + gv * mean v_p))``.
+    - ``attn``: prompts are extra keys and values read through a softmax over the image's prompt
+      tokens, as a ViT position reads DAP's prepended prompts: each position's query scores every
+      prompt key, and the weighted sum of prompt values is added, gated, to the mixer's output,
+      ``proj(dwc(q' + k') * v + gv * softmax_n(q . k_n / sqrt(C)) v_n)``. Every token counts
+      (``kv`` and ``pool`` average them first).
     - ``pool``: prompts join the global context of the channel operator ``C`` of q and k (the
       mixer's only global interaction): the pooled context becomes
       ``ctx + g * (mean S(q_p) - ctx)``, i.e. a learned share ``g`` of the context comes from
       the prompt tokens instead of the image positions.
     """
 
-    def __init__(self, dim: int, num_tokens: int, task_emb_dim: int, injection: str = "kv") -> None:
+    def __init__(
+        self, dim: int, num_tokens: int, task_emb_dim: int, injection: str = "kv", channel_mix: bool = False
+    ) -> None:
         super().__init__()
         if injection not in INJECTIONS:
             raise CasdapError(f"MODEL.DAP.INJECTION must be one of {', '.join(INJECTIONS)}, got '{injection}'")
         self.injection = injection
-        self.generator = PromptGenerator(dim, num_tokens, task_emb_dim)
-        self.gate_a = nn.Parameter(torch.zeros(dim, 1, 1))  # kv: keys; pool: query context
-        self.gate_b = nn.Parameter(torch.zeros(dim, 1, 1))  # kv: values; pool: key context
+        self.generator = PromptGenerator(dim, num_tokens, task_emb_dim, channel_mix=channel_mix)
+        # kv: keys; pool: query context; attn reads prompts through one gate only
+        self.gate_a = nn.Parameter(torch.zeros(dim, 1, 1)) if injection != "attn" else None
+        self.gate_b = nn.Parameter(torch.zeros(dim, 1, 1))  # kv, attn: values; pool: key context
 
     def mixer(self, attn: AdditiveTokenMixer, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -135,10 +158,21 @@ class PromptedBlock(nn.Module):
             q_mix = attn.oper_q(q)
             k_mix = attn.oper_k(k) + self.gate_a * _token_mean(attn.oper_k(k_p), b)
             v = v + self.gate_b * _token_mean(v_p, b)
+        elif self.injection == "attn":
+            mixed = attn.dwc(attn.oper_q(q) + attn.oper_k(k)) * v
+            return attn.proj_drop(attn.proj(mixed + self.gate_b * self._prompt_attention(q, k_p, v_p, b)))
         else:
             q_mix = self._pooled_gate(attn.oper_q, q, q_p, self.gate_a, b)
             k_mix = self._pooled_gate(attn.oper_k, k, k_p, self.gate_b, b)
         return attn.proj_drop(attn.proj(attn.dwc(q_mix + k_mix) * v))
+
+    @staticmethod
+    def _prompt_attention(q: torch.Tensor, k_p: torch.Tensor, v_p: torch.Tensor, b: int) -> torch.Tensor:
+        """``[B, C, H, W]``: each position's softmax-weighted read of its image's prompt values."""
+        c = q.shape[1]
+        keys, values = k_p.reshape(b, -1, c), v_p.reshape(b, -1, c)  # [B, N, C]
+        weights = torch.softmax(torch.einsum("bchw,bnc->bhwn", q, keys) / math.sqrt(c), dim=-1)
+        return torch.einsum("bhwn,bnc->bchw", weights, values)
 
     @staticmethod
     def _pooled_gate(oper: nn.Sequential, t: torch.Tensor, t_p: torch.Tensor, gate: torch.Tensor, b: int):
@@ -171,8 +205,10 @@ class PromptedBlock(nn.Module):
         return x
 
     def structure_parameters(self) -> list[nn.Parameter]:
-        """Task-agnostic parameters trained on the first task only: token-axis map and gates."""
-        return [*self.generator.token_map.parameters(), self.gate_a, self.gate_b]
+        """Task-agnostic parameters trained on the first task only: token-axis and channel maps, gates."""
+        mix = [] if self.generator.channel_mix is None else list(self.generator.channel_mix.parameters())
+        gates = [g for g in (self.gate_a, self.gate_b) if g is not None]
+        return [*self.generator.token_map.parameters(), *mix, *gates]
 
 
 def restrict_logits(
@@ -211,6 +247,7 @@ class CASDAP(nn.Module):
         injection: str = "kv",
         keys_per_task: int = 1,
         prompt_last_block: bool = True,
+        channel_mix: bool = False,
     ) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
@@ -250,7 +287,7 @@ class CASDAP(nn.Module):
         self.dap_blocks = nn.ModuleDict(
             {
                 str(s): nn.ModuleList(
-                    PromptedBlock(backbone.embed_dims[s], num_tokens, task_emb_dim, injection)
+                    PromptedBlock(backbone.embed_dims[s], num_tokens, task_emb_dim, injection, channel_mix)
                     for _ in range(backbone.layers[s] - (s == last and not self.prompt_last_block))
                 )
                 for s in self.stages
@@ -487,5 +524,6 @@ def build_dap_model(cfg) -> CASDAP:
         injection=dap.INJECTION,
         keys_per_task=int(dap.KEYS_PER_TASK),
         prompt_last_block=dap.PROMPT_LAST_BLOCK is not False,
+        channel_mix=bool(dap.CHANNEL_MIX),
     )
     return model
