@@ -57,7 +57,10 @@ def _backbone(out: Path, epochs: int | None, cfg) -> Path:
     By the documented protocol it is the cache that ``casdap cl`` on the digits uses too
     (``MODEL.MODEL_ROOT`` of digits.yaml); a demo with its own ``--pretrain-epochs`` keeps its own.
     """
+    from casdap.engine.threads import set_threads
     from casdap.pretrain.train import DEFAULT_PROTOCOL, pretrain_backbone, sidecar_path
+
+    set_threads("casdap demo", int(cfg.DATA.CROPSIZE))
 
     if epochs is None:
         path = Path(cfg.MODEL.MODEL_ROOT) / f"{cfg.MODEL.BACKBONE}.pth"

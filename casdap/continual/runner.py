@@ -61,6 +61,7 @@ from casdap.continual.strategies import (
     NCMStrategy,
     TaskSelectionAccuracy,
 )
+from casdap.engine.threads import set_threads
 from casdap.errors import CasdapError
 
 __all__ = ["METHODS", "run_continual", "RunResult"]
@@ -510,6 +511,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         if int(value) < 1:
             raise CasdapError(f"{key} must be at least 1, got {value}")
     device = _device(cfg)
+    set_threads("casdap cl", int(cfg.DATA.CROPSIZE), device.type)
     rank, world = _distributed(device)
     is_main = rank == 0
     seed = 0 if cfg.SEED is None else int(cfg.SEED)
