@@ -9,7 +9,10 @@ On ``model.forward_pooled`` of the stream (eval mode, nothing trained on it), pe
   left for prompts is what it misses.
 * **NCM within task** (oracle task) and **NCM, class-incremental** (nearest of all 100 class
   means, no task given), on L2-normalised features (what ``MODEL.TRANSFER_TYPE ncm`` does).
-* **task proxy**: nearest task mean by cosine (DAP's key side, as in docs/pretraining.md).
+* **task proxy**: nearest task mean by cosine (DAP's key side, as in docs/pretraining.md); and
+  **task by class means**: the task of the nearest of all class means of standardised features
+  (cosine), one key per class: the most a key-query match on these frozen features was measured
+  to find. DAP's per-image accuracy is bounded by it (a wrongly selected task masks the true class).
 * **domain probe**: a logistic regression telling the backbone's pretraining images from stream
   images on frozen features (held-out accuracy; 0.5 = indistinguishable).
 
@@ -86,7 +89,19 @@ def probe(model: torch.nn.Module, seed: int, train_per_class: int, test_per_clas
         "ncm_within_task": statistics.mean(within_ncm),
         "ncm_class_incremental": nearest_mean_accuracy(f_tr, y_tr, f_te, y_te, "cosine"),
         "task_proxy": nearest_mean_accuracy(f_tr, task_tr, f_te, task_te, "cosine"),
+        "task_by_class_means": _task_by_class_means(f_tr, y_tr, f_te, task_te, per_class),
     }
+
+
+def _task_by_class_means(f_tr: torch.Tensor, y_tr: torch.Tensor, f_te: torch.Tensor, task_te: torch.Tensor,
+                         per_class: int) -> float:
+    mean, std = f_tr.mean(0), f_tr.std(0) + 1e-6
+    a = torch.nn.functional.normalize((f_tr - mean) / std, dim=1)
+    b = torch.nn.functional.normalize((f_te - mean) / std, dim=1)
+    classes = torch.unique(y_tr)
+    means = torch.nn.functional.normalize(torch.stack([a[y_tr == c].mean(0) for c in classes]), dim=1)
+    task = classes[(b @ means.t()).argmax(1)] // per_class
+    return float((task == task_te).float().mean())
 
 
 def digits_probe(model: torch.nn.Module, seed: int) -> dict:
@@ -159,7 +174,8 @@ def main() -> None:
         if args.out:
             with args.out.open("a") as f:
                 f.write(json.dumps(r) + "\n")
-    for key in ("oracle_linear_within_task", "ncm_within_task", "ncm_class_incremental", "task_proxy", "domain_probe"):
+    for key in ("oracle_linear_within_task", "ncm_within_task", "ncm_class_incremental", "task_proxy",
+                "task_by_class_means", "domain_probe"):
         vals = [r[key] for r in rows]
         spread = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
         print(f"{key:28s} median {statistics.median(vals):.3f}  mean {statistics.mean(vals):.3f}{spread}  "
