@@ -1,7 +1,9 @@
-"""Continual-learning metrics from the accuracy matrix, and the files of a run directory.
+"""The files of a run directory, and the continual-learning metrics of its accuracy matrix.
 
 ``A[i][j]`` is the accuracy (a fraction) on task ``j``'s test set after training task ``i``;
 ``None`` where ``j > i`` (not seen yet) or where a method reports no row (joint training).
+The metrics and the fields of ``metrics.json`` are defined once, in :mod:`casdap.run_metrics`
+(free of torch, for ``casdap compare``), and re-exported here.
 """
 
 from __future__ import annotations
@@ -12,16 +14,28 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from statistics import mean
 from typing import Any
 
 import numpy as np
 
+from casdap.run_metrics import (
+    METRICS_FIELDS,
+    Matrix,
+    backward_transfer,
+    final_accuracy,
+    forgetting,
+    forgetting_per_task,
+    learning_accuracy,
+    summarize,
+)
+
 __all__ = [
+    "METRICS_FIELDS",
     "final_accuracy",
     "forgetting",
     "learning_accuracy",
     "backward_transfer",
+    "forgetting_per_task",
     "summarize",
     "write_json",
     "write_acc_matrix_csv",
@@ -29,54 +43,10 @@ __all__ = [
     "format_summary_table",
 ]
 
-Matrix = list[list[float | None]]
 
-
-def _last_row(a: Matrix) -> list[float] | None:
-    if not a or a[-1] is None or any(v is None for v in a[-1]):
-        return None
-    return a[-1]
-
-
-def final_accuracy(a: Matrix) -> float | None:
-    """Mean accuracy over all tasks after the last one."""
-    last = _last_row(a)
-    return mean(last) if last else None
-
-
-def forgetting(a: Matrix) -> float | None:
-    """DAP's definition: mean over ``j < T-1`` of ``max_i A[i][j] - A[T-1][j]``."""
-    last = _last_row(a)
-    if last is None or len(a) < 2 or any(a[j][j] is None for j in range(len(a) - 1)):
-        return None  # no history to forget from (e.g. joint training)
-    drops = []
-    for j in range(len(a) - 1):
-        seen = [row[j] for row in a if row[j] is not None]
-        drops.append(max(seen) - last[j])
-    return mean(drops)
-
-
-def learning_accuracy(a: Matrix) -> float | None:
-    """Mean of the diagonal: each task's accuracy right after learning it."""
-    diag = [a[i][i] for i in range(len(a))]
-    return None if any(v is None for v in diag) or not diag else mean(diag)
-
-
-def backward_transfer(a: Matrix) -> float | None:
-    """Mean over ``j < T-1`` of ``A[T-1][j] - A[j][j]`` (negative: forgetting)."""
-    last = _last_row(a)
-    if last is None or len(a) < 2 or any(a[j][j] is None for j in range(len(a) - 1)):
-        return None
-    return mean(last[j] - a[j][j] for j in range(len(a) - 1))
-
-
-def summarize(a: Matrix) -> dict[str, float | None]:
-    return {
-        "final_acc": final_accuracy(a),
-        "forgetting": forgetting(a),
-        "learning_acc": learning_accuracy(a),
-        "bwt": backward_transfer(a),
-    }
+def _joint_offset(a: Matrix, n_tasks: int) -> int:
+    """Index of the first row: joint training writes its single, complete row after the last task."""
+    return n_tasks - len(a) if len(a) == 1 and all(v is not None for v in a[0]) else 0
 
 
 def write_text(path: Path, text: str) -> None:
@@ -101,8 +71,7 @@ def write_acc_matrix_csv(path: Path, a: Matrix, n_tasks: int) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["after_task", *[f"task_{j}" for j in range(n_tasks)]])
-    offset = n_tasks - len(a) if len(a) == 1 and all(v is not None for v in a[0]) else 0
-    for i, row in enumerate(a, start=offset):
+    for i, row in enumerate(a, start=_joint_offset(a, n_tasks)):
         w.writerow([i, *["" if v is None else f"{v:.6f}" for v in row]])
     write_text(path, buf.getvalue())
 
@@ -114,14 +83,12 @@ def write_final_results(path: Path, cfg_text: str, a: Matrix, n_tasks: int, note
     ``notes`` (e.g. a non-default evaluation protocol) are appended after DAP's lines.
     """
     dap = np.zeros((n_tasks, n_tasks))
-    offset = n_tasks - len(a) if len(a) == 1 and all(v is not None for v in a[0]) else 0  # joint: last column
+    offset = _joint_offset(a, n_tasks)  # joint: the last column
     for i, row in enumerate(a, start=offset):
         for j, v in enumerate(row):
             if v is not None:
                 dap[j, i] = v
-    s = summarize(a)
-    if offset:
-        s["forgetting"] = s["learning_acc"] = None
+    s = summarize(a, joint=offset > 0)
 
     def fmt(v: float | None) -> str:
         return "nan" if v is None else f"{v:.5f}"
