@@ -23,7 +23,9 @@ import torch.nn as nn
 
 from casdap.errors import CasdapError
 
-__all__ = ["LoadReport", "load_checkpoint", "read_checkpoint", "extract_state_dict", "save_checkpoint"]
+__all__ = [
+    "LoadReport", "drop_dense_only", "load_checkpoint", "read_checkpoint", "extract_state_dict", "save_checkpoint"
+]
 
 # Containers used by the official CAS-ViT / ConvNeXt / DeiT training scripts and common tools.
 _NESTED_KEYS = ("model", "state_dict", "module")
@@ -117,6 +119,15 @@ def extract_state_dict(obj: Any, key: str | None = None, path: str = "<checkpoin
     return sd, used
 
 
+def drop_dense_only(sd: dict, target: Mapping[str, Any]) -> list[str]:
+    """Remove from ``sd`` (in place) the norms that only the official dense-prediction variant has,
+    where ``target`` (the model's state dict) lacks them; return the removed keys."""
+    dropped = [k for k in sd if k.startswith(_DENSE_ONLY_PREFIXES) and k not in target]
+    for k in dropped:
+        del sd[k]
+    return dropped
+
+
 def load_checkpoint(
     model: nn.Module,
     path: str | os.PathLike,
@@ -140,9 +151,7 @@ def load_checkpoint(
     report = LoadReport(str(path), used)
 
     target = model.state_dict()
-    for k in [k for k in sd if k.startswith(_DENSE_ONLY_PREFIXES) and k not in target]:
-        report.dropped.append(k)
-        del sd[k]
+    report.dropped.extend(drop_dense_only(sd, target))
     if finetune:
         for k in list(sd):
             if k.startswith(_HEAD_PREFIXES) and (k not in target or sd[k].shape != target[k].shape):
