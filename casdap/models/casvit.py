@@ -3,18 +3,33 @@
 The module tree reproduces the official ``rcvit_*`` state-dict layout exactly (``patch_embed.N``,
 ``network.<i>.<j>.*`` with stages at even and downsampling embeddings at odd indices, ``norm``,
 ``head``, ``dist_head``), so Model Zoo checkpoints load with ``strict=True``.
+
+The variants are timm models: each has a pretrained config (ImageNet-1k input: 224 px, ImageNet
+mean/std, bicubic, crop 0.875), so ``timm.data.resolve_data_config({}, model=model)`` gives its
+preprocessing, and a Model Zoo file loads through timm's own pretrained path::
+
+    timm.create_model("rcvit_xs", pretrained=True, pretrained_cfg_overlay=dict(file="rcvit_xs.pth"))
+
+(:func:`checkpoint_filter_fn` maps the official file onto the model). ``forward_intermediates``
+and ``prune_intermediate_layers`` follow timm's feature-extraction interface, and
+``features_only=True`` wraps the model in timm's ``FeatureGetterNet``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models._features import feature_take_indices  # where timm's own models import it from
 
-__all__ = ["CASViT", "AdditiveBlock", "AdditiveTokenMixer", "VARIANTS"]
+from casdap.checkpoint import drop_dense_only, extract_state_dict
+
+__all__ = ["CASViT", "AdditiveBlock", "AdditiveTokenMixer", "VARIANTS", "checkpoint_filter_fn"]
 
 # name -> (blocks per stage, channels per stage)
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -189,6 +204,10 @@ class CASViT(nn.Module):
         self.num_classes = num_classes
         self.num_features = embed_dims[-1]
         self.distillation = distillation
+        # timm's description of the stage outputs (for features_only and forward_intermediates)
+        self.feature_info = [
+            {"num_chs": dim, "reduction": 4 * 2**i, "module": f"network.{2 * i}"} for i, dim in enumerate(embed_dims)
+        ]
 
         self.patch_embed = _stem(in_chans, embed_dims[0])
         total = sum(layers)
@@ -251,15 +270,66 @@ class CASViT(nn.Module):
                 self._init_weights(m)
 
     # -- forward ----------------------------------------------------------------------------
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Multi-scale mode: the output of every stage (strides 4, 8, 16, 32) for dense tasks."""
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's multi-scale interface: the outputs of the stages (strides 4, 8, 16, 32).
+
+        Args:
+            x: images ``[B, C, H, W]``.
+            indices: which stages: None for all, an int ``n`` for the last ``n``, a sequence for
+                those indices (negative ones count from the end).
+            norm: pass the last stage's output through the final BatchNorm (the only stage it fits).
+            stop_early: run no further than the last stage asked for.
+            output_fmt: only ``"NCHW"``.
+            intermediates_only: return only the list.
+
+        Returns:
+            The list of stage outputs, or ``(final features, list)``; the final features equal
+            :meth:`forward_features` when every stage ran.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        stages = self.stages
+        take_indices, max_index = feature_take_indices(len(stages), indices)
+        last = len(stages) - 1
+        run_to = max_index if stop_early else last
+        intermediates = []
         x = self.patch_embed(x)
-        outs = []
-        for i, module in enumerate(self.network):
-            x = module(x)
-            if i % 2 == 0:
-                outs.append(x)
-        return outs
+        for i in range(run_to + 1):
+            if i > 0:
+                x = self.network[2 * i - 1](x)  # the embedding between stages i - 1 and i
+            x = stages[i](x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm and i == last else x)
+        if intermediates_only:
+            return intermediates
+        if run_to == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop what :meth:`forward_intermediates` no longer needs for ``indices``: the stages
+        after the last one taken, the final norm (when those went, or with ``prune_norm``) and
+        the classifier (with ``prune_head``). Returns the absolute indices kept."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.network = self.network[: 2 * max_index + 1]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.embed_dims[max_index]
+        if prune_head or prune_end:
+            self.reset_classifier(0)
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final feature map after the last BatchNorm, ``[B, C, H/32, W/32]``."""
@@ -295,17 +365,68 @@ class CASViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: CASViT) -> dict[str, torch.Tensor]:
+    """timm's ``pretrained_filter_fn``: an official CAS-ViT checkpoint onto ``model``'s state dict.
+
+    Reads every layout :func:`casdap.load_checkpoint` reads (a bare state dict or one nested under
+    ``model``/``state_dict``/``module``, ``module.`` prefixes) and drops the extra norms of the
+    official dense-prediction variant that ``model`` lacks; timm then loads the result (strictly,
+    unless the class count differs and the classifiers are dropped). timm's file reader picks the
+    container before this runs, and takes an EMA copy (``model_ema``) first where the file has one;
+    ``casdap.load_checkpoint`` takes ``model`` unless asked for ``key="model_ema"``.
+    """
+    sd, _ = extract_state_dict(state_dict, path="<pretrained state dict>")
+    drop_dense_only(sd, model.state_dict())
+    return sd
+
+
+def _cfg(**kwargs) -> dict:
+    """ImageNet-1k preprocessing of the Model Zoo weights, as this repository trains and evaluates."""
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,  # 224 / 256
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.0",
+        "classifier": ("head", "dist_head"),
+        "paper_ids": "arXiv:2408.03703",
+        "origin_url": "https://github.com/Tianfang-Zhang/CAS-ViT",
+        **kwargs,
+    }
+
+
+# Read by timm's ``register_model`` below: one ImageNet-1k config per variant. The weights are not
+# downloadable; pass the file with ``pretrained_cfg_overlay=dict(file=...)``.
+default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
+
+
 def _create(name: str, pretrained: bool = False, **kwargs) -> CASViT:
     if pretrained:
-        raise ValueError(
-            f"{name}: weights cannot be fetched automatically; build the model and call "
-            "casdap.load_checkpoint(model, '<path to the Model Zoo .pth>')"
-        )
-    # timm passes these generic keys to every entry point; CAS-ViT has no use for them.
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
+        overlay = kwargs.get("pretrained_cfg_overlay")
+        cfg = resolve_pretrained_cfg(name, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=overlay)
+        if not (cfg.file or cfg.url or cfg.hf_hub_id or cfg.state_dict):
+            raise ValueError(
+                f"{name}: weights cannot be fetched automatically; pass the Model Zoo file, "
+                f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='<path>.pth')), "
+                f"or build the model and call casdap.load_checkpoint(model, '<path>.pth')"
+            )
+        if cfg.file and not Path(cfg.file).is_file():
+            raise FileNotFoundError(f"{name}: pretrained weights file '{cfg.file}' does not exist")
     layers, dims = VARIANTS[name]
-    return CASViT(layers, dims, **kwargs)
+    return build_model_with_cfg(
+        CASViT,
+        name,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg={"feature_cls": "getter", "out_indices": (0, 1, 2, 3)},
+        layers=layers,
+        embed_dims=dims,
+        **kwargs,
+    )
 
 
 @register_model
