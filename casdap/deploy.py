@@ -23,6 +23,7 @@ import copy
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from casdap.errors import CasdapError
 from casdap.models.casvit import (
@@ -44,13 +45,17 @@ __all__ = [
 ]
 
 
-def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``bn(x) == x * scale + shift`` per channel, from the running statistics."""
+def _require_running_stats(bn: nn.BatchNorm2d) -> None:
     if bn.running_mean is None or bn.running_var is None:
         raise CasdapError(
             f"cannot fold {bn}: it has no running statistics (track_running_stats=False); "
             "such a BatchNorm normalises with batch statistics and is not a fixed affine map"
         )
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bn(x) == x * scale + shift`` per channel, from the running statistics."""
+    _require_running_stats(bn)
     scale = bn.running_var.add(bn.eps).rsqrt()
     if bn.weight is not None:
         scale = scale * bn.weight
@@ -72,11 +77,11 @@ def _new_conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) ->
 
 @torch.no_grad()
 def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """``bn(conv(x))`` as one convolution (any kernel, stride or groups)."""
-    scale, shift = _bn_scale_shift(bn)
-    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
-    bias = shift if conv.bias is None else conv.bias * scale + shift
-    return _new_conv_like(conv, weight, bias)
+    """``bn(conv(x))`` as one convolution (any kernel, stride or groups), for modules in eval mode."""
+    _require_running_stats(bn)
+    if conv.training or bn.training:
+        raise CasdapError("fold_bn_into_conv folds eval-mode modules: call .eval() first")
+    return fuse_conv_bn_eval(conv, bn)
 
 
 @torch.no_grad()
