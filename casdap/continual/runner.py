@@ -63,6 +63,7 @@ from casdap.continual.strategies import (
 )
 from casdap.engine.threads import set_threads
 from casdap.errors import CasdapError
+from casdap.run_metrics import METRICS_FIELDS
 
 __all__ = ["METHODS", "run_continual", "RunResult"]
 
@@ -588,11 +589,9 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         return bench.n_tasks if method == "joint" and state.acc_matrix else len(state.acc_matrix)
 
     def metrics_dict(finished: bool) -> dict[str, Any]:
-        s = summarize(state.acc_matrix)
-        if method == "joint":  # one row after seeing everything: no per-task history
-            s = {**s, "learning_acc": None, "forgetting": None, "bwt": None}
+        s = summarize(state.acc_matrix, joint=method == "joint")
         sel = state.task_selection[-1] if state.task_selection else None
-        return {
+        metrics = {
             "method": method, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
             "n_tasks": bench.n_tasks, "tasks_done": n_done(), "finished": finished,
             "acc_matrix": state.acc_matrix, **s,
@@ -602,6 +601,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
             "wall_time_s": state.wall_time_s, "trainable_params": trainable, "total_params": total,
             "train_images_per_s": state.train_images / state.train_time_s if state.train_time_s else None,
         }
+        assert metrics.keys() == METRICS_FIELDS.keys(), "metrics.json fields and run_metrics.METRICS_FIELDS differ"
+        return metrics
 
     def finish_task(t: int, row: list[float | None], mixed: float | None, task_sel: float | None, t0: float):
         state.acc_matrix.append(row + [None] * (bench.n_tasks - len(row)))
