@@ -1,5 +1,5 @@
 """What ``casdap bench`` measures and its defaults, free of heavy imports (the command line builds
-its ``--help`` from them); the harness is :mod:`casdap.benchmark`."""
+its ``--help`` from them); the harness is :mod:`casdap.bench`."""
 
 from __future__ import annotations
 
