@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from casdap.errors import CasdapError
+from casdap.files import atomic_path
 
 __all__ = [
     "DAPLogitsAndKeys", "OnnxCheck", "RunCheck", "export_onnx", "check_onnx", "check_against_run", "require_onnx",
@@ -142,8 +143,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int = 224
         raise CasdapError(f"cannot write '{out}': folder '{out.parent}' does not exist")
     model = model.eval()
     example = torch.randn(2, 3, input_size, input_size)
-    tmp = out.with_name(out.name + ".partial")
-    try:
+    with atomic_path(out) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
@@ -152,9 +152,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int = 224
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
             )
         program.save(str(tmp), external_data=False)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from casdap.compare.plots import write_plots
 from casdap.compare.records import Comparison
 from casdap.compare.tables import groups_csv, runs_csv, summary_markdown
+from casdap.files import write_text
 
 
 def write_outputs(comp: Comparison, out: Path) -> list[Path]:
@@ -15,11 +16,7 @@ def write_outputs(comp: Comparison, out: Path) -> list[Path]:
     written: list[Path] = []
 
     def put(name: str, text: str) -> None:
-        path = out / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        written.append(path)
+        written.append(write_text(out / name, text))
 
     put("summary.md", summary_markdown(comp))
     put("summary.csv", groups_csv(comp.groups))

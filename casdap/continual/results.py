@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from casdap.files import write_json, write_text
 from casdap.run_metrics import (
     METRICS_FIELDS,
     Matrix,
@@ -47,22 +45,6 @@ __all__ = [
 def _joint_offset(a: Matrix, n_tasks: int) -> int:
     """Index of the first row: joint training writes its single, complete row after the last task."""
     return n_tasks - len(a) if len(a) == 1 and all(v is not None for v in a[0]) else 0
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_acc_matrix_csv(path: Path, a: Matrix, n_tasks: int) -> None:

@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from casdap.errors import CasdapError
+from casdap.files import write_json
 
 
 @dataclass
@@ -243,7 +244,7 @@ def train(args: argparse.Namespace) -> TrainResult:
         log_writer = None
         if du.is_main_process():
             if output_dir is not None:
-                (output_dir / "args.json").write_text(json.dumps(_json_ready(args), indent=2) + "\n")
+                write_json(output_dir / "args.json", _json_ready(args))
             if args.log_dir:
                 from torch.utils.tensorboard import SummaryWriter
 

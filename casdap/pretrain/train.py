@@ -8,10 +8,8 @@ exactly what the backbone saw.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 
 from casdap.checkpoint import save_checkpoint
 from casdap.errors import CasdapError
+from casdap.files import write_json
 from casdap.models import create_model
 from casdap.pretrain.protocol import DEFAULT_PROTOCOL
 from casdap.pretrain.sources import INPUT_MEAN, INPUT_STD, SOURCES, build_source, normalize_input
@@ -34,19 +33,6 @@ def sidecar_path(checkpoint_path: str | os.PathLike) -> Path:
     """Where the description of a pretrained checkpoint lives: ``<name>.json`` beside it."""
     return Path(checkpoint_path).with_suffix(".json")
 
-
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _shift_classes_seen(class_names: list[str]) -> list[str]:
@@ -189,5 +175,5 @@ def pretrain_backbone(
         "machine": platform.machine(),
         "log": log,
     }
-    _write_json_atomic(sidecar, sidecar_path(out_path))
+    write_json(sidecar_path(out_path), sidecar)
     return sidecar
