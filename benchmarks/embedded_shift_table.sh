@@ -3,6 +3,7 @@
 # one torch thread, JOBS runs at a time (default 2, one per core), then `casdap compare`. The
 # backbone (model/embedded/rcvit_xs.pth) is made on first use by the documented protocol.
 #   bash benchmarks/embedded_shift_table.sh [OUT] [SEEDS]     (default OUT: runs/shift_table, SEEDS: "0 1 2")
+#   ONLY="dap dap-prompts-off" bash benchmarks/embedded_shift_table.sh   (only the named rows)
 # Wall times are per run, measured while JOBS runs share the machine.
 set -euo pipefail
 OUT=${1:-runs/shift_table}
@@ -22,6 +23,9 @@ ROWS=(
     "dap-batch-majority|MODEL.DAP.SELECTION batch_majority"
     "dap-stages3|MODEL.DAP.STAGES [3]"
     "dap-stages123|MODEL.DAP.STAGES [1,2,3]"
+    "dap-kv|MODEL.DAP.INJECTION kv"
+    "dap-no-channel-mix|MODEL.DAP.CHANNEL_MIX False"
+    "dap-kv-no-channel-mix-3ep|MODEL.DAP.INJECTION kv MODEL.DAP.CHANNEL_MIX False SOLVER.TOTAL_EPOCH 3"
     "dap-pool|MODEL.DAP.INJECTION pool"
     "dap-tokens3|MODEL.DAP.NUM_DAP_TOKENS 3"
     "dap-tokens30|MODEL.DAP.NUM_DAP_TOKENS 30"
@@ -41,8 +45,9 @@ rm -rf "$OUT/.backbone-check"
 
 jobs_file="$OUT/jobs.txt"
 : > "$jobs_file"
-for seed in $SEEDS; do
-    for row in "${ROWS[@]}"; do
+for row in "${ROWS[@]}"; do
+    [[ -z "${ONLY:-}" || " $ONLY " == *" ${row%%|*} "* ]] || continue
+    for seed in $SEEDS; do
         echo "${row%%|*}|$seed|${row#*|}" >> "$jobs_file"
     done
 done
