@@ -110,3 +110,23 @@ def test_features_only_and_pruning():
         got = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
     assert len(model.stages) == 2 and model.num_features == 56 and isinstance(model.head, torch.nn.Identity)
     assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+def test_a_model_file_registering_the_same_names_leaves_ours_in_timm(tmp_path):
+    """``casdap bench --reference`` imports a model file whose builders register with timm under
+    our names; afterwards timm builds our model, with its pretrained config, again."""
+    from casdap.bench import load_reference
+    from casdap.models.casvit import CASViT
+
+    path = tmp_path / "rcvit.py"
+    path.write_text(
+        "from timm.models import register_model\n"
+        "from casdap.models.casvit import CASViT, VARIANTS\n\n"
+        "class RCViT(CASViT):\n    pass\n\n"
+        "@register_model\ndef rcvit_xs(**kwargs):\n    return RCViT(*VARIANTS['rcvit_xs'], **kwargs)\n"
+    )
+    reference = load_reference(path, "rcvit_xs", casdap.create_model("rcvit_xs"))
+    assert type(reference).__name__ == "RCViT"
+    model = timm.create_model("rcvit_xs")
+    assert type(model) is CASViT and model.pretrained_cfg["tag"] == "in1k"
+    assert resolve_data_config({}, model=model)["crop_pct"] == pytest.approx(0.875)
