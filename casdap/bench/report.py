@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
+
+from casdap.files import write_text
 
 __all__ = ["format_table", "row_line", "write_json"]
 
@@ -53,9 +54,4 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> None:
     """Write atomically, so an interrupted run never leaves half a file."""
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    os.replace(tmp, p)
+    write_text(path, json.dumps(result, indent=2))
