@@ -61,6 +61,7 @@ from casdap.continual.strategies import (
     NCMStrategy,
     TaskSelectionAccuracy,
 )
+from casdap.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from casdap.engine.threads import set_threads
 from casdap.errors import CasdapError
 from casdap.run_metrics import METRICS_FIELDS
@@ -118,37 +119,6 @@ def _device(cfg: CfgNode) -> torch.device:
     if want != "cpu":
         raise CasdapError(f"unknown DEVICE '{cfg.DEVICE}' (use auto, cpu or cuda)")
     return torch.device("cpu")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    has_gauss, cached = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def output_dir_of(cfg: CfgNode) -> Path:
@@ -528,7 +498,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
             "or choose another OUTPUT_DIR"
         )
 
-    _seed_everything(seed)
+    seed_everything(seed)
     bench = build_benchmark(cfg, rank, world)
     if cfg.DATA.NUMBER_CLASSES != bench.num_classes or cfg.OUTPUT_DIR != str(out):
         cfg = cfg.clone()  # resolved: the class count from the data (DAP's -1), the run folder
@@ -567,7 +537,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         start = int(ckpt["tasks_done"])
         state = _State(**ckpt["state"])
         _restore_strategy(strategy, ckpt["strategy"], bench, start)
-        _set_rng_state(ckpt["rng"])
+        restore_rng_state(ckpt["rng"])
         if is_main:
             print(f"casdap cl: resuming {out} after task {start}/{bench.n_tasks}")
 
@@ -616,7 +586,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
                 save_checkpoint({
                     "format": CHECKPOINT_FORMAT, "tasks_done": t + 1, "config": cfg.dump(),
                     "model": model.state_dict(), "state": vars(state), "strategy": _strategy_state(strategy),
-                    "rng": _rng_state(),
+                    "rng": capture_rng_state(),
                 }, out / CHECKPOINT_DIR / f"task_{t:03d}.pth")
             write_json(out / "metrics.json", metrics)
             if method == "ranpac":  # the method's own choices: the ridge strength of every task

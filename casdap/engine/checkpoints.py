@@ -9,43 +9,14 @@ flags and the epoch (samplers reseed from ``seed + epoch``), so the epoch positi
 
 from __future__ import annotations
 
-import random
 import re
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from casdap.checkpoint import read_checkpoint, save_checkpoint
 from casdap.errors import CasdapError
 
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """This process's generator states, as tensors and plain containers (``weights_only``-safe)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},
-        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def numbered_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:

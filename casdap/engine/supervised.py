@@ -11,17 +11,16 @@ import argparse
 import datetime
 import functools
 import json
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
+from casdap.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from casdap.errors import CasdapError
 from casdap.files import write_json
 
@@ -83,9 +82,7 @@ def train(args: argparse.Namespace) -> TrainResult:
         state_key = "state_dict" if args.usi_eval else "model"
 
         seed = args.seed + rank
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        random.seed(seed)
+        seed_everything(seed)
         torch.backends.cudnn.benchmark = True
 
         output_dir = Path(args.output_dir) if args.output_dir else None
@@ -265,7 +262,7 @@ def train(args: argparse.Namespace) -> TrainResult:
         result = TrainResult(model=model_without_ddp, max_accuracy=max_accuracy)
         train_images, train_time = 0.0, 0.0
         if rng_to_restore is not None:
-            ckpt.restore_rng_state(rng_to_restore)
+            restore_rng_state(rng_to_restore)
         for epoch in range(args.start_epoch, args.epochs):
             epoch_start = time.perf_counter()
             train_sampler.set_epoch(epoch)
@@ -304,7 +301,7 @@ def train(args: argparse.Namespace) -> TrainResult:
             if output_dir is not None and args.save_ckpt:
                 periodic = (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs
                 if periodic or improved or improved_ema:
-                    rng_states = du.all_gather_object(ckpt.capture_rng_state())
+                    rng_states = du.all_gather_object(capture_rng_state())
                     if du.is_main_process():
                         state = ckpt.training_state(
                             model=model_without_ddp, optimizer=optimizer, scaler=scaler,
