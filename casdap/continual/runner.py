@@ -135,14 +135,14 @@ def _make_optimizer(cfg: CfgNode, groups: list[dict]) -> torch.optim.Optimizer:
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise CasdapError("the method has no trainable parameters")
-    kind = s.OPTIMIZER.lower()
-    if kind == "sgd":
-        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
-    if kind == "adam":
-        return torch.optim.Adam(groups, lr=s.BASE_LR, betas=(s.BETA1, s.BETA2), weight_decay=s.WEIGHT_DECAY)
-    if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=(s.BETA1, s.BETA2), weight_decay=s.WEIGHT_DECAY)
-    raise CasdapError(f"unknown SOLVER.OPTIMIZER '{s.OPTIMIZER}' (use sgd, adam or adamw)")
+    # DAP's names in timm's registry: DAP's "sgd" is plain momentum SGD (timm's "sgd" is Nesterov)
+    timm_name = {"sgd": "momentum", "adam": "adam", "adamw": "adamw"}.get(s.OPTIMIZER.lower())
+    if timm_name is None:
+        raise CasdapError(f"unknown SOLVER.OPTIMIZER '{s.OPTIMIZER}' (use sgd, adam or adamw)")
+    from timm.optim import create_optimizer_v2
+
+    extra = {"momentum": s.MOMENTUM} if timm_name == "momentum" else {"betas": (s.BETA1, s.BETA2)}
+    return create_optimizer_v2(groups, opt=timm_name, lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY, **extra)
 
 
 def _build_model(cfg: CfgNode, method: str, num_classes: int) -> nn.Module:
