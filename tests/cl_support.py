@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 from conftest import ROOT
+from layouts import write_cifar
 
 from casdap.config import load_config
-from casdap.data.cifar import write_cifar
 
 DIGITS_YAML = ROOT / "configs" / "dap" / "digits.yaml"
 CIFAR_YAML = ROOT / "configs" / "dap" / "cifar.yaml"

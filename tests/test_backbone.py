@@ -1,10 +1,10 @@
 import pytest
 import timm
 import torch
+from synthetic_weights import manifest_of, read_manifest, synthetic_state_dict
 
 import casdap
 from casdap.checkpoint import save_checkpoint
-from casdap.models.synthetic import manifest_of, read_manifest, synthetic_state_dict
 
 VARIANTS = ["rcvit_xs", "rcvit_s", "rcvit_m", "rcvit_t"]
 

@@ -3,9 +3,10 @@ import pickle
 
 import numpy as np
 import pytest
+from layouts import write_cifar
 
 from casdap import CasdapError
-from casdap.data.cifar import CIFARLocal, read_cifar, write_cifar
+from casdap.data.cifar import CIFARLocal, read_cifar
 
 
 def _write(root, variant="cifar100", n=40, classes=100):

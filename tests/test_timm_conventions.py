@@ -6,11 +6,11 @@ import argparse
 import pytest
 import timm
 import torch
+from synthetic_weights import read_manifest, synthetic_state_dict
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
 
 import casdap
 from casdap.checkpoint import save_checkpoint
-from casdap.models.synthetic import read_manifest, synthetic_state_dict
 
 VARIANTS = ["rcvit_xs", "rcvit_s", "rcvit_m", "rcvit_t"]
 STAGES_64x96 = [(48, 16, 24), (56, 8, 12), (112, 4, 6), (220, 2, 3)]  # rcvit_xs, strides 4 to 32

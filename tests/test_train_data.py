@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+from synthetic_weights import manifest_of, synthetic_state_dict
 from train_helpers import one_thread, write_image_folders
 
 from casdap.checkpoint import save_checkpoint
@@ -12,7 +13,6 @@ from casdap.cli import seed_main
 from casdap.cli.train import main, parse_args
 from casdap.data.samplers import MultiScaleBatchSampler, scale_batch_pairs
 from casdap.models import create_model
-from casdap.models.synthetic import manifest_of, synthetic_state_dict
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 

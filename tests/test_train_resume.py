@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from synthetic_weights import manifest_of, synthetic_state_dict
 from train_helpers import one_thread, write_tiny_cifar
 
 from casdap.checkpoint import save_checkpoint
 from casdap.cli import main as cli_main
 from casdap.cli.train import main, parse_args
 from casdap.models import create_model
-from casdap.models.synthetic import manifest_of, synthetic_state_dict
 
 # Every source of randomness that must survive a restart: RandAugment, random erasing, mixup and
 # cutmix, drop path, EMA, DataLoader worker seeding, plus the lr warmup/cosine and wd schedules.

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from layouts import write_cifar
 from PIL import Image
-
-from casdap.data.cifar import write_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,13 +18,9 @@ from yacs.config import CfgNode
 from casdap.config.defaults import get_defaults
 from casdap.errors import CasdapError, yaml_problem
 
-__all__ = ["CfgNode", "get_cfg", "load_config", "config_keys", "shipped_config"]
+__all__ = ["CfgNode", "load_config", "config_keys", "shipped_config"]
 
 BASE_KEY = "_BASE_"
-
-
-def get_cfg() -> CfgNode:
-    return get_defaults()
 
 
 def config_keys(cfg: CfgNode | None = None, prefix: str = "") -> list[str]:

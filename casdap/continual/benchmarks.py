@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from yacs.config import CfgNode
 
 from casdap.errors import CasdapError
@@ -61,19 +61,6 @@ class LabelledDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, self.targets[index]
-
-
-class _Subset:
-    """Indexable view of ``source`` at ``indices`` (keeps the source's own loading)."""
-
-    def __init__(self, source, indices: list[int]) -> None:
-        self.source, self.indices = source, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.source[self.indices[i]]
 
 
 # The validation split draws from its own stream, so it is not the PERCENTAGE or test split of the same seed.
@@ -191,8 +178,8 @@ def _folder(cfg: CfgNode, seed: int):
     train_idx, test_idx = _seeded_split(full.targets, cfg.DATA.TEST_SPLIT, seed)
     targets = full.targets
     return (
-        LabelledDataset(_Subset(full, train_idx), [targets[i] for i in train_idx], train_tf),
-        LabelledDataset(_Subset(full, test_idx), [targets[i] for i in test_idx], test_tf),
+        LabelledDataset(Subset(full, train_idx), [targets[i] for i in train_idx], train_tf),
+        LabelledDataset(Subset(full, test_idx), [targets[i] for i in test_idx], test_tf),
         list(full.classes),
     )
 
@@ -207,7 +194,7 @@ def shard(dataset: LabelledDataset, rank: int, world: int) -> LabelledDataset:
         per_rank = len(idx) // world
         keep += idx[rank::world][:per_rank]
     keep.sort()
-    source = _Subset(dataset.source, keep)
+    source = Subset(dataset.source, keep)
     return LabelledDataset(source, [dataset.targets[i] for i in keep], dataset.transform)
 
 
@@ -243,13 +230,13 @@ def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBen
             f"DATA.VALIDATION must be in [0, 1) (share of training images held out), got {cfg.DATA.VALIDATION}")
     if cfg.DATA.VALIDATION > 0:  # the held-out training images replace the test set
         fit, held = _seeded_split(train.targets, cfg.DATA.VALIDATION, seed + VALIDATION_SEED_OFFSET)
-        test = LabelledDataset(_Subset(train.source, held), [train.targets[i] for i in held], test.transform)
-        train = LabelledDataset(_Subset(train.source, fit), [train.targets[i] for i in fit], train.transform)
+        test = LabelledDataset(Subset(train.source, held), [train.targets[i] for i in held], test.transform)
+        train = LabelledDataset(Subset(train.source, fit), [train.targets[i] for i in fit], train.transform)
     if not 0.0 < cfg.DATA.PERCENTAGE <= 1.0:
         raise CasdapError(f"DATA.PERCENTAGE must be in (0, 1], got {cfg.DATA.PERCENTAGE}")
     if cfg.DATA.PERCENTAGE < 1.0:  # DAP's few-shot setting: a seeded share of each class's training images
         _, keep = _seeded_split(train.targets, cfg.DATA.PERCENTAGE, seed)
-        train = LabelledDataset(_Subset(train.source, keep), [train.targets[i] for i in keep], train.transform)
+        train = LabelledDataset(Subset(train.source, keep), [train.targets[i] for i in keep], train.transform)
     if cfg.CONTINUAL.SHUFFLE_CLASSES:
         order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
     else:

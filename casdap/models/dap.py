@@ -486,16 +486,12 @@ def build_backbone(cfg, num_classes: int | None = None) -> CASViT:
         )
         backbone.random_init = True
         return backbone
-    report = _load(backbone, path)
+    from casdap.checkpoint import load_checkpoint
+
+    report = load_checkpoint(backbone, path, finetune=True)
     _logger.info("backbone %s: %s", cfg.MODEL.BACKBONE, report.summary())
     backbone.random_init = False
     return backbone
-
-
-def _load(backbone: CASViT, path: Path):
-    from casdap.checkpoint import load_checkpoint
-
-    return load_checkpoint(backbone, path, finetune=True)
 
 
 def build_dap_model(cfg) -> CASDAP:
