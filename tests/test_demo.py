@@ -21,6 +21,7 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     heat = Image.open(out_dir / "compare" / "avg_accuracy.png")
     assert heat.size[0] > 100 and heat.size[1] > 100
     assert "TensorBoard: tensorboard --logdir" in out.stdout and "demo finished in" in out.stdout
+    assert "on an idle 2-core machine" in out.stdout and "stage times: backbone " in out.stdout
 
     again = subprocess.run(cmd[:-4] + ["--methods", "ncm", "SOLVER.TOTAL_EPOCH", "1", "DATA.PERCENTAGE", "0.1"],
                            capture_output=True, text=True, cwd=tmp_path)

@@ -12,7 +12,39 @@ from pathlib import Path
 
 from casdap.errors import CasdapError
 
-DEFAULT_METHODS = ("dap", "finetune", "linear", "ncm", "joint")
+# Quick methods first, so the first accuracy lines come soon after the backbone is ready.
+DEFAULT_METHODS = ("ncm", "linear", "dap", "finetune", "joint")
+# Wall seconds of each stage on an idle 2-core machine, one thread (README, "What the demo shows"):
+# the basis of the demo's estimate, rescaled by how fast the machine turns out to be.
+IDLE_SECONDS = {"pretrain": 55.0, "dap": 21.0, "finetune": 23.0, "linear": 9.0, "ncm": 4.0, "joint": 33.0}
+DEFAULT_IDLE_SECONDS = 25.0  # a method not measured above
+
+
+class Eta:
+    """Remaining time from the measured idle cost of each stage, scaled by the speed seen so far."""
+
+    def __init__(self, stages: list[str]) -> None:
+        self.left = list(stages)
+        self.expected_done = 0.0
+        self.spent = 0.0
+
+    @staticmethod
+    def idle(stage: str) -> float:
+        return IDLE_SECONDS.get(stage, DEFAULT_IDLE_SECONDS)
+
+    def done(self, stage: str, seconds: float) -> None:
+        self.left.remove(stage)
+        if seconds > 0.25 * self.idle(stage):  # not a finished run found and reused
+            self.expected_done += self.idle(stage)
+            self.spent += seconds
+
+    def remaining(self) -> float:
+        speed = self.spent / self.expected_done if self.expected_done else 1.0
+        return speed * sum(self.idle(s) for s in self.left)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def _methods(text: str) -> list[str]:
@@ -51,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _backbone(out: Path, epochs: int | None, cfg) -> Path:
+def _backbone(out: Path, epochs: int | None, cfg, eta: Eta) -> Path:
     """The pretrained backbone of the demo; reused when an earlier run already made it.
 
     By the documented protocol it is the cache that ``casdap cl`` on the digits uses too
@@ -68,13 +100,16 @@ def _backbone(out: Path, epochs: int | None, cfg) -> Path:
         path = out / "model" / f"{cfg.MODEL.BACKBONE}.pth"
     if path.is_file() and sidecar_path(path).is_file():
         print(f"[1/3] backbone: reusing {path} (delete it to pretrain again)")
+        eta.left.remove("pretrain")
         return path
     print(f"[1/3] backbone: pretraining {cfg.MODEL.BACKBONE} offline on rendered glyphs (no digit is ever shown)")
     start = time.perf_counter()
     info = pretrain_backbone(cfg.MODEL.BACKBONE, path, **{**DEFAULT_PROTOCOL, **({} if epochs is None else
                                                                                     {"epochs": epochs})})
+    seconds = time.perf_counter() - start
+    eta.done("pretrain", seconds)
     print(f"      {info.get('head_classes', '?')} classes, {info.get('epochs', '?')} epochs, "
-          f"{time.perf_counter() - start:.0f} s -> {path}")
+          f"{seconds:.0f} s -> {path}")
     return path
 
 
@@ -101,23 +136,34 @@ def run(args: argparse.Namespace) -> int:
     config = shipped_config("digits")
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
-    weights = _backbone(out, args.pretrain_epochs, load_config(config, args.opts))
+    runs = [(s, m) for s in args.seeds for m in args.methods]
+    eta = Eta(["pretrain", *(m for _, m in runs)])
+    print(f"casdap demo: about {_minutes(sum(eta.idle(s) for s in eta.left))} on an idle 2-core machine "
+          "(less when the backbone or runs exist already, longer while other jobs run)", flush=True)
+    t0 = time.perf_counter()
+    weights = _backbone(out, args.pretrain_epochs, load_config(config, args.opts), eta)
+    stage_times = [("backbone", time.perf_counter() - t0)]
 
     # AUTO_RESUME: a demo run again with the same settings reuses finished runs and completes broken ones.
     run_dirs = []
-    total = len(args.methods) * len(args.seeds)
+    total = len(runs)
     print(f"[2/3] continual learning: {total} runs on {config.name} (5 tasks of 2 digits)")
-    for i, (seed, method) in enumerate(((s, m) for s in args.seeds for m in args.methods), 1):
+    for i, (seed, method) in enumerate(runs, 1):
         run_dir = run_folder(out, method, seed, args.opts)
         cfg = load_config(config, [
             "MODEL.TRANSFER_TYPE", method, "SEED", str(seed), "OUTPUT_DIR", str(run_dir),
             "MODEL.WEIGHT_PATH", str(weights), "SOLVER.AUTO_RESUME", "True", *args.opts,
         ])
         print(f"--- run {i}/{total}: {method}, seed {seed} -> {run_dir}")
+        t0 = time.perf_counter()
         result = run_continual(cfg)
+        seconds = time.perf_counter() - t0
+        eta.done(method, seconds)
+        stage_times.append((f"{method} seed {seed}", seconds))
         m = result.metrics
         forgetting = "-" if m["forgetting"] is None else f"{m['forgetting']:.3f}"
-        print(f"    final acc {m['final_acc']:.3f}, forgetting {forgetting}, {m['wall_time_s']:.0f} s")
+        left = f", about {_minutes(eta.remaining())} left" if eta.left else ""
+        print(f"    final acc {m['final_acc']:.3f}, forgetting {forgetting}, {seconds:.0f} s{left}", flush=True)
         run_dirs.append(run_dir)
 
     print("[3/3] comparison")
@@ -126,5 +172,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ntables: {out / 'compare' / 'summary.md'}, {out / 'compare' / 'summary.csv'}")
     print(f"plots:  {len(plots)} PNG files under {out / 'compare'}")
     print(f"TensorBoard: tensorboard --logdir {out}")
+    print("stage times: " + ", ".join(f"{name} {s:.0f} s" for name, s in stage_times))
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0
