@@ -1,4 +1,5 @@
 import pytest
+from cl_support import DIGITS_YAML
 from conftest import ROOT
 
 from casdap import CasdapError
@@ -180,3 +181,15 @@ def test_shipped_imagenet_r_carries_the_reference_values():
     assert (d.SIM_LAMBDA, d.NUM_DAP_TOKENS, d.TASK_EMB, s.OPTIMIZER, s.BASE_LR, s.TOTAL_EPOCH) == (
         2.0, 30, 64, "sgd", 0.25, 20)
     assert (d.RESTRICT_TO_TASK, d.PROMPT_LAST_BLOCK) == (True, False)
+
+
+def test_dap_layout_keys_without_effect_are_named_when_set(capsys):
+    from casdap.config import COMPAT_KEYS, config_keys, ignored_settings
+
+    assert COMPAT_KEYS <= set(config_keys())
+    cfg = load_config(DIGITS_YAML)
+    assert ignored_settings(cfg) == [] and "no effect" not in capsys.readouterr().err
+    cfg = load_config(DIGITS_YAML, ["MODEL.DAP.DROPOUT", "0.1", "SOLVER.LOSS", "sigmoid", "SOLVER.BASE_LR", "0.5"])
+    assert ignored_settings(cfg) == ["MODEL.DAP.DROPOUT 0.1", "SOLVER.LOSS 'sigmoid'"]
+    err = capsys.readouterr().err
+    assert err.count("no effect in CAS-DAP: MODEL.DAP.DROPOUT 0.1, SOLVER.LOSS 'sigmoid'") == 1

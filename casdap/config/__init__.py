@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,34 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise _unknown_key(key, "the command line")
         node[parts[-1]] = _coerce(_parse_value(text), node[parts[-1]], key, "the command line")
     resolve_reference_defaults(cfg)
+    ignored = ignored_settings(cfg)
+    if ignored:
+        print("casdap: accepted from DAP's config layout, no effect in CAS-DAP: " + ", ".join(ignored),
+              file=sys.stderr, flush=True)
     cfg.freeze()
     return cfg
+
+
+# Keys of DAP's (ViT) config layout that CAS-DAP accepts, so that DAP's YAML files load unchanged,
+# and never reads. Setting one to anything but its default gets a notice, never silence.
+COMPAT_KEYS = frozenset({
+    "RUN_N_TIMES", "MODEL.NUM_HEAD", "MODEL.MLP_NUM", "MODEL.LINEAR.MLP_SIZES", "MODEL.LINEAR.DROPOUT",
+    "MODEL.DAP.DROPOUT", "MODEL.DAP.INIT", "SOLVER.LOSS", "SOLVER.LOSS_ALPHA", "SOLVER.WEIGHT_DECAY_BIAS",
+    "SOLVER.PATIENCE", "SOLVER.BIAS_MULTIPLIER", "DATA.FEATURE", "DATA.MULTILABEL", "DATA.CLASS_WEIGHTS_TYPE",
+    "DATA.NO_TEST", "CONTINUAL.RESPLIT",
+})
+
+
+def _value(cfg: CfgNode, key: str) -> Any:
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def ignored_settings(cfg: CfgNode) -> list[str]:
+    """``KEY value`` for every :data:`COMPAT_KEYS` entry set to something other than its default."""
+    defaults = get_defaults()
+    return [f"{k} {_value(cfg, k)!r}" for k in sorted(COMPAT_KEYS) if _value(cfg, k) != _value(defaults, k)]
 
 
 # DAP's reference code changes two things by data set (``vit_models.py`` restricts the logits to
