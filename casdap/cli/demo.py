@@ -125,7 +125,7 @@ def run_folder(out: Path, method: str, seed: int, opts: list[str]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from casdap.cli.compare import report
+    from casdap.compare import report
     from casdap.config import load_config, shipped_config
     from casdap.continual.runner import run_continual
 

@@ -20,7 +20,7 @@ and plots (:mod:`.plots`; matplotlib is imported only when a plot is drawn), and
 :func:`write_outputs`.
 """
 
-from casdap.compare.outputs import write_outputs
+from casdap.compare.outputs import report, write_outputs
 from casdap.compare.plots import (
     CURVE_SIZE,
     HEATMAP_SIZE,
@@ -69,6 +69,7 @@ __all__ = [
     "run_table",
     "tag_notes",
     "text_table",
+    "report",
     "write_outputs",
     "write_plots",
 ]

@@ -1,12 +1,15 @@
-"""The files of a comparison: summary.md, summary.csv, runs.csv and the plots."""
+"""The files of a comparison (summary.md, summary.csv, runs.csv, the plots) and the console report."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from casdap.compare.plots import write_plots
+from casdap.compare.readers import load_runs
 from casdap.compare.records import Comparison
-from casdap.compare.tables import groups_csv, runs_csv, summary_markdown
+from casdap.compare.tables import group_table, groups_csv, run_table, runs_csv, summary_markdown, tag_notes, text_table
+from casdap.errors import CasdapError
 from casdap.files import write_text
 
 
@@ -22,3 +25,23 @@ def write_outputs(comp: Comparison, out: Path) -> list[Path]:
     put("summary.csv", groups_csv(comp.groups))
     put("runs.csv", runs_csv(comp.runs))
     return written + write_plots(comp, out)
+
+
+def report(runs: list, out: Path, skipped_prefix: str = "casdap compare: ") -> list[Path]:
+    """Compare ``runs``: print the tables, write Markdown, CSV and plots into ``out``."""
+    comp = load_runs(runs)
+    for _, reason in comp.skipped:
+        print(f"{skipped_prefix}skipped {reason}", file=sys.stderr)
+    if not comp.runs:
+        n = len(runs)
+        raise CasdapError("nothing to compare: " + (f"none of the {n} given runs could be read" if n > 1
+                                                     else "the given run could not be read"))
+
+    print(text_table(*run_table(comp.runs, console=True)))
+    if any(len(g.runs) > 1 for g in comp.groups):
+        print("\nGrouped over seeds (mean ± sample std):")
+        print(text_table(*group_table(comp.groups, console=True)))
+    notes = tag_notes(comp.runs)
+    if notes:
+        print("\n" + "\n".join(notes))
+    return write_outputs(comp, out)
