@@ -197,3 +197,11 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return Path(path)
+
+
+def checkpoint_head(path: str | os.PathLike, key: str | None = None) -> tuple[bool, int | None]:
+    """Whether the checkpoint at ``path`` has a distillation head, and its head's class count
+    (None without a classification head)."""
+    sd, _ = extract_state_dict(read_checkpoint(path), key, path)
+    head = sd.get("head.weight")
+    return "dist_head.weight" in sd, (int(head.shape[0]) if head is not None and head.ndim == 2 else None)

@@ -292,3 +292,43 @@ def check_against_run(
         max_abs_diff=(got_logits - want).abs().max().item(), same_keys=bool(torch.equal(got_keys, out.key_idx)),
         batch=batch, restricted=class_splits is not None,
     )
+
+
+# ------------------------------------------------------------------ models from checkpoints
+def build_from_checkpoint(name: str, path: str):
+    """The backbone with the head shape and distillation head that the checkpoint holds."""
+    from casdap import create_model, load_checkpoint
+    from casdap.checkpoint import checkpoint_head
+
+    distillation, num_classes = checkpoint_head(path)
+    model = create_model(name, num_classes=num_classes or 0, distillation=distillation)
+    load_checkpoint(model, path)
+    return model.eval()
+
+
+def dap_config(config: str, opts: list[str]):
+    """The run's config for rebuilding a CAS-DAP whose every weight comes from a checkpoint."""
+    from casdap.config import load_config
+
+    # The checkpoint carries the backbone too: building must not look for the pretrained file.
+    return load_config(config, [*opts, "MODEL.RANDOM_INIT", "True", "MODEL.WEIGHT_PATH", ""])
+
+
+def build_dap_from_checkpoint(config: str, opts: list[str], path: str, cfg=None):
+    """CAS-DAP as the config describes it, every weight (backbone included) from the checkpoint."""
+    import logging
+
+    from casdap import load_checkpoint
+    from casdap.models.dap import build_dap_model
+
+    cfg = dap_config(config, opts) if cfg is None else cfg
+    logger = logging.getLogger("casdap.models.dap")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the random-init warning is about weights replaced just below
+    try:
+        model = build_dap_model(cfg)
+    finally:
+        logger.setLevel(level)
+    load_checkpoint(model, path)
+    model.backbone.random_init = False
+    return model.eval()

@@ -37,46 +37,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def build_from_checkpoint(name: str, path: str):
-    """The backbone with the head shape and distillation head that the checkpoint holds."""
-    from casdap import create_model, load_checkpoint
-    from casdap.checkpoint import extract_state_dict, read_checkpoint
-
-    sd, _ = extract_state_dict(read_checkpoint(path), path=path)
-    head = sd.get("head.weight")
-    num_classes = int(head.shape[0]) if head is not None else 0
-    model = create_model(name, num_classes=num_classes, distillation="dist_head.weight" in sd)
-    load_checkpoint(model, path)
-    return model.eval()
-
-
-def _build_cfg(config: str, opts: list[str]):
-    from casdap.config import load_config
-
-    # The checkpoint carries the backbone too: building must not look for the pretrained file.
-    return load_config(config, [*opts, "MODEL.RANDOM_INIT", "True", "MODEL.WEIGHT_PATH", ""])
-
-
-def build_dap_from_checkpoint(config: str, opts: list[str], path: str, cfg=None):
-    """CAS-DAP as the config describes it, every weight (backbone included) from the checkpoint."""
-    import logging
-
-    from casdap import load_checkpoint
-    from casdap.models.dap import build_dap_model
-
-    cfg = _build_cfg(config, opts) if cfg is None else cfg
-    logger = logging.getLogger("casdap.models.dap")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the random-init warning is about weights replaced just below
-    try:
-        model = build_dap_model(cfg)
-    finally:
-        logger.setLevel(level)
-    load_checkpoint(model, path)
-    model.backbone.random_init = False
-    return model.eval()
-
-
 def _input_size(args: argparse.Namespace, cfg) -> int:
     if cfg is None:
         return 224 if args.input_size is None else args.input_size
@@ -94,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
     from casdap.deploy import fold_batchnorm, optimize_dap_for_inference
     from casdap.export import (
         DAPLogitsAndKeys,
+        build_dap_from_checkpoint,
+        build_from_checkpoint,
         check_against_run,
         check_onnx,
+        dap_config,
         export_onnx,
         keep_mask,
         require_onnx,
@@ -107,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise CasdapError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    cfg = _build_cfg(args.config, args.opts) if args.config else None
+    cfg = dap_config(args.config, args.opts) if args.config else None
     size = _input_size(args, cfg)
     if cfg is not None:
         from casdap.checkpoint import read_checkpoint

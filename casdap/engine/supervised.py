@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
+from casdap.checkpoint import checkpoint_head
 from casdap.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from casdap.errors import CasdapError
 from casdap.files import write_json
@@ -44,15 +45,6 @@ def _criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     if args.smoothing > 0:
         return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     return nn.CrossEntropyLoss()
-
-
-def _checkpoint_head(path: str, key: str | None) -> tuple[bool, int | None]:
-    """Whether the checkpoint has a distillation head, and its class count."""
-    from casdap.checkpoint import extract_state_dict, read_checkpoint
-
-    sd, _ = extract_state_dict(read_checkpoint(path), key, path)
-    head = sd.get("head.weight")
-    return "dist_head.weight" in sd, (int(head.shape[0]) if head is not None and head.ndim == 2 else None)
 
 
 def _json_ready(args: argparse.Namespace) -> dict:
@@ -154,7 +146,7 @@ def train(args: argparse.Namespace) -> TrainResult:
             resume_path = str(latest) if latest else ""
         if args.eval and not resume_path:
             raise CasdapError("--eval True needs weights: pass --resume <checkpoint>")
-        distillation, ckpt_classes = _checkpoint_head(resume_path, state_key) if resume_path else (False, None)
+        distillation, ckpt_classes = checkpoint_head(resume_path, state_key) if resume_path else (False, None)
         if args.eval and ckpt_classes is not None:
             # Evaluation takes the class count from the checkpoint (a Model Zoo file has 1000).
             labels = getattr(dataset_val, "targets", None)
