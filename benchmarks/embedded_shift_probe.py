@@ -11,8 +11,9 @@ On ``model.forward_pooled`` of the stream (eval mode, nothing trained on it), pe
   means, no task given), on L2-normalised features (what ``MODEL.TRANSFER_TYPE ncm`` does).
 * **task proxy**: nearest task mean by cosine (DAP's key side, as in docs/pretraining.md); and
   **task by class means**: the task of the nearest of all class means of standardised features
-  (cosine), one key per class: the most a key-query match on these frozen features was measured
-  to find. DAP's per-image accuracy is bounded by it (a wrongly selected task masks the true class).
+  (cosine), one key per class; and **task by 15 nearest images**: the majority task of the 15
+  nearest training images (standardised, cosine), a key per training image. DAP's per-image
+  accuracy with restricted logits is bounded by how often its keys find the task.
 * **domain probe**: a logistic regression telling the backbone's pretraining images from stream
   images on frozen features (held-out accuracy; 0.5 = indistinguishable).
 
@@ -20,6 +21,7 @@ On ``model.forward_pooled`` of the stream (eval mode, nothing trained on it), pe
 a digit (``casdap.data.glyph_stream.shape_similarity``).
 
     python benchmarks/embedded_shift_probe.py --weights model/embedded/rcvit_xs.pth --seeds 0 1 2
+    python benchmarks/embedded_shift_probe.py --task-bounds --seeds 0 1 2
     python benchmarks/embedded_shift_probe.py --similarity
     python benchmarks/embedded_shift_probe.py --digits     # the same oracle measures on the digits
 """
@@ -89,8 +91,20 @@ def probe(model: torch.nn.Module, seed: int, train_per_class: int, test_per_clas
         "ncm_within_task": statistics.mean(within_ncm),
         "ncm_class_incremental": nearest_mean_accuracy(f_tr, y_tr, f_te, y_te, "cosine"),
         "task_proxy": nearest_mean_accuracy(f_tr, task_tr, f_te, task_te, "cosine"),
-        "task_by_class_means": _task_by_class_means(f_tr, y_tr, f_te, task_te, per_class),
+        **task_bounds(f_tr, y_tr, f_te, task_te, per_class),
     }
+
+
+def task_bounds(f_tr: torch.Tensor, y_tr: torch.Tensor, f_te: torch.Tensor, task_te: torch.Tensor,
+                per_class: int) -> dict:
+    """How often frozen-feature matching finds the task: nearest class mean, 15 nearest images."""
+    mean, std = f_tr.mean(0), f_tr.std(0) + 1e-6
+    a = torch.nn.functional.normalize((f_tr - mean) / std, dim=1)
+    b = torch.nn.functional.normalize((f_te - mean) / std, dim=1)
+    nearest = (b @ a.t()).topk(15, dim=1).indices
+    knn_task = torch.mode((y_tr // per_class)[nearest], dim=1).values
+    return {"task_by_class_means": _task_by_class_means(f_tr, y_tr, f_te, task_te, per_class),
+            "task_by_15_nearest": float((knn_task == task_te).float().mean())}
 
 
 def _task_by_class_means(f_tr: torch.Tensor, y_tr: torch.Tensor, f_te: torch.Tensor, task_te: torch.Tensor,
@@ -147,6 +161,8 @@ def main() -> None:
     ap.add_argument("--similarity", action="store_true")
     ap.add_argument("--digits", action="store_true", help="the same oracle measures on the embedded digits")
     ap.add_argument("--out", type=Path, default=None, help="append one JSON line per seed")
+    ap.add_argument("--task-bounds", action="store_true",
+                    help="only how often frozen-feature matching finds the task (fast)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.similarity:
@@ -164,6 +180,17 @@ def main() -> None:
         for seed in args.seeds:
             print(json.dumps(digits_probe(model, seed)), flush=True)
         return
+    if args.task_bounds:
+        per_class = len(SHIFT_TASKS[0][1])
+        for seed in args.seeds:
+            x_tr, y_tr, x_te, y_te = render_shift_stream(seed, TRAIN_PER_CLASS, TEST_PER_CLASS)
+            f_tr = pooled_features(model, normalize_input(x_tr))
+            f_te = pooled_features(model, normalize_input(x_te))
+            task_tr, task_te = y_tr // per_class, y_te // per_class
+            row = {"seed": seed, "task_proxy": nearest_mean_accuracy(f_tr, task_tr, f_te, task_te, "cosine"),
+                   **task_bounds(f_tr, y_tr, f_te, task_te, per_class)}
+            print(json.dumps(row), flush=True)
+        return
     rows = []
     for seed in args.seeds:
         r = probe(model, seed, args.train_per_class or TRAIN_PER_CLASS, args.test_per_class or TEST_PER_CLASS)
@@ -175,7 +202,7 @@ def main() -> None:
             with args.out.open("a") as f:
                 f.write(json.dumps(r) + "\n")
     for key in ("oracle_linear_within_task", "ncm_within_task", "ncm_class_incremental", "task_proxy",
-                "task_by_class_means", "domain_probe"):
+                "task_by_class_means", "task_by_15_nearest", "domain_probe"):
         vals = [r[key] for r in rows]
         spread = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
         print(f"{key:28s} median {statistics.median(vals):.3f}  mean {statistics.mean(vals):.3f}{spread}  "
