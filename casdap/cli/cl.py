@@ -156,6 +156,9 @@ def resolve_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     cfg, cl_args, unused = _load(args.argv)
+    from casdap.config.validate import validate
+
+    validate(cfg)
     if unused:
         print(f"casdap cl: accepted with no effect on a frozen-backbone continual run: {', '.join(unused)}",
               file=sys.stderr)

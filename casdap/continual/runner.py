@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from yacs.config import CfgNode
 
 from casdap.checkpoint import read_checkpoint, save_checkpoint
+from casdap.config.validate import validate
 from casdap.continual.benchmarks import ContinualBenchmark, build_benchmark
 from casdap.continual.plugins import (
     AutocastPlugin,
@@ -201,10 +202,8 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
     if method == "aper":
         return APERStrategy(model=model, optimizer=optimizer, plugins=plugins, **common)
     if method == "dap":
-        d = cfg.MODEL.DAP  # settings already checked by build_dap_model
+        d = cfg.MODEL.DAP  # settings checked by casdap.config.validate
         size = int(d.REPLAY_MEM_SIZE)
-        if size < 0:
-            raise CasdapError(f"MODEL.DAP.REPLAY_MEM_SIZE must be 0 (no replay) or positive, got {size}")
         if size > 0:  # replayed samples are trained under their own task's key and classes
             replay = ReplayPlugin(mem_size=size, storage_policy=ClassBalancedBuffer(max_size=size, adaptive_size=True))
             plugins = [RngRecorderPlugin(), replay, *plugins]  # recorder first: resume rebuilds the buffer
@@ -225,8 +224,6 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
                    temperature=cfg.BASELINES.LWF_TEMPERATURE, plugins=plugins, **common)
     if method == "replay":
         size = cfg.BASELINES.REPLAY_MEM_SIZE
-        if size < 1:
-            raise CasdapError(f"BASELINES.REPLAY_MEM_SIZE must be positive, got {size}")
         # The recorder runs before the replay plugin's buffer update, so resuming can rebuild it.
         replay = ReplayPlugin(mem_size=size, storage_policy=ClassBalancedBuffer(max_size=size, adaptive_size=True))
         return Naive(model=model, optimizer=optimizer, criterion=ce, plugins=[RngRecorderPlugin(), replay, *plugins],
@@ -474,13 +471,8 @@ def _count_params(model: nn.Module, method: str) -> tuple[int, int]:
 
 def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     """Run the experiment described by ``cfg`` (frozen, from :func:`casdap.config.load_config`)."""
+    validate(cfg)
     method = cfg.MODEL.TRANSFER_TYPE.lower()
-    if method not in METHODS:
-        raise CasdapError(f"unknown method MODEL.TRANSFER_TYPE '{cfg.MODEL.TRANSFER_TYPE}' (use one of "
-                          f"{', '.join(METHODS)})")
-    for key, value in (("SOLVER.TOTAL_EPOCH", cfg.SOLVER.TOTAL_EPOCH), ("DATA.BATCH_SIZE", cfg.DATA.BATCH_SIZE)):
-        if int(value) < 1:
-            raise CasdapError(f"{key} must be at least 1, got {value}")
     device = _device(cfg)
     set_threads("casdap cl", int(cfg.DATA.CROPSIZE), device.type)
     rank, world = _distributed(device)

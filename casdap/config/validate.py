@@ -1,0 +1,81 @@
+"""Every check a config can fail without data or a model, in one place and before any heavy import.
+
+``casdap cl`` runs it right after loading, so a bad value is one line within a fraction of a
+second; the runner runs it again for configs built in Python. The names below are the ones the
+modules that use them accept (tests keep the two in step).
+"""
+
+from __future__ import annotations
+
+from yacs.config import CfgNode
+
+from casdap.errors import CasdapError
+
+__all__ = ["validate"]
+
+METHOD_NAMES = ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", "ranpac", "aper", "joint")
+DATASET_NAMES = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "imagenetr", "folder")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("linear", "linear_decay", "cosine", "constant")
+INJECTION_NAMES = ("kv", "pool", "attn")
+SELECTION_NAMES = ("per_image", "batch_majority", "oracle")
+DEVICES = ("auto", "cpu", "cuda")
+CASVIT_STAGES = 4
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value.lower() not in allowed:
+        raise CasdapError(f"unknown {key} '{value}' (use one of {', '.join(allowed)})")
+
+
+def _at_least(key: str, value, low) -> None:
+    if value is None or value < low:
+        raise CasdapError(f"{key} must be at least {low}, got {value}")
+
+
+def validate(cfg: CfgNode) -> None:
+    """Raise one :class:`CasdapError` naming the first bad key and what it accepts."""
+    method = cfg.MODEL.TRANSFER_TYPE.lower()
+    if method not in METHOD_NAMES:
+        raise CasdapError(f"unknown method MODEL.TRANSFER_TYPE '{cfg.MODEL.TRANSFER_TYPE}' (use one of "
+                          f"{', '.join(METHOD_NAMES)})")
+    if cfg.DATA.NAME:
+        _one_of("DATA.NAME", cfg.DATA.NAME.replace("-", "_"), DATASET_NAMES)
+    _one_of("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)
+    _one_of("SOLVER.SCHEDULER", cfg.SOLVER.SCHEDULER, SCHEDULERS)
+    device = cfg.DEVICE.lower()
+    if device.split(":")[0] not in DEVICES:
+        raise CasdapError(f"unknown DEVICE '{cfg.DEVICE}' (use auto, cpu or cuda)")
+    _at_least("SOLVER.TOTAL_EPOCH", cfg.SOLVER.TOTAL_EPOCH, 1)
+    _at_least("DATA.BATCH_SIZE", cfg.DATA.BATCH_SIZE, 1)
+    _at_least("DATA.CROPSIZE", cfg.DATA.CROPSIZE, 1)
+    if not 0.0 < cfg.DATA.PERCENTAGE <= 1.0:
+        raise CasdapError(f"DATA.PERCENTAGE must be in (0, 1], got {cfg.DATA.PERCENTAGE}")
+    if not 0.0 <= cfg.DATA.VALIDATION < 1.0:
+        raise CasdapError(
+            f"DATA.VALIDATION must be in [0, 1) (share of training images held out), got {cfg.DATA.VALIDATION}")
+    if method == "replay":
+        _at_least("BASELINES.REPLAY_MEM_SIZE", cfg.BASELINES.REPLAY_MEM_SIZE, 1)
+    if method == "dap":
+        _validate_dap(cfg)
+
+
+def _validate_dap(cfg: CfgNode) -> None:
+    d = cfg.MODEL.DAP
+    _one_of("MODEL.DAP.INJECTION", d.INJECTION, INJECTION_NAMES)
+    _one_of("MODEL.DAP.SELECTION", d.SELECTION, SELECTION_NAMES)
+    _at_least("MODEL.DAP.NUM_DAP_TOKENS", d.NUM_DAP_TOKENS, 0)
+    _at_least("MODEL.DAP.KEYS_PER_TASK", d.KEYS_PER_TASK, 1)
+    _at_least("MODEL.DAP.PROMPT_POOL", d.PROMPT_POOL, 1)
+    _at_least("MODEL.DAP.TASK_EMB", d.TASK_EMB, 1)
+    if d.REPLAY_MEM_SIZE < 0:
+        raise CasdapError(f"MODEL.DAP.REPLAY_MEM_SIZE must be 0 (no replay) or positive, got {d.REPLAY_MEM_SIZE}")
+    if d.NUM_TASKS_FOR_EMB < d.PROMPT_POOL:
+        raise CasdapError(f"MODEL.DAP.NUM_TASKS_FOR_EMB ({d.NUM_TASKS_FOR_EMB}) must be at least "
+                          f"MODEL.DAP.PROMPT_POOL ({d.PROMPT_POOL}): every key indexes one task embedding")
+    if cfg.CONTINUAL.N_TASKS > d.PROMPT_POOL:
+        raise CasdapError(f"MODEL.DAP.PROMPT_POOL ({d.PROMPT_POOL}) is smaller than CONTINUAL.N_TASKS "
+                          f"({cfg.CONTINUAL.N_TASKS}): DAP needs one key per task")
+    stages = list(d.STAGES)
+    if not stages or any(not 0 <= int(s) < CASVIT_STAGES for s in stages):
+        raise CasdapError(f"MODEL.DAP.STAGES must name stages 0..{CASVIT_STAGES - 1}, got {stages}")

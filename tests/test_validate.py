@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+from cl_support import DIGITS_YAML
+
+from casdap.config import load_config
+from casdap.config import validate as v
+from casdap.errors import CasdapError
+
+
+def test_validate_knows_the_names_the_modules_accept():
+    from casdap.continual.benchmarks import DATASETS
+    from casdap.continual.plugins import LRSchedulePlugin
+    from casdap.continual.runner import METHODS
+    from casdap.models.dap import INJECTIONS, SELECTIONS
+
+    assert set(v.METHOD_NAMES) == set(METHODS)
+    assert set(DATASETS) <= set(v.DATASET_NAMES)
+    assert set(v.SCHEDULERS) == set(LRSchedulePlugin.KINDS)
+    assert set(v.INJECTION_NAMES) == set(INJECTIONS) and set(v.SELECTION_NAMES) == set(SELECTIONS)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["MODEL.TRANSFER_TYPE", "magic"], "unknown method MODEL.TRANSFER_TYPE 'magic'"),
+    (["SOLVER.SCHEDULER", "step"], "unknown SOLVER.SCHEDULER 'step'"),
+    (["SOLVER.OPTIMIZER", "lamb"], "unknown SOLVER.OPTIMIZER 'lamb'"),
+    (["SOLVER.TOTAL_EPOCH", "0"], "SOLVER.TOTAL_EPOCH must be at least 1, got 0"),
+    (["DATA.VALIDATION", "1.0"], "DATA.VALIDATION must be in"),
+    (["MODEL.DAP.INJECTION", "prefix"], "unknown MODEL.DAP.INJECTION 'prefix'"),
+    (["MODEL.DAP.PROMPT_POOL", "3", "MODEL.DAP.NUM_TASKS_FOR_EMB", "3"], "smaller than CONTINUAL.N_TASKS"),
+    (["MODEL.DAP.STAGES", "[4]"], "MODEL.DAP.STAGES must name stages 0..3"),
+    (["MODEL.TRANSFER_TYPE", "replay", "BASELINES.REPLAY_MEM_SIZE", "0"],
+     "BASELINES.REPLAY_MEM_SIZE must be at least 1"),
+])
+def test_bad_settings_are_one_clear_error(overrides, message):
+    with pytest.raises(CasdapError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        v.validate(load_config(DIGITS_YAML, overrides))
+
+
+def test_shipped_configs_are_valid():
+    for name in ("digits", "embedded_shift", "cifar", "imagenet_r"):
+        v.validate(load_config(DIGITS_YAML.parent / f"{name}.yaml"))
+
+
+def test_casdap_cl_reports_a_bad_value_before_importing_torch():
+    code = ("import sys; from casdap.cli import main\n"
+            "rc = main(['cl', '--config-file', sys.argv[1], 'MODEL.DAP.INJECTION', 'prefix'])\n"
+            "print('exit', rc, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(DIGITS_YAML)], capture_output=True, text=True)
+    assert out.stdout.startswith("exit ") and out.stdout.split()[1] != "0", out.stdout + out.stderr
+    assert out.stdout.split()[2] == "False", "torch was imported before the error"
+    assert "unknown MODEL.DAP.INJECTION 'prefix'" in out.stderr
