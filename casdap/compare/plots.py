@@ -10,7 +10,7 @@ from casdap.compare.records import Comparison, RunRecord
 
 # Plot sizes in inches at PLOT_DPI: every PNG has a fixed pixel size, whatever the number of runs.
 PLOT_DPI = 100
-CURVE_SIZE = (8.0, 5.0)
+CURVE_SIZE = (10.0, 5.0)  # wide enough for the legend beside the axes
 HEATMAP_SIZE = (6.0, 5.0)
 
 # Runs without a matrix (supervised, joint) are horizontal reference lines; more than ten curves
@@ -28,17 +28,26 @@ def _figure(size: tuple[float, float]):
     return fig
 
 
+# Tasks are numbered from 0 everywhere a run writes them (acc_matrix.csv, checkpoints/task_000.pth).
+TASK_AXIS = "after training task (0 = the first, as in acc_matrix.csv)"
+
+
 def _task_axis(ax, n_tasks: int) -> None:
-    ax.set_xticks(range(1, n_tasks + 1))
-    ax.set_xlabel("after training task")
+    ax.set_xticks(range(n_tasks))
+    ax.set_xlabel(TASK_AXIS)
     ax.grid(alpha=0.3)
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, so it never covers a curve or a bar."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _save_accuracy_curves(fig, ax, n_tasks: int, title: str, path: Path) -> None:
     _task_axis(ax, n_tasks)
     ax.set_ylabel("average accuracy over seen tasks (%)")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="best")
+    _legend_outside(ax)
     fig.savefig(path)
 
 
@@ -48,7 +57,7 @@ def plot_avg_accuracy(comp: Comparison, path: Path) -> None:
     continual = [r for r in comp.runs if r.acc_matrix]
     n = continual[0].n_tasks
     for k, r in enumerate(continual):
-        ax.plot(range(1, n + 1), [100 * v for v in r.avg_acc_curve()], marker="o", label=f"{r.name}: {r.label}",
+        ax.plot(range(n), [100 * v for v in r.avg_acc_curve()], marker="o", label=f"{r.name}: {r.label}",
                 linestyle=_CURVE_STYLES[k // 10 % 3])
     for k, r in enumerate(r for r in comp.runs if not r.acc_matrix):
         ax.axhline(100 * r.final_acc, linestyle=_REFERENCE_STYLES[k % 3], color="black", alpha=0.7,
@@ -61,7 +70,7 @@ def plot_avg_accuracy_seeds(comp: Comparison, path: Path) -> None:
     ax = fig.add_subplot()
     groups = [g for g in comp.groups if g.first.acc_matrix]
     n = groups[0].first.n_tasks
-    x = list(range(1, n + 1))
+    x = list(range(n))
     for g in groups:
         mean, std = g.curve_stats()
         (line,) = ax.plot(x, [100 * m for m in mean], marker="o", label=f"{g.label} (n={len(g.runs)})",
@@ -83,14 +92,14 @@ def plot_forgetting(comp: Comparison, path: Path) -> None:
     n = continual[0].n_tasks
     width = 0.8 / len(continual)
     for k, r in enumerate(continual):
-        xs = [j + 1 - 0.4 + width * (k + 0.5) for j in range(n - 1)]
+        xs = [j - 0.4 + width * (k + 0.5) for j in range(n - 1)]
         ax.bar(xs, [100 * f for f in r.forgetting_per_task()], width=width, label=f"{r.name}: {r.label}")
-    ax.set_xticks(range(1, n))
-    ax.set_xlabel("task")
+    ax.set_xticks(range(n - 1))
+    ax.set_xlabel("task (0 = the first, as in acc_matrix.csv)")
     ax.set_ylabel("forgetting (%): best accuracy minus final")
     ax.set_title("Forgetting per task at the end of the stream")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, loc="best")
+    _legend_outside(ax)
     fig.savefig(path)
 
 
@@ -104,8 +113,8 @@ def plot_heatmap(run: RunRecord, path: Path) -> None:
     im = ax.imshow(np.ma.masked_invalid(a), vmin=0, vmax=100, cmap="viridis")
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     ticks = range(n)
-    ax.set_xticks(ticks, [str(j + 1) for j in ticks])
-    ax.set_yticks(ticks, [str(i + 1) for i in ticks])
+    ax.set_xticks(ticks, [str(j) for j in ticks])
+    ax.set_yticks(ticks, [str(i) for i in ticks])
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training task")
     ax.set_title(f"{run.name}: {run.label}", fontsize=9)

@@ -152,6 +152,12 @@ def summary_markdown(comp: Comparison) -> str:
           "## Methods", "", markdown_table(*group_table(comp.groups)), "", "## Runs", "",
           markdown_table(*run_table(comp.runs)), ""]
     md += [f"- {note}" for note in tag_notes(comp.runs)] + [""] * bool(tag_notes(comp.runs))
+    flat = [r.name for r in comp.runs if not r.acc_matrix]
+    if flat and any(r.acc_matrix for r in comp.runs):
+        md += ["## Plots", "", "Runs drawn as a horizontal line, with no heatmap and no forgetting bars (no per-task "
+               "history: joint or supervised training, one evaluation after seeing every class): "
+               + ", ".join(f"`{n}`" for n in flat) + ".", "Tasks are numbered from 0 in the plots, as in "
+               "`acc_matrix.csv`.", ""]
     if comp.skipped:
         md += ["## Not compared", ""] + [f"- `{p}`: {reason}" for p, reason in comp.skipped] + [""]
     return "\n".join(md)
