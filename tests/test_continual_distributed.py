@@ -11,6 +11,7 @@ from conftest import ROOT
 
 # dap with several keys per task: each rank seeds the keys from its own first batch, so rank 0's
 # keys must reach the others
+@pytest.mark.slow  # two processes per method start (about 10 s each)
 @pytest.mark.parametrize("method,extra", [("finetune", []), ("dap", ["MODEL.DAP.KEYS_PER_TASK", "3"])])
 def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, method, extra):
     data = write_tiny_cifar(tmp_path / "cifar", train_per_class=8)

@@ -2,9 +2,11 @@ import csv
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 
+@pytest.mark.slow  # the whole demo at reduced size (about 40 s idle)
 def test_demo_end_to_end_at_reduced_size(tmp_path):
     """The demo's whole path: offline pretraining, DAP and baselines on the digits stream, compare."""
     out_dir = tmp_path / "demo"

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from cl_support import DIGITS_YAML
 
 
@@ -11,6 +12,7 @@ def _final(run) -> float:
     return json.loads((run / "metrics.json").read_text())["final_acc"]
 
 
+@pytest.mark.slow  # full digits runs of three methods (about 50 s idle)
 def test_dap_with_key_pool_beats_ncm_and_reference_settings_do_not(tmp_path):
     """Backbone pretrained 2 epochs on glyphs, 2 epochs per task (measured: dap 0.956, ncm 0.895,
     DAP's reference settings 0.592). digits.yaml's 16 keys per task with restricted logits must beat

@@ -59,6 +59,7 @@ def test_export_rejects_sizes_the_backbone_cannot_take(exported, tmp_path, capsy
     assert code == 2 and "multiple of 32" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ONNX export of CAS-DAP and onnxruntime
 def test_export_casdap_with_key_selection_inside_the_graph(tmp_path, capsys):
     from conftest import ROOT
 
@@ -120,6 +121,7 @@ def _test_images(cfg):
     return torch.stack([item[0] for item in items]), torch.tensor([int(item[1]) for item in items])
 
 
+@pytest.mark.slow  # a continual run, then ONNX export and onnxruntime
 def test_export_follows_the_run_size_and_logit_restriction(restricted_run, tmp_path, capsys):
     import copy
 

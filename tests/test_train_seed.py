@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from train_helpers import ROOT, env, write_tiny_cifar
 
@@ -74,6 +75,7 @@ def test_seed_command_as_written_runs_first_epoch(tmp_path):
     assert "* Acc@1" in text
 
 
+@pytest.mark.slow  # two processes start
 def test_torchrun_two_cpu_processes_stay_in_sync_and_learn(tmp_path):
     write_tiny_cifar(tmp_path / "data", n_train=32, n_test=16, n_classes=4, variant="cifar10")
     launcher = tmp_path / "launch_and_dump.py"
