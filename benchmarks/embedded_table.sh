@@ -21,5 +21,10 @@ for seed in 0 1 2; do
     run dap-k1-restrict "$seed" MODEL.DAP.KEYS_PER_TASK 1
     run dap-k16-plain "$seed" MODEL.DAP.RESTRICT_TO_TASK False
     run dap-pool "$seed" MODEL.DAP.INJECTION pool
+    run dap-prompts-off "$seed" MODEL.DAP.NUM_DAP_TOKENS 0
+    run dap-oracle "$seed" MODEL.DAP.SELECTION oracle
+    run dap-prompts-off-oracle "$seed" MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.SELECTION oracle
+    run dap-batch-majority "$seed" MODEL.DAP.SELECTION batch_majority
+    run dap-attn-mix "$seed" MODEL.DAP.INJECTION attn MODEL.DAP.CHANNEL_MIX True
 done
 casdap compare "$OUT"/*/seed* --out "$OUT/compare"
