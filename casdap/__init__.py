@@ -5,6 +5,7 @@ without importing it.
 """
 
 from casdap.errors import CasdapError
+from casdap.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -18,9 +19,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'casdap' has no attribute {name!r}")
+__getattr__ = lazy_getattr("casdap", _LAZY)

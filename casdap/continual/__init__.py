@@ -5,7 +5,7 @@ Names load on first use, so a light submodule (e.g. ``casdap.continual.results``
 Avalanche and the strategies.
 """
 
-from importlib import import_module
+from casdap.lazy import lazy_getattr
 
 _EXPORTS = {
     "ContinualBenchmark": "casdap.continual.benchmarks",
@@ -20,7 +20,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'casdap.continual' has no attribute '{name}'")
+__getattr__ = lazy_getattr("casdap.continual", _EXPORTS)

@@ -5,6 +5,7 @@ fractals); ``train``: :func:`pretrain_backbone`; ``evaluate``: frozen-feature qu
 ``protocol``: the default protocol. Names load on first use (torch is imported only then).
 """
 
+from casdap.lazy import lazy_getattr
 from casdap.pretrain.protocol import DEFAULT_PROTOCOL
 
 __all__ = [
@@ -25,11 +26,4 @@ _LAZY = {
     "pretrain_backbone": "casdap.pretrain.train",
     "sidecar_path": "casdap.pretrain.train",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'casdap.pretrain' has no attribute {name!r}")
+__getattr__ = lazy_getattr("casdap.pretrain", _LAZY)
