@@ -28,6 +28,7 @@ ROWS=(
     "finetune|MODEL.TRANSFER_TYPE finetune"
     "joint|MODEL.TRANSFER_TYPE joint"
     "dap-batch-majority|MODEL.DAP.SELECTION batch_majority"
+    "dap-prompts-off-batch-majority|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.SELECTION batch_majority"
     "dap-kv|MODEL.DAP.INJECTION kv"
     "dap-no-channel-mix|MODEL.DAP.CHANNEL_MIX False"
     "dap-kv-no-channel-mix-3ep|MODEL.DAP.INJECTION kv MODEL.DAP.CHANNEL_MIX False SOLVER.TOTAL_EPOCH 3"
