@@ -41,16 +41,6 @@ def tiny_cifar_cfg(data: Path, out: Path, method: str = "dap", *extra: str, task
     ])
 
 
-def single_thread():
-    """Tiny models on a shared CPU run far faster on one thread than on two competing ones."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def interrupt_during_task(monkeypatch, task: int) -> None:
     """Make a run raise KeyboardInterrupt (as Ctrl-C would) after its first step of ``task``."""
     from casdap.continual.plugins import ProgressPlugin

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +6,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread for the whole session, as the package itself picks for these small models
+# (casdap.engine.threads): faster here, and no OpenMP threads fighting other processes for cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

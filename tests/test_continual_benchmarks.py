@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
-from cl_support import DIGITS_YAML, single_thread, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, tiny_cifar_cfg, write_tiny_cifar
 from PIL import Image
 
 from casdap.config import load_config
 from casdap.continual.benchmarks import build_benchmark
 from casdap.errors import CasdapError
-
-_one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 def test_digits_natural_order_and_seeded_split():

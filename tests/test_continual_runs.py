@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from cl_support import DIGITS_YAML, interrupt_during_task, single_thread, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.cli import main
 from casdap.continual import runner
@@ -24,7 +24,6 @@ def cifar(tmp_path):
     return write_tiny_cifar(tmp_path / "cifar")
 
 
-_one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 def test_dap_run_directory_contract(tmp_path, cifar):

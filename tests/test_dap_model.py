@@ -10,15 +10,6 @@ from casdap.models.dap import CASDAP, MASKED_LOGIT, build_backbone, build_dap_mo
 INJECTIONS = ["kv", "pool", "attn", "attn+mix"]  # "+mix": with the channel-mixing generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _backbone(seed: int = 0):
     torch.manual_seed(seed)
     bb = casdap.create_model("rcvit_xs", num_classes=0, distillation=False)

@@ -13,13 +13,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from cl_support import interrupt_during_task, single_thread, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.continual.plugins import RngRecorderPlugin
 from casdap.continual.runner import METHODS, run_continual
 from casdap.errors import CasdapError
-
-_one_thread = pytest.fixture(autouse=True)(single_thread)
 
 TRAIN_ACC = "Top1_Acc_Epoch/train_phase/train_stream"
 EVAL_LOSS = "Loss_Stream/eval_phase/test_stream"

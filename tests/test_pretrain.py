@@ -15,15 +15,6 @@ from casdap.pretrain.sources import GLYPH_SETS, glyph_characters, is_digit_like,
 ALL_SETS = tuple(GLYPH_SETS)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny batches gain nothing from threads, and on a loaded machine OpenMP threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_glyph_classes_contain_no_digit_like_character():
     chars = glyph_characters(ALL_SETS)
     assert len(chars) == len(set(chars)) > 100
@@ -92,7 +83,7 @@ def test_nearest_mean_and_cosine_geometry():
     assert geo["task_margin"] > 0.9
 
 
-def test_tiny_pretraining_writes_loadable_checkpoint_and_sidecar(tmp_path, one_thread):
+def test_tiny_pretraining_writes_loadable_checkpoint_and_sidecar(tmp_path):
     out = tmp_path / "model" / "rcvit_xs.pth"
     side = pretrain_backbone("rcvit_xs", out, epochs=3, seed=0, source="letters", images_per_class=5,
                              batch_size=52, lr=3e-3, warmup_epochs=0, progress=False)
@@ -125,7 +116,7 @@ def test_tiny_pretraining_writes_loadable_checkpoint_and_sidecar(tmp_path, one_t
     assert F.cosine_similarity(digits_model.forward_pooled(probe), digits_model.forward_pooled(probe)).min() > 0.999
 
 
-def test_cli_pretrain_runs_and_evaluates(tmp_path, capsys, one_thread):
+def test_cli_pretrain_runs_and_evaluates(tmp_path, capsys):
     out = tmp_path / "rcvit_xs.pth"
     rc = main(["pretrain", "--source", "letters", "--epochs", "1", "--images-per-class", "2", "--out", str(out),
                "--quiet", "--evaluate"])
@@ -147,7 +138,7 @@ def test_cli_pretrain_runs_and_evaluates(tmp_path, capsys, one_thread):
         (["--out", "model"], "should end in .pth"),
     ],
 )
-def test_cli_rejects_bad_input(argv, message, tmp_path, capsys, monkeypatch, one_thread):
+def test_cli_rejects_bad_input(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "blocker").write_text("not a directory")
     try:

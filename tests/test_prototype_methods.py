@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from cl_support import DIGITS_YAML, interrupt_during_task, single_thread, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
 from test_continual_runs import CONTRACT
 
 from casdap.cli import main
@@ -14,8 +14,6 @@ from casdap.config import load_config
 from casdap.continual.benchmarks import build_benchmark
 from casdap.continual.prototypes import RIDGE_GRID, choose_ridge, ridge_solve, validation_sse
 from casdap.continual.runner import run_continual
-
-_one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 @pytest.fixture

@@ -6,14 +6,12 @@ import json
 import shlex
 
 import pytest
-from cl_support import DIGITS_YAML, interrupt_during_task, single_thread, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.cli import main
 from casdap.cli.cl import flag_overrides, parse_cl_args
 from casdap.config import load_config
 from casdap.continual.runner import run_continual, settings_changed
-
-_one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 @pytest.fixture

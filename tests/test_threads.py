@@ -17,6 +17,7 @@ def test_set_threads_applies_and_says_so_once(monkeypatch, capsys):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "_announced", False)
     before = torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
         assert threads.set_threads("casdap cl", 32) == 1 and torch.get_num_threads() == 1
         threads.set_threads("casdap cl", 32)

@@ -6,15 +6,13 @@ import re
 
 import pytest
 from synthetic_weights import manifest_of, synthetic_state_dict
-from train_helpers import one_thread, write_image_folders
+from train_helpers import write_image_folders
 
 from casdap.checkpoint import save_checkpoint
 from casdap.cli import seed_main
 from casdap.cli.train import main, parse_args
 from casdap.data.samplers import MultiScaleBatchSampler, scale_batch_pairs
 from casdap.models import create_model
-
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def test_multi_scale_batches_split_over_ranks():

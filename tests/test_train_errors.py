@@ -4,12 +4,10 @@ import hashlib
 import json
 
 import pytest
-from train_helpers import one_thread, write_image_folders, write_tiny_cifar
+from train_helpers import write_image_folders, write_tiny_cifar
 
 from casdap.cli import main as cli_main
 from casdap.cli.train import get_args_parser, parse_args
-
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 # (flag, default) of the CAS-ViT classification main.py.
 OFFICIAL = {

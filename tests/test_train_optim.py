@@ -3,14 +3,11 @@
 import math
 
 import pytest
-from train_helpers import one_thread
 
 from casdap.cli.train import parse_args
 from casdap.engine.optim_factory import WeightDecaySchedule, build_lr_scheduler, build_optimizer
 from casdap.errors import CasdapError
 from casdap.models import create_model
-
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def _scale_of(optimizer, param):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from synthetic_weights import manifest_of, synthetic_state_dict
-from train_helpers import one_thread, write_tiny_cifar
+from train_helpers import write_tiny_cifar
 
 from casdap.checkpoint import save_checkpoint
 from casdap.cli import main as cli_main
@@ -24,7 +24,6 @@ FLAGS = ("--data_set CIFAR10 --model rcvit_xs --lr 2e-3 --batch_size 8 --update_
 VOLATILE = ("epoch_time_s", "train_images_per_s")
 
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def _log(path):

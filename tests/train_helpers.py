@@ -73,14 +73,3 @@ def env() -> dict:
 def run_main(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env=env(), capture_output=True,
                           text=True, timeout=timeout)
-
-
-def one_thread():
-    """Generator for an autouse fixture: one intra-op thread (the CPU is shared; more threads only
-    make the tiny models here wait on each other)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
