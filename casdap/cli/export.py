@@ -49,7 +49,6 @@ def _input_size(args: argparse.Namespace, cfg) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from casdap.deploy import fold_batchnorm, optimize_dap_for_inference
     from casdap.export import (
@@ -66,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     require_onnx("onnx", "onnxscript", *(() if args.no_check else ("onnxruntime",)))
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CasdapError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise CasdapError("--threads must be >= 1")
+    from casdap.engine.threads import set_threads
+
+    set_threads("casdap export", 32 if args.input_size is None else int(args.input_size), requested=args.threads)
     cfg = dap_config(args.config, args.opts) if args.config else None
     size = _input_size(args, cfg)
     if cfg is not None:

@@ -50,15 +50,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from casdap.errors import CasdapError
     from casdap.pretrain.train import pretrain_backbone, sidecar_path
 
     out = Path(args.out) if args.out else Path("model") / "embedded" / f"{args.model}.pth"
     if out.suffix != ".pth":
         raise CasdapError(f"--out '{out}' should end in .pth (the sidecar is written beside it as .json)")
-    torch.set_num_threads(args.threads)
+    from casdap.engine.threads import set_threads
+
+    set_threads("casdap pretrain", 32, requested=args.threads)
     side = pretrain_backbone(args.model, out, epochs=args.epochs, seed=args.seed, source=args.source,
                              images_per_class=args.images_per_class, batch_size=args.batch_size, lr=args.lr,
                              progress=not args.quiet)

@@ -69,6 +69,9 @@ def train(args: argparse.Namespace) -> TrainResult:
         device = du.init_distributed_mode(args)
         rank, world = du.get_rank(), du.get_world_size()
         args.device = str(device)
+        from casdap.engine.threads import set_threads
+
+        set_threads("casdap train", int(args.input_size), device.type)
         if args.usi_eval:
             args.crop_pct = 0.95
         state_key = "state_dict" if args.usi_eval else "model"

@@ -29,7 +29,7 @@ def choose_threads(input_side: int, device: str = "cpu", requested: int | None =
     if str(device).startswith("cuda"):
         return torch.get_num_threads(), "torch's default (CUDA run)"
     if input_side <= SMALL_INPUT_SIDE:
-        return 1, f"{input_side} px inputs: one thread is fastest for small CPU models (docs/performance.md)"
+        return 1, f"{input_side} px inputs, where one thread is fastest for small CPU models"
     return torch.get_num_threads(), f"torch's default for {input_side} px inputs"
 
 
@@ -43,6 +43,7 @@ def set_threads(command: str, input_side: int, device: str = "cpu", requested: i
         torch.set_num_threads(threads)
     if not _announced:
         _announced = True
-        print(f"{command}: {threads} torch thread{'s' if threads != 1 else ''} ({reason}; "
-              "set OMP_NUM_THREADS to change)", file=sys.stderr, flush=True)
+        hint = "" if "OMP_NUM_THREADS" in reason else "; set OMP_NUM_THREADS to change"
+        print(f"{command}: {threads} torch thread{'s' if threads != 1 else ''} ({reason}{hint})",
+              file=sys.stderr, flush=True)
     return threads
