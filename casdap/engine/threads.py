@@ -2,7 +2,8 @@
 
 The models here are small: at 32-64 px a CAS-ViT batch is too little work to share between
 threads, and on a machine where other jobs run OpenMP threads that wait on each other make two
-threads slower than one (docs/performance.md has the measurements). So CPU runs on small inputs
+threads slower than one: a digits DAP run took 21.7 s on one thread and 20.0 s on two when idle,
+38 s and 80-147 s beside two busy processes (docs/performance.md, "Threads"). So CPU runs on small inputs
 use one thread per process; large inputs and CUDA runs keep torch's default. ``OMP_NUM_THREADS``
 (or a command's own ``--threads``) always wins.
 """
