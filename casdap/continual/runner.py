@@ -62,6 +62,7 @@ from casdap.continual.strategies import (
     NCMStrategy,
     TaskSelectionAccuracy,
 )
+from casdap.engine.checkpoints import TASK_CHECKPOINT, numbered_checkpoints
 from casdap.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from casdap.engine.threads import set_threads
 from casdap.errors import CasdapError
@@ -302,7 +303,7 @@ def _restore_strategy(strategy, state: dict[str, Any], bench: ContinualBenchmark
 
 def _checkpoints(out: Path) -> list[Path]:
     """The run's per-task checkpoints, newest first."""
-    return sorted((out / CHECKPOINT_DIR).glob("task_*.pth"), reverse=True)
+    return [path for _, path in reversed(numbered_checkpoints(out / CHECKPOINT_DIR, TASK_CHECKPOINT))]
 
 
 def _read_resume_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:

@@ -16,15 +16,18 @@ from typing import Any
 from casdap.checkpoint import read_checkpoint, save_checkpoint
 from casdap.errors import CasdapError
 
-_NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
+_NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")  # supervised: one per epoch
+TASK_CHECKPOINT = re.compile(r"^task_(\d+)\.pth$")  # continual: one per finished task
 
 
-def numbered_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """``checkpoint-<epoch>.pth`` files, oldest first."""
+def numbered_checkpoints(output_dir: str | Path, pattern: re.Pattern = _NUMBERED) -> list[tuple[int, Path]]:
+    """``(number, path)`` of the files in ``output_dir`` whose name ``pattern`` matches (its group 1 is
+    the number), oldest first: ``checkpoint-<epoch>.pth`` by default, a continual run's
+    ``task_<t>.pth`` with :data:`TASK_CHECKPOINT`."""
     d = Path(output_dir)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NUMBERED.match(p.name))]
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := pattern.match(p.name))]
     return sorted(found)
 
 
