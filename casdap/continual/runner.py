@@ -98,14 +98,9 @@ class _State:
 # ---------------------------------------------------------------------------------------- setup
 def _distributed(device: torch.device) -> tuple[int, int]:
     """Rank and world size under ``torchrun`` (gloo on CPU, nccl on GPU); (0, 1) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    from casdap.engine.distributed import join_process_group
+
+    return join_process_group(device)
 
 
 def _device(cfg: CfgNode) -> torch.device:

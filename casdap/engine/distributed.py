@@ -56,6 +56,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def join_process_group(device: torch.device, init_method: str = "env://", world_size: int | None = None,
+                       rank: int | None = None) -> tuple[int, int]:
+    """Join the launcher's process group once (nccl on CUDA, gloo on CPU); ``(rank, world size)``,
+    ``(0, 1)`` for a process started alone. World size and rank default to the launcher's variables."""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    if world > 1 and not is_dist():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        rank = int(os.environ["RANK"]) if rank is None else int(rank)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=init_method,
+                                world_size=world, rank=rank)
+        dist.barrier()
+    return (get_rank(), get_world_size()) if is_dist() else (0, 1)
+
+
 def init_distributed_mode(args: argparse.Namespace) -> torch.device:
     """Join the process group if a launcher started us; sets ``args.distributed``, ``args.rank``,
     ``args.world_size``, ``args.gpu`` and returns this process's device."""
@@ -78,12 +93,9 @@ def init_distributed_mode(args: argparse.Namespace) -> torch.device:
         if args.gpu >= torch.cuda.device_count():
             raise CasdapError(f"local rank {args.gpu} has no GPU ({torch.cuda.device_count()} visible): "
                               "use --nproc_per_node <= the number of GPUs")
-        torch.cuda.set_device(args.gpu)
         device = torch.device("cuda", args.gpu)
-    if args.distributed and not is_dist():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank)
-        dist.barrier()
+    if args.distributed:
+        join_process_group(device, args.dist_url, args.world_size, args.rank)
     return device
 
 
