@@ -39,7 +39,13 @@ def _task_axis(ax, n_tasks: int) -> None:
 
 
 def _legend_outside(ax) -> None:
-    """The legend right of the axes, so it never covers a curve or a bar."""
+    """The legend right of the axes, so it never covers a curve or a bar; a long one makes the
+    figure taller instead of squeezing the axes."""
+    labels = ax.get_legend_handles_labels()[1]
+    fig = ax.figure
+    width, height = fig.get_size_inches()
+    longest = max((len(label) for label in labels), default=0)
+    fig.set_size_inches(max(width, 6.0 + 0.065 * longest), max(height, 0.16 * len(labels) + 1.0))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
