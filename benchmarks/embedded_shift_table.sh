@@ -8,11 +8,7 @@
 set -euo pipefail
 OUT=${1:-runs/shift_table}
 SEEDS=${2:-0 1 2}
-JOBS=${JOBS:-2}
 CFG=configs/dap/embedded_shift.yaml
-export OMP_NUM_THREADS=1
-CASDAP=${CASDAP:-casdap}
-mkdir -p "$OUT"
 
 # name | KEY VALUE overrides (empty: the config's DAP)
 ROWS=(
@@ -39,30 +35,4 @@ ROWS=(
     "dap-stages123|MODEL.DAP.STAGES [1,2,3]"
 )
 
-# Make the backbone once before the parallel runs (they would otherwise race to make it).
-"$CASDAP" cl --config-file "$CFG" --no-progress --output_dir "$OUT/.backbone-check" MODEL.TRANSFER_TYPE ncm \
-    DATA.PERCENTAGE 0.05 > "$OUT/backbone.log" 2>&1 || { echo "backbone: see $OUT/backbone.log"; exit 1; }
-rm -rf "$OUT/.backbone-check"
-
-jobs_file="$OUT/jobs.txt"
-: > "$jobs_file"
-for row in "${ROWS[@]}"; do
-    [[ -z "${ONLY:-}" || " $ONLY " == *" ${row%%|*} "* ]] || continue
-    for seed in $SEEDS; do
-        echo "${row%%|*}|$seed|${row#*|}" >> "$jobs_file"
-    done
-done
-
-run_one() {  # NAME|SEED|OVERRIDES
-    local name seed opts
-    IFS='|' read -r name seed opts <<< "$1"
-    local dir="$OUT/$name/seed$seed"
-    # shellcheck disable=SC2086
-    "$CASDAP" cl --config-file "$CFG" --no-progress --seed "$seed" --output_dir "$dir" --auto_resume True $opts \
-        > "$OUT/$name.seed$seed.log" 2>&1 || { echo "failed: $name seed $seed (see $OUT/$name.seed$seed.log)"; return 1; }
-    echo "done: $name seed $seed"
-}
-export -f run_one
-export OUT CFG CASDAP
-xargs -d '\n' -P "$JOBS" -I{} bash -c 'run_one "$@"' _ {} < "$jobs_file"
-"$CASDAP" compare "$OUT"/*/seed* --out "$OUT/compare"
+source "$(dirname "${BASH_SOURCE[0]}")/run_rows.sh"
