@@ -33,6 +33,15 @@ def _at_least(key: str, value, low) -> None:
         raise CasdapError(f"{key} must be at least {low}, got {value}")
 
 
+def check_data_shares(cfg: CfgNode) -> None:
+    """``DATA.PERCENTAGE`` and ``DATA.VALIDATION`` (also checked where a benchmark is built)."""
+    if not 0.0 < cfg.DATA.PERCENTAGE <= 1.0:
+        raise CasdapError(f"DATA.PERCENTAGE must be in (0, 1], got {cfg.DATA.PERCENTAGE}")
+    if not 0.0 <= cfg.DATA.VALIDATION < 1.0:
+        raise CasdapError(
+            f"DATA.VALIDATION must be in [0, 1) (share of training images held out), got {cfg.DATA.VALIDATION}")
+
+
 def validate(cfg: CfgNode) -> None:
     """Raise one :class:`CasdapError` naming the first bad key and what it accepts."""
     method = cfg.MODEL.TRANSFER_TYPE.lower()
@@ -49,11 +58,7 @@ def validate(cfg: CfgNode) -> None:
     _at_least("SOLVER.TOTAL_EPOCH", cfg.SOLVER.TOTAL_EPOCH, 1)
     _at_least("DATA.BATCH_SIZE", cfg.DATA.BATCH_SIZE, 1)
     _at_least("DATA.CROPSIZE", cfg.DATA.CROPSIZE, 1)
-    if not 0.0 < cfg.DATA.PERCENTAGE <= 1.0:
-        raise CasdapError(f"DATA.PERCENTAGE must be in (0, 1], got {cfg.DATA.PERCENTAGE}")
-    if not 0.0 <= cfg.DATA.VALIDATION < 1.0:
-        raise CasdapError(
-            f"DATA.VALIDATION must be in [0, 1) (share of training images held out), got {cfg.DATA.VALIDATION}")
+    check_data_shares(cfg)
     if method == "replay":
         _at_least("BASELINES.REPLAY_MEM_SIZE", cfg.BASELINES.REPLAY_MEM_SIZE, 1)
     if method == "dap":

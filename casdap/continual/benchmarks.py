@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from yacs.config import CfgNode
 
+from casdap.config.validate import check_data_shares
 from casdap.errors import CasdapError
 
 __all__ = ["ContinualBenchmark", "build_benchmark", "task_split", "DATASETS"]
@@ -225,15 +226,11 @@ def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBen
         if missing:
             raise CasdapError(f"the {split} data of '{cfg.DATA.NAME}' has no images of classes {missing[:10]}")
     sizes = task_split(cfg, num_classes)
-    if not 0.0 <= cfg.DATA.VALIDATION < 1.0:
-        raise CasdapError(
-            f"DATA.VALIDATION must be in [0, 1) (share of training images held out), got {cfg.DATA.VALIDATION}")
+    check_data_shares(cfg)
     if cfg.DATA.VALIDATION > 0:  # the held-out training images replace the test set
         fit, held = _seeded_split(train.targets, cfg.DATA.VALIDATION, seed + VALIDATION_SEED_OFFSET)
         test = LabelledDataset(Subset(train.source, held), [train.targets[i] for i in held], test.transform)
         train = LabelledDataset(Subset(train.source, fit), [train.targets[i] for i in fit], train.transform)
-    if not 0.0 < cfg.DATA.PERCENTAGE <= 1.0:
-        raise CasdapError(f"DATA.PERCENTAGE must be in (0, 1], got {cfg.DATA.PERCENTAGE}")
     if cfg.DATA.PERCENTAGE < 1.0:  # DAP's few-shot setting: a seeded share of each class's training images
         _, keep = _seeded_split(train.targets, cfg.DATA.PERCENTAGE, seed)
         train = LabelledDataset(Subset(train.source, keep), [train.targets[i] for i in keep], train.transform)

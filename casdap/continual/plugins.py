@@ -10,6 +10,7 @@ import torch.distributed as dist
 from avalanche.core import SupervisedPlugin
 from tqdm.auto import tqdm
 
+from casdap.config.validate import SCHEDULERS
 from casdap.errors import CasdapError
 from casdap.models.dap import MASKED_LOGIT
 
@@ -96,7 +97,7 @@ class LRSchedulePlugin(SupervisedPlugin):
     ``warmup_steps`` iterations, else ``warmup_epochs`` epochs.
     """
 
-    KINDS = ("linear", "linear_decay", "cosine", "constant")
+    KINDS = SCHEDULERS
 
     supports_distributed = True
 

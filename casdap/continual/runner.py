@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from yacs.config import CfgNode
 
 from casdap.checkpoint import read_checkpoint, save_checkpoint
-from casdap.config.validate import validate
+from casdap.config.validate import METHOD_NAMES, validate
 from casdap.continual.benchmarks import ContinualBenchmark, build_benchmark
 from casdap.continual.plugins import (
     AutocastPlugin,
@@ -41,7 +41,6 @@ from casdap.continual.plugins import (
 )
 from casdap.continual.prototypes import (
     GRADIENT_FREE,
-    PROTOTYPE_METHODS,
     APERClassifier,
     APERStrategy,
     RanPACStrategy,
@@ -70,7 +69,7 @@ from casdap.run_metrics import METRICS_FIELDS
 
 __all__ = ["METHODS", "run_continual", "RunResult"]
 
-METHODS = ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", *PROTOTYPE_METHODS, "joint")
+METHODS = METHOD_NAMES
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FORMAT = "casdap-continual/1"
 _ACC_KEY = re.compile(r"^Top1_Acc_Exp/eval_phase/[^/]+/(?:Task\d+/)?Exp(\d+)$")

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
+from casdap.config.validate import INJECTION_NAMES, SELECTION_NAMES
 from casdap.errors import CasdapError
 from casdap.models.casvit import AdditiveBlock, AdditiveTokenMixer, CASViT
 
@@ -41,8 +42,8 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-INJECTIONS = ("kv", "pool", "attn")
-SELECTIONS = ("per_image", "batch_majority", "oracle")
+INJECTIONS = INJECTION_NAMES
+SELECTIONS = SELECTION_NAMES
 # Logit given to excluded classes: far below any trained logit, yet finite even in float16, so the
 # batch-mean loss over rows whose true class is excluded stays finite (-inf or the dtype's lowest
 # value would make it inf or nan).
