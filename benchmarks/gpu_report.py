@@ -92,14 +92,21 @@ VARIANT_SETTINGS = {  # channels-last, autocast dtype
 }
 
 
-def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, variant: str, device: torch.device,
-               compiled: str | None = None):
-    """One optimizer step (AdamW) of ``model`` on ``(x, y)``; fp16 uses a GradScaler."""
+def _variant_copy(model: torch.nn.Module, x: torch.Tensor, variant: str, train: bool):
+    """A copy of ``model`` in train or eval mode, ``x`` and the autocast dtype, channels-last when the
+    variant asks for it."""
     cl, dtype = VARIANT_SETTINGS[variant]
-    model = copy.deepcopy(model).train()
+    model = copy.deepcopy(model).train(train)
     if cl:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    return model, x, dtype
+
+
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, variant: str, device: torch.device,
+               compiled: str | None = None):
+    """One optimizer step (AdamW) of ``model`` on ``(x, y)``; fp16 uses a GradScaler."""
+    model, x, dtype = _variant_copy(model, x, variant, train=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     fwd = torch.compile(model, backend=compiled) if compiled else model
@@ -119,11 +126,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, variant
 
 def infer_fn(model: torch.nn.Module, x: torch.Tensor, variant: str, device: torch.device,
              compiled: str | None = None):
-    cl, dtype = VARIANT_SETTINGS[variant]
-    model = copy.deepcopy(model).eval()
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    model, x, dtype = _variant_copy(model, x, variant, train=False)
     fwd = torch.compile(model, backend=compiled) if compiled else model
 
     def call():
