@@ -94,13 +94,15 @@ def test_other_key_selection_protocols_are_labelled(tmp_path, cifar, selection):
 
 def test_mixed_stream_accuracy_of_per_image_runs_equals_a_real_shuffled_pass(tmp_path, cifar):
     from casdap.continual.benchmarks import build_benchmark
+    from casdap.continual.run_directory import mixed_stream_accuracy
 
     cfg = tiny_cifar_cfg(cifar, tmp_path / "mixed", "dap", "DATA.BATCH_SIZE", "3")
     res = run_continual(cfg, progress=False)
     row = res.metrics["acc_matrix"][-1]
     assert res.metrics["mixed_stream_acc"] == pytest.approx(sum(row) / len(row))  # equal test sizes here
     # "batch_majority" forces the shuffled pass; the strategy itself still predicts per image
-    shuffled = runner._mixed_stream_accuracy(res.strategy, build_benchmark(cfg), row, "batch_majority", 0, 3, 0)
+    test = build_benchmark(cfg).scenario.test_stream
+    shuffled = mixed_stream_accuracy(res.strategy, [e.dataset for e in test], row, "batch_majority", 0, 3, 0)
     assert shuffled == pytest.approx(res.metrics["mixed_stream_acc"])
 
 

@@ -11,7 +11,8 @@ from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write
 from casdap.cli import main
 from casdap.cli.cl import flag_overrides, parse_cl_args
 from casdap.config import load_config
-from casdap.continual.runner import run_continual, settings_changed
+from casdap.continual.run_directory import settings_changed
+from casdap.continual.runner import run_continual
 
 
 @pytest.fixture

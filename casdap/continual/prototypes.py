@@ -29,8 +29,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
 from casdap.continual.strategies import GradientFreeStrategy, add_class_means
@@ -143,7 +141,7 @@ class RanPACClassifier(nn.Module):
         self.val_targets += val_targets
         self.val_counts += val_counts
 
-    def summary(self) -> dict:
+    def run_record(self) -> dict:
         """What the run directory's ``ranpac.json`` records: the ridge strength of every task so far."""
         done = self.tasks_fitted
         return {
@@ -323,7 +321,7 @@ class APERClassifier(nn.Module):
         return self.logits_from(self.features(x), self.class_sums, self.class_counts)
 
 
-class APERStrategy(SupervisedTemplate):
+class APERStrategy(GradientFreeStrategy):
     """APER on frozen prototypes after a first-task adaptation, as an Avalanche strategy.
 
     First experience: ``train_epochs`` epochs of cross-entropy on the adapted copy and its head
@@ -334,25 +332,9 @@ class APERStrategy(SupervisedTemplate):
     added over ranks.
     """
 
-    def __init__(
-        self,
-        *,
-        model: APERClassifier,
-        optimizer: torch.optim.Optimizer,
-        train_mb_size: int = 128,
-        train_epochs: int = 1,
-        eval_mb_size: int | None = None,
-        device: str | torch.device = "cpu",
-        plugins: Sequence | None = None,
-        evaluator: EvaluationPlugin | None = None,
-        eval_every: int = -1,
-    ) -> None:
-        kwargs = {} if evaluator is None else {"evaluator": evaluator}
-        super().__init__(
-            model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=train_mb_size,
-            train_epochs=train_epochs, eval_mb_size=eval_mb_size or train_mb_size, device=device,
-            plugins=list(plugins or []), eval_every=eval_every, **kwargs,
-        )
+    def __init__(self, *, model: APERClassifier, optimizer: torch.optim.Optimizer, train_epochs: int = 1,
+                 **kwargs) -> None:
+        super().__init__(model=model, optimizer=optimizer, **kwargs)
         self.adapt_epochs = int(train_epochs)
 
     def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):

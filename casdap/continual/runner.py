@@ -8,14 +8,11 @@ the metrics an uninterrupted run would have produced.
 
 from __future__ import annotations
 
-import copy
 import os
 import random
-import re
 import sys
-import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from tqdm.auto import tqdm
 from yacs.config import CfgNode
 
-from casdap.checkpoint import read_checkpoint, save_checkpoint
 from casdap.config.validate import METHOD_NAMES, validate
 from casdap.continual.benchmarks import ContinualBenchmark, build_benchmark
 from casdap.continual.plugins import (
@@ -46,13 +41,14 @@ from casdap.continual.prototypes import (
     RanPACStrategy,
     build_ranpac,
 )
-from casdap.continual.results import (
-    format_summary_table,
-    summarize,
-    write_acc_matrix_csv,
-    write_final_results,
-    write_json,
-    write_text,
+from casdap.continual.results import format_summary_table, write_text
+from casdap.continual.run_directory import (
+    RunDirectoryPlugin,
+    RunState,
+    check_compatible,
+    finished_metrics,
+    read_resume_checkpoint,
+    restore_strategy,
 )
 from casdap.continual.strategies import (
     BackboneClassifier,
@@ -61,18 +57,13 @@ from casdap.continual.strategies import (
     NCMStrategy,
     TaskSelectionAccuracy,
 )
-from casdap.engine.checkpoints import TASK_CHECKPOINT, numbered_checkpoints
-from casdap.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
+from casdap.engine.seeding import restore_rng_state, seed_everything
 from casdap.engine.threads import set_threads
 from casdap.errors import CasdapError
-from casdap.run_metrics import METRICS_FIELDS
 
 __all__ = ["METHODS", "run_continual", "RunResult"]
 
 METHODS = METHOD_NAMES
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_FORMAT = "casdap-continual/1"
-_ACC_KEY = re.compile(r"^Top1_Acc_Exp/eval_phase/[^/]+/(?:Task\d+/)?Exp(\d+)$")
 
 
 @dataclass
@@ -80,18 +71,6 @@ class RunResult:
     metrics: dict[str, Any]
     output_dir: Path
     strategy: Any = None  # the trained Avalanche strategy (its ``model`` holds the final weights)
-
-
-@dataclass
-class _State:
-    """What the task loop accumulates (and what a checkpoint restores)."""
-
-    acc_matrix: list[list[float | None]] = field(default_factory=list)
-    mixed: list[float | None] = field(default_factory=list)
-    task_selection: list[float | None] = field(default_factory=list)
-    wall_time_s: float = 0.0
-    train_time_s: float = 0.0
-    train_images: int = 0
 
 
 # ---------------------------------------------------------------------------------------- setup
@@ -242,91 +221,6 @@ def _evaluator(method: str, tb_dir: Path | None):
         return EvaluationPlugin(*metrics, loggers=loggers), loggers
 
 
-# ------------------------------------------------------------------------- strategy state (resume)
-def _find_plugin(strategy, kind):
-    return next((p for p in strategy.plugins if isinstance(p, kind)), None)
-
-
-def _strategy_state(strategy) -> dict[str, Any]:
-    from avalanche.training.plugins import EWCPlugin
-
-    state: dict[str, Any] = {
-        "clock": {k: int(v) for k, v in vars(strategy.clock).items() if isinstance(v, int)},
-    }
-    if isinstance(strategy, DAPStrategy):
-        state["class_to_task"] = dict(strategy.class_to_task)
-    ewc = _find_plugin(strategy, EWCPlugin)
-    if ewc is not None:
-        state["ewc_saved"] = {int(e): {k: p.data.cpu() for k, p in d.items()} for e, d in ewc.saved_params.items()}
-        state["ewc_importances"] = {int(e): {k: p.data.cpu() for k, p in d.items()} for e, d in ewc.importances.items()}
-    rec = _find_plugin(strategy, RngRecorderPlugin)
-    if rec is not None:
-        state["replay_rng"] = dict(rec.states)
-    return state
-
-
-def _restore_strategy(strategy, state: dict[str, Any], bench: ContinualBenchmark, done: int) -> None:
-    from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
-    from avalanche.training.utils import ParamData
-
-    for k, v in state["clock"].items():
-        setattr(strategy.clock, k, v)
-    if isinstance(strategy, DAPStrategy):
-        strategy.class_to_task = {int(c): int(t) for c, t in state["class_to_task"].items()}
-    ewc = _find_plugin(strategy, EWCPlugin)
-    if ewc is not None:
-        dev = strategy.device
-        for attr, key in (("saved_params", "ewc_saved"), ("importances", "ewc_importances")):
-            target = getattr(ewc, attr)
-            for e, d in state[key].items():
-                target[int(e)] = {k: ParamData(k, init_tensor=t.to(dev), device=dev) for k, t in d.items()}
-    lwf = _find_plugin(strategy, LwFPlugin)
-    if lwf is not None:
-        lwf.lwf.prev_model = copy.deepcopy(strategy.model)
-        lwf.lwf.expcount = done
-        lwf.lwf.prev_classes_by_task[0] = {c for t in range(done) for c in bench.task_classes[t]}
-    replay = _find_plugin(strategy, ReplayPlugin)
-    rec = _find_plugin(strategy, RngRecorderPlugin)
-    if replay is not None and rec is not None:
-        # Rebuild the buffer exactly: the same updates, from the same RNG states.
-        rec.states = {int(k): v for k, v in state["replay_rng"].items()}
-        for t in range(done):
-            torch.set_rng_state(rec.states[t])
-            replay.storage_policy.post_adapt(strategy, bench.scenario.train_stream[t])
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    """The run's per-task checkpoints, newest first."""
-    return [path for _, path in reversed(numbered_checkpoints(out / CHECKPOINT_DIR, TASK_CHECKPOINT))]
-
-
-def _read_resume_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint of the run; an unreadable newer one is skipped with a warning."""
-    for path in _checkpoints(out):
-        try:
-            ckpt = read_checkpoint(path)
-            if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-                raise CasdapError(f"'{path}' is not a continual-learning checkpoint of this version")
-        except CasdapError as e:
-            warnings.warn(f"skipping {path.name}, which cannot be used ({e}); trying the one before it", stacklevel=2)
-            continue
-        return path, ckpt
-    return None
-
-
-def _finished_metrics(out: Path) -> dict[str, Any] | None:
-    """The metrics of a finished run in ``out``, or None."""
-    import json
-
-    try:
-        metrics = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(metrics, dict) and metrics.get("finished") and (out / "config.yaml").is_file():
-        return metrics
-    return None
-
-
 # Data sets that ship with an installed package, and the backbone their runs use by default: made
 # by the documented pretraining protocol (casdap pretrain, docs/pretraining.md) when missing.
 EMBEDDED_DATASETS = ("digits", "embedded_shift")  # embedded_shift: classes disjoint from the pretraining
@@ -368,92 +262,6 @@ def ensure_embedded_backbone(cfg: CfgNode, is_main: bool = True, world: int = 1)
     return path
 
 
-# Settings that cannot change a run's results: they may differ between a run and its resumption.
-RESULT_NEUTRAL_KEYS = frozenset({
-    "OUTPUT_DIR", "DEVICE", "CUDNN_BENCHMARK", "NUM_GPUS", "NUM_SHARDS", "DIST_BACKEND", "DIST_INIT_PATH",
-    "DIST_INIT_FILE", "DBG", "RUN_N_TIMES", "SOLVER.AUTO_RESUME", "SOLVER.LOG_EVERY_N", "SOLVER.DBG_TRAINABLE",
-    "MODEL.SAVE_CKPT", "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.DATAPATH",
-})
-# Paths compared by the file they name, not by their spelling.
-_PATH_KEYS = frozenset({"MODEL.WEIGHT_PATH", "MODEL.MODEL_ROOT"})
-
-
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node}
-
-
-def settings_changed(saved_cfg: str, cfg: CfgNode) -> list[str]:
-    """``KEY: old -> new`` for every setting that changes results and differs from the saved run."""
-    from casdap.config import get_defaults
-
-    defaults = _flat(get_defaults())
-    saved, now = _flat(CfgNode.load_cfg(saved_cfg)), _flat(cfg)
-    changed = []
-    for key in sorted(set(saved) | set(now)):
-        if key in RESULT_NEUTRAL_KEYS:
-            continue
-        old, new = saved.get(key, defaults.get(key)), now.get(key, defaults.get(key))
-        if key in _PATH_KEYS and old and new:
-            old_path, new_path = Path(str(old)).resolve(), Path(str(new)).resolve()
-            if old_path == new_path:
-                continue
-        if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
-            old, new = list(old), list(new)
-        if old != new:
-            changed.append(f"{key}: {old!r} -> {new!r}")
-    return changed
-
-
-def _check_compatible(saved_cfg: str, cfg: CfgNode, out: Path) -> None:
-    changed = settings_changed(saved_cfg, cfg)
-    if changed:
-        raise CasdapError(
-            f"cannot resume '{out}': it was made with other settings, and resuming would label its results "
-            f"with these ({'; '.join(changed)}). Use the run's own settings (casdap cl --config-file "
-            f"{out / 'config.yaml'} --auto_resume True), or another OUTPUT_DIR for a new run"
-        )
-
-
-# ----------------------------------------------------------------------------------- evaluation
-def _row_from_metrics(metrics: dict[str, Any], seen: int) -> list[float | None]:
-    accs: dict[int, float] = {}
-    for k, v in metrics.items():
-        m = _ACC_KEY.match(k)
-        if m:
-            accs[int(m.group(1))] = float(v)
-    return [accs.get(j) for j in range(seen)]
-
-
-@torch.no_grad()
-def _mixed_stream_accuracy(strategy, bench: ContinualBenchmark, row: list[float], selection: str | None, seed: int,
-                           batch: int, workers: int) -> float:
-    """Accuracy on one shuffled stream of every seen task's test images (batches mix tasks).
-
-    Only DAP's batch-majority protocol lets an image's prediction depend on its batch mates. Every
-    other protocol predicts each image alone, so the mixed stream's accuracy is the image-weighted
-    mean of the per-task accuracies in ``row`` and needs no second pass over the test data.
-    """
-    from torch.utils.data import ConcatDataset, DataLoader
-
-    seen = len(row)
-    if selection != "batch_majority" and None not in row:
-        sizes = bench.test_sizes[:seen]
-        return sum(acc * n for acc, n in zip(row, sizes)) / sum(sizes)
-    data = ConcatDataset([bench.scenario.test_stream[j].dataset for j in range(seen)])
-    loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
-                        generator=torch.Generator().manual_seed(seed * 1000 + seen))
-    strategy.model.eval()
-    hits = total = 0
-    for x, y, *_ in loader:
-        x, y = x.to(strategy.device), y.to(strategy.device)
-        logits = strategy.predict(x, y)[0] if isinstance(strategy, DAPStrategy) else strategy.model(x)
-        hits += int((logits.argmax(-1) == y).sum())
-        total += len(y)
-    return hits / max(total, 1)
-
-
 # ---------------------------------------------------------------------------------------- runner
 def _count_params(model: nn.Module, method: str) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
@@ -476,8 +284,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     out = output_dir_of(cfg)
     workers = cfg.DATA.NUM_WORKERS
 
-    resume = _read_resume_checkpoint(out) if out.is_dir() else None
-    finished = _finished_metrics(out)
+    resume = read_resume_checkpoint(out) if out.is_dir() else None
+    finished = finished_metrics(out)
     if (resume is not None or finished is not None) and not cfg.SOLVER.AUTO_RESUME:
         held = f"checkpoints up to {resume[0].name}" if resume is not None else "a finished run"
         raise CasdapError(
@@ -494,13 +302,13 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         cfg.OUTPUT_DIR = str(out)
         cfg.freeze()
     if finished is not None:
-        _check_compatible((out / "config.yaml").read_text(), cfg, out)
+        check_compatible((out / "config.yaml").read_text(), cfg, out)
         if is_main:
             print(f"casdap cl: '{out}' holds a finished run ({finished['tasks_done']}/{finished['n_tasks']} tasks, "
                   f"final accuracy {finished['final_acc']:.4f}); nothing to do, its files are left as they are")
         return RunResult(finished, out)
     if resume is not None:
-        _check_compatible(resume[1]["config"], cfg, out)
+        check_compatible(resume[1]["config"], cfg, out)
     ensure_embedded_backbone(cfg, is_main, world)
     model = _build_model(cfg, method, bench.num_classes)
     # what the backbone really is (a weight file wins over MODEL.RANDOM_INIT when both exist)
@@ -515,20 +323,28 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     progress_plugin = ProgressPlugin(bench.n_tasks, enabled=progress and is_main)
     strategy = _build_strategy(cfg, method, model, bench, device, evaluator, progress_plugin)
     trainable, total = _count_params(model, method)
+    selection = cfg.MODEL.DAP.SELECTION if method == "dap" else None
+    run_dir = RunDirectoryPlugin(
+        out, bench.n_tasks, config_text=cfg.dump(), notes=_protocol_notes(cfg, method, selection, random_backbone),
+        info={"method": method, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
+              "selection": selection, "random_init_backbone": random_backbone,
+              "trainable_params": trainable, "total_params": total},
+        joint=method == "joint", keep_final_checkpoint=cfg.MODEL.SAVE_CKPT, eval_batch=cfg.DATA.BATCH_SIZE,
+        num_workers=workers, world=world, write=is_main, verbose=is_main,
+    )
+    strategy.plugins.append(run_dir)  # after the evaluator, whose metrics it writes
 
-    state = _State()
     start = 0
     if resume is not None:
         ckpt = resume[1]
         model.load_state_dict(ckpt["model"])
         start = int(ckpt["tasks_done"])
-        state = _State(**ckpt["state"])
-        _restore_strategy(strategy, ckpt["strategy"], bench, start)
+        run_dir.state = RunState(**ckpt["state"])
+        restore_strategy(strategy, ckpt["strategy"], bench.scenario.train_stream, bench.task_classes, start)
         restore_rng_state(ckpt["rng"])
         if is_main:
             print(f"casdap cl: resuming {out} after task {start}/{bench.n_tasks}")
 
-    selection = cfg.MODEL.DAP.SELECTION if method == "dap" else None
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", cfg.dump())
@@ -542,117 +358,45 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         lg.writer.add_text("run", f"method {method}, key selection {selection or '-'}, backbone {cfg.MODEL.BACKBONE}"
                            + (" (randomly initialised)" if random_backbone else "") + f", seed {seed}")
 
-    def n_done() -> int:
-        return bench.n_tasks if method == "joint" and state.acc_matrix else len(state.acc_matrix)
-
-    def metrics_dict(finished: bool) -> dict[str, Any]:
-        s = summarize(state.acc_matrix, joint=method == "joint")
-        sel = state.task_selection[-1] if state.task_selection else None
-        metrics = {
-            "method": method, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
-            "n_tasks": bench.n_tasks, "tasks_done": n_done(), "finished": finished,
-            "acc_matrix": state.acc_matrix, **s,
-            "task_selection_acc": sel if method == "dap" else None,
-            "mixed_stream_acc": state.mixed[-1] if state.mixed else None,
-            "selection": selection, "random_init_backbone": random_backbone,
-            "wall_time_s": state.wall_time_s, "trainable_params": trainable, "total_params": total,
-            "train_images_per_s": state.train_images / state.train_time_s if state.train_time_s else None,
-        }
-        assert metrics.keys() == METRICS_FIELDS.keys(), "metrics.json fields and run_metrics.METRICS_FIELDS differ"
-        return metrics
-
-    def finish_task(t: int, row: list[float | None], mixed: float | None, task_sel: float | None, t0: float):
-        state.acc_matrix.append(row + [None] * (bench.n_tasks - len(row)))
-        state.mixed.append(mixed)
-        state.task_selection.append(task_sel)
-        state.wall_time_s += time.perf_counter() - t0
-        finished = t == bench.n_tasks - 1
-        if is_main:
-            metrics = metrics_dict(finished)
-            if cfg.MODEL.SAVE_CKPT or not finished:
-                save_checkpoint({
-                    "format": CHECKPOINT_FORMAT, "tasks_done": t + 1, "config": cfg.dump(),
-                    "model": model.state_dict(), "state": vars(state), "strategy": _strategy_state(strategy),
-                    "rng": capture_rng_state(),
-                }, out / CHECKPOINT_DIR / f"task_{t:03d}.pth")
-            write_json(out / "metrics.json", metrics)
-            if method == "ranpac":  # the method's own choices: the ridge strength of every task
-                write_json(out / "ranpac.json", model.summary())
-            write_acc_matrix_csv(out / "acc_matrix.csv", state.acc_matrix, bench.n_tasks)
-            for lg in loggers:
-                done = [v for v in row if v is not None]
-                lg.writer.add_scalar("continual/avg_acc_seen_tasks", sum(done) / max(len(done), 1), t)
-                if mixed is not None:
-                    lg.writer.add_scalar("continual/mixed_stream_acc", mixed, t)
-                if task_sel is not None:
-                    lg.writer.add_scalar("continual/task_selection_acc", task_sel, t)
-                lg.writer.flush()
-            shown = " ".join("  -  " if v is None else f"{100 * v:5.1f}" for v in row)
-            extra = f", task selection {100 * task_sel:.1f}%" if task_sel is not None else ""
-            extra += f", mixed stream {100 * mixed:.1f}%" if mixed is not None else ""
-            tqdm.write(f"after task {t + 1}/{bench.n_tasks}: acc per task [{shown}]{extra} "
-                       f"(elapsed {state.wall_time_s:.1f}s)")
-        if world > 1:
-            dist.barrier()
-
     try:
         train_stream, test_stream = bench.scenario.train_stream, bench.scenario.test_stream
-        if method == "joint" and start < bench.n_tasks:
-            # Joint training sees every task at once: one training, one row (the upper bound).
-            t0 = time.perf_counter()
-            tt = time.perf_counter()
-            strategy.train(train_stream, num_workers=workers)
-            state.train_time_s += time.perf_counter() - tt
-            state.train_images += sum(bench.train_sizes) * cfg.SOLVER.TOTAL_EPOCH * world
-            row = _row_from_metrics(strategy.eval(test_stream, num_workers=workers), bench.n_tasks) if is_main else []
-            mixed = _mixed_stream_accuracy(strategy, bench, row, selection, seed, cfg.DATA.BATCH_SIZE, workers) \
-                if is_main else None
-            finish_task(bench.n_tasks - 1, row, mixed, None, t0)
+        if method == "joint":  # every task at once: one training, one row (the upper bound)
+            tasks = [(train_stream, test_stream)] if start < bench.n_tasks else []
         else:
-            for t in range(start, bench.n_tasks):
-                t0 = time.perf_counter()
-                tt = time.perf_counter()
-                strategy.train(train_stream[t], num_workers=workers, reset_optimizer_state=True)
-                state.train_time_s += time.perf_counter() - tt
-                passes = 1 if method in ("ncm", *GRADIENT_FREE) else cfg.SOLVER.TOTAL_EPOCH
-                if method == "aper":  # the first task adapts, then every task is one prototype pass
-                    passes = cfg.SOLVER.TOTAL_EPOCH + 1 if t == 0 else 1
-                state.train_images += bench.train_sizes[t] * passes * world
-                row, mixed, task_sel = [], None, None
-                if is_main:
-                    results = strategy.eval(test_stream[: t + 1], num_workers=workers)
-                    row = _row_from_metrics(results, t + 1)
-                    if method == "dap":
-                        task_sel = next((float(v) for k, v in results.items() if k.startswith("TaskSel_Stream")), None)
-                    mixed = _mixed_stream_accuracy(strategy, bench, row, selection, seed, cfg.DATA.BATCH_SIZE, workers)
-                finish_task(t, row, mixed, task_sel, t0)
-
+            tasks = [(train_stream[t], test_stream[: t + 1]) for t in range(start, bench.n_tasks)]
+        for train_part, test_part in tasks:
+            strategy.train(train_part, num_workers=workers, reset_optimizer_state=True)
+            if is_main:  # the run directory plugin writes the row
+                strategy.eval(test_part, num_workers=workers)
+            if world > 1:
+                dist.barrier()
     except KeyboardInterrupt:
         if is_main:
-            done = n_done()
+            done = run_dir.tasks_done()
             where = f"after task {done}/{bench.n_tasks}" if done else "from the start (no task had finished)"
             print(f"\ncasdap cl: interrupted; the run resumes {where} with:\n"
                   f"  casdap cl --config-file {out / 'config.yaml'} --auto_resume True", file=sys.stderr, flush=True)
         raise
 
-    metrics = metrics_dict(True)
+    metrics = run_dir.metrics(True)
     if is_main:
-        notes = []
-        if selection and selection != "per_image":
-            notes.append(f"Key selection: {selection}" + (
-                " (reference protocol: each test batch holds one task and votes on its key)"
-                if selection == "batch_majority" else " (oracle task identity: a diagnostic, not a result)"))
-        if method == "dap" and cfg.MODEL.DAP.RESTRICT_TO_TASK:
-            notes.append("Logits restricted to the selected key's task classes")
-        if random_backbone:
-            notes.append("Backbone: randomly initialised (MODEL.RANDOM_INIT True)")
-        write_final_results(out / "final_results.txt", cfg.dump(), state.acc_matrix, bench.n_tasks, notes)
         for lg in loggers:
-            for k in ("final_acc", "forgetting", "learning_acc", "bwt"):
-                if metrics[k] is not None:
-                    lg.writer.add_scalar(f"final/{k}", metrics[k], bench.n_tasks - 1)
             lg.writer.close()
         print()
         print(format_summary_table([metrics]))
         print(f"\nrun directory: {out}  (TensorBoard: tensorboard --logdir {out / 'tensorboard'})")
     return RunResult(metrics, out, strategy)
+
+
+def _protocol_notes(cfg: CfgNode, method: str, selection: str | None, random_backbone: bool) -> list[str]:
+    """Lines of ``final_results.txt`` that say how the run was evaluated."""
+    notes = []
+    if selection and selection != "per_image":
+        notes.append(f"Key selection: {selection}" + (
+            " (reference protocol: each test batch holds one task and votes on its key)"
+            if selection == "batch_majority" else " (oracle task identity: a diagnostic, not a result)"))
+    if method == "dap" and cfg.MODEL.DAP.RESTRICT_TO_TASK:
+        notes.append("Logits restricted to the selected key's task classes")
+    if random_backbone:
+        notes.append("Backbone: randomly initialised (MODEL.RANDOM_INIT True)")
+    return notes

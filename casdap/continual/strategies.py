@@ -237,7 +237,8 @@ class DAPStrategy(SupervisedTemplate):
 
 class GradientFreeStrategy(SupervisedTemplate):
     """A strategy whose "training" is one pass that adds up statistics of frozen features (no
-    gradient step): the shared constructor of the prototype methods (ncm, ranpac)."""
+    gradient step): the shared constructor of the prototype methods (ncm, ranpac, and aper after
+    its first task, which trains with the optimizer it is given)."""
 
     def __init__(
         self,

@@ -1,0 +1,369 @@
+"""A continual run's directory, written by an Avalanche plugin, and read back to resume it.
+
+:class:`RunDirectoryPlugin` brings the directory up to date after every evaluation that follows a
+training: ``metrics.json``, ``acc_matrix.csv``, TensorBoard scalars and a per-task checkpoint, and
+``final_results.txt`` after the last task. Any strategy gets the files ``casdap compare`` reads by
+appending the plugin after its evaluator, whose metrics it reads::
+
+    strategy.plugins.append(RunDirectoryPlugin(out, n_tasks=len(stream), info={...}, config_text=...))
+    for t, exp in enumerate(train_stream):
+        strategy.train(exp)
+        strategy.eval(test_stream[: t + 1])   # row t of the accuracy matrix
+
+The rest of the module reads a run directory back: the newest usable checkpoint, a finished run's
+metrics, whether the settings of a resumption match the run's, and the strategy's own state.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from avalanche.core import SupervisedPlugin
+from tqdm.auto import tqdm
+from yacs.config import CfgNode
+
+from casdap.checkpoint import read_checkpoint, save_checkpoint
+from casdap.continual.plugins import RngRecorderPlugin
+from casdap.continual.results import summarize, write_acc_matrix_csv, write_final_results, write_json
+from casdap.engine.checkpoints import TASK_CHECKPOINT, numbered_checkpoints
+from casdap.engine.seeding import capture_rng_state
+from casdap.errors import CasdapError
+from casdap.run_metrics import METRICS_FIELDS
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FORMAT = "casdap-continual/1"
+_ACC_KEY = re.compile(r"^Top1_Acc_Exp/eval_phase/[^/]+/(?:Task\d+/)?Exp(\d+)$")
+# The fields of metrics.json that describe the run rather than its results (given by the caller).
+RUN_INFO_FIELDS = ("method", "backbone", "dataset", "seed", "selection", "random_init_backbone",
+                   "trainable_params", "total_params")
+
+
+@dataclass
+class RunState:
+    """What the task loop accumulates (and what a checkpoint restores)."""
+
+    acc_matrix: list[list[float | None]] = field(default_factory=list)
+    mixed: list[float | None] = field(default_factory=list)
+    task_selection: list[float | None] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    train_images: int = 0
+
+
+# ----------------------------------------------------------------------------------- evaluation
+def row_from_metrics(metrics: dict[str, Any], seen: int) -> list[float | None]:
+    """Row of the accuracy matrix from Avalanche's per-experience accuracies (None where absent)."""
+    accs: dict[int, float] = {}
+    for k, v in metrics.items():
+        m = _ACC_KEY.match(k)
+        if m:
+            accs[int(m.group(1))] = float(v)
+    return [accs.get(j) for j in range(seen)]
+
+
+@torch.no_grad()
+def mixed_stream_accuracy(strategy, datasets: Sequence, row: list[float | None], selection: str | None, seed: int,
+                          batch: int, workers: int) -> float:
+    """Accuracy on one shuffled stream of every seen task's test images (batches mix tasks).
+
+    Only DAP's batch-majority protocol lets an image's prediction depend on its batch mates. Every
+    other protocol predicts each image alone, so the mixed stream's accuracy is the image-weighted
+    mean of the per-task accuracies in ``row`` and needs no second pass over the test data.
+    """
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    if selection != "batch_majority" and None not in row:
+        sizes = [len(d) for d in datasets]
+        return sum(acc * n for acc, n in zip(row, sizes)) / sum(sizes)
+    loader = DataLoader(ConcatDataset(list(datasets)), batch_size=batch, shuffle=True, num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed * 1000 + len(datasets)))
+    strategy.model.eval()
+    hits = total = 0
+    predict = getattr(strategy, "predict", None)  # DAP: key selection over the whole batch
+    for x, y, *_ in loader:
+        x, y = x.to(strategy.device), y.to(strategy.device)
+        logits = predict(x, y)[0] if predict is not None else strategy.model(x)
+        hits += int((logits.argmax(-1) == y).sum())
+        total += len(y)
+    return hits / max(total, 1)
+
+
+# ------------------------------------------------------------------------------------ the plugin
+class RunDirectoryPlugin(SupervisedPlugin):
+    """Writes the run directory after every evaluation that follows a training (one row per task).
+
+    ``info`` holds :data:`RUN_INFO_FIELDS`; ``notes`` are protocol lines for ``final_results.txt``.
+    The checkpoint after task ``t`` holds the model, this plugin's :class:`RunState`, the strategy's
+    own state (:func:`strategy_state`) and every random generator, so a resumed run ends with the
+    metrics an uninterrupted one would have. Training throughput counts every image of every
+    training iteration (replayed ones included) on every one of ``world`` processes. With
+    ``write=False`` (ranks other than 0) the plugin only keeps its state.
+    """
+
+    def __init__(self, out: Path, n_tasks: int, info: dict[str, Any], config_text: str, *,
+                 notes: Sequence[str] = (), joint: bool = False, keep_final_checkpoint: bool = True,
+                 eval_batch: int = 64, num_workers: int = 0, world: int = 1, write: bool = True,
+                 verbose: bool = True) -> None:
+        super().__init__()
+        missing = set(RUN_INFO_FIELDS) - set(info)
+        if missing:
+            raise CasdapError(f"RunDirectoryPlugin: info lacks {sorted(missing)}")
+        self.out, self.n_tasks, self.info, self.config_text = Path(out), int(n_tasks), dict(info), config_text
+        self.notes, self.joint, self.keep_final_checkpoint = list(notes), joint, keep_final_checkpoint
+        self.eval_batch, self.num_workers, self.world = eval_batch, num_workers, world
+        self.write, self.verbose = write, verbose
+        self.state = RunState()
+        self._t0: float | None = None  # when the training of the pending row began
+        self._train_t0 = 0.0
+
+    # -- what the directory says --------------------------------------------------------------
+    def tasks_done(self) -> int:
+        return self.n_tasks if self.joint and self.state.acc_matrix else len(self.state.acc_matrix)
+
+    def metrics(self, finished: bool) -> dict[str, Any]:
+        s = self.state
+        metrics = {
+            **{k: self.info[k] for k in ("method", "backbone", "dataset", "seed")},
+            "n_tasks": self.n_tasks, "tasks_done": self.tasks_done(), "finished": finished,
+            "acc_matrix": s.acc_matrix, **summarize(s.acc_matrix, joint=self.joint),
+            "task_selection_acc": s.task_selection[-1] if s.task_selection else None,
+            "mixed_stream_acc": s.mixed[-1] if s.mixed else None,
+            **{k: self.info[k] for k in ("selection", "random_init_backbone")},
+            "wall_time_s": s.wall_time_s,
+            **{k: self.info[k] for k in ("trainable_params", "total_params")},
+            "train_images_per_s": s.train_images / s.train_time_s if s.train_time_s else None,
+        }
+        assert metrics.keys() == METRICS_FIELDS.keys(), "metrics.json fields and run_metrics.METRICS_FIELDS differ"
+        return metrics
+
+    # -- training ------------------------------------------------------------------------------
+    def before_training(self, strategy, **kwargs):
+        self._t0 = self._t0 or time.perf_counter()
+        self._train_t0 = time.perf_counter()
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.state.train_images += len(strategy.mb_x) * self.world
+
+    def after_training(self, strategy, **kwargs):
+        self.state.train_time_s += time.perf_counter() - self._train_t0
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def before_eval(self, strategy, **kwargs):
+        plugins, evaluator = strategy.plugins, strategy.evaluator
+        if self in plugins and evaluator in plugins and plugins.index(self) < plugins.index(evaluator):
+            raise CasdapError("RunDirectoryPlugin reads the evaluator's metrics: add it after the evaluator "
+                              "(strategy.plugins.append(plugin) once the strategy is built)")
+
+    def after_eval(self, strategy, **kwargs):
+        if self._t0 is None:  # an evaluation without a training before it adds no row
+            return
+        stream = list(strategy.current_eval_stream)
+        results = strategy.evaluator.get_last_metrics()
+        row = row_from_metrics(results, len(stream))
+        task_sel = next((float(v) for k, v in results.items() if k.startswith("TaskSel_Stream")), None)
+        mixed = mixed_stream_accuracy(strategy, [e.dataset for e in stream], row, getattr(strategy, "selection", None),
+                                      int(self.info["seed"]), self.eval_batch, self.num_workers)
+        self.finish_task(strategy, row, mixed, task_sel)
+
+    def finish_task(self, strategy, row: list[float | None], mixed: float | None, task_sel: float | None) -> None:
+        """Record row ``len(row) - 1`` (the last row for joint training) and bring the directory up to date."""
+        s = self.state
+        s.acc_matrix.append(row + [None] * (self.n_tasks - len(row)))
+        s.mixed.append(mixed)
+        s.task_selection.append(task_sel)
+        s.wall_time_s += time.perf_counter() - (self._t0 or time.perf_counter())
+        self._t0 = None
+        t = self.n_tasks - 1 if self.joint else len(s.acc_matrix) - 1
+        finished = t == self.n_tasks - 1
+        if not self.write:
+            return
+        metrics = self.metrics(finished)
+        if self.keep_final_checkpoint or not finished:
+            save_checkpoint({
+                "format": CHECKPOINT_FORMAT, "tasks_done": t + 1, "config": self.config_text,
+                "model": strategy.model.state_dict(), "state": vars(s), "strategy": strategy_state(strategy),
+                "rng": capture_rng_state(),
+            }, self.out / CHECKPOINT_DIR / f"task_{t:03d}.pth")
+        write_json(self.out / "metrics.json", metrics)
+        record = getattr(strategy.model, "run_record", None)
+        if callable(record):  # a model's own choices, in <method>.json (RanPAC: the ridge strength of every task)
+            write_json(self.out / f"{self.info['method']}.json", record())
+        write_acc_matrix_csv(self.out / "acc_matrix.csv", s.acc_matrix, self.n_tasks)
+        writers = _tensorboard_writers(strategy)
+        for w in writers:
+            done = [v for v in row if v is not None]
+            w.add_scalar("continual/avg_acc_seen_tasks", sum(done) / max(len(done), 1), t)
+            if mixed is not None:
+                w.add_scalar("continual/mixed_stream_acc", mixed, t)
+            if task_sel is not None:
+                w.add_scalar("continual/task_selection_acc", task_sel, t)
+            w.flush()
+        if self.verbose:
+            shown = " ".join("  -  " if v is None else f"{100 * v:5.1f}" for v in row)
+            extra = f", task selection {100 * task_sel:.1f}%" if task_sel is not None else ""
+            extra += f", mixed stream {100 * mixed:.1f}%" if mixed is not None else ""
+            tqdm.write(f"after task {t + 1}/{self.n_tasks}: acc per task [{shown}]{extra} "
+                       f"(elapsed {s.wall_time_s:.1f}s)")
+        if finished:
+            write_final_results(self.out / "final_results.txt", self.config_text, s.acc_matrix, self.n_tasks,
+                                self.notes)
+            for w in writers:
+                for k in ("final_acc", "forgetting", "learning_acc", "bwt"):
+                    if metrics[k] is not None:
+                        w.add_scalar(f"final/{k}", metrics[k], self.n_tasks - 1)
+                w.flush()
+
+
+def _tensorboard_writers(strategy) -> list:
+    from avalanche.logging import TensorboardLogger
+
+    return [lg.writer for lg in getattr(strategy.evaluator, "loggers", []) if isinstance(lg, TensorboardLogger)]
+
+
+# ------------------------------------------------------------------------- strategy state (resume)
+def _find_plugin(strategy, kind):
+    return next((p for p in strategy.plugins if isinstance(p, kind)), None)
+
+
+def strategy_state(strategy) -> dict[str, Any]:
+    """What a strategy keeps between tasks beyond its model: clock, DAP's class-to-task map, EWC's
+    importances, the replay buffer's random states."""
+    from avalanche.training.plugins import EWCPlugin
+
+    from casdap.continual.strategies import DAPStrategy
+
+    state: dict[str, Any] = {
+        "clock": {k: int(v) for k, v in vars(strategy.clock).items() if isinstance(v, int)},
+    }
+    if isinstance(strategy, DAPStrategy):
+        state["class_to_task"] = dict(strategy.class_to_task)
+    ewc = _find_plugin(strategy, EWCPlugin)
+    if ewc is not None:
+        state["ewc_saved"] = {int(e): {k: p.data.cpu() for k, p in d.items()} for e, d in ewc.saved_params.items()}
+        state["ewc_importances"] = {int(e): {k: p.data.cpu() for k, p in d.items()} for e, d in ewc.importances.items()}
+    rec = _find_plugin(strategy, RngRecorderPlugin)
+    if rec is not None:
+        state["replay_rng"] = dict(rec.states)
+    return state
+
+
+def restore_strategy(strategy, state: dict[str, Any], train_stream, task_classes: Sequence, done: int) -> None:
+    """Undo :func:`strategy_state` after ``done`` tasks (LwF's teacher is the restored model)."""
+    from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+    from avalanche.training.utils import ParamData
+
+    from casdap.continual.strategies import DAPStrategy
+
+    for k, v in state["clock"].items():
+        setattr(strategy.clock, k, v)
+    if isinstance(strategy, DAPStrategy):
+        strategy.class_to_task = {int(c): int(t) for c, t in state["class_to_task"].items()}
+    ewc = _find_plugin(strategy, EWCPlugin)
+    if ewc is not None:
+        dev = strategy.device
+        for attr, key in (("saved_params", "ewc_saved"), ("importances", "ewc_importances")):
+            target = getattr(ewc, attr)
+            for e, d in state[key].items():
+                target[int(e)] = {k: ParamData(k, init_tensor=t.to(dev), device=dev) for k, t in d.items()}
+    lwf = _find_plugin(strategy, LwFPlugin)
+    if lwf is not None:
+        lwf.lwf.prev_model = copy.deepcopy(strategy.model)
+        lwf.lwf.expcount = done
+        lwf.lwf.prev_classes_by_task[0] = {c for t in range(done) for c in task_classes[t]}
+    replay = _find_plugin(strategy, ReplayPlugin)
+    rec = _find_plugin(strategy, RngRecorderPlugin)
+    if replay is not None and rec is not None:
+        # Rebuild the buffer exactly: the same updates, from the same RNG states.
+        rec.states = {int(k): v for k, v in state["replay_rng"].items()}
+        for t in range(done):
+            torch.set_rng_state(rec.states[t])
+            replay.storage_policy.post_adapt(strategy, train_stream[t])
+
+
+# ------------------------------------------------------------------------- reading a directory back
+def task_checkpoints(out: Path) -> list[Path]:
+    """The run's per-task checkpoints, newest first."""
+    return [path for _, path in reversed(numbered_checkpoints(out / CHECKPOINT_DIR, TASK_CHECKPOINT))]
+
+
+def read_resume_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint of the run; an unreadable newer one is skipped with a warning."""
+    for path in task_checkpoints(out):
+        try:
+            ckpt = read_checkpoint(path)
+            if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+                raise CasdapError(f"'{path}' is not a continual-learning checkpoint of this version")
+        except CasdapError as e:
+            warnings.warn(f"skipping {path.name}, which cannot be used ({e}); trying the one before it", stacklevel=2)
+            continue
+        return path, ckpt
+    return None
+
+
+def finished_metrics(out: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``out``, or None."""
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(metrics, dict) and metrics.get("finished") and (out / "config.yaml").is_file():
+        return metrics
+    return None
+
+
+# Settings that cannot change a run's results: they may differ between a run and its resumption.
+RESULT_NEUTRAL_KEYS = frozenset({
+    "OUTPUT_DIR", "DEVICE", "CUDNN_BENCHMARK", "NUM_GPUS", "NUM_SHARDS", "DIST_BACKEND", "DIST_INIT_PATH",
+    "DIST_INIT_FILE", "DBG", "RUN_N_TIMES", "SOLVER.AUTO_RESUME", "SOLVER.LOG_EVERY_N", "SOLVER.DBG_TRAINABLE",
+    "MODEL.SAVE_CKPT", "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.DATAPATH",
+})
+# Paths compared by the file they name, not by their spelling.
+_PATH_KEYS = frozenset({"MODEL.WEIGHT_PATH", "MODEL.MODEL_ROOT"})
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def settings_changed(saved_cfg: str, cfg: CfgNode) -> list[str]:
+    """``KEY: old -> new`` for every setting that changes results and differs from the saved run."""
+    from casdap.config import get_defaults
+
+    defaults = _flat(get_defaults())
+    saved, now = _flat(CfgNode.load_cfg(saved_cfg)), _flat(cfg)
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        if key in RESULT_NEUTRAL_KEYS:
+            continue
+        old, new = saved.get(key, defaults.get(key)), now.get(key, defaults.get(key))
+        if key in _PATH_KEYS and old and new:
+            old_path, new_path = Path(str(old)).resolve(), Path(str(new)).resolve()
+            if old_path == new_path:
+                continue
+        if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+            old, new = list(old), list(new)
+        if old != new:
+            changed.append(f"{key}: {old!r} -> {new!r}")
+    return changed
+
+
+def check_compatible(saved_cfg: str, cfg: CfgNode, out: Path) -> None:
+    """Refuse to resume ``out`` under settings that would relabel its results."""
+    changed = settings_changed(saved_cfg, cfg)
+    if changed:
+        raise CasdapError(
+            f"cannot resume '{out}': it was made with other settings, and resuming would label its results "
+            f"with these ({'; '.join(changed)}). Use the run's own settings (casdap cl --config-file "
+            f"{out / 'config.yaml'} --auto_resume True), or another OUTPUT_DIR for a new run"
+        )
