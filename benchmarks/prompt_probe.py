@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-freeze", action="store_true", help="keep training token maps and gates after task 1")
     ap.add_argument("--finetune-stages", type=int, nargs="*", default=None)
+    ap.add_argument("--prompt-lr-scale", type=float, default=1.0,
+                    help="learning rate of the prompt side (generators, gates, task embeddings) over --lr")
     ap.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides on embedded_shift.yaml")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -56,7 +58,7 @@ def main() -> None:
     task_of = y // CLASSES_PER_TASK
     g = torch.Generator().manual_seed(a.seed)
     t0 = time.perf_counter()
-    res: dict = {"opts": a.opts, "epochs": a.epochs, "lr": a.lr, "seed": a.seed}
+    res: dict = {"opts": a.opts, "epochs": a.epochs, "lr": a.lr, "prompt_lr_scale": a.prompt_lr_scale, "seed": a.seed}
 
     if a.finetune_stages is not None:
         bb = build_backbone(cfg, num_classes=0).eval().requires_grad_(False)
@@ -83,8 +85,14 @@ def main() -> None:
     for t in range(a.tasks):
         if t >= 1 and not a.no_freeze:
             model.freeze_token_axis()
-        params = [p for p in model.trainable_parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=a.lr, betas=(cfg.SOLVER.BETA1, cfg.SOLVER.BETA2))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        params = [p for _, p in named]
+        head_side = ("head.", "dap_keys")
+        groups = [
+            {"params": [p for n, p in named if n.startswith(head_side)], "lr": a.lr},
+            {"params": [p for n, p in named if not n.startswith(head_side)], "lr": a.lr * a.prompt_lr_scale},
+        ]
+        opt = torch.optim.Adam(groups, lr=a.lr, betas=(cfg.SOLVER.BETA1, cfg.SOLVER.BETA2))
         seen = [s if k <= t else [] for k, s in enumerate(splits)]
         model.train()
         for _ in range(a.epochs):
@@ -117,6 +125,22 @@ def main() -> None:
         f0 = model.forward_query(x[vi])
         f1 = model.forward_prompted(x[vi], torch.zeros(len(vi), dtype=torch.long))
         res["rel_feature_change"] = round(float(((f1 - f0).norm(dim=1) / f0.norm(dim=1)).mean()), 4)
+        # Would a query from prompted features find the task more often? Nearest class mean (of the
+        # training images) over the classes of the tasks trained, features from the frozen backbone
+        # against features prompted with the first task's embedding.
+        tr = fit[task_of[fit] < a.tasks]
+        ev = held[task_of[held] < a.tasks]
+        task_id = {}
+        def prompted_task0(z: torch.Tensor) -> torch.Tensor:
+            return model.forward_prompted(z, torch.zeros(len(z), dtype=torch.long))
+
+        for name, feats in (("frozen", model.forward_query), ("prompted_task0", prompted_task0)):
+            ftr, fev = F.normalize(feats(x[tr]), dim=1), F.normalize(feats(x[ev]), dim=1)
+            classes = y[tr].unique()
+            means = F.normalize(torch.stack([ftr[y[tr] == c].mean(0) for c in classes]), dim=1)
+            nearest = classes[(fev @ means.t()).argmax(1)]
+            task_id[name] = round(100 * (nearest // CLASSES_PER_TASK == task_of[ev]).float().mean().item(), 1)
+        res["task_id_nearest_class_mean"] = task_id
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(res))
 
