@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from cl_support import DIGITS_YAML, tiny_cifar_cfg, write_tiny_cifar
+import torch
+from cl_support import CIFAR_YAML, DIGITS_YAML, tiny_cifar_cfg, write_tiny_cifar
 from PIL import Image
 
 from casdap.config import load_config
@@ -139,3 +140,19 @@ def test_validation_images_get_the_evaluation_transform(tmp_path):
 def test_validation_share_out_of_range_is_one_clear_error(share):
     with pytest.raises(CasdapError, match=r"DATA.VALIDATION must be in \[0, 1\)"):
         build_benchmark(load_config(DIGITS_YAML, ["DATA.VALIDATION", share]))
+
+
+def test_continual_randaugment_at_full_magnitude_runs_with_current_pillow():
+    """RandAugment's increasing posterize reaches 0 bits at magnitude 10, which Pillow >= 11 rejects;
+    the continual path shares the supervised path's transforms, which keep it working."""
+    import random
+
+    from casdap.continual.benchmarks import _image_transforms
+
+    cfg = load_config(CIFAR_YAML, ["CONTINUAL.AA", "rand-m10-n3-inc1", "DATA.CROPSIZE", "32"])
+    train, _ = _image_transforms(cfg)
+    img = Image.new("RGB", (32, 32), (200, 120, 30))
+    random.seed(0)
+    torch.manual_seed(0)
+    outs = [train(img) for _ in range(300)]  # the old transform raised ValueError within these draws
+    assert all(o.shape == (3, 32, 32) and torch.isfinite(o).all() for o in outs)

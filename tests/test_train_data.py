@@ -85,7 +85,8 @@ def test_readme_eval_command_on_imagenet_layout(tmp_path, monkeypatch, capsys):
 def test_default_randaugment_posterize_works_with_current_pillow():
     from PIL import Image
 
-    from casdap.data.datasets import _posterize, build_train_transform
+    from casdap.data.datasets import build_train_transform
+    from casdap.data.transforms import _posterize
 
     args = parse_args(["--input_size", "32"])
     ra = build_train_transform(args, 32).transforms[2]

@@ -86,18 +86,15 @@ def task_split(cfg: CfgNode, num_classes: int) -> list[int]:
 
 
 def _image_transforms(cfg: CfgNode):
-    """timm's training / evaluation transforms for PIL images at ``DATA.CROPSIZE``."""
-    from timm.data import create_transform
+    """Training / evaluation transforms for PIL images at ``DATA.CROPSIZE`` (``casdap.data.transforms``)."""
+    from casdap.data.transforms import eval_transform, train_transform
 
     size = cfg.DATA.CROPSIZE
     c = cfg.CONTINUAL
-    train = create_transform(
-        size, is_training=True, color_jitter=c.COLOR_JITTER, auto_augment=c.AA, re_prob=c.REPROB,
-        re_mode=c.REMODE, re_count=c.RECOUNT, interpolation="bicubic",
-    )
+    train = train_transform(size, color_jitter=c.COLOR_JITTER, auto_augment=c.AA, re_prob=c.REPROB, re_mode=c.REMODE,
+                            re_count=c.RECOUNT)
     # Small inputs (CIFAR at 32 px) are not centre-cropped: there is nothing to spare.
-    test = create_transform(size, is_training=False, interpolation="bicubic", crop_pct=0.875 if size >= 128 else 1.0)
-    return train, test
+    return train, eval_transform(size, crop_pct=0.875 if size >= 128 else 1.0)
 
 
 def _seeded_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:

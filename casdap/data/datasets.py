@@ -9,9 +9,10 @@
   (``<data_path>/val.txt``, ``<data_path>/val_list.txt`` or ``./data/imagenet1k/val.txt``).
 - ``image_folder``: any ``<root>/<class>/*`` folder; evaluation reads ``--eval_data_path``.
 
-Transforms follow CAS-ViT training: timm's ``create_transform`` (RandAugment, colour jitter,
-random erasing) for training, resize + centre crop with ``crop_pct`` for evaluation; at 32 px
-the random-resized crop becomes a padded random crop, as for CIFAR.
+Transforms (``casdap.data.transforms``, shared with ``casdap cl``) follow CAS-ViT training: timm's
+``create_transform`` (RandAugment, colour jitter, random erasing) for training, resize + centre
+crop with ``crop_pct`` for evaluation; at 32 px the random-resized crop becomes a padded random
+crop, as for CIFAR.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, ImageOps
-from timm.data import auto_augment, create_transform
+from PIL import Image
 from timm.data.constants import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
 from casdap.data.cifar import CIFARLocal
+from casdap.data.transforms import eval_transform, train_transform
 from casdap.errors import CasdapError
 
 DATA_SETS = ("CIFAR", "CIFAR100", "CIFAR10", "IMNET", "image_folder")
@@ -50,72 +51,25 @@ def _mean_std(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[float,
     return IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 
 
-def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
-    """timm's posterize, with 0 bits giving the black image older Pillow produced (Pillow >= 11
-    rejects 0 bits, which RandAugment's increasing posterize reaches at high magnitude)."""
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep < 1:
-        return Image.new(img.mode, img.size)
-    return ImageOps.posterize(img, bits_to_keep)
-
-
-def _patch_posterize(transform) -> None:
-    for t in getattr(transform, "transforms", []):
-        ops = getattr(t, "ops", None)
-        if ops is None and hasattr(t, "policy"):  # AutoAugment: a list of sub-policies
-            ops = [op for sub in t.policy for op in sub]
-        for op in ops or []:
-            if getattr(op, "aug_fn", None) is auto_augment.posterize:
-                op.aug_fn = _posterize
-
-
 def build_train_transform(args: argparse.Namespace, size: int | tuple[int, int]) -> transforms.Compose:
     """Training augmentation at ``size`` (an int, or ``(h, w)`` for the multi-scale sampler)."""
     mean, std = _mean_std(args)
-    transform = create_transform(
-        input_size=size,
-        is_training=True,
-        color_jitter=args.color_jitter if args.color_jitter > 0 else None,
-        auto_augment=args.aa or None,
-        interpolation=args.train_interpolation,
-        re_prob=args.reprob,
-        re_mode=args.remode,
-        re_count=args.recount,
-        re_num_splits=0,
-        mean=mean,
-        std=std,
+    return train_transform(
+        size, mean=mean, std=std, color_jitter=args.color_jitter if args.color_jitter > 0 else None,
+        auto_augment=args.aa or None, interpolation=args.train_interpolation, re_prob=args.reprob,
+        re_mode=args.remode, re_count=args.recount, three_aug=args.three_aug, padded_crop_when_small=True,
     )
-    _patch_posterize(transform)
-    steps = list(transform.transforms)
-    if args.three_aug:
-        # DeiT III's three augmentations (one of grey, solarise, blur) in place of RandAugment.
-        three = transforms.RandomChoice([
-            transforms.Grayscale(num_output_channels=3),
-            transforms.RandomSolarize(threshold=192.0),
-            transforms.GaussianBlur(kernel_size=(5, 9)),
-        ])
-        steps = steps[:2] + [three] + steps[2:]
-    if max(size if isinstance(size, tuple) else (size,)) <= 32:
-        steps[0] = transforms.RandomCrop(size, padding=4)
-    return transforms.Compose(steps)
 
 
 def build_eval_transform(args: argparse.Namespace) -> transforms.Compose:
-    """Resize + centre crop (``crop_pct``, default 224/256); warp to a square at 384 px and above;
-    no resizing at 32 px and below."""
+    """Resize + centre crop (``crop_pct``, default 224/256); squash to a square at 384 px and above;
+    no cropping at 32 px and below."""
     mean, std = _mean_std(args)
     size = args.input_size
-    steps: list[Callable] = []
-    if size > 32:
-        if size >= 384:
-            steps.append(transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC))
-        else:
-            crop_pct = args.crop_pct if args.crop_pct is not None else 224 / 256
-            steps.append(transforms.Resize(int(size / crop_pct), interpolation=transforms.InterpolationMode.BICUBIC))
-            steps.append(transforms.CenterCrop(size))
-    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    return transforms.Compose(steps)
+    crop_pct = args.crop_pct if args.crop_pct is not None else 224 / 256
+    if size >= 384:
+        return eval_transform(size, crop_pct=1.0, crop_mode="squash", mean=mean, std=std)
+    return eval_transform(size, crop_pct=1.0 if size <= 32 else crop_pct, mean=mean, std=std)
 
 
 def build_transform(is_train: bool, args: argparse.Namespace) -> transforms.Compose:
