@@ -223,12 +223,7 @@ class RanPACStrategy(GradientFreeStrategy):
         val_counts = torch.zeros_like(counts)
         offsets = _holdout_offsets(self.seed, int(self.experience.current_experience), k).to(dev)
         seen = torch.zeros(k, dtype=torch.long, device=dev)  # images of each class so far in this pass
-        for batch in self.dataloader:
-            self.mbatch = batch
-            if self._stop_training:
-                break
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
+        for _ in self.statistics_pass(**kwargs):
             h = model.hidden(self.mb_x)
             y = self.mb_y
             onehot = F.one_hot(y, k).double()
@@ -245,8 +240,6 @@ class RanPACStrategy(GradientFreeStrategy):
             val_targets += hv.t() @ ov
             val_counts += ov.sum(0)
             self.mb_output = model.logits_from(h)
-            self.loss = self._make_empty_loss()
-            self._after_training_iteration(**kwargs)
         stats = [gram, targets, counts, val_gram, val_targets, val_counts]
         if dist.is_available() and dist.is_initialized():
             for s in stats:

@@ -3,7 +3,7 @@ the backbone + linear-head model the other baselines train, and the task-selecti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -262,6 +262,19 @@ class GradientFreeStrategy(SupervisedTemplate):
             plugins=list(plugins or []), eval_every=eval_every, **kwargs,
         )
 
+    def statistics_pass(self, **kwargs) -> Iterator[None]:
+        """One pass over the training dataloader that yields at every batch (``mb_x``, ``mb_y``
+        set) between Avalanche's iteration hooks; the loss is zero, no gradient step is taken."""
+        for batch in self.dataloader:
+            self.mbatch = batch
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            yield
+            self.loss = self._make_empty_loss()
+            self._after_training_iteration(**kwargs)
+
 
 class NCMStrategy(GradientFreeStrategy):
     """Nearest class mean on frozen features: each experience adds its classes' prototypes.
@@ -278,25 +291,18 @@ class NCMStrategy(GradientFreeStrategy):
 
 
 @torch.no_grad()
-def add_class_means(strategy: SupervisedTemplate, **kwargs) -> None:
+def add_class_means(strategy: GradientFreeStrategy, **kwargs) -> None:
     """One pass over the strategy's dataloader adding each class's feature sum and count to the
     model's ``class_sums`` / ``class_counts`` (summed over ``torchrun`` ranks). Each batch's
     ``mb_output`` is the logits of the prototypes so far, this batch included; the loss is zero."""
     model = strategy.model
     sums = torch.zeros_like(model.class_sums)
     counts = torch.zeros_like(model.class_counts)
-    for batch in strategy.dataloader:
-        strategy.mbatch = batch
-        if strategy._stop_training:
-            break
-        strategy._unpack_minibatch()
-        strategy._before_training_iteration(**kwargs)
+    for _ in strategy.statistics_pass(**kwargs):
         feats = model.features(strategy.mb_x)
         sums.index_add_(0, strategy.mb_y, feats)
         counts.index_add_(0, strategy.mb_y, torch.ones_like(strategy.mb_y, dtype=counts.dtype))
         strategy.mb_output = model.logits_from(feats, model.class_sums + sums, model.class_counts + counts)
-        strategy.loss = strategy._make_empty_loss()
-        strategy._after_training_iteration(**kwargs)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
         dist.all_reduce(counts)
