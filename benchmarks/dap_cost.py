@@ -15,7 +15,7 @@ import time
 import torch
 
 from casdap.config import load_config
-from casdap.models.dap import build_backbone, build_dap_model
+from casdap.models.build import build_backbone, build_dap_model
 
 
 def _median_time(fn, x: torch.Tensor, reps: int) -> list[float]:

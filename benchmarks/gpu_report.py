@@ -313,7 +313,8 @@ def stage_continual(args, device, result, log, budget: Budget) -> None:
     from casdap.config import load_config
     from casdap.continual.plugins import ProgressPlugin
     from casdap.continual.runner import run_continual
-    from casdap.models.dap import build_dap_model, restrict_logits
+    from casdap.models.build import build_dap_model
+    from casdap.models.dap import restrict_logits
 
     c = args.continual
     workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers

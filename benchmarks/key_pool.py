@@ -19,7 +19,7 @@ import torch
 
 from casdap.config import load_config
 from casdap.continual.benchmarks import build_benchmark
-from casdap.models.dap import build_dap_model
+from casdap.models.build import build_dap_model
 
 
 def _queries(model, dataset, batch: int = 256) -> torch.Tensor:

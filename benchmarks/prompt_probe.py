@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from casdap.config import load_config, resolve_reference_defaults, shipped_config
 from casdap.continual.benchmarks import VALIDATION_SEED_OFFSET, _embedded_shift, _seeded_split
-from casdap.models.dap import build_backbone, build_dap_model, restrict_logits
+from casdap.models.build import build_backbone, build_dap_model
+from casdap.models.dap import restrict_logits
 
 CLASSES_PER_TASK = 10
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from casdap.config import load_config
 from casdap.continual.benchmarks import build_benchmark
 from casdap.continual.prototypes import HOLDOUT_EVERY, RanPACClassifier
-from casdap.models.dap import build_backbone
+from casdap.models.build import build_backbone
 
 
 def _split(labels: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:

@@ -319,7 +319,7 @@ def build_dap_from_checkpoint(config: str, opts: list[str], path: str, cfg=None)
     import logging
 
     from casdap import load_checkpoint
-    from casdap.models.dap import build_dap_model
+    from casdap.models.build import build_dap_model
 
     cfg = dap_config(config, opts) if cfg is None else cfg
     logger = logging.getLogger("casdap.models.dap")

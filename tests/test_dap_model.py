@@ -5,7 +5,8 @@ import torch
 
 import casdap
 from casdap.config import load_config
-from casdap.models.dap import CASDAP, MASKED_LOGIT, build_backbone, build_dap_model, restrict_logits
+from casdap.models.build import build_backbone, build_dap_model
+from casdap.models.dap import CASDAP, MASKED_LOGIT, restrict_logits
 
 INJECTIONS = ["kv", "pool", "attn", "attn+mix"]  # "+mix": with the channel-mixing generator
 
@@ -25,7 +26,7 @@ def _backbone(seed: int = 0):
 def _model(injection="kv", stages=(2, 3), num_tasks=5, seed=0):
     injection, _, mix = injection.partition("+")
     return CASDAP(_backbone(seed), num_classes=10, num_tasks=num_tasks, num_tokens=4, task_emb_dim=8,
-                  stages=stages, injection=injection, channel_mix=mix == "mix")
+                  stages=stages, injection=injection, channel_mix=mix == "mix", keys_per_task=1)
 
 
 def _train_steps(model, task_id, steps=3, size=32, lr=0.05):
@@ -183,7 +184,8 @@ def test_batch_majority_depends_on_batch_mates_and_oracle_uses_given_id():
 
 
 def test_several_keys_per_task_select_the_task_of_the_nearest_key():
-    model = CASDAP(_backbone(), num_classes=10, num_tasks=3, num_tokens=4, task_emb_dim=8, keys_per_task=2).eval()
+    model = CASDAP(_backbone(), num_classes=10, num_tasks=3, num_tokens=4, task_emb_dim=8, keys_per_task=2,
+                   stages=(2, 3), injection="kv").eval()
     assert model.dap_keys.shape == (6, model.num_features)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -199,7 +201,8 @@ def test_several_keys_per_task_select_the_task_of_the_nearest_key():
 
 
 def test_pull_moves_only_the_nearest_key_of_the_trained_task():
-    model = CASDAP(_backbone(), num_classes=10, num_tasks=3, num_tokens=4, task_emb_dim=8, keys_per_task=2)
+    model = CASDAP(_backbone(), num_classes=10, num_tasks=3, num_tokens=4, task_emb_dim=8, keys_per_task=2,
+                   stages=(2, 3), injection="kv")
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         model.dap_keys[3] = model.forward_query(x).mean(0)  # task 1's second key sits by the batch
@@ -212,7 +215,8 @@ def test_pull_moves_only_the_nearest_key_of_the_trained_task():
 def _task_selection_after_pull(keys_per_task: int) -> float:
     """Keys trained by the pull term alone on queries where each task is two far-apart clusters."""
     torch.manual_seed(0)
-    model = CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=4, task_emb_dim=8, keys_per_task=keys_per_task)
+    model = CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=4, task_emb_dim=8, keys_per_task=keys_per_task,
+                   stages=(2, 3), injection="kv")
     dim = model.num_features
     centres = torch.eye(dim)[:4] * 5.0
     centres[3] = (centres[0] + centres[1]) / 2 ** 0.5  # task 1's second cluster sits where task 0's mean points
@@ -238,7 +242,8 @@ def _task_selection_after_pull(keys_per_task: int) -> float:
 
 def test_seeded_keys_start_on_different_modes_and_keep_their_norm():
     torch.manual_seed(1)
-    model = CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=4, task_emb_dim=8, keys_per_task=3)
+    model = CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=4, task_emb_dim=8, keys_per_task=3,
+                   stages=(2, 3), injection="kv")
     before = model.dap_keys.detach().clone()
     modes = torch.eye(model.num_features)[:3] * 4.0
     batch = torch.cat([modes[i] + 0.1 * torch.randn(20, model.num_features) for i in range(3)])
@@ -248,7 +253,8 @@ def test_seeded_keys_start_on_different_modes_and_keep_their_norm():
     assert torch.allclose(keys[3:].norm(dim=1), before[3:].norm(dim=1))
     nearest_mode = (torch.nn.functional.normalize(keys[3:], dim=1) @ modes.t()).argmax(1)
     assert sorted(nearest_mode.tolist()) == [0, 1, 2]
-    single = CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=4, task_emb_dim=8)
+    single = CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=4, task_emb_dim=8,
+                    stages=(2, 3), injection="kv", keys_per_task=1)
     kept = single.dap_keys.detach().clone()
     single.seed_keys(0, batch)
     assert torch.equal(single.dap_keys, kept)  # DAP's single key keeps its random init
@@ -352,9 +358,10 @@ def test_bad_dap_settings_are_clear_errors(overrides, match):
 
 def test_without_prompts_in_the_last_block_it_runs_as_the_backbone_block():
     """DAP's ImageNet-R setting: the last block of the last stage gets no generator and no prompts."""
-    full = CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=4, task_emb_dim=8, stages=(3,))
+    full = CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=4, task_emb_dim=8,
+                  stages=(3,), injection="kv", keys_per_task=1)
     cut = CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=4, task_emb_dim=8, stages=(3,),
-                 prompt_last_block=False)
+                 prompt_last_block=False, injection="kv", keys_per_task=1)
     assert [len(full.dap_blocks["3"]), len(cut.dap_blocks["3"])] == [2, 1]
     _train_steps(cut, task_id=0, steps=2)  # non-zero prompts, so "unprompted" is visible
     cut.eval()
@@ -373,7 +380,8 @@ def test_without_prompts_in_the_last_block_it_runs_as_the_backbone_block():
 def test_prompts_off_injects_nothing_and_trains_keys_and_head():
     """MODEL.DAP.NUM_DAP_TOKENS 0, the ablation that says what the prompts add: the features are the
     frozen backbone's exactly, before and after training; keys and head still learn."""
-    model = CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=0, task_emb_dim=8)
+    model = CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=0, task_emb_dim=8,
+                   stages=(2, 3), injection="kv", keys_per_task=1)
     assert len(model.dap_blocks) == 0
     keys, head = model.dap_keys.detach().clone(), model.head.weight.detach().clone()
     _train_steps(model, task_id=1, steps=2)
@@ -384,4 +392,5 @@ def test_prompts_off_injects_nothing_and_trains_keys_and_head():
         for task in (0, 1):
             assert torch.equal(model.forward_prompted(x, torch.full((3,), task)), model.backbone.forward_pooled(x))
     with pytest.raises(casdap.CasdapError, match="NUM_DAP_TOKENS must be 0 \\(prompts off\\) or more"):
-        CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=-1)
+        CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=-1, task_emb_dim=16,
+               stages=(2, 3), injection="kv", keys_per_task=1)

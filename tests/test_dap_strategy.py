@@ -135,7 +135,8 @@ def _dap_model(calibration: torch.Tensor):
     from casdap.models.dap import CASDAP
 
     bb = _calibrated_backbone(calibration)
-    return CASDAP(bb, num_classes=N_CLASSES, num_tasks=N_TASKS, num_tokens=2, task_emb_dim=8, keys_per_task=8)
+    return CASDAP(bb, num_classes=N_CLASSES, num_tasks=N_TASKS, num_tokens=2, task_emb_dim=8, keys_per_task=8,
+                  stages=(2, 3), injection="kv")
 
 
 def _run_dap(replay: bool):

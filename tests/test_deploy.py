@@ -143,7 +143,8 @@ def test_fast_casdap_gives_the_same_logits_and_keys():
     from casdap.deploy import optimize_dap_for_inference
     from casdap.models.dap import CASDAP
 
-    dap = CASDAP(_trained_like(num_classes=0), num_classes=20, num_tasks=4).eval()
+    dap = CASDAP(_trained_like(num_classes=0), num_classes=20, num_tasks=4, num_tokens=10, task_emb_dim=16,
+                 stages=(2, 3), injection="kv", keys_per_task=1).eval()
     gen = torch.Generator().manual_seed(3)
     for n, p in dap.named_parameters():  # prompts, keys and head away from their zero/initial values
         if not n.startswith("backbone."):

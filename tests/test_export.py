@@ -64,7 +64,7 @@ def test_export_casdap_with_key_selection_inside_the_graph(tmp_path, capsys):
     from conftest import ROOT
 
     from casdap.config import load_config
-    from casdap.models.dap import build_dap_model
+    from casdap.models.build import build_dap_model
 
     config = str(ROOT / "configs" / "dap" / "cifar.yaml")
     # prompts in the last stage only (a smaller graph, a quicker export); two keys per task

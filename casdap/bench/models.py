@@ -60,11 +60,15 @@ def infer_variants(cfg: BenchConfig, model: nn.Module) -> dict[str, nn.Module]:
 
 
 def build_dap(model: nn.Module, num_classes: int) -> nn.Module:
-    """CAS-DAP with the default settings (prompted stages 2 and 3, kv injection, 10 tokens, pool of
-    10 keys) on a frozen copy of ``model``; initial prompt weights cost the same as trained ones."""
+    """CAS-DAP with the CIFAR-100 config's settings (configs/dap/cifar.yaml: prompted stages 2 and
+    3, kv injection, 10 tokens, pool of 10 keys) on a frozen copy of ``model``; initial prompt
+    weights cost the same as trained ones."""
+    from casdap.config import load_config, shipped_config
+    from casdap.models.build import dap_settings
     from casdap.models.dap import CASDAP
 
-    return CASDAP(copy.deepcopy(model), num_classes=num_classes).eval()
+    settings = dap_settings(load_config(shipped_config("cifar")))
+    return CASDAP(copy.deepcopy(model), num_classes=num_classes, **settings).eval()
 
 
 # -- a model file from elsewhere ----------------------------------------------------------------

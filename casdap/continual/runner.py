@@ -121,11 +121,11 @@ def _make_optimizer(cfg: CfgNode, groups: list[dict]) -> torch.optim.Optimizer:
 
 
 def _build_model(cfg: CfgNode, method: str, num_classes: int) -> nn.Module:
-    from casdap.models import dap as dap_models
+    from casdap.models import build as model_build
 
     if method == "dap":
-        return dap_models.build_dap_model(cfg)
-    backbone = dap_models.build_backbone(cfg, num_classes=0)
+        return model_build.build_dap_model(cfg)
+    backbone = model_build.build_backbone(cfg, num_classes=0)
     if method == "ncm":
         return NCMClassifier(backbone, num_classes)
     if method == "ranpac":

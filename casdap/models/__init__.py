@@ -29,6 +29,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
     return getattr(casvit, name)(**kwargs)
 
-from casdap.models.dap import CASDAP, DAPOutput, build_backbone, build_dap_model, restrict_logits  # noqa: E402
+from casdap.models.build import build_backbone, build_dap_model  # noqa: E402
+from casdap.models.dap import CASDAP, DAPOutput, restrict_logits  # noqa: E402
 
 __all__ += ["CASDAP", "DAPOutput", "build_backbone", "build_dap_model", "restrict_logits"]

@@ -1,0 +1,105 @@
+"""Models from a config: the pretrained backbone (weight-file lookup) and CAS-DAP with ``MODEL.DAP.*``.
+
+The model modules (``casvit.py``, ``dap.py``) know nothing of configs or files; this one reads both.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from casdap.errors import CasdapError
+from casdap.models.casvit import CASViT
+from casdap.models.dap import CASDAP, INJECTIONS, SELECTIONS
+
+__all__ = ["build_backbone", "build_dap_model", "dap_settings"]
+
+_logger = logging.getLogger(__name__)
+
+
+def _pretrained_path(cfg) -> Path | None:
+    """``MODEL.WEIGHT_PATH`` if set, else ``MODEL.MODEL_ROOT/<BACKBONE>.pth``; None for an allowed random init.
+
+    An explicitly set ``WEIGHT_PATH`` that does not exist is always an error (a typo must never
+    fall back to other weights or to a random backbone).
+    """
+    weight_path = str(cfg.MODEL.WEIGHT_PATH or "")
+    root_path = Path(cfg.MODEL.MODEL_ROOT or ".") / f"{cfg.MODEL.BACKBONE}.pth"
+    if weight_path:
+        if Path(weight_path).is_file():
+            return Path(weight_path)
+        raise CasdapError(
+            f"MODEL.WEIGHT_PATH '{weight_path}' does not exist. Fix the path, or clear MODEL.WEIGHT_PATH "
+            f"to load MODEL.MODEL_ROOT/<MODEL.BACKBONE>.pth ('{root_path}')"
+        )
+    if root_path.is_file():
+        return root_path
+    if cfg.MODEL.RANDOM_INIT:
+        return None
+    raise CasdapError(
+        f"no pretrained {cfg.MODEL.BACKBONE} backbone: MODEL.WEIGHT_PATH is not set and MODEL.MODEL_ROOT has no "
+        f"'{root_path}'. Give the Model Zoo file (or a supervised-path checkpoint) as MODEL.WEIGHT_PATH or put it "
+        "at that place, or set MODEL.RANDOM_INIT True to run on a randomly initialised backbone"
+    )
+
+
+def build_backbone(cfg, num_classes: int | None = None) -> CASViT:
+    """``MODEL.BACKBONE`` with pretrained weights (``WEIGHT_PATH``, else ``MODEL_ROOT/<BACKBONE>.pth``).
+
+    ``num_classes`` defaults to ``DATA.NUMBER_CLASSES`` (0: no head). One head, no distillation
+    head: a new class count starts a fresh classifier. Loaded with ``finetune=True`` so a
+    pretrained head of another class count is dropped.
+    """
+    from casdap.models import create_model
+
+    if num_classes is None:
+        num_classes = max(int(cfg.DATA.NUMBER_CLASSES), 0)
+    path = _pretrained_path(cfg)
+    backbone = create_model(cfg.MODEL.BACKBONE, num_classes=num_classes, distillation=False)
+    if path is None:
+        _logger.warning(
+            "MODEL.RANDOM_INIT is True: %s is RANDOMLY INITIALISED, not pretrained; results are not "
+            "comparable with pretrained runs",
+            cfg.MODEL.BACKBONE,
+        )
+        backbone.random_init = True
+        return backbone
+    from casdap.checkpoint import load_checkpoint
+
+    report = load_checkpoint(backbone, path, finetune=True)
+    _logger.info("backbone %s: %s", cfg.MODEL.BACKBONE, report.summary())
+    backbone.random_init = False
+    return backbone
+
+
+def dap_settings(cfg) -> dict:
+    """The :class:`CASDAP` keyword arguments that ``MODEL.DAP`` sets (its defaults live in the config only)."""
+    dap = cfg.MODEL.DAP
+    return dict(
+        num_tasks=int(dap.PROMPT_POOL),
+        num_task_embeddings=int(dap.NUM_TASKS_FOR_EMB),
+        num_tokens=int(dap.NUM_DAP_TOKENS),
+        task_emb_dim=int(dap.TASK_EMB),
+        stages=list(dap.STAGES),
+        injection=dap.INJECTION,
+        keys_per_task=int(dap.KEYS_PER_TASK),
+        prompt_last_block=dap.PROMPT_LAST_BLOCK is not False,
+        channel_mix=bool(dap.CHANNEL_MIX),
+    )
+
+
+def build_dap_model(cfg) -> CASDAP:
+    """CAS-DAP from a config: pretrained frozen backbone and ``MODEL.DAP.*`` settings."""
+    dap = cfg.MODEL.DAP
+    if dap.INJECTION not in INJECTIONS:
+        raise CasdapError(f"MODEL.DAP.INJECTION must be one of {', '.join(INJECTIONS)}, got '{dap.INJECTION}'")
+    if dap.SELECTION not in SELECTIONS:
+        raise CasdapError(f"MODEL.DAP.SELECTION must be one of {', '.join(SELECTIONS)}, got '{dap.SELECTION}'")
+    if int(cfg.DATA.NUMBER_CLASSES) < 1:
+        raise CasdapError(f"DATA.NUMBER_CLASSES must be set (>= 1) for the DAP head, got {cfg.DATA.NUMBER_CLASSES}")
+    if cfg.CONTINUAL.N_TASKS > dap.PROMPT_POOL:
+        raise CasdapError(
+            f"MODEL.DAP.PROMPT_POOL ({dap.PROMPT_POOL}) is smaller than CONTINUAL.N_TASKS ({cfg.CONTINUAL.N_TASKS}): "
+            "DAP needs one key per task"
+        )
+    return CASDAP(build_backbone(cfg, num_classes=0), num_classes=int(cfg.DATA.NUMBER_CLASSES), **dap_settings(cfg))
