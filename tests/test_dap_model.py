@@ -24,9 +24,11 @@ def _backbone(seed: int = 0):
 
 
 def _model(injection="kv", stages=(2, 3), num_tasks=5, seed=0):
-    injection, _, mix = injection.partition("+")
+    """``injection`` with options: ``"attn+mix"`` (channel map), ``"attn+mix+task"`` (per-task maps)."""
+    injection, *options = injection.split("+")
     return CASDAP(_backbone(seed), num_classes=10, num_tasks=num_tasks, num_tokens=4, task_emb_dim=8,
-                  stages=stages, injection=injection, channel_mix=mix == "mix", keys_per_task=1)
+                  stages=stages, injection=injection, channel_mix="mix" in options, keys_per_task=1,
+                  task_generators="task" in options)
 
 
 def _train_steps(model, task_id, steps=3, size=32, lr=0.05):
@@ -48,7 +50,7 @@ def _snapshot(named):
     return {n: p.detach().clone() for n, p in named}
 
 
-@pytest.mark.parametrize("injection", INJECTIONS)
+@pytest.mark.parametrize("injection", [*INJECTIONS, "attn+mix+task"])
 def test_only_prompt_parts_and_head_train_and_backbone_is_bitwise_unchanged(injection):
     model = _model(injection)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
@@ -100,7 +102,24 @@ def test_freeze_token_axis_stops_structure_while_film_and_keys_train(injection):
         assert not torch.equal(dict(model.named_parameters())[n], start[n]), f"{n} stopped training"
 
 
-@pytest.mark.parametrize("injection", INJECTIONS)
+@pytest.mark.parametrize("injection", ["kv+task", "attn+mix+task"])
+def test_per_task_maps_train_only_the_trained_tasks_rows(injection):
+    """With per-task generator maps a later task leaves an earlier task's maps bitwise unchanged,
+    and freezing the shared structure after the first task leaves the per-task maps training."""
+    model = _train_steps(_model(injection), task_id=0)
+    model.freeze_token_axis()
+    maps = {n: p for n, p in model.named_parameters() if ".task_token_map." in n or ".task_channel_mix." in n}
+    assert ("+mix" in injection) == any(".task_channel_mix." in n for n in maps)
+    assert maps and all(p.requires_grad for p in maps.values())
+    start = _snapshot(maps.items())
+    _train_steps(model, task_id=1)
+    for n, p in maps.items():
+        assert torch.equal(p[0], start[n][0]), f"{n}: task 0's maps changed while task 1 trained"
+        assert torch.equal(p[2:], start[n][2:]), f"{n}: an untrained task's maps changed"
+    assert any(not torch.equal(p[1], start[n][1]) for n, p in maps.items()), "task 1's maps did not train"
+
+
+@pytest.mark.parametrize("injection", [*INJECTIONS, "attn+mix+task"])
 def test_initial_model_is_exactly_the_frozen_backbone(injection):
     """Tolerance 0: with the gates at their initial zeros every prompt term adds exactly 0.0."""
     model = _model(injection, stages=(0, 1, 2, 3)).eval()

@@ -63,6 +63,7 @@ _C.MODEL.DAP.KEYS_PER_TASK = 1  # keys per task; the nearest one speaks for its 
 _C.MODEL.DAP.STAGES = [2, 3]  # CAS-ViT stages (0-3) whose blocks are prompted (measured: docs/dap_on_casvit.md)
 _C.MODEL.DAP.INJECTION = "kv"  # kv (extra keys/values) | attn (softmax over prompts) | pool; docs/dap_on_casvit.md
 _C.MODEL.DAP.CHANNEL_MIX = False  # prompt generator also mixes channels (trained on task 1, then frozen)
+_C.MODEL.DAP.TASK_GENERATORS = False  # every task its own generator maps (trained on its own images only)
 _C.MODEL.DAP.SELECTION = "per_image"  # inference key selection: per_image | batch_majority | oracle
 _C.MODEL.DAP.REPLAY_MEM_SIZE = 0  # >0: Avalanche's ReplayPlugin, class-balanced buffer of this many images; 0: none
 # At inference keep only the selected key's task classes. None: as DAP's reference does for

@@ -85,6 +85,7 @@ def dap_settings(cfg) -> dict:
         keys_per_task=int(dap.KEYS_PER_TASK),
         prompt_last_block=dap.PROMPT_LAST_BLOCK is not False,
         channel_mix=bool(dap.CHANNEL_MIX),
+        task_generators=bool(dap.TASK_GENERATORS),
     )
 
 

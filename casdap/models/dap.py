@@ -72,31 +72,54 @@ class PromptGenerator(nn.Module):
     the normalised input, so its prompts are averages of features the block already sees; the
     channel map lets a prompt carry a direction the input does not (measured in docs/dap_on_casvit.md).
     It is trained on the first task and then frozen with the token-axis map.
+
+    With ``task_maps`` (> 0) every task has its own token-axis map (and channel map): the selected
+    task's maps generate the image's prompts, so each task's maps train on its own images only and
+    no task's prompts drift when a later task trains (measured in docs/dap_on_casvit.md).
     """
 
     def __init__(
-        self, dim: int, num_tokens: int, task_emb_dim: int, grid: int = TOKEN_GRID, channel_mix: bool = False
+        self, dim: int, num_tokens: int, task_emb_dim: int, grid: int = TOKEN_GRID, channel_mix: bool = False,
+        task_maps: int = 0,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.grid = grid
         self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.film = nn.Linear(task_emb_dim, 2 * dim)
+        self.token_map = self.channel_mix = None
+        self.task_token_map = self.task_channel_mix = None
+        if task_maps > 0:  # [task, out, in] weights and [task, out] biases, initialised as the shared maps
+            self.task_token_map = nn.ParameterList([nn.Parameter(torch.zeros(task_maps, num_tokens, grid * grid)),
+                                                    nn.Parameter(torch.zeros(task_maps, num_tokens))])
+            if channel_mix:
+                self.task_channel_mix = nn.ParameterList([nn.Parameter(torch.eye(dim).repeat(task_maps, 1, 1)),
+                                                          nn.Parameter(torch.zeros(task_maps, dim))])
+            return
         self.token_map = nn.Linear(grid * grid, num_tokens)
         nn.init.zeros_(self.token_map.weight)
         nn.init.zeros_(self.token_map.bias)
-        self.film = nn.Linear(task_emb_dim, 2 * dim)
-        self.channel_mix = None
         if channel_mix:
             self.channel_mix = nn.Linear(dim, dim)
             nn.init.eye_(self.channel_mix.weight)
             nn.init.zeros_(self.channel_mix.bias)
 
-    def forward(self, x: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, task_emb: torch.Tensor, task_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """``task_idx`` ``[B]``: the selected task of each image (needed with per-task maps only)."""
         tokens = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # LayerNorm per position
         tokens = F.adaptive_avg_pool2d(tokens, self.grid).flatten(2)  # [B, C, grid*grid]
-        raw = self.token_map(tokens)  # [B, C, N]
-        if self.channel_mix is not None:
-            raw = self.channel_mix(raw.transpose(1, 2)).transpose(1, 2)
+        if self.task_token_map is not None:
+            if task_idx is None:
+                raise CasdapError("a generator with per-task maps needs the selected task of every image (task_idx)")
+            weight, bias = self.task_token_map
+            raw = torch.einsum("bcg,bng->bcn", tokens, weight[task_idx]) + bias[task_idx][:, None, :]
+            if self.task_channel_mix is not None:
+                weight, bias = self.task_channel_mix
+                raw = torch.einsum("bcn,bdc->bdn", raw, weight[task_idx]) + bias[task_idx][:, :, None]
+        else:
+            raw = self.token_map(tokens)  # [B, C, N]
+            if self.channel_mix is not None:
+                raw = self.channel_mix(raw.transpose(1, 2)).transpose(1, 2)
         gamma, beta = self.film(task_emb).chunk(2, dim=1)
         gamma = gamma / gamma.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
         beta = beta / beta.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
@@ -134,13 +157,14 @@ class PromptedBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_tokens: int, task_emb_dim: int, injection: str = "kv", channel_mix: bool = False
+        self, dim: int, num_tokens: int, task_emb_dim: int, injection: str = "kv", channel_mix: bool = False,
+        task_maps: int = 0,
     ) -> None:
         super().__init__()
         if injection not in INJECTIONS:
             raise CasdapError(f"MODEL.DAP.INJECTION must be one of {', '.join(INJECTIONS)}, got '{injection}'")
         self.injection = injection
-        self.generator = PromptGenerator(dim, num_tokens, task_emb_dim, channel_mix=channel_mix)
+        self.generator = PromptGenerator(dim, num_tokens, task_emb_dim, channel_mix=channel_mix, task_maps=task_maps)
         # kv: keys; pool: query context; attn reads prompts through one gate only
         self.gate_a = nn.Parameter(torch.zeros(dim, 1, 1)) if injection != "attn" else None
         self.gate_b = nn.Parameter(torch.zeros(dim, 1, 1))  # kv, attn: values; pool: key context
@@ -192,18 +216,21 @@ class PromptedBlock(nn.Module):
         tokens = tokens * norm.weight + norm.bias
         return tokens.reshape(-1, tokens.shape[-1], 1, 1)
 
-    def forward(self, block: AdditiveBlock, x: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, block: AdditiveBlock, x: torch.Tensor, task_emb: torch.Tensor,
+                task_idx: torch.Tensor | None = None) -> torch.Tensor:
         x = x + block.local_perception(x)
-        prompts = self.generator(x, task_emb)  # [B, C, N]
+        prompts = self.generator(x, task_emb, task_idx)  # [B, C, N]
         x = x + block.drop_path(self.mixer(block.attn, block.norm1(x), self.normalize_prompts(block.norm1, prompts)))
         x = x + block.drop_path(block.mlp(block.norm2(x)))
         return x
 
     def structure_parameters(self) -> list[nn.Parameter]:
-        """Task-agnostic parameters trained on the first task only: token-axis and channel maps, gates."""
-        mix = [] if self.generator.channel_mix is None else list(self.generator.channel_mix.parameters())
+        """Task-agnostic parameters trained on the first task only: the shared token-axis and channel
+        maps (none with per-task maps), gates."""
+        gen = self.generator
+        maps = [m for m in (gen.token_map, gen.channel_mix) if m is not None]
         gates = [g for g in (self.gate_a, self.gate_b) if g is not None]
-        return [*self.generator.token_map.parameters(), *mix, *gates]
+        return [*(p for m in maps for p in m.parameters()), *gates]
 
 
 def restrict_logits(
@@ -244,6 +271,7 @@ class CASDAP(nn.Module):
         num_task_embeddings: int | None = None,
         prompt_last_block: bool = True,
         channel_mix: bool = False,
+        task_generators: bool = False,
     ) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
@@ -283,7 +311,8 @@ class CASDAP(nn.Module):
         self.dap_blocks = nn.ModuleDict(
             {
                 str(s): nn.ModuleList(
-                    PromptedBlock(backbone.embed_dims[s], num_tokens, task_emb_dim, injection, channel_mix)
+                    PromptedBlock(backbone.embed_dims[s], num_tokens, task_emb_dim, injection, channel_mix,
+                                  task_maps=num_tasks if task_generators else 0)
                     for _ in range(backbone.layers[s] - (s == last and not self.prompt_last_block))
                 )
                 for s in self.stages
@@ -332,13 +361,14 @@ class CASDAP(nn.Module):
             h = module(h)
         return self.backbone.forward_head(self.backbone.norm(h), pre_logits=True)
 
-    def _prompted_from(self, h: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
+    def _prompted_from(self, h: torch.Tensor, key_idx: torch.Tensor) -> torch.Tensor:
         bb = self.backbone
+        task_emb = self.dap_task_emb(key_idx)
         for s in range(self.stages[0], len(bb.layers)):
             if str(s) in self.dap_blocks:
                 prompted = self.dap_blocks[str(s)]
                 for i, block in enumerate(bb.stages[s]):
-                    h = prompted[i](block, h, task_emb) if i < len(prompted) else block(h)
+                    h = prompted[i](block, h, task_emb, key_idx) if i < len(prompted) else block(h)
             else:
                 h = bb.stages[s](h)
             down = bb.downsample(s)
@@ -355,7 +385,7 @@ class CASDAP(nn.Module):
         """Pooled prompted features ``[B, C]`` for given key indices, computed from the image."""
         with torch.no_grad():
             h = self._prefix(x)
-        return self._prompted_from(h, self.dap_task_emb(key_idx))
+        return self._prompted_from(h, key_idx)
 
     def task_similarity(self, query: torch.Tensor) -> torch.Tensor:
         """``[B, num_tasks]``: cosine between each query and the nearest of each task's keys.
@@ -430,5 +460,5 @@ class CASDAP(nn.Module):
         sim = self.task_similarity(query)
         key_idx = self.select_keys(query, task_id, selection, similarity=sim)
         pull = sim.gather(1, key_idx[:, None]).mean()
-        feats = self._prompted_from(h, self.dap_task_emb(key_idx))
+        feats = self._prompted_from(h, key_idx)
         return DAPOutput(logits=self.head(feats), key_idx=key_idx, pull=pull)
