@@ -162,17 +162,23 @@ def test_any_resolution_and_multiscale_batches(injection):
         assert torch.isfinite(out.logits).all()
 
 
-def _model_with_known_picks():
+def _model_with_known_picks(injection="kv"):
     """Keys 0..2 set to the queries of images 0..2, so those images pick keys 0, 1, 2."""
-    model = _train_steps(_model(), task_id=0, steps=1).eval()
+    model = _train_steps(_model(injection), task_id=0, steps=1).eval()
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         model.dap_keys[:3] = model.forward_query(x[:3])
     return model, x
 
 
-def test_per_image_selection_is_independent_of_batch_mates():
-    model, x = _model_with_known_picks()
+@pytest.mark.parametrize("injection", ["kv", "attn+mix+task"])
+def test_per_image_selection_is_independent_of_batch_mates(injection):
+    model, x = _model_with_known_picks(injection)
+    if "task" in injection:  # every task's maps different, so a wrong task's maps would show
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 3:
+                    p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     with torch.no_grad():
         picks = model(x).key_idx
         assert picks[:3].tolist() == [0, 1, 2]
@@ -181,6 +187,8 @@ def test_per_image_selection_is_independent_of_batch_mates():
         assert torch.equal(shuffled.key_idx, picks[perm])
         assert torch.allclose(shuffled.logits, model(x).logits[perm], atol=1e-5)
         assert model(x[:1]).key_idx.item() == 0
+        alone = torch.cat([model(x[i:i + 1]).logits for i in range(6)])  # one task per batch
+        assert torch.allclose(alone, model(x).logits, atol=1e-4)
 
 
 def test_batch_majority_depends_on_batch_mates_and_oracle_uses_given_id():

@@ -111,11 +111,7 @@ class PromptGenerator(nn.Module):
         if self.task_token_map is not None:
             if task_idx is None:
                 raise CasdapError("a generator with per-task maps needs the selected task of every image (task_idx)")
-            weight, bias = self.task_token_map
-            raw = torch.einsum("bcg,bng->bcn", tokens, weight[task_idx]) + bias[task_idx][:, None, :]
-            if self.task_channel_mix is not None:
-                weight, bias = self.task_channel_mix
-                raw = torch.einsum("bcn,bdc->bdn", raw, weight[task_idx]) + bias[task_idx][:, :, None]
+            raw = self._task_maps(tokens, task_idx)
         else:
             raw = self.token_map(tokens)  # [B, C, N]
             if self.channel_mix is not None:
@@ -124,6 +120,21 @@ class PromptGenerator(nn.Module):
         gamma = gamma / gamma.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
         beta = beta / beta.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
         return gamma.unsqueeze(-1) * raw + beta.unsqueeze(-1)
+
+    def _task_maps(self, tokens: torch.Tensor, task_idx: torch.Tensor) -> torch.Tensor:
+        """Raw prompts ``[B, C, N]`` through each image's own task maps. A batch of one task (training,
+        oracle and batch-majority selection) takes that task's maps once; a mixed batch gathers a
+        map per image."""
+        (tw, tb), mix = self.task_token_map, self.task_channel_mix
+        tasks = task_idx.unique()
+        if len(tasks) == 1:
+            t = tasks[0]
+            raw = tokens @ tw[t].t() + tb[t]
+            return raw if mix is None else torch.einsum("bcn,dc->bdn", raw, mix[0][t]) + mix[1][t][:, None]
+        raw = torch.einsum("bcg,bng->bcn", tokens, tw[task_idx]) + tb[task_idx][:, None, :]
+        if mix is not None:
+            raw = torch.einsum("bcn,bdc->bdn", raw, mix[0][task_idx]) + mix[1][task_idx][:, :, None]
+        return raw
 
 
 def _token_mean(maps: torch.Tensor, batch: int) -> torch.Tensor:
