@@ -13,9 +13,9 @@ CFG=configs/dap/embedded_shift.yaml
 # name | KEY VALUE overrides (empty: the config's DAP)
 ROWS=(
     "dap|"
-    "dap-prompts-off|MODEL.DAP.NUM_DAP_TOKENS 0"
+    "dap-prompts-off|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False"
     "dap-oracle|MODEL.DAP.SELECTION oracle"
-    "dap-prompts-off-oracle|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.SELECTION oracle"
+    "dap-prompts-off-oracle|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION oracle"
     "ncm|MODEL.TRANSFER_TYPE ncm"
     "ranpac|MODEL.TRANSFER_TYPE ranpac"
     "aper|MODEL.TRANSFER_TYPE aper"
@@ -24,15 +24,20 @@ ROWS=(
     "finetune|MODEL.TRANSFER_TYPE finetune"
     "joint|MODEL.TRANSFER_TYPE joint"
     "dap-batch-majority|MODEL.DAP.SELECTION batch_majority"
-    "dap-prompts-off-batch-majority|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.SELECTION batch_majority"
-    "dap-kv|MODEL.DAP.INJECTION kv"
-    "dap-no-channel-mix|MODEL.DAP.CHANNEL_MIX False"
-    "dap-kv-no-channel-mix-3ep|MODEL.DAP.INJECTION kv MODEL.DAP.CHANNEL_MIX False SOLVER.TOTAL_EPOCH 3"
-    "dap-tokens3|MODEL.DAP.NUM_DAP_TOKENS 3"
-    "dap-stages3|MODEL.DAP.STAGES [3]"
-    "dap-pool|MODEL.DAP.INJECTION pool"
-    "dap-tokens30|MODEL.DAP.NUM_DAP_TOKENS 30"
-    "dap-stages123|MODEL.DAP.STAGES [1,2,3]"
+    "dap-prompts-off-batch-majority|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION batch_majority"
+    # the generator maps shared by all tasks and frozen after the first (the setting before
+    # TASK_GENERATORS), and the ablations measured around it
+    "dap-shared-maps|MODEL.DAP.TASK_GENERATORS False"
+    "dap-shared-maps-oracle|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION oracle"
+    "dap-shared-maps-batch-majority|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION batch_majority"
+    "dap-kv|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.INJECTION kv"
+    "dap-no-channel-mix|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.CHANNEL_MIX False"
+    "dap-kv-no-channel-mix-3ep|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.INJECTION kv MODEL.DAP.CHANNEL_MIX False SOLVER.TOTAL_EPOCH 3"
+    "dap-tokens3|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.NUM_DAP_TOKENS 3"
+    "dap-stages3|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.STAGES [3]"
+    "dap-pool|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.INJECTION pool"
+    "dap-tokens30|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.NUM_DAP_TOKENS 30"
+    "dap-stages123|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.STAGES [1,2,3]"
 )
 
 source "$(dirname "${BASH_SOURCE[0]}")/run_rows.sh"
