@@ -105,7 +105,8 @@ class PromptGenerator(nn.Module):
             nn.init.zeros_(self.channel_mix.bias)
 
     def forward(self, x: torch.Tensor, task_emb: torch.Tensor, task_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """``task_idx`` ``[B]``: the selected task of each image (needed with per-task maps only)."""
+        """``task_idx``: the selected task of each image ``[B]``, or one task for the whole batch (a
+        0-d tensor); needed with per-task maps only."""
         tokens = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # LayerNorm per position
         tokens = F.adaptive_avg_pool2d(tokens, self.grid).flatten(2)  # [B, C, grid*grid]
         if self.task_token_map is not None:
@@ -122,13 +123,11 @@ class PromptGenerator(nn.Module):
         return gamma.unsqueeze(-1) * raw + beta.unsqueeze(-1)
 
     def _task_maps(self, tokens: torch.Tensor, task_idx: torch.Tensor) -> torch.Tensor:
-        """Raw prompts ``[B, C, N]`` through each image's own task maps. A batch of one task (training,
-        oracle and batch-majority selection) takes that task's maps once; a mixed batch gathers a
-        map per image."""
+        """Raw prompts ``[B, C, N]`` through each image's own task maps. One task for the batch
+        (a 0-d ``task_idx``) takes that task's maps once; otherwise each image gathers its own."""
         (tw, tb), mix = self.task_token_map, self.task_channel_mix
-        tasks = task_idx.unique()
-        if len(tasks) == 1:
-            t = tasks[0]
+        if task_idx.dim() == 0:
+            t = task_idx
             raw = tokens @ tw[t].t() + tb[t]
             return raw if mix is None else torch.einsum("bcn,dc->bdn", raw, mix[0][t]) + mix[1][t][:, None]
         raw = torch.einsum("bcg,bng->bcn", tokens, tw[task_idx]) + tb[task_idx][:, None, :]
@@ -319,6 +318,7 @@ class CASDAP(nn.Module):
         last = n_stages - 1
         self.prompt_last_block = bool(prompt_last_block)
         self.num_tokens = int(num_tokens)
+        self.task_generators = bool(task_generators) and num_tokens > 0
         self.dap_blocks = nn.ModuleDict(
             {
                 str(s): nn.ModuleList(
@@ -375,11 +375,15 @@ class CASDAP(nn.Module):
     def _prompted_from(self, h: torch.Tensor, key_idx: torch.Tensor) -> torch.Tensor:
         bb = self.backbone
         task_emb = self.dap_task_emb(key_idx)
+        task_idx = key_idx
+        if self.task_generators:  # one check per pass: a batch of one task takes its maps once per block
+            tasks = key_idx.unique()
+            task_idx = tasks[0] if len(tasks) == 1 else key_idx
         for s in range(self.stages[0], len(bb.layers)):
             if str(s) in self.dap_blocks:
                 prompted = self.dap_blocks[str(s)]
                 for i, block in enumerate(bb.stages[s]):
-                    h = prompted[i](block, h, task_emb, key_idx) if i < len(prompted) else block(h)
+                    h = prompted[i](block, h, task_emb, task_idx) if i < len(prompted) else block(h)
             else:
                 h = bb.stages[s](h)
             down = bb.downsample(s)
