@@ -86,12 +86,14 @@ def mixed_stream_accuracy(strategy, datasets: Sequence, row: list[float | None],
         return sum(acc * n for acc, n in zip(row, sizes)) / sum(sizes)
     loader = DataLoader(ConcatDataset(list(datasets)), batch_size=batch, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(seed * 1000 + len(datasets)))
+    from casdap.continual.strategies import DAPStrategy
+
     strategy.model.eval()
     hits = total = 0
-    predict = getattr(strategy, "predict", None)  # DAP: key selection over the whole batch
     for x, y, *_ in loader:
         x, y = x.to(strategy.device), y.to(strategy.device)
-        logits = predict(x, y)[0] if predict is not None else strategy.model(x)
+        # DAP predicts through its key selection over the whole batch; other models see images alone
+        logits = strategy.predict(x, y)[0] if isinstance(strategy, DAPStrategy) else strategy.model(x)
         hits += int((logits.argmax(-1) == y).sum())
         total += len(y)
     return hits / max(total, 1)
