@@ -9,7 +9,7 @@ What it measures, on one CUDA device, at 224 px (``--size``):
    the official one, in the variants ``eager`` (fp32, NCHW), ``channels_last``, ``amp_bf16`` and
    ``amp_fp16`` (channels-last; fp16 training with a GradScaler), plus, for inference, this
    project's deploy form (BatchNorm folded, channels-last, bf16). Each model's variants are timed
-   interleaved in one process (``casdap.benchmark.time_interleaved``, device synchronised around
+   interleaved in one process (``casdap.bench.time_interleaved``, device synchronised around
    every sample); peak memory is the caching allocator's peak above what was live before the call.
 2. CAS-DAP / backbone inference time ratio for every model (default CAS-DAP settings, per-image
    key selection), fp32 and bf16, and the fast CAS-DAP (``optimize_dap_for_inference``).
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from casdap.benchmark import (  # noqa: E402
+from casdap.bench import (  # noqa: E402
     Stats,
     count_flops,
     exact_fp32,
@@ -247,7 +247,7 @@ def stage_backbones(args, device, result, log, budget: Budget) -> None:
 
 def stage_dap_ratio(args, device, result, log, budget: Budget) -> None:
     from casdap import create_model
-    from casdap.benchmark import _build_dap
+    from casdap.bench import build_dap as _build_dap
     from casdap.deploy import optimize_dap_for_inference
 
     gen = torch.Generator().manual_seed(1)

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import casdap
-from casdap.benchmark import count_flops, load_reference
+from casdap.bench import count_flops, load_reference
 from casdap.cli import main
 from casdap.models.casvit import CASViT
 

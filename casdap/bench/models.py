@@ -16,7 +16,7 @@ from types import ModuleType
 import torch
 import torch.nn as nn
 
-from casdap.bench_config import BenchConfig
+from casdap.bench.config import BenchConfig
 from casdap.errors import CasdapError
 
 __all__ = ["build_dap", "build_model", "import_model_file", "infer_variants", "load_reference"]
@@ -41,7 +41,7 @@ def build_model(cfg: BenchConfig, name: str, device: torch.device) -> nn.Module:
 
 
 def infer_variants(cfg: BenchConfig, model: nn.Module) -> dict[str, nn.Module]:
-    """The inference forms named in ``cfg.infer_paths`` (see :data:`casdap.bench_config.INFER_PATHS`)."""
+    """The inference forms named in ``cfg.infer_paths`` (see :data:`casdap.bench.config.INFER_PATHS`)."""
     from casdap.deploy import optimize_for_inference
 
     variants: dict[str, nn.Module] = {}

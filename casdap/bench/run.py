@@ -9,7 +9,7 @@ times ``casdap``: CAS-DAP (per-image key selection; training on task 0 with its 
 built on the same backbone, reported against the plain backbone (``eager``), and in inference
 ``casdap_fast`` (:func:`casdap.deploy.optimize_dap_for_inference`, checked to give the same logits
 and keys), also against the backbone's own fast form (``fused_cl``). Every variant must give the
-eager model's logits within :data:`~casdap.bench_config.PARITY_TOLERANCE` before it is timed.
+eager model's logits within :data:`~casdap.bench.config.PARITY_TOLERANCE` before it is timed.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from casdap.bench.config import INFER_PATHS, MODES, PARITY_TOLERANCE, TRAIN_PATHS, BenchConfig
 from casdap.bench.flops import count_flops
 from casdap.bench.harness import Stats, exact_fp32, matmul_gflops, synchronizer, time_interleaved
 from casdap.bench.memory import peak_memory_bytes
 from casdap.bench.models import build_dap, build_model, infer_variants, load_reference
 from casdap.bench.report import row_line
-from casdap.bench_config import INFER_PATHS, MODES, PARITY_TOLERANCE, TRAIN_PATHS, BenchConfig
 from casdap.errors import CasdapError
 
 __all__ = ["run_benchmark"]

@@ -19,7 +19,7 @@ def _csv(kind: type = str):
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from casdap.bench_config import INFER_PATHS, MODES, TRAIN_PATHS, BenchConfig
+    from casdap.bench.config import INFER_PATHS, MODES, TRAIN_PATHS, BenchConfig
 
     d = BenchConfig()
     p = sub.add_parser(
@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from casdap.benchmark import BenchConfig, format_table, run_benchmark, write_json
+    from casdap.bench import BenchConfig, format_table, run_benchmark, write_json
 
     if args.batch is not None and args.batch < 1:
         raise CasdapError("--batch must be >= 1")
