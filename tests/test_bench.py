@@ -68,6 +68,22 @@ def test_bench_cli_writes_json_with_every_measurement(tmp_path, reference_file, 
     assert type(timm.create_model("rcvit_xs")) is CASViT
 
 
+def test_bench_mixed_precision_paths(tmp_path):
+    """bf16 autocast (channels-last) for training and inference: timed, parity checked against the
+    eager fp32 logits relative to their scale, and compared with the eager path."""
+    out_json = tmp_path / "bench.json"
+    code = main(["bench", *TINY, "--modes", "train,infer", "--paths", "eager,amp_bf16", "--train-paths",
+                 "eager,amp_bf16", "--no-memory", "--json", str(out_json)])
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    rows = {(r["mode"], r["variant"]) for r in result["results"]}
+    assert rows == {(m, p) for m in ("train", "infer") for p in ("eager", "amp_bf16")}
+    (amp,) = [p for p in result["parity"] if p["variant"] == "amp_bf16"]
+    assert 0 < amp["max_abs_diff"] < 0.5  # 16-bit arithmetic: close, not equal
+    kinds = {(r["mode"], r["variant"], r["against"]) for r in result["ratios"]}
+    assert {("train", "amp_bf16", "eager"), ("infer", "amp_bf16", "eager")} <= kinds
+
+
 def test_reference_with_missing_dependency_is_one_clear_error(tmp_path):
     path = tmp_path / "needs_einops.py"
     path.write_text("import casdap_missing_dependency_xyz\n")

@@ -6,11 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-INFER_PATHS = ("eager", "folded", "folded_cl", "fused_cl", "compiled")
-TRAIN_PATHS = ("eager", "cl")
+INFER_PATHS = ("eager", "folded", "folded_cl", "fused_cl", "compiled", "amp_bf16", "amp_fp16")
+TRAIN_PATHS = ("eager", "cl", "amp_bf16", "amp_fp16")
 MODES = ("train", "infer", "latency")
 # every variant timed must give the eager model's logits (on the timed batch) within this
 PARITY_TOLERANCE = 1e-4
+# Mixed-precision paths (channels-last under autocast; fp16 training with a GradScaler) compute in
+# 16 bits by design: their largest logit difference, over the largest eager logit, must stay below
+# this (it catches a broken path, not rounding).
+AMP_PATHS = {"amp_bf16": "bfloat16", "amp_fp16": "float16"}
+AMP_PARITY_TOLERANCE = 0.1
 
 
 @dataclass

@@ -16,10 +16,10 @@ from types import ModuleType
 import torch
 import torch.nn as nn
 
-from casdap.bench.config import BenchConfig
+from casdap.bench.config import AMP_PATHS, BenchConfig
 from casdap.errors import CasdapError
 
-__all__ = ["build_dap", "build_model", "import_model_file", "infer_variants", "load_reference"]
+__all__ = ["Autocast", "build_dap", "build_model", "import_model_file", "infer_variants", "load_reference"]
 
 
 def build_model(cfg: BenchConfig, name: str, device: torch.device) -> nn.Module:
@@ -40,6 +40,22 @@ def build_model(cfg: BenchConfig, name: str, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
+class Autocast(nn.Module):
+    """``model`` in channels-last memory format, run under ``torch.autocast`` in ``dtype``: the
+    mixed-precision paths (``amp_bf16``, ``amp_fp16``). Outputs come back in fp32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor):
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            out = self.model(x)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
 def infer_variants(cfg: BenchConfig, model: nn.Module) -> dict[str, nn.Module]:
     """The inference forms named in ``cfg.infer_paths`` (see :data:`casdap.bench.config.INFER_PATHS`)."""
     from casdap.deploy import optimize_for_inference
@@ -56,6 +72,8 @@ def infer_variants(cfg: BenchConfig, model: nn.Module) -> dict[str, nn.Module]:
             variants[path] = optimize_for_inference(model, channels_last=True, fuse=True)
         elif path == "compiled":
             variants[path] = optimize_for_inference(model, channels_last=True, compile=True)
+        elif path in AMP_PATHS:
+            variants[path] = Autocast(copy.deepcopy(model).eval(), getattr(torch, AMP_PATHS[path]))
     return variants
 
 
