@@ -129,3 +129,14 @@ def test_flop_count_of_depthwise_backward_respects_groups():
     forward = count_flops(lambda: conv(x))
     assert forward == 2 * 2 * 32 * 8 * 8 * 9
     assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward  # + input grad + weight grad
+
+
+def test_bench_package_and_help_import_no_torch():
+    """``casdap bench --help`` is built from casdap.bench.config; the harness loads on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, casdap.bench\nfrom casdap.cli import main\ntry:\n    main(['bench', '--help'])\n"
+            "except SystemExit:\n    pass\nsys.exit(3 if 'torch' in sys.modules else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "amp_bf16" in proc.stdout, proc.stderr[-2000:]
