@@ -124,3 +124,23 @@ def test_wheel_installs_and_runs_outside_the_checkout(wheel_env):
     metrics = json.loads((work / "run" / "metrics.json").read_text())
     assert metrics["finished"] and metrics["tasks_done"] == 2
     print(f"installed wheel: --help x2 and a 2-task digits run in {time.perf_counter() - start:.1f} s")
+
+
+@pytest.mark.slow  # about a minute: the CUDA tests (all skipped on CPU) and two tiny casdap bench runs
+def test_gpu_procedure_runs_on_the_installed_wheel(wheel_env, tmp_path):
+    """benchmarks/gpu.sh --cpu-smoke on the wheel's environment: its flow and its casdap bench command
+    lines work (the offline install is tests/test_wheelhouse.py's; here it is a stand-in)."""
+    venv, env, _ = wheel_env
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "install.py").write_text("print('casdap is installed already')\n")
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(wheels), str(out), "--cpu-smoke",
+                           "--venv", str(venv), "--python", sys.executable, "--budget-s", "400"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + "".join(
+        f"\n--- {p.name}\n" + p.read_text()[-2000:] for p in sorted(out.glob("*.log")))
+    result = json.loads((out / "bench.json").read_text())
+    variants = {(r["mode"], r["variant"]) for r in result["results"]}
+    assert {("train", "amp_bf16"), ("infer", "amp_bf16"), ("infer", "casdap_fast"), ("train", "cl")} <= variants
+    assert "| rcvit_xs | 32 | infer | folded_cl |" in (out / "bench_compiled.md").read_text()
