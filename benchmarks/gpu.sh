@@ -12,8 +12,9 @@
 #    CPU, resume, casdap bench --device cuda, export of CUDA-trained checkpoints);
 # 3. runs `casdap bench --device cuda` at 224 px on rcvit_xs/s/m/t: training and inference in
 #    eager, channels-last (cl, folded_cl, fused_cl) and AMP (amp_bf16, amp_fp16) forms, CAS-DAP /
-#    backbone ratios (--dap) and, with --reference, the official definition (eager); then, in the
-#    time left, torch.compile inference (a second run, so a slow compile cannot cost the first).
+#    backbone ratios (--dap) and, with --reference, the official definition in the eager, cl and
+#    AMP forms; then, in the time left, torch.compile inference (a second run, so a slow compile
+#    cannot cost the first).
 # The whole run keeps to --budget-s seconds (default 460, about 8 minutes with the install) on one
 # H100-class GPU: each measurement runs under `timeout` with the time left, and the log says so
 # when one was cut short. The official rcvit.py
@@ -101,7 +102,7 @@ else
           --train-paths eager,cl,amp_bf16,amp_fp16 --dap)
     compiled=(--modes infer --paths folded_cl,compiled)
 fi
-[ -n "$REFERENCE" ] && main+=(--reference "$REFERENCE")
+[ -n "$REFERENCE" ] && main+=(--reference "$REFERENCE" --reference-paths eager,cl,amp_bf16,amp_fp16)
 bench bench "$(( $(left) * 2 / 3 ))" "${common[@]}" "${main[@]}"
 report=$?
 bench bench_compiled "$(left)" "${common[@]}" "${compiled[@]}"

@@ -16,6 +16,14 @@ PARITY_TOLERANCE = 1e-4
 # this (it catches a broken path, not rounding).
 AMP_PATHS = {"amp_bf16": "bfloat16", "amp_fp16": "float16"}
 AMP_PARITY_TOLERANCE = 0.1
+# Forms a reference model (--reference) can be timed in, training and inference: "eager" is reported
+# as variant "reference", the others as "reference_<path>" beside this package's path of that name.
+REFERENCE_PATHS = ("eager", "cl", "amp_bf16", "amp_fp16")
+
+
+def reference_variant(path: str) -> str:
+    """The variant name under which the reference is reported in ``path``."""
+    return "reference" if path == "eager" else f"reference_{path}"
 
 
 @dataclass
@@ -34,6 +42,7 @@ class BenchConfig:
     num_classes: int = 1000
     checkpoint: str | None = None
     reference: str | None = None
+    reference_paths: Sequence[str] = ("eager",)
     memory: bool = True
     dap: bool = False  # also time CAS-DAP (per-image key selection) on each backbone
     seed: int = 0

@@ -38,13 +38,15 @@ from casdap.bench.config import (
     INFER_PATHS,
     MODES,
     PARITY_TOLERANCE,
+    REFERENCE_PATHS,
     TRAIN_PATHS,
     BenchConfig,
+    reference_variant,
 )
 from casdap.bench.flops import count_flops
 from casdap.bench.harness import Stats, exact_fp32, matmul_gflops, synchronizer, time_interleaved
 from casdap.bench.memory import peak_memory_bytes
-from casdap.bench.models import build_dap, build_model, infer_variants, load_reference
+from casdap.bench.models import build_dap, build_model, infer_variants, load_reference, reference_variants
 from casdap.bench.report import row_line
 from casdap.errors import CasdapError
 
@@ -149,6 +151,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
         raise CasdapError(
             f"unknown path(s) {', '.join(bad)}; inference: {', '.join(INFER_PATHS)}; training: {', '.join(TRAIN_PATHS)}"
         )
+    bad = [p for p in cfg.reference_paths if p not in REFERENCE_PATHS]
+    if bad or not cfg.reference_paths:
+        raise CasdapError(f"unknown reference path(s) {', '.join(bad) or '(none)'}; choose from "
+                          f"{', '.join(REFERENCE_PATHS)}")
+    if not cfg.reference and list(cfg.reference_paths) != ["eager"]:
+        raise CasdapError("--reference-paths needs --reference FILE.py (the model to time in those forms)")
     if any(s < 32 or s % 32 for s in cfg.sizes):
         raise CasdapError(f"--sizes must be multiples of 32 (the backbone's stride), got {list(cfg.sizes)}")
     if cfg.repeats < 1 or cfg.min_time <= 0:
@@ -193,7 +201,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                     raise CasdapError(f"{name} at {size}px: the fast CAS-DAP differs from CAS-DAP ({diff:.2e})")
             variants = infer_variants(cfg, model) if {"infer", "latency"} & set(cfg.modes) else {}
             if reference is not None:
-                variants.setdefault("reference", copy.deepcopy(reference).eval())
+                for p, m in reference_variants(cfg, reference).items():
+                    variants.setdefault(p, m)
             with torch.inference_mode(), exact_fp32(device):
                 want = eval_model(x)
                 for p, m in variants.items():
@@ -204,7 +213,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                     parity.append({"model": name, "size": size, "variant": p, "max_abs_diff": diff,
                                    "first_call_s": first_call})
                     log(f"{name} {size}px: {p} vs eager, max |diff| of eval logits = {diff:.2e}")
-                    if p in AMP_PATHS:  # 16-bit arithmetic by design: relative to the logits' scale
+                    if p.removeprefix("reference_") in AMP_PATHS:  # 16-bit by design: relative to the logits' scale
                         scale = want.abs().max().item()
                         if not diff <= AMP_PARITY_TOLERANCE * scale:
                             raise CasdapError(
@@ -221,12 +230,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
 
             for mode in cfg.modes:
                 if mode == "train":
-                    paths = list(cfg.train_paths) + (["reference"] if reference is not None else [])
-                    fns = {
-                        p: _train_step_fn(copy.deepcopy(reference if p == "reference" else model), x, y,
-                                          channels_last=(p == "cl"), amp=_amp_dtype(p))
-                        for p in paths
-                    }
+                    fns = {p: _train_step_fn(copy.deepcopy(model), x, y, channels_last=(p == "cl"), amp=_amp_dtype(p))
+                           for p in cfg.train_paths}
+                    if reference is not None:
+                        for p in cfg.reference_paths:
+                            fns[reference_variant(p)] = _train_step_fn(
+                                copy.deepcopy(reference), x, y, channels_last=(p == "cl"), amp=_amp_dtype(p))
                     if dap is not None:
                         fns["casdap"] = _dap_train_step_fn(copy.deepcopy(dap), x, y)
                     n, flops = batch, train_flops
@@ -260,11 +269,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                     log(row_line(rows[-1]))
                 base = "eager" if "eager" in samples else None
                 for p in samples:
-                    againsts = [(base, "vs_eager"), ("reference", "ours_vs_reference")]
+                    againsts = [(base, "vs_eager"), ("reference", "ours_vs_reference"),
+                                (f"reference_{p}", "ours_vs_reference_same_path")]
                     if p == "casdap_fast":
                         againsts += [("fused_cl", "casdap_fast_vs_fast_backbone"), ("casdap", "vs_casdap")]
                     for other, kind in againsts:
-                        if other is None or other not in samples or p == other or p == "reference":
+                        if other is None or other not in samples or p == other or p.startswith("reference"):
                             continue
                         if p in ("casdap", "casdap_fast") and other in (base, "reference"):
                             kind = f"{p}_vs_backbone" if other == base else f"{p}_vs_reference"
