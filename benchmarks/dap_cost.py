@@ -2,29 +2,23 @@
 
     python benchmarks/dap_cost.py --config configs/dap/cifar.yaml --sizes 32 224 --opts MODEL.DAP.STAGES [3]
 
-Times are medians of interleaved repeats on one thread (eval mode, no grad); the ratio
-CAS-DAP / backbone comes from the same run, so it is the number to compare across machines.
+Times come from ``casdap bench``'s harness (:func:`casdap.bench.time_interleaved`: every repeat
+times both models in turn, each sample at least ``--min-time`` seconds of back-to-back calls), one
+thread, eval mode, no grad; the ratio CAS-DAP / backbone is the median of the per-repeat ratios of
+the same run, so it is the number to compare across machines. ``casdap bench --dap`` measures the
+CIFAR-100 settings on every backbone; this script measures any config and its overrides.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from casdap.bench import Stats, time_interleaved
 from casdap.config import load_config
 from casdap.models.build import build_backbone, build_dap_model
-
-
-def _median_time(fn, x: torch.Tensor, reps: int) -> list[float]:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="configs/dap/cifar.yaml")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=15, help="timed samples per model")
+    parser.add_argument("--min-time", type=float, default=0.05, help="seconds per timed sample")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE config overrides, e.g. MODEL.DAP.STAGES [3]")
     args = parser.parse_args(argv)
@@ -50,14 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         for size in args.sizes:
             x = torch.randn(args.batch, 3, size, size)
-            model(x), plain(x)  # warm-up
-            t_dap, t_plain = [], []
-            for _ in range(args.reps):  # interleaved, so load changes hit both alike
-                t_dap += _median_time(model, x, 1)
-                t_plain += _median_time(plain, x, 1)
-            m_dap, m_plain = statistics.median(t_dap), statistics.median(t_plain)
+            fns = {"casdap": lambda x=x: model(x), "backbone": lambda x=x: plain(x)}
+            samples, _ = time_interleaved(fns, args.reps, warmup=1, min_time=args.min_time, sync=lambda: None)
+            m_dap, m_plain = statistics.median(samples["casdap"]), statistics.median(samples["backbone"])
+            ratio = Stats.of(a / b for a, b in zip(samples["casdap"], samples["backbone"]))
             print(f"{size}px batch {args.batch}: CAS-DAP {1e3 * m_dap:.1f} ms, backbone {1e3 * m_plain:.1f} ms, "
-                  f"ratio {m_dap / m_plain:.2f} (median of {args.reps})")
+                  f"ratio {ratio.median:.2f} [{ratio.min:.2f}-{ratio.max:.2f}] (median of {args.reps})")
 
 
 if __name__ == "__main__":

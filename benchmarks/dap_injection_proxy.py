@@ -61,7 +61,7 @@ def fit_dap(backbone_state, train, test, injection: str, stages, epochs: int, se
     backbone = casdap.create_model("rcvit_xs", num_classes=0, distillation=False)
     backbone.load_state_dict({k: v for k, v in backbone_state.items() if not k.startswith("head.")})
     model = CASDAP(backbone, num_classes=5, num_tasks=1, num_tokens=10, task_emb_dim=16, stages=stages,
-                   injection=injection)
+                   injection=injection, keys_per_task=1)
     if not prompts_on:
         model.freeze_token_axis()  # gates stay at zero: exactly a linear probe on frozen features
     opt = torch.optim.Adam(model.trainable_parameters(), lr=0.01, betas=(0.9, 0.9))  # DAP's solver defaults
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--pretrain-epochs", type=int, default=6)
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="use at most this many training and test images per split (a quick check of the script)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     x, y = _digits()
@@ -100,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         old_train, old_test = _split(x, y, [0, 1, 2, 3, 4], seed)
         new_train, new_test = _split(x, y, [5, 6, 7, 8, 9], seed)
+        if args.max_images:
+            old_train, old_test, new_train, new_test = (
+                tuple(t[: args.max_images] for t in split) for split in (old_train, old_test, new_train, new_test))
         t = time.time()
         backbone = pretrain(old_train, args.pretrain_epochs, seed)
         with torch.no_grad():

@@ -4,18 +4,20 @@
 #   bash benchmarks/gpu.sh WHEELS OUT [--reference rcvit.py] [--budget-s 460] [--venv DIR] [--python PY]
 #
 #   WHEELS  the folder made by `bash scripts/wheelhouse.sh WHEELS ...` (where the registry is reachable)
-#   OUT     where the results go: gpu_report.json, gpu_report.md, and the logs of every step
+#   OUT     where the results go: bench.json and bench.md (and bench_compiled.*), and the logs of every step
 #
 # 1. installs casdap from WHEELS with no network (WHEELS/install.py: a venv that sees the node's
 #    torch, pip --no-index --no-deps, torch never replaced);
 # 2. runs `pytest -m cuda` (tests/test_cuda.py: fp16 + GradScaler, nccl, bf16 continual, CUDA vs
 #    CPU, resume, casdap bench --device cuda, export of CUDA-trained checkpoints);
-# 3. runs benchmarks/gpu_report.py: backbones (this project's and, with --reference, the official
-#    definition) at 224 px in eager, channels-last, AMP bf16/fp16 and torch.compile, CAS-DAP /
-#    backbone inference ratios, continual DAP throughput with the real data pipeline vs synthetic
-#    GPU-resident tensors.
+# 3. runs `casdap bench --device cuda` at 224 px on rcvit_xs/s/m/t: training and inference in
+#    eager, channels-last (cl, folded_cl, fused_cl) and AMP (amp_bf16, amp_fp16) forms, CAS-DAP /
+#    backbone ratios (--dap) and, with --reference, the official definition in the eager, cl and
+#    AMP forms; then, in the time left, torch.compile inference (a second run, so a slow compile
+#    cannot cost the first).
 # The whole run keeps to --budget-s seconds (default 460, about 8 minutes with the install) on one
-# H100-class GPU: the report skips, and says so, what would not fit. The official rcvit.py
+# H100-class GPU: each measurement runs under `timeout` with the time left, and the log says so
+# when one was cut short. The official rcvit.py
 # (CAS-ViT classification/model/rcvit.py) is taken from --reference, $CASVIT_REFERENCE or
 # dist/reference/rcvit.py, whichever is given first.
 # Exit code: 0 when the install, every CUDA test and every measurement succeeded.
@@ -79,15 +81,34 @@ tail -n 1 "$OUT/cuda_tests.log"
 [ $tests -ne 0 ] && log "CUDA tests failed (exit $tests): see $OUT/cuda_tests.log"
 
 # 3. the measurements, in the time left
-left=$((BUDGET - (SECONDS - t0)))
-[ $left -lt 120 ] && left=120
-args=(--out "$OUT" --budget-s "$left")
-[ -n "$REFERENCE" ] && args+=(--reference "$REFERENCE")
-[ $SMOKE -eq 1 ] && args+=(--device cpu --quick --no-compile --models rcvit_xs --workers 1)
-log "benchmarks/gpu_report.py ${args[*]}"
-PYTHONUNBUFFERED=1 "$VPY" benchmarks/gpu_report.py "${args[@]}" > "$OUT/gpu_report.log" 2>&1
+bench() {  # bench NAME SECONDS ARGS...: casdap bench under a time limit, then its Markdown table
+    local name="$1" limit="$2"; shift 2
+    log "casdap bench $* (at most ${limit}s)"
+    PYTHONUNBUFFERED=1 timeout "$limit" "$VENV/bin/casdap" bench "$@" --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    [ $rc -eq 124 ] && log "$name: cut short after ${limit}s (see $OUT/$name.log)"
+    [ $rc -eq 0 ] && "$VPY" -c 'import json, sys; from casdap.bench import format_table
+print(format_table(json.load(open(sys.argv[1]))))' "$OUT/$name.json" > "$OUT/$name.md"
+    return $rc
+}
+left() { local l=$((BUDGET - (SECONDS - t0))); [ $l -lt 60 ] && l=60; echo $l; }
+if [ $SMOKE -eq 1 ]; then
+    common=(--device cpu --models rcvit_xs --sizes 32 --batch 2 --repeats 2 --warmup 1 --min-time 0.01)
+    main=(--modes train,infer --paths eager,folded_cl,amp_bf16 --train-paths eager,cl,amp_bf16 --dap)
+    compiled=(--modes infer --paths folded_cl --no-memory)  # no torch.compile on the smoke run
+else
+    common=(--device cuda --models rcvit_xs,rcvit_s,rcvit_m,rcvit_t --sizes 224 --batch 128 --repeats 3 --warmup 3)
+    main=(--modes train,infer,latency --paths eager,folded_cl,fused_cl,amp_bf16,amp_fp16
+          --train-paths eager,cl,amp_bf16,amp_fp16 --dap)
+    compiled=(--modes infer --paths folded_cl,compiled)
+fi
+[ -n "$REFERENCE" ] && main+=(--reference "$REFERENCE" --reference-paths eager,cl,amp_bf16,amp_fp16)
+bench bench "$(( $(left) * 2 / 3 ))" "${common[@]}" "${main[@]}"
 report=$?
-[ $report -ne 0 ] && log "measurements had errors (exit $report): see $OUT/gpu_report.log and the report's Errors"
+bench bench_compiled "$(left)" "${common[@]}" "${compiled[@]}"
+compiled_rc=$?
+[ $report -ne 0 ] && log "measurements failed (exit $report): see $OUT/bench.log"
+[ $compiled_rc -ne 0 ] && log "torch.compile measurements failed (exit $compiled_rc): see $OUT/bench_compiled.log"
 
-log "done: $OUT/gpu_report.md, $OUT/gpu_report.json (tests exit $tests, measurements exit $report)"
-[ $tests -eq 0 ] && [ $report -eq 0 ]
+log "done: $OUT/bench.md, $OUT/bench_compiled.md (tests exit $tests, measurements exit $report, compile $compiled_rc)"
+[ $tests -eq 0 ] && [ $report -eq 0 ] && [ $compiled_rc -eq 0 ]

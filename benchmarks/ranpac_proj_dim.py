@@ -50,12 +50,13 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--holdout", type=float, default=0.2)
+    ap.add_argument("--opts", nargs="*", default=[], help="KEY VALUE config overrides")
     args = ap.parse_args()
     torch.set_num_threads(1)
     results: dict[int, list[float]] = {m: [] for m in args.dims}
     times: dict[int, list[float]] = {m: [] for m in args.dims}
     for seed in args.seeds:
-        cfg = load_config(args.config, ["SEED", str(seed), "DEVICE", "cpu"])
+        cfg = load_config(args.config, [*args.opts, "SEED", str(seed), "DEVICE", "cpu"])
         bench = build_benchmark(cfg)
         backbone = build_backbone(cfg, num_classes=0).eval()
         tasks = [_features(backbone, e.dataset) for e in bench.scenario.train_stream]

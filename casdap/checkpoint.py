@@ -1,9 +1,17 @@
-"""Reading and writing checkpoints safely.
+"""Reading, writing and finding checkpoints safely.
 
 A checkpoint is untrusted input: it is always read with ``torch.load(weights_only=True)``, so a
 crafted file cannot run code, and every failure becomes one :class:`CasdapError` naming the file.
 Writes go to a temporary file that is renamed into place, so a kill mid-write never corrupts the
 previous checkpoint.
+
+Numbered checkpoints of a run folder (``checkpoint-<epoch>.pth`` of the supervised path, a continual
+run's ``task_<t>.pth``) are found with :func:`numbered_checkpoints`. A supervised training checkpoint
+(:func:`training_state`) holds everything that decides the rest of a run: weights, optimizer, AMP
+grad scaler, EMA weights, best accuracies, the epoch, and the random-number-generator states of every
+rank (torch, CUDA, numpy, Python), so a run killed after epoch k and resumed ends exactly where
+the uninterrupted run ends. The lr/weight-decay schedules and the samplers are functions of the
+flags and the epoch (samplers reseed from ``seed + epoch``), so the epoch positions them.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +32,9 @@ import torch.nn as nn
 from casdap.errors import CasdapError
 
 __all__ = [
-    "LoadReport", "drop_dense_only", "load_checkpoint", "read_checkpoint", "extract_state_dict", "save_checkpoint"
+    "LoadReport", "TASK_CHECKPOINT", "checkpoint_head", "drop_dense_only", "extract_state_dict", "latest_checkpoint",
+    "load_checkpoint", "numbered_checkpoints", "prune_checkpoints", "read_checkpoint", "read_training_state",
+    "save_checkpoint", "training_state",
 ]
 
 # Containers used by the official CAS-ViT / ConvNeXt / DeiT training scripts and common tools.
@@ -205,3 +216,56 @@ def checkpoint_head(path: str | os.PathLike, key: str | None = None) -> tuple[bo
     sd, _ = extract_state_dict(read_checkpoint(path), key, path)
     head = sd.get("head.weight")
     return "dist_head.weight" in sd, (int(head.shape[0]) if head is not None and head.ndim == 2 else None)
+
+
+# -- numbered checkpoints of a run folder, and the supervised path's training state -------------
+
+_NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")  # supervised: one per epoch
+TASK_CHECKPOINT = re.compile(r"^task_(\d+)\.pth$")  # continual: one per finished task
+
+
+def numbered_checkpoints(output_dir: str | Path, pattern: re.Pattern = _NUMBERED) -> list[tuple[int, Path]]:
+    """``(number, path)`` of the files in ``output_dir`` whose name ``pattern`` matches (its group 1 is
+    the number), oldest first: ``checkpoint-<epoch>.pth`` by default, a continual run's
+    ``task_<t>.pth`` with :data:`TASK_CHECKPOINT`."""
+    d = Path(output_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := pattern.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = numbered_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` numbered checkpoints (best checkpoints are separate files)."""
+    found = numbered_checkpoints(output_dir)
+    for _, path in found[: max(len(found) - max(keep, 1), 0)]:
+        path.unlink(missing_ok=True)
+
+
+def training_state(*, model, optimizer, scaler, model_ema, epoch: int, args: dict,
+                   max_accuracy: float, max_accuracy_ema: float, rng_states: list[dict]) -> dict[str, Any]:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "args": args,
+        "max_accuracy": max_accuracy,
+        "max_accuracy_ema": max_accuracy_ema,
+        "rng_states": rng_states,
+    }
+    if model_ema is not None:
+        state["model_ema"] = model_ema.module.state_dict()
+    return state
+
+
+def read_training_state(path: str | Path) -> dict[str, Any]:
+    obj = read_checkpoint(path)
+    if not isinstance(obj, dict):
+        raise CasdapError(f"checkpoint '{path}' holds a {type(obj).__name__}, not a training checkpoint")
+    return obj

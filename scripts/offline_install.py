@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 NEVER = {"torch", "torchvision"}  # the node's own CUDA builds: never installed or replaced from here
 CHECK_IMPORTS = (
-    "casdap, casdap.cli, casdap.engine.supervised, casdap.continual.runner, casdap.benchmark, casdap.export, "
+    "casdap, casdap.cli, casdap.engine.supervised, casdap.continual.runner, casdap.bench.run, casdap.export, "
     "avalanche.training, avalanche.evaluation.metrics, avalanche.logging, yacs.config"
 )
 

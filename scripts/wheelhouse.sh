@@ -84,7 +84,7 @@ echo "[wheelhouse] target: Python $TARGET_PY, ${PLATFORMS[0]} .. ${PLATFORMS[-1]
 
 # 1. casdap itself, built from a copy of the working tree (no build/ or egg-info left in the checkout)
 mkdir -p "$WORK/src" "$WORK/local"
-cp -r "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/casdap" "$WORK/src/"
+cp -r "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/casdap" "$ROOT/configs" "$WORK/src/"
 find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
 "${PIP[@]}" wheel --quiet --no-deps -w "$WORK/local" "$WORK/src" >/dev/null
 CASDAP_WHL="$(ls "$WORK/local"/casdap-*.whl)"

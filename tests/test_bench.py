@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import casdap
-from casdap.benchmark import count_flops, load_reference
+from casdap.bench import count_flops, load_reference
 from casdap.cli import main
 from casdap.models.casvit import CASViT
 
@@ -68,6 +68,37 @@ def test_bench_cli_writes_json_with_every_measurement(tmp_path, reference_file, 
     assert type(timm.create_model("rcvit_xs")) is CASViT
 
 
+def test_bench_mixed_precision_paths(tmp_path, reference_file):
+    """bf16 autocast (channels-last) for training and inference, for this package's model and the
+    reference: timed, parity checked against the eager fp32 logits relative to their scale, and
+    compared with the eager path and with the reference in the same form."""
+    out_json = tmp_path / "bench.json"
+    code = main(["bench", *TINY, "--modes", "train,infer", "--paths", "eager,amp_bf16", "--train-paths",
+                 "eager,amp_bf16", "--reference", str(reference_file), "--reference-paths", "eager,amp_bf16",
+                 "--no-memory", "--json", str(out_json)])
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    rows = {(r["mode"], r["variant"]) for r in result["results"]}
+    paths = ("eager", "amp_bf16", "reference", "reference_amp_bf16")
+    assert rows == {(m, p) for m in ("train", "infer") for p in paths}
+    parity = {p["variant"]: p["max_abs_diff"] for p in result["parity"]}
+    assert 0 < parity["amp_bf16"] < 0.5 and 0 < parity["reference_amp_bf16"] < 0.5  # 16 bits: close, not equal
+    assert parity["reference"] < 1e-4
+    kinds = {(r["mode"], r["variant"], r["against"]) for r in result["ratios"]}
+    for mode in ("train", "infer"):
+        assert {(mode, "amp_bf16", "eager"), (mode, "amp_bf16", "reference_amp_bf16"),
+                (mode, "eager", "reference")} <= kinds
+    assert not any(r["variant"].startswith("reference") for r in result["ratios"])
+
+
+def test_reference_paths_need_a_reference(tmp_path, capsys):
+    assert main(["bench", *TINY, "--reference-paths", "eager,amp_bf16", "--json", str(tmp_path / "b.json")]) != 0
+    assert "--reference-paths needs --reference" in capsys.readouterr().err
+    assert main(["bench", *TINY, "--reference-paths", "folded", "--json", str(tmp_path / "b.json")]) != 0
+    assert "unknown reference path(s) folded" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_reference_with_missing_dependency_is_one_clear_error(tmp_path):
     path = tmp_path / "needs_einops.py"
     path.write_text("import casdap_missing_dependency_xyz\n")
@@ -113,3 +144,14 @@ def test_flop_count_of_depthwise_backward_respects_groups():
     forward = count_flops(lambda: conv(x))
     assert forward == 2 * 2 * 32 * 8 * 8 * 9
     assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward  # + input grad + weight grad
+
+
+def test_bench_package_and_help_import_no_torch():
+    """``casdap bench --help`` is built from casdap.bench.config; the harness loads on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, casdap.bench\nfrom casdap.cli import main\ntry:\n    main(['bench', '--help'])\n"
+            "except SystemExit:\n    pass\nsys.exit(3 if 'torch' in sys.modules else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "amp_bf16" in proc.stdout, proc.stderr[-2000:]

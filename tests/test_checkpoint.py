@@ -142,3 +142,16 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path, monkeypatch):
         save_checkpoint({"w": torch.zeros(2)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]
+
+
+def test_numbered_checkpoints_found_in_order_and_pruned(tmp_path):
+    from casdap.checkpoint import TASK_CHECKPOINT, latest_checkpoint, numbered_checkpoints, prune_checkpoints
+
+    for name in ("checkpoint-10.pth", "checkpoint-2.pth", "checkpoint-best.pth", "task_1.pth", "task_0.pth"):
+        save_checkpoint({"x": 1}, tmp_path / name)
+    assert [n for n, _ in numbered_checkpoints(tmp_path)] == [2, 10]
+    assert [p.name for _, p in numbered_checkpoints(tmp_path, TASK_CHECKPOINT)] == ["task_0.pth", "task_1.pth"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10.pth"
+    prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for _, p in numbered_checkpoints(tmp_path)] == ["checkpoint-10.pth"]
+    assert (tmp_path / "checkpoint-best.pth").is_file() and latest_checkpoint(tmp_path / "none") is None

@@ -16,8 +16,9 @@ from casdap.data.glyph_stream import (
     shape_similarity,
     shift_characters,
 )
+from casdap.data.glyphs import GLYPH_SETS, glyph_characters, is_digit_like
 from casdap.errors import CasdapError
-from casdap.pretrain.sources import GLYPH_SETS, SOURCES, glyph_characters, is_digit_like
+from casdap.pretrain.sources import SOURCES
 from casdap.pretrain.train import DEFAULT_PROTOCOL, _shift_classes_seen
 
 SHIFT_YAML = ROOT / "configs" / "dap" / "embedded_shift.yaml"

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from casdap import create_model, load_checkpoint
 from casdap.checkpoint import read_checkpoint
 from casdap.cli import main
+from casdap.data.glyphs import GLYPH_SETS, glyph_characters, is_digit_like
 from casdap.errors import CasdapError
 from casdap.pretrain import build_source, pretrain_backbone, sidecar_path
 from casdap.pretrain.evaluate import cosine_geometry, nearest_mean_accuracy
-from casdap.pretrain.sources import GLYPH_SETS, glyph_characters, is_digit_like, to_digits_look
+from casdap.pretrain.sources import to_digits_look
 
 ALL_SETS = tuple(GLYPH_SETS)
 
@@ -155,3 +156,17 @@ def test_source_names_of_the_command_line_are_the_sources():
     from casdap.pretrain.sources import SOURCES
 
     assert tuple(SOURCES) == SOURCE_NAMES and DEFAULT_PROTOCOL["source"] in SOURCES
+
+
+def test_glyph_stream_and_pretraining_sources_share_glyphs_without_importing_each_other():
+    import subprocess
+    import sys
+
+    probes = [
+        "import sys, casdap.data.glyph_stream; assert 'casdap.pretrain.sources' not in sys.modules; "
+        "import casdap.data.glyphs as g, casdap.pretrain.sources as s; assert s.glyph_characters is g.glyph_characters",
+        "import sys, casdap.pretrain.sources; assert 'casdap.data.glyph_stream' not in sys.modules",
+    ]
+    for code in probes:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-1500:]

@@ -7,20 +7,16 @@ median of the per-repeat ratios. Each figure is the median over repeats with its
 The fp32 matmul rate is measured in the same run, so each model's achieved GFLOP/s can be read
 as a fraction of what the hardware reaches on the most favourable kernel.
 
-Modules: :mod:`~casdap.bench.harness` (interleaved timing, the matmul rate),
-:mod:`~casdap.bench.flops` (FLOP counting), :mod:`~casdap.bench.memory` (peak memory),
+Modules: :mod:`~casdap.bench.config` (what a run measures and its defaults, torch-free: the
+command line builds its ``--help`` from it), :mod:`~casdap.bench.harness` (interleaved timing, the
+matmul rate), :mod:`~casdap.bench.flops` (FLOP counting), :mod:`~casdap.bench.memory` (peak memory),
 :mod:`~casdap.bench.models` (the timed models and reference model files),
 :mod:`~casdap.bench.run` (a whole run) and :mod:`~casdap.bench.report` (tables and JSON).
-What a run measures and its defaults are in :mod:`casdap.bench_config`, which imports no torch.
+Names load on first use, so importing this package imports no torch.
 """
 
-from casdap.bench.flops import count_flops
-from casdap.bench.harness import Stats, exact_fp32, matmul_gflops, synchronizer, time_interleaved
-from casdap.bench.memory import peak_memory_bytes
-from casdap.bench.models import build_dap, build_model, import_model_file, infer_variants, load_reference
-from casdap.bench.report import format_table, write_json
-from casdap.bench.run import run_benchmark
-from casdap.bench_config import INFER_PATHS, MODES, PARITY_TOLERANCE, TRAIN_PATHS, BenchConfig
+from casdap.bench.config import INFER_PATHS, MODES, PARITY_TOLERANCE, TRAIN_PATHS, BenchConfig
+from casdap.lazy import lazy_getattr
 
 __all__ = [
     "BenchConfig",
@@ -44,3 +40,22 @@ __all__ = [
     "time_interleaved",
     "write_json",
 ]
+
+_LAZY = {
+    "count_flops": "casdap.bench.flops",
+    "Stats": "casdap.bench.harness",
+    "exact_fp32": "casdap.bench.harness",
+    "matmul_gflops": "casdap.bench.harness",
+    "synchronizer": "casdap.bench.harness",
+    "time_interleaved": "casdap.bench.harness",
+    "peak_memory_bytes": "casdap.bench.memory",
+    "build_dap": "casdap.bench.models",
+    "build_model": "casdap.bench.models",
+    "import_model_file": "casdap.bench.models",
+    "infer_variants": "casdap.bench.models",
+    "load_reference": "casdap.bench.models",
+    "format_table": "casdap.bench.report",
+    "write_json": "casdap.bench.report",
+    "run_benchmark": "casdap.bench.run",
+}
+__getattr__ = lazy_getattr("casdap.bench", _LAZY)

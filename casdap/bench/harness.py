@@ -46,7 +46,7 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 def exact_fp32(device: torch.device):
     """Full fp32 arithmetic on CUDA for the parity checks: by default cuDNN convolutions there run in
     TF32 (a 10-bit mantissa), which moves the logits of two equal functions apart by about 1e-3,
-    far above :data:`~casdap.bench_config.PARITY_TOLERANCE`. Timings keep the device's defaults."""
+    far above :data:`~casdap.bench.config.PARITY_TOLERANCE`. Timings keep the device's defaults."""
     if device.type != "cuda":
         yield
         return

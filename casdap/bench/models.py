@@ -16,10 +16,11 @@ from types import ModuleType
 import torch
 import torch.nn as nn
 
-from casdap.bench_config import BenchConfig
+from casdap.bench.config import AMP_PATHS, BenchConfig, reference_variant
 from casdap.errors import CasdapError
 
-__all__ = ["build_dap", "build_model", "import_model_file", "infer_variants", "load_reference"]
+__all__ = ["ChannelsLast", "build_dap", "build_model", "import_model_file", "infer_variants", "load_reference",
+           "reference_variants"]
 
 
 def build_model(cfg: BenchConfig, name: str, device: torch.device) -> nn.Module:
@@ -40,8 +41,35 @@ def build_model(cfg: BenchConfig, name: str, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
+class ChannelsLast(nn.Module):
+    """``model`` in channels-last memory format, with ``dtype`` run under ``torch.autocast`` in that
+    dtype: the mixed-precision paths (``amp_bf16``, ``amp_fp16``). Outputs come back in fp32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor):
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.model(x)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
+def reference_variants(cfg: BenchConfig, reference: nn.Module) -> dict[str, nn.Module]:
+    """The reference model in the inference forms of ``cfg.reference_paths``, by variant name."""
+    variants: dict[str, nn.Module] = {}
+    for path in cfg.reference_paths:
+        model = copy.deepcopy(reference).eval()
+        if path != "eager":
+            model = ChannelsLast(model, getattr(torch, AMP_PATHS[path]) if path in AMP_PATHS else None)
+        variants[reference_variant(path)] = model
+    return variants
+
+
 def infer_variants(cfg: BenchConfig, model: nn.Module) -> dict[str, nn.Module]:
-    """The inference forms named in ``cfg.infer_paths`` (see :data:`casdap.bench_config.INFER_PATHS`)."""
+    """The inference forms named in ``cfg.infer_paths`` (see :data:`casdap.bench.config.INFER_PATHS`)."""
     from casdap.deploy import optimize_for_inference
 
     variants: dict[str, nn.Module] = {}
@@ -56,6 +84,8 @@ def infer_variants(cfg: BenchConfig, model: nn.Module) -> dict[str, nn.Module]:
             variants[path] = optimize_for_inference(model, channels_last=True, fuse=True)
         elif path == "compiled":
             variants[path] = optimize_for_inference(model, channels_last=True, compile=True)
+        elif path in AMP_PATHS:
+            variants[path] = ChannelsLast(copy.deepcopy(model).eval(), getattr(torch, AMP_PATHS[path]))
     return variants
 
 

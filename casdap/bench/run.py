@@ -2,14 +2,17 @@
 
 Variants (inference): ``eager`` (the model as trained), ``folded`` (BatchNorm folded away),
 ``folded_cl`` (folded, channels-last), ``fused_cl`` (folded, channels-last, activations and residual
-adds fused into the convolutions), ``compiled`` (folded, channels-last, ``torch.compile``)
-and ``reference`` (a reference implementation loaded from a file, carrying our weights).
-Training: ``eager``, ``cl`` (channels-last) and ``reference``. With ``dap=True`` every mode also
+adds fused into the convolutions), ``compiled`` (folded, channels-last, ``torch.compile``),
+``amp_bf16`` / ``amp_fp16`` (channels-last under ``torch.autocast``) and ``reference`` (a reference
+implementation loaded from a file, carrying our weights). Training: ``eager``, ``cl``
+(channels-last), ``amp_bf16`` / ``amp_fp16`` (channels-last under autocast, fp16 with a GradScaler)
+and ``reference``. With ``dap=True`` every mode also
 times ``casdap``: CAS-DAP (per-image key selection; training on task 0 with its frozen backbone)
 built on the same backbone, reported against the plain backbone (``eager``), and in inference
 ``casdap_fast`` (:func:`casdap.deploy.optimize_dap_for_inference`, checked to give the same logits
 and keys), also against the backbone's own fast form (``fused_cl``). Every variant must give the
-eager model's logits within :data:`~casdap.bench_config.PARITY_TOLERANCE` before it is timed.
+eager model's logits within :data:`~casdap.bench.config.PARITY_TOLERANCE` before it is timed (the
+mixed-precision paths within :data:`~casdap.bench.config.AMP_PARITY_TOLERANCE` of the largest logit).
 """
 
 from __future__ import annotations
@@ -29,33 +32,53 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from casdap.bench.config import (
+    AMP_PARITY_TOLERANCE,
+    AMP_PATHS,
+    INFER_PATHS,
+    MODES,
+    PARITY_TOLERANCE,
+    REFERENCE_PATHS,
+    TRAIN_PATHS,
+    BenchConfig,
+    reference_variant,
+)
 from casdap.bench.flops import count_flops
 from casdap.bench.harness import Stats, exact_fp32, matmul_gflops, synchronizer, time_interleaved
 from casdap.bench.memory import peak_memory_bytes
-from casdap.bench.models import build_dap, build_model, infer_variants, load_reference
+from casdap.bench.models import build_dap, build_model, infer_variants, load_reference, reference_variants
 from casdap.bench.report import row_line
-from casdap.bench_config import INFER_PATHS, MODES, PARITY_TOLERANCE, TRAIN_PATHS, BenchConfig
 from casdap.errors import CasdapError
 
 __all__ = ["run_benchmark"]
 
 
-def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, channels_last: bool = False):
+def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, channels_last: bool = False,
+                   amp: torch.dtype | None = None):
+    """One AdamW step; ``amp``: under autocast in that dtype (channels-last), fp16 with a GradScaler."""
     model.train()
-    if channels_last:
+    if channels_last or amp is not None:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    autocast = (lambda: torch.autocast(x.device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(x.device.type, enabled=amp is torch.float16)
 
     def step() -> None:
-        out = model(x)
-        outs = out if isinstance(out, tuple) else (out,)
-        loss = sum(F.cross_entropy(o, y) for o in outs) / len(outs)
+        with autocast():
+            out = model(x)
+            outs = out if isinstance(out, tuple) else (out,)
+            loss = sum(F.cross_entropy(o.float(), y) for o in outs) / len(outs)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     return step
+
+
+def _amp_dtype(path: str) -> torch.dtype | None:
+    return getattr(torch, AMP_PATHS[path]) if path in AMP_PATHS else None
 
 
 def _dap_train_step_fn(dap: nn.Module, x: torch.Tensor, y: torch.Tensor, sim_lambda: float = 0.1):
@@ -128,6 +151,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
         raise CasdapError(
             f"unknown path(s) {', '.join(bad)}; inference: {', '.join(INFER_PATHS)}; training: {', '.join(TRAIN_PATHS)}"
         )
+    bad = [p for p in cfg.reference_paths if p not in REFERENCE_PATHS]
+    if bad or not cfg.reference_paths:
+        raise CasdapError(f"unknown reference path(s) {', '.join(bad) or '(none)'}; choose from "
+                          f"{', '.join(REFERENCE_PATHS)}")
+    if not cfg.reference and list(cfg.reference_paths) != ["eager"]:
+        raise CasdapError("--reference-paths needs --reference FILE.py (the model to time in those forms)")
     if any(s < 32 or s % 32 for s in cfg.sizes):
         raise CasdapError(f"--sizes must be multiples of 32 (the backbone's stride), got {list(cfg.sizes)}")
     if cfg.repeats < 1 or cfg.min_time <= 0:
@@ -172,7 +201,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                     raise CasdapError(f"{name} at {size}px: the fast CAS-DAP differs from CAS-DAP ({diff:.2e})")
             variants = infer_variants(cfg, model) if {"infer", "latency"} & set(cfg.modes) else {}
             if reference is not None:
-                variants.setdefault("reference", copy.deepcopy(reference).eval())
+                for p, m in reference_variants(cfg, reference).items():
+                    variants.setdefault(p, m)
             with torch.inference_mode(), exact_fp32(device):
                 want = eval_model(x)
                 for p, m in variants.items():
@@ -183,7 +213,15 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                     parity.append({"model": name, "size": size, "variant": p, "max_abs_diff": diff,
                                    "first_call_s": first_call})
                     log(f"{name} {size}px: {p} vs eager, max |diff| of eval logits = {diff:.2e}")
-                    if diff > PARITY_TOLERANCE:
+                    if p.removeprefix("reference_") in AMP_PATHS:  # 16-bit by design: relative to the logits' scale
+                        scale = want.abs().max().item()
+                        if not diff <= AMP_PARITY_TOLERANCE * scale:
+                            raise CasdapError(
+                                f"{name} at {size}px: the '{p}' outputs differ from the eager model by {diff:.2e}, "
+                                f"more than {AMP_PARITY_TOLERANCE:g} of the largest logit ({scale:.2e}); "
+                                "the mixed-precision path is broken"
+                            )
+                    elif diff > PARITY_TOLERANCE:
                         raise CasdapError(
                             f"{name} at {size}px: the '{p}' outputs differ from the eager model by {diff:.2e} "
                             f"(> {PARITY_TOLERANCE:g}); its timings would not compare like with like"
@@ -192,13 +230,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
 
             for mode in cfg.modes:
                 if mode == "train":
-                    paths = list(cfg.train_paths) + (["reference"] if reference is not None else [])
-                    fns = {
-                        p: _train_step_fn(
-                            copy.deepcopy(reference if p == "reference" else model), x, y, channels_last=(p == "cl")
-                        )
-                        for p in paths
-                    }
+                    fns = {p: _train_step_fn(copy.deepcopy(model), x, y, channels_last=(p == "cl"), amp=_amp_dtype(p))
+                           for p in cfg.train_paths}
+                    if reference is not None:
+                        for p in cfg.reference_paths:
+                            fns[reference_variant(p)] = _train_step_fn(
+                                copy.deepcopy(reference), x, y, channels_last=(p == "cl"), amp=_amp_dtype(p))
                     if dap is not None:
                         fns["casdap"] = _dap_train_step_fn(copy.deepcopy(dap), x, y)
                     n, flops = batch, train_flops
@@ -232,11 +269,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
                     log(row_line(rows[-1]))
                 base = "eager" if "eager" in samples else None
                 for p in samples:
-                    againsts = [(base, "vs_eager"), ("reference", "ours_vs_reference")]
+                    againsts = [(base, "vs_eager"), ("reference", "ours_vs_reference"),
+                                (f"reference_{p}", "ours_vs_reference_same_path")]
                     if p == "casdap_fast":
                         againsts += [("fused_cl", "casdap_fast_vs_fast_backbone"), ("casdap", "vs_casdap")]
                     for other, kind in againsts:
-                        if other is None or other not in samples or p == other or p == "reference":
+                        if other is None or other not in samples or p == other or p.startswith("reference"):
                             continue
                         if p in ("casdap", "casdap_fast") and other in (base, "reference"):
                             kind = f"{p}_vs_backbone" if other == base else f"{p}_vs_reference"

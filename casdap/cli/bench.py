@@ -19,7 +19,7 @@ def _csv(kind: type = str):
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from casdap.bench_config import INFER_PATHS, MODES, TRAIN_PATHS, BenchConfig
+    from casdap.bench.config import INFER_PATHS, MODES, REFERENCE_PATHS, TRAIN_PATHS, BenchConfig
 
     d = BenchConfig()
     p = sub.add_parser(
@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default=None, metavar="FILE.py",
                    help="reference model file (e.g. the official CAS-ViT rcvit.py) to compare against, "
                    "built with the same variant name and given our weights")
+    p.add_argument("--reference-paths", type=_csv(), default=list(d.reference_paths),
+                   help=f"forms the reference is timed in, training and inference: any of {','.join(REFERENCE_PATHS)} "
+                   "(default: eager; the others are reported as reference_<path>)")
     p.add_argument("--dap", action="store_true",
                    help="also time CAS-DAP (per-image key selection, default settings) against its backbone")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -56,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from casdap.benchmark import BenchConfig, format_table, run_benchmark, write_json
+    from casdap.bench import BenchConfig, format_table, run_benchmark, write_json
 
     if args.batch is not None and args.batch < 1:
         raise CasdapError("--batch must be >= 1")
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         models=args.models, sizes=args.sizes, modes=args.modes, infer_paths=args.paths,
         train_paths=args.train_paths, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
         min_time=args.min_time, device=args.device, threads=args.threads, num_classes=args.num_classes,
-        checkpoint=args.checkpoint, reference=args.reference, memory=not args.no_memory, dap=args.dap, seed=args.seed,
+        checkpoint=args.checkpoint, reference=args.reference, reference_paths=args.reference_paths,
+        memory=not args.no_memory, dap=args.dap, seed=args.seed,
     )
     result = run_benchmark(cfg)
     write_json(result, args.json)

@@ -19,7 +19,8 @@ from yacs.config import CfgNode
 from casdap.config.defaults import get_defaults
 from casdap.errors import CasdapError, yaml_problem
 
-__all__ = ["CfgNode", "load_config", "config_keys", "shipped_config"]
+__all__ = ["CfgNode", "load_config", "config_keys", "resolve_config_file", "shipped_config", "shipped_config_dir",
+           "shipped_configs"]
 
 BASE_KEY = "_BASE_"
 
@@ -99,7 +100,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Defaults, then the YAML file (after its ``_BASE_`` chain), then ``KEY VALUE`` pairs; frozen."""
     cfg = get_defaults()
     if path is not None:
-        for file, data in _read_yaml(Path(path)):
+        for file, data in _read_yaml(resolve_config_file(path)):
             _merge(cfg, data, f"'{file}'")
     overrides = list(overrides)
     if len(overrides) % 2:
@@ -171,12 +172,51 @@ def resolve_reference_defaults(cfg: CfgNode) -> None:
                               f"choice for DATA.NAME), got {current!r}")
 
 
+def shipped_config_dir() -> Path:
+    """The folder of the shipped configs: ``casdap/configs/`` inside an installed wheel, the
+    checkout's ``configs/`` when the package runs from a checkout (editable install, PYTHONPATH)."""
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package / "configs", package.parent / "configs"):
+        if (folder / "base-dap.yaml").is_file():
+            return folder
+    raise CasdapError(f"casdap's shipped configs are missing (looked in '{package / 'configs'}' and "
+                      f"'{package.parent / 'configs'}'); reinstall casdap or pass --config-file with a path")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs relative to their folder, e.g. ``dap/digits.yaml``."""
+    folder = shipped_config_dir()
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.yaml"))
+
+
 def shipped_config(name: str) -> Path:
-    """Path of a config shipped in the repository's ``configs/dap/`` (e.g. ``"digits"``)."""
-    folder = Path(__file__).resolve().parents[2] / "configs" / "dap"
-    path = folder / f"{name}.yaml"
-    if not path.is_file():
-        have = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
-        raise CasdapError(f"no shipped config '{name}' in '{folder}' (available: {have}); "
-                          "install casdap from a checkout (pip install -e .) or pass --config-file")
-    return path
+    """Path of a config shipped with casdap, by name: ``"digits"``, ``"digits.yaml"``,
+    ``"dap/digits.yaml"`` or ``"configs/dap/digits.yaml"`` (as in the checkout)."""
+    folder = shipped_config_dir()
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise CasdapError(f"'{name}' is not the name of a shipped config (available: {', '.join(shipped_configs())})")
+    if rel.parts[:1] == ("configs",):
+        rel = Path(*rel.parts[1:]) if len(rel.parts) > 1 else Path()
+    if not rel.name:
+        raise CasdapError(f"'{name}' is not the name of a shipped config (available: {', '.join(shipped_configs())})")
+    if rel.suffix not in (".yaml", ".yml"):
+        rel = rel.with_name(rel.name + ".yaml")
+    for path in (folder / rel, folder / "dap" / rel):
+        if path.is_file():
+            return path
+    raise CasdapError(f"no shipped config '{name}' (available: {', '.join(shipped_configs())}); "
+                      "pass --config-file with the path of your own file")
+
+
+def resolve_config_file(path: str | Path) -> Path:
+    """A config file named on the command line: the user's own existing file wins; otherwise the
+    shipped config of that name (``configs/dap/digits.yaml`` works from any directory)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    try:
+        return shipped_config(str(path))
+    except CasdapError:
+        raise CasdapError(f"config file '{path}' does not exist, and no shipped config has that name "
+                          f"(shipped: {', '.join(shipped_configs())})") from None

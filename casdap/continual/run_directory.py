@@ -31,10 +31,9 @@ from avalanche.core import SupervisedPlugin
 from tqdm.auto import tqdm
 from yacs.config import CfgNode
 
-from casdap.checkpoint import read_checkpoint, save_checkpoint
+from casdap.checkpoint import TASK_CHECKPOINT, numbered_checkpoints, read_checkpoint, save_checkpoint
 from casdap.continual.plugins import RngRecorderPlugin
 from casdap.continual.results import summarize, write_acc_matrix_csv, write_final_results, write_json
-from casdap.engine.checkpoints import TASK_CHECKPOINT, numbered_checkpoints
 from casdap.engine.seeding import capture_rng_state
 from casdap.errors import CasdapError
 from casdap.run_metrics import METRICS_FIELDS

@@ -7,7 +7,7 @@ ship with matplotlib, but differs from them in two ways:
 * **Disjoint classes.** 100 characters in 10 themed tasks of 10 (Armenian capitals, Georgian,
   Hebrew, chess pieces, planet and gender signs, zodiac signs, patterned squares, split circles
   and triangles, emblems, pointing hands). None is in any pretraining glyph set
-  (``casdap.pretrain.sources.GLYPH_SETS``), none is digit-like, and characters that share a shape
+  (``casdap.data.glyphs.GLYPH_SETS``), none is digit-like, and characters that share a shape
   with a pretraining class or a digit were left out, by eye (Georgian ვ like 3, the trigram ☰
   like ≡, the sun ☀ like ☼, ...) and by a raster check (``shape_similarity``): every character
   kept correlates at most 0.81 with any pretraining class or digit under the 8 rotations/mirrors
@@ -33,16 +33,17 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from casdap.errors import CasdapError
-from casdap.pretrain.sources import (
-    _UNICODE_FONTS,
+from casdap.data.glyphs import (
     GLYPH_SETS,
-    _fit,
-    _font_dir,
-    _random_affine,
-    _raster,
+    UNICODE_FONTS,
+    fit_glyph,
+    font_dir,
+    glyph_characters,
     is_digit_like,
+    random_affine,
+    raster_glyph,
 )
+from casdap.errors import CasdapError
 
 __all__ = [
     "SHIFT_TASKS",
@@ -89,7 +90,7 @@ RENDER = {
     "noise": (0.0, 0.04),  # Gaussian pixel noise sigma
 }
 
-_FONTS = _UNICODE_FONTS + ("DejaVuSansDisplay.ttf", "DejaVuSerifDisplay.ttf")
+_FONTS = UNICODE_FONTS + ("DejaVuSansDisplay.ttf", "DejaVuSerifDisplay.ttf")
 DIGITS = "0123456789"
 _SPLIT_STREAMS = {"train": 1, "test": 2}
 
@@ -120,15 +121,15 @@ def _bank() -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[str, ...], ...]]:
 
     _check_character_set()
     chars = shift_characters()
-    fonts = [(f, FT2Font(str(_font_dir() / f))) for f in _FONTS]
+    fonts = [(f, FT2Font(str(font_dir() / f))) for f in _FONTS]
     images, labels, used = [], [], []
     for label, ch in enumerate(chars):
         names = []
         for name, font in fonts:
-            img = _raster(font, ch)
+            img = raster_glyph(font, ch)
             if img is None:
                 continue
-            images.append(_fit(torch.from_numpy(img), 56, CANVAS))
+            images.append(fit_glyph(torch.from_numpy(img), 56, CANVAS))
             labels.append(label)
             names.append(name)
         used.append(tuple(names))
@@ -240,7 +241,7 @@ def _render(labels: torch.Tensor, g: torch.Generator, size: int) -> torch.Tensor
     glyph = bank[picks][:, None]  # [n, 1, 64, 64], longer side 56 px
     # geometry: random box size, affine jitter and a smooth elastic displacement, on the 64 px canvas
     box = _uniform(n, g, *r["box"]) / 56.0
-    theta = _random_affine(n, g, rot_deg=r["rot_deg"], scale=r["scale"], shear=r["shear"], shift=r["shift"])
+    theta = random_affine(n, g, rot_deg=r["rot_deg"], scale=r["scale"], shear=r["shear"], shift=r["shift"])
     theta = theta / box[:, None, None]  # the glyph's longer side becomes box * 56 px
     grid = F.affine_grid(theta, [n, 1, CANVAS, CANVAS], align_corners=False)
     warp = _smooth_field(n, 2, CANVAS, 3, g).permute(0, 2, 3, 1) * r["elastic"]
@@ -315,16 +316,15 @@ def shape_similarity(chars: list[str] | None = None, reference: list[str] | None
     """
     from matplotlib.ft2font import FT2Font
 
-    from casdap.pretrain.sources import glyph_characters
 
-    font = FT2Font(str(_font_dir() / "DejaVuSans.ttf"))
+    font = FT2Font(str(font_dir() / "DejaVuSans.ttf"))
 
     def rasters(cs: list[str]) -> tuple[torch.Tensor, list[str]]:
         out, kept = [], []
         for ch in cs:
-            r = _raster(font, ch)
+            r = raster_glyph(font, ch)
             if r is not None:
-                out.append(F.avg_pool2d(_fit(torch.from_numpy(r), 28, 32)[None, None], 3, 1, 1)[0, 0])
+                out.append(F.avg_pool2d(fit_glyph(torch.from_numpy(r), 28, 32)[None, None], 3, 1, 1)[0, 0])
                 kept.append(ch)
         return torch.stack(out), kept
 

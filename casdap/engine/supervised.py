@@ -54,10 +54,10 @@ def _json_ready(args: argparse.Namespace) -> dict:
 
 def train(args: argparse.Namespace) -> TrainResult:
     """Train (or, with ``--eval True``, evaluate) as the CAS-ViT flags say (checked by the caller)."""
+    from casdap import checkpoint as ckpt
     from casdap.checkpoint import load_checkpoint
     from casdap.data.datasets import build_dataset, build_train_transform
     from casdap.data.samplers import MultiScaleBatchSampler, MultiScaleDataset, scale_batch_pairs
-    from casdap.engine import checkpoints as ckpt
     from casdap.engine import distributed as du
     from casdap.engine.optim_factory import WeightDecaySchedule, build_lr_scheduler, build_optimizer, warmup_steps
     from casdap.engine.train_eval import NonFiniteLossError, evaluate, train_one_epoch
@@ -303,12 +303,12 @@ def train(args: argparse.Namespace) -> TrainResult:
                             model_ema=model_ema, epoch=epoch, args=_json_ready(args), max_accuracy=max_accuracy,
                             max_accuracy_ema=max_accuracy_ema, rng_states=rng_states)
                         if periodic:
-                            ckpt.write(state, output_dir / f"checkpoint-{epoch}.pth")
+                            ckpt.save_checkpoint(state, output_dir / f"checkpoint-{epoch}.pth")
                             ckpt.prune_checkpoints(output_dir, args.save_ckpt_num)
                         if improved:
-                            ckpt.write(state, output_dir / "checkpoint-best.pth")
+                            ckpt.save_checkpoint(state, output_dir / "checkpoint-best.pth")
                         if improved_ema:
-                            ckpt.write(state, output_dir / "checkpoint-best-ema.pth")
+                            ckpt.save_checkpoint(state, output_dir / "checkpoint-best-ema.pth")
             stats.update({
                 "epoch": epoch,
                 "n_parameters": n_parameters,

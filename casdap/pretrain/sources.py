@@ -18,15 +18,22 @@ Every image is generated from a seed: a source is a pure function of ``(seed, ep
 from __future__ import annotations
 
 import string
-import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from casdap.data.glyphs import (
+    ASCII_FONTS,
+    UNICODE_FONTS,
+    fit_glyph,
+    font_dir,
+    glyph_characters,
+    random_affine,
+    raster_glyph,
+)
 from casdap.errors import CasdapError
 
 __all__ = [
@@ -34,12 +41,9 @@ __all__ = [
     "INPUT_MEAN",
     "INPUT_STD",
     "normalize_input",
-    "GLYPH_SETS",
     "SOURCES",
     "SyntheticSource",
     "build_source",
-    "glyph_characters",
-    "is_digit_like",
     "to_digits_look",
 ]
 
@@ -50,91 +54,10 @@ INPUT_STD = 0.25
 BITMAP_SIZE = 32  # the binary bitmap that the 8x8 digits were counted from
 _BLOCK = 4  # 4x4 blocks -> 8x8 counts in 0..16
 
-_GREEK_LOWER = "αβγδεζηθικλμνξπρστυφχψω"
-# Greek capitals that do not share a shape with a Latin capital.
-_GREEK_UPPER = "ΓΔΘΛΞΠΣΦΨΩ"
-_SYMBOLS = "@#&%?!$§¶*+=<>/\\{}[]()~^¿¡£€¥ß∂∑∫√∞≈≠±×÷∇∏"
-# Cyrillic capitals that share a shape with no Latin or Greek letter (and not З, which is a 3).
-_CYRILLIC_UPPER = "БДЖИЙЛЦШЩЪЫЬЭЮЯ"
-_MARKS = "∀∃∈∋⊂⊃∪∩∧∨¬⊕⊗⊥∠∴≡≤≥←→↑↓↔⇒⇔♠♣♥♦★☺♪♫☼⌂"
-GLYPH_SETS: dict[str, str] = {
-    "latin": string.ascii_uppercase + string.ascii_lowercase,
-    "greek": _GREEK_LOWER + _GREEK_UPPER,
-    "symbols": _SYMBOLS,
-    "cyrillic": _CYRILLIC_UPPER,
-    "marks": _MARKS,
-}
-# Fonts bundled with matplotlib. The Computer Modern files use TeX encodings, so only their
-# ASCII letters are trusted.
-_UNICODE_FONTS = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
-    "DejaVuSansMono-BoldOblique.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
-    "DejaVuSerif-BoldItalic.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf",
-    "STIXGeneralBolIta.ttf",
-)
-_ASCII_FONTS = ("cmr10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmti10.ttf", "cmb10.ttf")
-
 
 def normalize_input(x: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] -> the backbone's input scale, ``(x - INPUT_MEAN) / INPUT_STD``."""
     return (x - INPUT_MEAN) / INPUT_STD
-
-
-def is_digit_like(ch: str) -> bool:
-    """True for 0-9 and for any character Unicode treats as a number (², ½, Ⅻ, ٣, ...)."""
-    return ch.isdigit() or ch.isnumeric() or unicodedata.numeric(ch, None) is not None
-
-
-def glyph_characters(sets: tuple[str, ...] = ("latin",)) -> list[str]:
-    """The class list of the glyph source: the characters of ``sets`` in order, no duplicates,
-    nothing digit-like."""
-    unknown = [s for s in sets if s not in GLYPH_SETS]
-    if unknown:
-        raise CasdapError(f"unknown glyph set(s) {unknown}; choose from {sorted(GLYPH_SETS)}")
-    chars: list[str] = []
-    for s in sets:
-        chars += [c for c in GLYPH_SETS[s] if c not in chars and not is_digit_like(c)]
-    return chars
-
-
-def _font_dir() -> Path:
-    import matplotlib
-
-    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-
-
-def _no_hinting_flag():
-    from matplotlib import ft2font
-
-    if hasattr(ft2font, "LoadFlags"):  # matplotlib >= 3.10
-        return ft2font.LoadFlags.NO_HINTING
-    return ft2font.LOAD_NO_HINTING
-
-
-def _raster(font, ch: str) -> np.ndarray | None:
-    if font.get_char_index(ord(ch)) == 0:
-        return None
-    font.set_size(64, 72)
-    font.set_text(ch, 0.0, flags=_no_hinting_flag())
-    font.draw_glyphs_to_bitmap(antialiased=True)
-    img = np.asarray(font.get_image(), dtype=np.float32) / 255.0
-    if img.size == 0 or img.max() < 0.5:
-        return None
-    ys, xs = np.nonzero(img > 0.25)
-    return img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-
-
-def _fit(img: torch.Tensor, box: int, size: int) -> torch.Tensor:
-    """Scale ``img`` [h, w] so its longer side is ``box`` pixels and centre it on ``size`` x ``size``."""
-    h, w = img.shape
-    s = box / max(h, w)
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    small = F.interpolate(img[None, None], size=(nh, nw), mode="area")[0, 0]
-    out = torch.zeros(size, size)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[top : top + nh, left : left + nw] = small
-    return out
 
 
 @lru_cache(maxsize=8)
@@ -145,41 +68,21 @@ def _glyph_bank(chars: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """
     from matplotlib.ft2font import FT2Font
 
-    fonts = [(FT2Font(str(_font_dir() / f)), False) for f in _UNICODE_FONTS]
-    fonts += [(FT2Font(str(_font_dir() / f)), True) for f in _ASCII_FONTS]
+    fonts = [(FT2Font(str(font_dir() / f)), False) for f in UNICODE_FONTS]
+    fonts += [(FT2Font(str(font_dir() / f)), True) for f in ASCII_FONTS]
     images, labels = [], []
     for label, ch in enumerate(chars):
         for font, ascii_only in fonts:
             if ascii_only and ch not in string.ascii_letters:
                 continue
-            img = _raster(font, ch)
+            img = raster_glyph(font, ch)
             if img is not None:
-                images.append(_fit(torch.from_numpy(img), 28, BITMAP_SIZE))
+                images.append(fit_glyph(torch.from_numpy(img), 28, BITMAP_SIZE))
                 labels.append(label)
     missing = sorted(set(range(len(chars))) - set(labels))
     if missing:
         raise CasdapError(f"no bundled font draws {[chars[i] for i in missing]}")
     return torch.stack(images), torch.tensor(labels)
-
-
-def _random_affine(n: int, g: torch.Generator, rot_deg: float, scale: tuple[float, float],
-                   shear: float, shift: float) -> torch.Tensor:
-    """``n`` random 2x3 sampling matrices for ``F.affine_grid`` (output -> input coordinates)."""
-    def u(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(n, generator=g)
-
-    a = torch.deg2rad(u(-rot_deg, rot_deg))
-    sx, sy = u(*scale), u(*scale)
-    sh = u(-shear, shear)
-    cos, sin = torch.cos(a), torch.sin(a)
-    # forward map: rotate @ shear @ scale; affine_grid needs its inverse
-    fwd = torch.zeros(n, 2, 2)
-    fwd[:, 0, 0], fwd[:, 0, 1] = cos * sx, (cos * sh - sin) * sy
-    fwd[:, 1, 0], fwd[:, 1, 1] = sin * sx, (sin * sh + cos) * sy
-    inv = torch.linalg.inv(fwd)
-    t = torch.stack([u(-shift, shift), u(-shift, shift)], 1)
-    theta = torch.cat([inv, -(inv @ t[:, :, None])], 2)
-    return theta
 
 
 def to_digits_look(bitmaps: torch.Tensor, image_size: int = 32) -> torch.Tensor:
@@ -258,7 +161,7 @@ class GlyphSource(SyntheticSource):
             sel = labels == c
             picks[sel] = rows[torch.randint(len(rows), (int(sel.sum()),), generator=g)]
         base = self.bank[picks]
-        theta = _random_affine(len(labels), g, rot_deg=15, scale=(0.8, 1.15), shear=0.3, shift=0.12)
+        theta = random_affine(len(labels), g, rot_deg=15, scale=(0.8, 1.15), shear=0.3, shift=0.12)
         grid = F.affine_grid(theta, [len(labels), 1, BITMAP_SIZE, BITMAP_SIZE], align_corners=False)
         warped = F.grid_sample(base[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         bitmaps = _stroke_and_binarise(warped[:, 0], g, thicken=(0.6, 0.2))
@@ -266,7 +169,7 @@ class GlyphSource(SyntheticSource):
 
     def describe(self) -> dict:
         d = super().describe()
-        d["fonts"] = list(_UNICODE_FONTS) + [f + " (ASCII letters only)" for f in _ASCII_FONTS]
+        d["fonts"] = list(UNICODE_FONTS) + [f + " (ASCII letters only)" for f in ASCII_FONTS]
         d["renderings"] = int(len(self.bank_label))
         return d
 
@@ -344,7 +247,7 @@ class FractalSource(SyntheticSource):
         pts = _chaos_game(maps, self.n_maps[labels], self.points, rng)
         bitmaps = _points_to_bitmaps(pts, BITMAP_SIZE, box=28)
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        theta = _random_affine(len(labels), g, rot_deg=180, scale=(0.9, 1.1), shear=0.2, shift=0.1)
+        theta = random_affine(len(labels), g, rot_deg=180, scale=(0.9, 1.1), shear=0.2, shift=0.1)
         grid = F.affine_grid(theta, [len(labels), 1, BITMAP_SIZE, BITMAP_SIZE], align_corners=False)
         warped = F.grid_sample(bitmaps[:, None], grid, mode="bilinear", align_corners=False)[:, 0]
         bitmaps = _stroke_and_binarise(warped, g, thicken=(0.6, 0.0))

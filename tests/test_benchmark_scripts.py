@@ -1,0 +1,67 @@
+"""Every script in benchmarks/ runs: the Python ones on tiny settings, the shell ones parse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def _run(script: str, *args: str, cwd) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.sh")))
+def test_shell_scripts_parse(script):
+    proc = subprocess.run(["bash", "-n", str(BENCHMARKS / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_python_script_has_a_test_here():
+    source = (ROOT / "tests" / "test_benchmark_scripts.py").read_text()
+    assert all(f'"{p.name}"' in source for p in BENCHMARKS.glob("*.py"))
+
+
+def test_dap_cost(tmp_path):
+    out = _run("dap_cost.py", "--config", "configs/dap/digits.yaml", "--sizes", "32", "--batch", "2", "--reps", "2",
+               "--min-time", "0.01", cwd=tmp_path)
+    assert "params: trainable" in out and "32px batch 2: CAS-DAP" in out and "ratio" in out
+
+
+def test_dap_injection_proxy(tmp_path):
+    out = _run("dap_injection_proxy.py", "--seeds", "0", "--epochs", "1", "--pretrain-epochs", "1",
+               "--max-images", "48", cwd=tmp_path)
+    assert "linear probe (prompts off)" in out and "mean over seeds [0]: kv, stages [1,2,3]" in out
+
+
+def test_embedded_shift_probe(tmp_path):
+    out = _run("embedded_shift_probe.py", "--random-init", "--seeds", "0", "--train-per-class", "3",
+               "--test-per-class", "2", "--out", str(tmp_path / "probe.jsonl"), cwd=tmp_path)
+    row = json.loads((tmp_path / "probe.jsonl").read_text())
+    assert row["backbone"] == "random init" and 0 <= row["oracle_linear_within_task"] <= 1
+    assert "domain_probe" in out
+
+
+def test_pretrain_sources(tmp_path):
+    rows = tmp_path / "sources.jsonl"
+    _run("pretrain_sources.py", "--source", "letters", "--epochs", "1", "--images-per-class", "1", "--seeds", "0",
+         "--out", str(rows), cwd=tmp_path)
+    assert json.loads(rows.read_text())["classes"] == 52
+    table = _run("pretrain_sources.py", "--table", "--out", str(rows), cwd=tmp_path)
+    assert table.splitlines()[2].startswith("| letters | 52 | 1 x 1 |")
+
+
+def test_ranpac_proj_dim(tmp_path):
+    out = _run("ranpac_proj_dim.py", "--dims", "50", "--seeds", "0", "--opts", "MODEL.RANDOM_INIT", "True",
+               "DATA.PERCENTAGE", "0.3", cwd=tmp_path)
+    assert "seed 0 M    50: held-out accuracy" in out
