@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from yacs.config import CfgNode
 
+from casdap.continual.methods import METHOD_NAMES
 from casdap.errors import CasdapError
 
-__all__ = ["validate"]
+__all__ = ["validate", "METHOD_NAMES"]
 
-METHOD_NAMES = ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", "ranpac", "aper", "joint")
 DATASET_NAMES = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "imagenetr", "folder")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("linear", "linear_decay", "cosine", "constant")
