@@ -119,9 +119,57 @@ def test_restrict_to_task_limits_predictions_to_the_selected_task(tmp_path, cifa
 
 
 @pytest.mark.parametrize("method", ["finetune", "linear", "ewc", "lwf", "replay", "ncm", "joint"])
-def test_every_baseline_runs_on_the_same_stream(tmp_path, cifar, method):
+def test_every_baseline_runs_on_the_same_stream(tmp_path, cifar, method, monkeypatch):
+    from avalanche.core import SupervisedPlugin
+
+    from casdap.continual.benchmarks import build_benchmark
+
+    # the stream every method must see: built here, from the settings alone
+    ref = build_benchmark(tiny_cifar_cfg(cifar, tmp_path / "ref", "dap"))
+    ref_test = [[int(y) for y in e.dataset.targets] for e in ref.scenario.test_stream]
+    assert ref.task_classes == [[0, 1], [2, 3]]  # DAP's protocol: natural label order
+    seen: dict[str, list] = {"train": [], "eval": []}
+
+    class Spy(SupervisedPlugin):
+        def before_training_exp(self, strategy, **kwargs):
+            seen["train"].append(set())
+
+        def after_training_iteration(self, strategy, **kwargs):
+            seen["train"][-1].update(strategy.mb_y.tolist())
+
+        def before_eval(self, strategy, **kwargs):
+            seen["eval"].append({})
+
+        def after_eval_iteration(self, strategy, **kwargs):
+            exp = int(strategy.experience.current_experience)
+            seen["eval"][-1].setdefault(exp, []).extend(strategy.mb_y.tolist())
+
+    build = runner._build_strategy
+
+    def with_spy(*args, **kwargs):
+        strategy = build(*args, **kwargs)
+        strategy.plugins.insert(0, Spy())
+        return strategy
+
+    monkeypatch.setattr(runner, "_build_strategy", with_spy)
     out = tmp_path / method
     m = run_continual(tiny_cifar_cfg(cifar, out, method), progress=False).metrics
+    tasks = [set(c) for c in ref.task_classes]
+    if method == "joint":  # one training on every class, one evaluation of every task
+        assert seen["train"] == [tasks[0] | tasks[1]] and [sorted(e) for e in seen["eval"]] == [[0, 1]]
+    else:  # task t's classes, then the tasks seen so far evaluated
+        if method == "replay":  # stored images of the first task join the second
+            assert seen["train"][0] == tasks[0] and tasks[1] <= seen["train"][1] <= tasks[0] | tasks[1]
+        else:
+            assert seen["train"] == tasks
+        assert [sorted(e) for e in seen["eval"]] == [[0], [0, 1]]
+    for evaluation in seen["eval"]:  # the same test images, in the same order, for every method
+        for j, labels in evaluation.items():
+            assert labels == ref_test[j]
+    for row in m["acc_matrix"]:  # each accuracy is hits over that whole test set
+        for j, acc in enumerate(row):
+            if acc is not None:
+                assert acc * len(ref_test[j]) == pytest.approx(round(acc * len(ref_test[j])))
     assert set(m) == CONTRACT and m["method"] == method and m["finished"]
     assert (out / "final_results.txt").read_text().count("Final test Accuracy") == 1
     assert m["task_selection_acc"] is None and m["selection"] is None
@@ -228,6 +276,35 @@ def test_missing_data_is_one_line_from_the_cli(tmp_path, capsys):
 def test_bf16_autocast_run(tmp_path, cifar):
     m = run_continual(tiny_cifar_cfg(cifar, tmp_path / "amp", "dap", "USE_AMP", "True"), progress=False).metrics
     assert m["finished"] and all(0.0 <= v <= 1.0 for v in m["acc_matrix"][-1])
+
+
+def test_autocast_is_off_after_a_forward_that_raises():
+    """The strategy's forward runs inside ``with torch.autocast``: an exception leaves it, too."""
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from torch.utils.data import TensorDataset
+
+    from casdap.continual.plugins import AutocastPlugin
+
+    class Boom(torch.nn.Module):
+        def forward(self, x):
+            assert torch.is_autocast_enabled("cpu")  # the forward does run under autocast
+            raise RuntimeError("boom")
+
+    model = Boom()
+    model.p = torch.nn.Parameter(torch.zeros(1))
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=2,
+                     plugins=[AutocastPlugin(torch.device("cpu"))], evaluator=EvaluationPlugin(loggers=[]))
+
+    data = TensorDataset(torch.zeros(4, 3), torch.tensor([0, 0, 1, 1]))
+    data.targets = [0, 0, 1, 1]
+    bench = class_incremental_benchmark({"train": data, "test": data}, num_experiences=1)
+    for run in (lambda: strategy.train(bench.train_stream[0]), lambda: strategy.eval(bench.test_stream)):
+        with pytest.raises(RuntimeError, match="boom"):
+            run()
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_amp_on_a_gpu_without_bf16_is_refused_with_the_fix(monkeypatch):
