@@ -3,6 +3,7 @@ evaluation protocols, bad input."""
 
 import csv
 import json
+import warnings
 
 import pytest
 import torch
@@ -283,7 +284,6 @@ def test_autocast_is_off_after_a_forward_that_raises():
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
-
     from torch.utils.data import TensorDataset
 
     from casdap.continual.plugins import AutocastPlugin
@@ -330,3 +330,36 @@ def test_pretrained_weight_file_is_loaded_and_not_labelled_random(tmp_path, cifa
     assert "randomly initialised" not in (out / "final_results.txt").read_text()
     loaded = res.strategy.model.backbone.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in donor.state_dict().items() if not k.startswith("head."))
+
+
+def test_pin_memory_and_workers_reach_every_data_loader(tmp_path, cifar, monkeypatch):
+    from avalanche.training.templates import SupervisedTemplate
+
+    cfg = tiny_cifar_cfg(cifar, tmp_path / "pin", "linear", "DATA.PIN_MEMORY", "True")
+    assert runner.loader_arguments(cfg, torch.device("cuda")) == {"num_workers": 0, "pin_memory": True}
+    off = tiny_cifar_cfg(cifar, tmp_path / "pin", "linear", "DATA.PIN_MEMORY", "False")
+    assert runner.loader_arguments(off, torch.device("cuda"))["pin_memory"] is False
+    assert runner.loader_arguments(cfg, torch.device("cpu"))["pin_memory"] is False  # pinning helps a GPU only
+    calls = []
+    for name in ("make_train_dataloader", "make_eval_dataloader"):
+        original = getattr(SupervisedTemplate, name)
+
+        def spy(self, *a, _original=original, _name=name, **k):
+            calls.append((_name, k.get("pin_memory"), k.get("num_workers")))
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(SupervisedTemplate, name, spy)
+    # what a CUDA run with --pin_mem gets, here on the CPU (where pinning only warns)
+    monkeypatch.setattr(runner, "loader_arguments", lambda cfg, device: {"num_workers": 0, "pin_memory": True})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        run_continual(cfg, progress=False)
+    assert {c[0] for c in calls} == {"make_train_dataloader", "make_eval_dataloader"}
+    assert all(c[1:] == (True, 0) for c in calls)
+
+
+def test_log_every_n_prints_the_running_loss_without_progress_bars(tmp_path, cifar, capsys):
+    run_continual(tiny_cifar_cfg(cifar, tmp_path / "log", "linear", "SOLVER.LOG_EVERY_N", "1"), progress=False)
+    captured = capsys.readouterr()
+    lines = [ln for ln in (captured.out + captured.err).splitlines() if " iteration " in ln]
+    assert len(lines) == 4 and lines[0].startswith("task 1/2 epoch 1/1 iteration 1/2: loss ")  # 16 images, batch 8

@@ -101,6 +101,12 @@ def test_every_method_has_a_finite_eval_loss_and_a_train_accuracy(tmp_path, cifa
     assert losses and all(math.isfinite(v) and 0.0 <= v < 10.0 for v in losses)
     train_acc = _history(strategy, TRAIN_ACC)
     assert train_acc and all(0.0 <= v <= 1.0 for v in train_acc)
+    # one value per training epoch (2 tasks of 1 epoch; joint: one training), each scored over the
+    # epoch's every image: 16 a task (2 classes of 8), 32 for joint; replay adds stored ones
+    assert len(train_acc) == (1 if method == "joint" else 2)
+    if method != "replay":
+        images = 32 if method == "joint" else 16
+        assert all(v * images == pytest.approx(round(v * images)) for v in train_acc)
     if method == "ncm":  # the prototypes being built separate the colour-coded classes
         assert train_acc[-1] >= 0.75
 

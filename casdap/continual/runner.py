@@ -214,6 +214,12 @@ def _resolved(cfg: CfgNode, num_classes: int, out: Path) -> CfgNode:
     return cfg
 
 
+def loader_arguments(cfg: CfgNode, device: torch.device) -> dict[str, Any]:
+    """The data loaders' settings of every training and evaluation pass: ``DATA.NUM_WORKERS``, and
+    ``DATA.PIN_MEMORY`` (``--pin_mem``) on CUDA, where pinned host memory speeds up the copies."""
+    return {"num_workers": cfg.DATA.NUM_WORKERS, "pin_memory": bool(cfg.DATA.PIN_MEMORY) and device.type == "cuda"}
+
+
 def _set_cudnn(cfg: CfgNode, device: torch.device) -> None:
     """``CUDNN_BENCHMARK``: cuDNN picks its fastest kernels for the run's shapes (CUDA only)."""
     if device.type == "cuda":
@@ -236,7 +242,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     seed = 0 if cfg.SEED is None else int(cfg.SEED)
     out = output_dir_of(cfg)
     workers = cfg.DATA.NUM_WORKERS
-    pin = bool(cfg.DATA.PIN_MEMORY) and device.type == "cuda"  # pinned host memory only helps a GPU
+    loader_args = loader_arguments(cfg, device)
 
     resume = read_resume_checkpoint(out) if out.is_dir() else None
     finished = finished_metrics(out)
@@ -282,7 +288,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
               **fields, "random_init_backbone": random_backbone, "trainable_params": trainable,
               "total_params": total},
         joint=method.joint, keep_final_checkpoint=cfg.MODEL.SAVE_CKPT, eval_batch=cfg.DATA.BATCH_SIZE,
-        num_workers=workers, pin_memory=pin, world=world, write=is_main, verbose=is_main,
+        num_workers=workers, pin_memory=loader_args["pin_memory"], world=world, write=is_main, verbose=is_main,
     )
     strategy.plugins.append(run_dir)  # after the evaluator, whose metrics it writes
 
@@ -315,7 +321,6 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
                            f"{cfg.MODEL.BACKBONE}" + (" (randomly initialised)" if random_backbone else "")
                            + f", seed {seed}")
 
-    loader_args = {"num_workers": workers, "pin_memory": pin}
     try:
         train_stream, test_stream = bench.scenario.train_stream, bench.scenario.test_stream
         if method.joint:  # every task at once: one training, one row (the upper bound)
