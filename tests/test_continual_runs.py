@@ -52,20 +52,22 @@ def test_dap_run_directory_contract(tmp_path, cifar):
 
 
 def test_dap_training_forces_keys_masks_classes_and_freezes_token_axis(tmp_path, cifar):
+    from casdap.continual.strategies import DAPStrategy
+
     cfg = tiny_cifar_cfg(cifar, tmp_path / "run")
     seen = []
-    original = runner.DAPStrategy.forward
+    original = DAPStrategy.forward
 
     def spy(self):
         if self.is_training:
             seen.append((self.current_task, sorted(set(self.mb_y.tolist()))))
         return original(self)
 
-    runner.DAPStrategy.forward = spy
+    DAPStrategy.forward = spy
     try:
         res = run_continual(cfg, progress=False)
     finally:
-        runner.DAPStrategy.forward = original
+        DAPStrategy.forward = original
     assert {t for t, _ in seen} == {0, 1}
     assert all(set(ys) <= ({0, 1} if t == 0 else {2, 3}) for t, ys in seen)
     ck0 = torch.load(res.output_dir / "checkpoints" / "task_000.pth", weights_only=True)["model"]
@@ -363,3 +365,32 @@ def test_log_every_n_prints_the_running_loss_without_progress_bars(tmp_path, cif
     captured = capsys.readouterr()
     lines = [ln for ln in (captured.out + captured.err).splitlines() if " iteration " in ln]
     assert len(lines) == 4 and lines[0].startswith("task 1/2 epoch 1/1 iteration 1/2: loss ")  # 16 images, batch 8
+
+
+def test_the_documented_method_module_is_all_a_new_method_needs(tmp_path, cifar, monkeypatch):
+    """The worked example of docs/architecture.md ("Adding a method"), as written there, runs,
+    resumes and leaves the run folder compare reads."""
+    import re
+    import sys
+
+    from conftest import ROOT
+
+    from casdap.compare import load_continual_run
+    from casdap.continual.methods import METHOD_MODULES
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc[doc.index("## Adding a method"):doc.index("## Where a new piece goes")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "smooth_method.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(METHOD_MODULES, "smooth", "smooth_method")
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as mp:
+        interrupt_during_task(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_continual(tiny_cifar_cfg(cifar, killed, "smooth"), progress=False)
+    m = run_continual(tiny_cifar_cfg(cifar, killed, "smooth", "SOLVER.AUTO_RESUME", "True"), progress=False).metrics
+    full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "smooth"), progress=False).metrics
+    assert m["method"] == "smooth" and m["finished"] and m["acc_matrix"] == full["acc_matrix"]
+    assert load_continual_run(killed).method == "smooth"
+    sys.modules.pop("smooth_method", None)
