@@ -394,3 +394,14 @@ def test_the_documented_method_module_is_all_a_new_method_needs(tmp_path, cifar,
     assert m["method"] == "smooth" and m["finished"] and m["acc_matrix"] == full["acc_matrix"]
     assert load_continual_run(killed).method == "smooth"
     sys.modules.pop("smooth_method", None)
+
+
+def test_cudnn_benchmark_setting_reaches_cudnn_on_cuda_only(tmp_path, cifar, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    on = tiny_cifar_cfg(cifar, tmp_path / "c", "linear", "CUDNN_BENCHMARK", "True")
+    runner._set_cudnn(on, torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    runner._set_cudnn(on, torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
+    runner._set_cudnn(tiny_cifar_cfg(cifar, tmp_path / "c", "linear"), torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is False

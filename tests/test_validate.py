@@ -18,6 +18,9 @@ def test_validate_knows_the_names_the_modules_accept():
     assert set(v.METHOD_NAMES) == set(METHODS)
     assert set(DATASETS) <= set(v.DATASET_NAMES)
     assert set(v.SCHEDULERS) == set(LRSchedulePlugin.KINDS)
+    from casdap.engine.optim_factory import DAP_OPTIMIZERS
+
+    assert set(v.OPTIMIZERS) == set(DAP_OPTIMIZERS)
     assert set(v.INJECTION_NAMES) == set(INJECTIONS) and set(v.SELECTION_NAMES) == set(SELECTIONS)
 
 

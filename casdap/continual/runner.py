@@ -87,7 +87,7 @@ def output_dir_of(cfg: CfgNode) -> Path:
     if cfg.OUTPUT_DIR:
         return Path(cfg.OUTPUT_DIR)
     seed = 0 if cfg.SEED is None else cfg.SEED
-    return Path("output") / (cfg.DATA.NAME or "data") / cfg.MODEL.TRANSFER_TYPE / f"seed{seed}"
+    return Path("output") / (cfg.DATA.NAME or "data") / cfg.MODEL.TRANSFER_TYPE.lower() / f"seed{seed}"
 
 
 # ---------------------------------------------------------------------------------------- methods
