@@ -299,3 +299,15 @@ def test_dap_training_steps_after_the_first_read_nothing_back_from_the_device(mo
     for counts in counter.per_iteration:
         assert counts[0] > 0  # the counting sees the first iteration's checks
         assert counts[1:] == [0] * 7
+
+
+def test_strategy_defaults_are_the_configs():
+    import inspect
+
+    from casdap.config import load_config
+    from casdap.continual.strategies import DAPStrategy
+
+    d = load_config().MODEL.DAP  # the defaults, resolved as a run resolves them
+    p = inspect.signature(DAPStrategy.__init__).parameters
+    assert (p["current_lambda"].default, p["sim_lambda"].default, p["selection"].default,
+            p["restrict_to_task"].default) == (d.CURRENT_LAMBDA, d.SIM_LAMBDA, d.SELECTION, d.RESTRICT_TO_TASK)
