@@ -9,12 +9,14 @@ import torch.distributed as dist
 
 from casdap.cli import build_parser
 from casdap.cli.cl import resolve_config
-from casdap.continual.runner import run_continual
+from casdap.continual.runner import prepare_backbone, run_continual
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     args = build_parser().parse_args(["cl", *sys.argv[1:]])
-    result = run_continual(resolve_config(args), progress=False)
+    cfg = resolve_config(args)
+    prepare_backbone(cfg)  # as the command does: rank 0 makes a missing embedded backbone, the others wait
+    result = run_continual(cfg, progress=False)
     model = result.strategy.model
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
     sums = [torch.zeros(2, dtype=torch.float64) for _ in range(dist.get_world_size())]

@@ -193,3 +193,24 @@ def test_dap_layout_keys_without_effect_are_named_when_set(capsys):
     assert ignored_settings(cfg) == ["MODEL.DAP.DROPOUT 0.1", "SOLVER.LOSS 'sigmoid'"]
     err = capsys.readouterr().err
     assert err.count("no effect in CAS-DAP: MODEL.DAP.DROPOUT 0.1, SOLVER.LOSS 'sigmoid'") == 1
+
+
+def test_every_setting_is_read_or_named_when_changed():
+    """Each key is read by the package (attribute access outside the defaults), or it is in
+    COMPAT_KEYS, whose changes print a notice: no setting is ignored in silence."""
+    import re
+
+    from casdap.config import COMPAT_KEYS
+
+    src = "\n".join(p.read_text() for p in (ROOT / "casdap").rglob("*.py") if p.name != "defaults.py")
+
+    def read(key: str) -> bool:
+        last = key.split(".")[-1]
+        return re.search(rf"[a-z0-9_)\]]\.(?:{re.escape(key)}|{re.escape(last)})\b", src) is not None
+
+    assert [k for k in config_keys() if k not in COMPAT_KEYS and not read(k)] == []
+
+
+def test_dap_launcher_keys_changed_get_the_notice(capsys):
+    load_config(DIGITS_YAML, ["NUM_GPUS", "4", "DBG", "True", "DIST_BACKEND", "gloo"])
+    assert "no effect in CAS-DAP: DBG True, DIST_BACKEND 'gloo', NUM_GPUS 4" in capsys.readouterr().err

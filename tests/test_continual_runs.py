@@ -3,6 +3,7 @@ evaluation protocols, bad input."""
 
 import csv
 import json
+import warnings
 
 import pytest
 import torch
@@ -51,20 +52,22 @@ def test_dap_run_directory_contract(tmp_path, cifar):
 
 
 def test_dap_training_forces_keys_masks_classes_and_freezes_token_axis(tmp_path, cifar):
+    from casdap.continual.strategies import DAPStrategy
+
     cfg = tiny_cifar_cfg(cifar, tmp_path / "run")
     seen = []
-    original = runner.DAPStrategy.forward
+    original = DAPStrategy.forward
 
     def spy(self):
         if self.is_training:
             seen.append((self.current_task, sorted(set(self.mb_y.tolist()))))
         return original(self)
 
-    runner.DAPStrategy.forward = spy
+    DAPStrategy.forward = spy
     try:
         res = run_continual(cfg, progress=False)
     finally:
-        runner.DAPStrategy.forward = original
+        DAPStrategy.forward = original
     assert {t for t, _ in seen} == {0, 1}
     assert all(set(ys) <= ({0, 1} if t == 0 else {2, 3}) for t, ys in seen)
     ck0 = torch.load(res.output_dir / "checkpoints" / "task_000.pth", weights_only=True)["model"]
@@ -119,9 +122,57 @@ def test_restrict_to_task_limits_predictions_to_the_selected_task(tmp_path, cifa
 
 
 @pytest.mark.parametrize("method", ["finetune", "linear", "ewc", "lwf", "replay", "ncm", "joint"])
-def test_every_baseline_runs_on_the_same_stream(tmp_path, cifar, method):
+def test_every_baseline_runs_on_the_same_stream(tmp_path, cifar, method, monkeypatch):
+    from avalanche.core import SupervisedPlugin
+
+    from casdap.continual.benchmarks import build_benchmark
+
+    # the stream every method must see: built here, from the settings alone
+    ref = build_benchmark(tiny_cifar_cfg(cifar, tmp_path / "ref", "dap"))
+    ref_test = [[int(y) for y in e.dataset.targets] for e in ref.scenario.test_stream]
+    assert ref.task_classes == [[0, 1], [2, 3]]  # DAP's protocol: natural label order
+    seen: dict[str, list] = {"train": [], "eval": []}
+
+    class Spy(SupervisedPlugin):
+        def before_training_exp(self, strategy, **kwargs):
+            seen["train"].append(set())
+
+        def after_training_iteration(self, strategy, **kwargs):
+            seen["train"][-1].update(strategy.mb_y.tolist())
+
+        def before_eval(self, strategy, **kwargs):
+            seen["eval"].append({})
+
+        def after_eval_iteration(self, strategy, **kwargs):
+            exp = int(strategy.experience.current_experience)
+            seen["eval"][-1].setdefault(exp, []).extend(strategy.mb_y.tolist())
+
+    build = runner._build_strategy
+
+    def with_spy(*args, **kwargs):
+        strategy = build(*args, **kwargs)
+        strategy.plugins.insert(0, Spy())
+        return strategy
+
+    monkeypatch.setattr(runner, "_build_strategy", with_spy)
     out = tmp_path / method
     m = run_continual(tiny_cifar_cfg(cifar, out, method), progress=False).metrics
+    tasks = [set(c) for c in ref.task_classes]
+    if method == "joint":  # one training on every class, one evaluation of every task
+        assert seen["train"] == [tasks[0] | tasks[1]] and [sorted(e) for e in seen["eval"]] == [[0, 1]]
+    else:  # task t's classes, then the tasks seen so far evaluated
+        if method == "replay":  # stored images of the first task join the second
+            assert seen["train"][0] == tasks[0] and tasks[1] <= seen["train"][1] <= tasks[0] | tasks[1]
+        else:
+            assert seen["train"] == tasks
+        assert [sorted(e) for e in seen["eval"]] == [[0], [0, 1]]
+    for evaluation in seen["eval"]:  # the same test images, in the same order, for every method
+        for j, labels in evaluation.items():
+            assert labels == ref_test[j]
+    for row in m["acc_matrix"]:  # each accuracy is hits over that whole test set
+        for j, acc in enumerate(row):
+            if acc is not None:
+                assert acc * len(ref_test[j]) == pytest.approx(round(acc * len(ref_test[j])))
     assert set(m) == CONTRACT and m["method"] == method and m["finished"]
     assert (out / "final_results.txt").read_text().count("Final test Accuracy") == 1
     assert m["task_selection_acc"] is None and m["selection"] is None
@@ -230,6 +281,34 @@ def test_bf16_autocast_run(tmp_path, cifar):
     assert m["finished"] and all(0.0 <= v <= 1.0 for v in m["acc_matrix"][-1])
 
 
+def test_autocast_is_off_after_a_forward_that_raises():
+    """The strategy's forward runs inside ``with torch.autocast``: an exception leaves it, too."""
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+    from torch.utils.data import TensorDataset
+
+    from casdap.continual.plugins import AutocastPlugin
+
+    class Boom(torch.nn.Module):
+        def forward(self, x):
+            assert torch.is_autocast_enabled("cpu")  # the forward does run under autocast
+            raise RuntimeError("boom")
+
+    model = Boom()
+    model.p = torch.nn.Parameter(torch.zeros(1))
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=2,
+                     plugins=[AutocastPlugin(torch.device("cpu"))], evaluator=EvaluationPlugin(loggers=[]))
+
+    data = TensorDataset(torch.zeros(4, 3), torch.tensor([0, 0, 1, 1]))
+    data.targets = [0, 0, 1, 1]
+    bench = class_incremental_benchmark({"train": data, "test": data}, num_experiences=1)
+    for run in (lambda: strategy.train(bench.train_stream[0]), lambda: strategy.eval(bench.test_stream)):
+        with pytest.raises(RuntimeError, match="boom"):
+            run()
+        assert not torch.is_autocast_enabled("cpu")
+
+
 def test_amp_on_a_gpu_without_bf16_is_refused_with_the_fix(monkeypatch):
     from casdap import CasdapError
     from casdap.continual.plugins import AutocastPlugin
@@ -253,3 +332,76 @@ def test_pretrained_weight_file_is_loaded_and_not_labelled_random(tmp_path, cifa
     assert "randomly initialised" not in (out / "final_results.txt").read_text()
     loaded = res.strategy.model.backbone.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in donor.state_dict().items() if not k.startswith("head."))
+
+
+def test_pin_memory_and_workers_reach_every_data_loader(tmp_path, cifar, monkeypatch):
+    from avalanche.training.templates import SupervisedTemplate
+
+    cfg = tiny_cifar_cfg(cifar, tmp_path / "pin", "linear", "DATA.PIN_MEMORY", "True")
+    assert runner.loader_arguments(cfg, torch.device("cuda")) == {"num_workers": 0, "pin_memory": True}
+    off = tiny_cifar_cfg(cifar, tmp_path / "pin", "linear", "DATA.PIN_MEMORY", "False")
+    assert runner.loader_arguments(off, torch.device("cuda"))["pin_memory"] is False
+    assert runner.loader_arguments(cfg, torch.device("cpu"))["pin_memory"] is False  # pinning helps a GPU only
+    calls = []
+    for name in ("make_train_dataloader", "make_eval_dataloader"):
+        original = getattr(SupervisedTemplate, name)
+
+        def spy(self, *a, _original=original, _name=name, **k):
+            calls.append((_name, k.get("pin_memory"), k.get("num_workers")))
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(SupervisedTemplate, name, spy)
+    # what a CUDA run with --pin_mem gets, here on the CPU (where pinning only warns)
+    monkeypatch.setattr(runner, "loader_arguments", lambda cfg, device: {"num_workers": 0, "pin_memory": True})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        run_continual(cfg, progress=False)
+    assert {c[0] for c in calls} == {"make_train_dataloader", "make_eval_dataloader"}
+    assert all(c[1:] == (True, 0) for c in calls)
+
+
+def test_log_every_n_prints_the_running_loss_without_progress_bars(tmp_path, cifar, capsys):
+    run_continual(tiny_cifar_cfg(cifar, tmp_path / "log", "linear", "SOLVER.LOG_EVERY_N", "1"), progress=False)
+    captured = capsys.readouterr()
+    lines = [ln for ln in (captured.out + captured.err).splitlines() if " iteration " in ln]
+    assert len(lines) == 4 and lines[0].startswith("task 1/2 epoch 1/1 iteration 1/2: loss ")  # 16 images, batch 8
+
+
+def test_the_documented_method_module_is_all_a_new_method_needs(tmp_path, cifar, monkeypatch):
+    """The worked example of docs/architecture.md ("Adding a method"), as written there, runs,
+    resumes and leaves the run folder compare reads."""
+    import re
+    import sys
+
+    from conftest import ROOT
+
+    from casdap.compare import load_continual_run
+    from casdap.continual.methods import METHOD_MODULES
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc[doc.index("## Adding a method"):doc.index("## Where a new piece goes")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "smooth_method.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(METHOD_MODULES, "smooth", "smooth_method")
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as mp:
+        interrupt_during_task(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_continual(tiny_cifar_cfg(cifar, killed, "smooth"), progress=False)
+    m = run_continual(tiny_cifar_cfg(cifar, killed, "smooth", "SOLVER.AUTO_RESUME", "True"), progress=False).metrics
+    full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "smooth"), progress=False).metrics
+    assert m["method"] == "smooth" and m["finished"] and m["acc_matrix"] == full["acc_matrix"]
+    assert load_continual_run(killed).method == "smooth"
+    sys.modules.pop("smooth_method", None)
+
+
+def test_cudnn_benchmark_setting_reaches_cudnn_on_cuda_only(tmp_path, cifar, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    on = tiny_cifar_cfg(cifar, tmp_path / "c", "linear", "CUDNN_BENCHMARK", "True")
+    runner._set_cudnn(on, torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    runner._set_cudnn(on, torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
+    runner._set_cudnn(tiny_cifar_cfg(cifar, tmp_path / "c", "linear"), torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is False

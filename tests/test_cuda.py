@@ -272,19 +272,19 @@ def test_continual_dap_on_cuda_matches_the_cpu_run(cl_data, tmp_path, exact_fp32
 def test_continual_dap_bf16_on_cuda(cl_data, tmp_path, monkeypatch):
     """USE_AMP True: the forward passes run in bf16 on the GPU (AutocastPlugin), the loss in fp32,
     and the matrix stays within three test images of the fp32 run."""
-    from casdap.continual import runner
+    from casdap.continual.strategies import DAPStrategy
 
     dtypes = set()
-    original = runner.DAPStrategy.forward
+    original = DAPStrategy.forward
 
     def spy(self):
         out = original(self)
         dtypes.add(self.mb_dap.logits.dtype)
         return out
 
-    monkeypatch.setattr(runner.DAPStrategy, "forward", spy)
+    monkeypatch.setattr(DAPStrategy, "forward", spy)
     bf16 = _dap(cl_data, tmp_path / "bf16", DEVICE, "USE_AMP", "True")
-    monkeypatch.setattr(runner.DAPStrategy, "forward", original)
+    monkeypatch.setattr(DAPStrategy, "forward", original)
     fp32 = _dap(cl_data, tmp_path / "fp32", DEVICE)
     assert dtypes == {torch.bfloat16}
     a, b = bf16.metrics["acc_matrix"], fp32.metrics["acc_matrix"]

@@ -101,6 +101,12 @@ def test_every_method_has_a_finite_eval_loss_and_a_train_accuracy(tmp_path, cifa
     assert losses and all(math.isfinite(v) and 0.0 <= v < 10.0 for v in losses)
     train_acc = _history(strategy, TRAIN_ACC)
     assert train_acc and all(0.0 <= v <= 1.0 for v in train_acc)
+    # one value per training epoch (2 tasks of 1 epoch; joint: one training), each scored over the
+    # epoch's every image: 16 a task (2 classes of 8), 32 for joint; replay adds stored ones
+    assert len(train_acc) == (1 if method == "joint" else 2)
+    if method != "replay":
+        images = 32 if method == "joint" else 16
+        assert all(v * images == pytest.approx(round(v * images)) for v in train_acc)
     if method == "ncm":  # the prototypes being built separate the colour-coded classes
         assert train_acc[-1] >= 0.75
 
@@ -213,3 +219,95 @@ def test_dap_replay_resumes_to_the_uninterrupted_run(tmp_path, cifar, monkeypatc
     a = torch.load(tmp_path / "full" / "checkpoints" / "task_001.pth", weights_only=True)["model"]
     b = torch.load(killed / "checkpoints" / "task_001.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- host syncs
+class _StubDAP(torch.nn.Module):
+    """The parts of CASDAP a DAPStrategy training step uses, none of which reads a value back."""
+
+    num_tasks = N_TASKS
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3, N_CLASSES)
+        self.dap_keys = torch.nn.Parameter(torch.randn(N_TASKS, 3))
+
+    def trainable_parameters(self):
+        return list(self.parameters())
+
+    def forward_query(self, x):
+        return x.mean((2, 3))
+
+    def seed_keys(self, task, query):
+        with torch.no_grad():
+            self.dap_keys[task] = query.mean(0)
+
+    def freeze_token_axis(self):
+        pass
+
+    def forward(self, x, task_id=None, selection="per_image"):
+        from casdap.models.dap import DAPOutput
+
+        q = self.forward_query(x)
+        key_idx = task_id if task_id is not None else (q @ self.dap_keys.t()).argmax(-1)
+        pull = F.cosine_similarity(q, self.dap_keys[key_idx], dim=-1).mean()
+        return DAPOutput(self.head(q), key_idx, pull)
+
+
+def test_dap_training_steps_after_the_first_read_nothing_back_from_the_device(monkeypatch):
+    """Every way a tensor's value reaches Python is counted over each training iteration (forward,
+    loss, backward, update): only the first iteration of an experience may read one (its checks and
+    key seeding). SGD: Adam reads its CPU-side step counter, which is no device sync."""
+    from avalanche.core import SupervisedPlugin
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from casdap.continual.strategies import DAPStrategy
+
+    reads = [0]
+    for name in ("item", "__bool__", "__int__", "__index__", "__float__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            reads[0] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    class Counter(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.per_iteration: list[list[int]] = []
+
+        def before_training_exp(self, strategy, **kwargs):
+            self.per_iteration.append([])
+
+        def before_training_iteration(self, strategy, **kwargs):
+            self.start = reads[0]
+
+        def after_training_iteration(self, strategy, **kwargs):
+            self.per_iteration[-1].append(reads[0] - self.start)
+
+    bench, _ = _avalanche_benchmark()
+    torch.manual_seed(0)
+    model = _StubDAP()
+    counter = Counter()
+    strategy = DAPStrategy(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_mb_size=8,
+                           train_epochs=2, plugins=[counter], evaluator=EvaluationPlugin(loggers=[]))
+    for exp in list(bench.train_stream)[:2]:
+        strategy.train(exp)
+    assert [len(c) for c in counter.per_iteration] == [8, 8]  # 32 images a task, batches of 8, 2 epochs
+    for counts in counter.per_iteration:
+        assert counts[0] > 0  # the counting sees the first iteration's checks
+        assert counts[1:] == [0] * 7
+
+
+def test_strategy_defaults_are_the_configs():
+    import inspect
+
+    from casdap.config import load_config
+    from casdap.continual.strategies import DAPStrategy
+
+    d = load_config().MODEL.DAP  # the defaults, resolved as a run resolves them
+    p = inspect.signature(DAPStrategy.__init__).parameters
+    assert (p["current_lambda"].default, p["sim_lambda"].default, p["selection"].default,
+            p["restrict_to_task"].default) == (d.CURRENT_LAMBDA, d.SIM_LAMBDA, d.SELECTION, d.RESTRICT_TO_TASK)

@@ -131,3 +131,27 @@ def test_pretraining_a_missing_backbone_leaves_the_run_random_streams_alone(tmp_
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert (tmp_path / "fresh" / "rcvit_xs.pth").is_file()
     assert torch.equal(after[0], again[0]) and np.array_equal(after[1], again[1]) and after[2] == again[2]
+
+
+def test_the_command_pretrains_a_missing_backbone_and_run_continual_never_does(tmp_path, monkeypatch):
+    from casdap.cli import main
+    from casdap.continual.runner import run_continual
+    from casdap.pretrain import train as pretrain
+
+    made = []
+
+    def fake_pretrain(model_name, path, **protocol):
+        made.append(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+    monkeypatch.setattr(pretrain, "pretrain_backbone", fake_pretrain)
+    root, digits = tmp_path / "fresh", ROOT / "configs" / "dap" / "digits.yaml"  # embedded too, quicker to build
+    with pytest.raises(CasdapError):  # no backbone file, and no pretraining inside the run
+        run_continual(load_config(digits, ["MODEL.MODEL_ROOT", str(root), "OUTPUT_DIR", str(tmp_path / "a")]),
+                      progress=False)
+    assert made == []
+    # the command makes the file first (the empty fake then fails to load: one error line)
+    assert main(["cl", "--config-file", str(digits), "--output_dir", str(tmp_path / "b"),
+                 "MODEL.MODEL_ROOT", str(root)]) == 2
+    assert made == [root / "rcvit_xs.pth"]

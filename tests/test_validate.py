@@ -18,6 +18,9 @@ def test_validate_knows_the_names_the_modules_accept():
     assert set(v.METHOD_NAMES) == set(METHODS)
     assert set(DATASETS) <= set(v.DATASET_NAMES)
     assert set(v.SCHEDULERS) == set(LRSchedulePlugin.KINDS)
+    from casdap.engine.optim_factory import DAP_OPTIMIZERS
+
+    assert set(v.OPTIMIZERS) == set(DAP_OPTIMIZERS)
     assert set(v.INJECTION_NAMES) == set(INJECTIONS) and set(v.SELECTION_NAMES) == set(SELECTIONS)
 
 
@@ -51,3 +54,39 @@ def test_casdap_cl_reports_a_bad_value_before_importing_torch():
     assert out.stdout.startswith("exit ") and out.stdout.split()[1] != "0", out.stdout + out.stderr
     assert out.stdout.split()[2] == "False", "torch was imported before the error"
     assert "unknown MODEL.DAP.INJECTION 'prefix'" in out.stderr
+
+
+def test_method_names_come_from_the_registry_without_importing_torch():
+    code = ("import sys; from casdap.config.validate import METHOD_NAMES; "
+            "from casdap.continual.methods import METHOD_MODULES; "
+            "print('torch' in sys.modules, list(METHOD_NAMES) == list(METHOD_MODULES))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
+
+
+def test_every_registered_method_module_defines_its_method_and_the_runner_names_none():
+    from conftest import ROOT
+
+    from casdap.continual.methods import METHOD_NAMES, get_method
+    from casdap.continual.methods.base import Method
+
+    for name in METHOD_NAMES:
+        method = get_method(name)
+        assert isinstance(method, Method) and method.name == name
+        assert callable(method.build_strategy) and isinstance(method.run_fields(load_config(DIGITS_YAML)), dict)
+    assert get_method("DAP") is get_method("dap")  # names in any case, as validate reads them
+    with pytest.raises(CasdapError, match="unknown method MODEL.TRANSFER_TYPE 'magic'"):
+        get_method("magic")
+    runner = (ROOT / "casdap" / "continual" / "runner.py").read_text()
+    assert not [n for n in METHOD_NAMES if f'"{n}"' in runner]  # no per-method branch
+
+
+def test_names_are_compared_in_any_case_by_validate_and_the_run():
+    from casdap.continual.runner import _resolved
+
+    cfg = load_config(DIGITS_YAML, ["MODEL.TRANSFER_TYPE", "DAP", "MODEL.DAP.SELECTION", "Per_Image",
+                                    "SOLVER.SCHEDULER", "Cosine", "SOLVER.OPTIMIZER", "AdamW"])
+    v.validate(cfg)
+    run = _resolved(cfg, 10, "out")
+    assert (run.MODEL.TRANSFER_TYPE, run.MODEL.DAP.SELECTION, run.SOLVER.SCHEDULER, run.SOLVER.OPTIMIZER) == (
+        "dap", "per_image", "cosine", "adamw")

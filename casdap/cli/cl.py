@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from casdap.cli.casvit_args import OneLineParser, add_casvit_flags
+from casdap.continual.methods import METHOD_NAMES
 from casdap.errors import CasdapError
 
 # CAS-ViT's --data_set names -> DATA.NAME
@@ -73,8 +74,8 @@ LAUNCHER_FLAGS = ("local_rank", "world_size", "dist_url", "dist_on_itp")
 def build_cl_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="casdap cl",
-        description="Run one continual-learning experiment. MODEL.TRANSFER_TYPE picks the method: dap, finetune, "
-        "linear, ewc, lwf, replay, ncm, joint. Every flag of the CAS-ViT main.py is accepted: those that matter "
+        description="Run one continual-learning experiment. MODEL.TRANSFER_TYPE picks the method: "
+        f"{', '.join(METHOD_NAMES)}. Every flag of the CAS-ViT main.py is accepted: those that matter "
         "for a frozen-backbone run set config keys (e.g. --lr SOLVER.BASE_LR, --data_set CIFAR DATA.NAME "
         "cifar100), the others are named in a notice. KEY VALUE pairs override the file and the flags.",
         epilog="example: casdap cl --config-file configs/dap/digits.yaml MODEL.TRANSFER_TYPE ncm SEED 1",
@@ -162,8 +163,9 @@ def run(args: argparse.Namespace) -> int:
     if unused:
         print(f"casdap cl: accepted with no effect on a frozen-backbone continual run: {', '.join(unused)}",
               file=sys.stderr)
-    from casdap.continual.runner import run_continual
+    from casdap.continual.runner import prepare_backbone, run_continual
 
+    prepare_backbone(cfg)  # an embedded benchmark's backbone, pretrained once if missing
     progress = not cl_args.no_progress and getattr(cl_args, "print_verbose", 1) != 0
     run_continual(cfg, progress=progress)
     return 0

@@ -127,12 +127,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 # Keys of DAP's (ViT) config layout that CAS-DAP accepts, so that DAP's YAML files load unchanged,
-# and never reads. Setting one to anything but its default gets a notice, never silence.
+# and never reads: DAP's model and loss options, and its launcher's settings (here processes and
+# their backend come from torchrun and the device). Setting one to anything but its default gets a
+# notice, never silence. Every other key is read by the run.
 COMPAT_KEYS = frozenset({
     "RUN_N_TIMES", "MODEL.NUM_HEAD", "MODEL.MLP_NUM", "MODEL.LINEAR.MLP_SIZES", "MODEL.LINEAR.DROPOUT",
     "MODEL.DAP.DROPOUT", "MODEL.DAP.INIT", "SOLVER.LOSS", "SOLVER.LOSS_ALPHA", "SOLVER.WEIGHT_DECAY_BIAS",
     "SOLVER.PATIENCE", "SOLVER.BIAS_MULTIPLIER", "DATA.FEATURE", "DATA.MULTILABEL", "DATA.CLASS_WEIGHTS_TYPE",
-    "DATA.NO_TEST", "CONTINUAL.RESPLIT",
+    "DATA.NO_TEST", "CONTINUAL.RESPLIT", "DBG", "NUM_GPUS", "NUM_SHARDS", "DIST_BACKEND", "DIST_INIT_PATH",
+    "DIST_INIT_FILE", "MODEL.TYPE",
 })
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from yacs.config import CfgNode
 
+from casdap.continual.methods import METHOD_MODULES, METHOD_NAMES
 from casdap.errors import CasdapError
 
-__all__ = ["validate"]
+__all__ = ["validate", "METHOD_NAMES"]
 
-METHOD_NAMES = ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", "ranpac", "aper", "joint")
 DATASET_NAMES = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "imagenetr", "folder")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("linear", "linear_decay", "cosine", "constant")
@@ -45,9 +45,9 @@ def check_data_shares(cfg: CfgNode) -> None:
 def validate(cfg: CfgNode) -> None:
     """Raise one :class:`CasdapError` naming the first bad key and what it accepts."""
     method = cfg.MODEL.TRANSFER_TYPE.lower()
-    if method not in METHOD_NAMES:
+    if method not in METHOD_MODULES:
         raise CasdapError(f"unknown method MODEL.TRANSFER_TYPE '{cfg.MODEL.TRANSFER_TYPE}' (use one of "
-                          f"{', '.join(METHOD_NAMES)})")
+                          f"{', '.join(METHOD_MODULES)})")
     if cfg.DATA.NAME:
         _one_of("DATA.NAME", cfg.DATA.NAME.replace("-", "_"), DATASET_NAMES)
     _one_of("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from avalanche.core import SupervisedPlugin
 from tqdm.auto import tqdm
 
-from casdap.config.validate import SCHEDULERS
+from casdap.engine.optim_factory import TASK_SCHEDULES, build_task_lr_scheduler
 from casdap.errors import CasdapError
 from casdap.models.dap import MASKED_LOGIT
 
@@ -89,7 +89,8 @@ class GradClipPlugin(SupervisedPlugin):
 
 
 class LRSchedulePlugin(SupervisedPlugin):
-    """Per-iteration timm schedule, restarted for every experience.
+    """Steps the engine's per-iteration task schedule (:func:`casdap.engine.optim_factory.build_task_lr_scheduler`),
+    restarted for every experience.
 
     ``linear`` is DAP's: a linear warmup, then the base rate (its ``WarmupConstantSchedule``; with
     no warmup, constant). ``linear_decay`` decays linearly to zero over the experience, ``cosine``
@@ -97,12 +98,13 @@ class LRSchedulePlugin(SupervisedPlugin):
     ``warmup_steps`` iterations, else ``warmup_epochs`` epochs.
     """
 
-    KINDS = SCHEDULERS
+    KINDS = TASK_SCHEDULES
 
     supports_distributed = True
 
     def __init__(self, kind: str, warmup_epochs: int = 0, warmup_steps: int = 0) -> None:
         super().__init__()
+        kind = kind.lower()
         if kind not in self.KINDS:
             raise CasdapError(f"unknown SOLVER.SCHEDULER '{kind}' (use {', '.join(self.KINDS)})")
         self.kind, self.warmup_epochs, self.warmup_steps = kind, warmup_epochs, warmup_steps
@@ -123,8 +125,6 @@ class LRSchedulePlugin(SupervisedPlugin):
         self.step += 1
 
     def _make(self, strategy) -> None:
-        from timm.scheduler import CosineLRScheduler, PolyLRScheduler
-
         per_epoch = max(len(strategy.dataloader), 1)
         total = max(per_epoch * strategy.train_epochs, 1)
         want = self.warmup_steps if self.warmup_steps > 0 else per_epoch * self.warmup_epochs
@@ -133,24 +133,16 @@ class LRSchedulePlugin(SupervisedPlugin):
             self._told = True
             tqdm.write(f"casdap cl: a task has {total} steps, so warmup is {warmup} steps, not {want} "
                        "(the schedule restarts with every task)")
-        opt = strategy.optimizer
-        for group in opt.param_groups:  # timm reads the base rate from initial_lr
-            group.setdefault("initial_lr", group["lr"])
-            group["lr"] = group["initial_lr"]
-        common = dict(t_initial=total, warmup_t=warmup, warmup_lr_init=0.0, t_in_epochs=False, lr_min=0.0)
-        if self.kind == "linear_decay":
-            self.scheduler = PolyLRScheduler(opt, power=1.0, **common)
-        elif self.kind == "cosine":
-            self.scheduler = CosineLRScheduler(opt, **common)
-        elif warmup > 0:
-            self.scheduler = PolyLRScheduler(opt, power=0.0, **common)
+        self.scheduler = build_task_lr_scheduler(self.kind, strategy.optimizer, total, warmup)
 
 
 class AutocastPlugin(SupervisedPlugin):
-    """bfloat16 autocast around every forward pass (``USE_AMP``); losses stay in float32.
+    """bfloat16 autocast around every forward pass (``USE_AMP``); outputs and losses stay in float32.
 
-    bfloat16 has float32's range, so no loss scaling is needed and every Avalanche strategy keeps
-    its own backward and optimizer step. GPUs without bfloat16 (before Ampere) are refused.
+    The strategy's ``forward`` is wrapped in ``with torch.autocast(...)`` when training or evaluation
+    starts, so autocast is left however the forward ends (an exception included). bfloat16 has
+    float32's range, so no loss scaling is needed and every Avalanche strategy keeps its own
+    backward and optimizer step. GPUs without bfloat16 (before Ampere) are refused.
     """
 
     supports_distributed = True
@@ -163,47 +155,52 @@ class AutocastPlugin(SupervisedPlugin):
                 f"USE_AMP needs bfloat16, which {torch.cuda.get_device_name(device)} does not support; "
                 "set USE_AMP False (or --use_amp False) on this GPU"
             )
-        self._ctx = None
 
-    def _enter(self):
-        self._ctx = torch.autocast(self.device_type, dtype=torch.bfloat16)
-        self._ctx.__enter__()
+    def _wrap(self, strategy) -> None:
+        inner = strategy.forward
+        if getattr(inner, "_autocast_of", None) is self:
+            return
+        device_type = self.device_type
 
-    def _exit(self, strategy):
-        if self._ctx is not None:
-            self._ctx.__exit__(None, None, None)
-            self._ctx = None
-        if isinstance(strategy.mb_output, torch.Tensor):
-            strategy.mb_output = strategy.mb_output.float()
+        def forward():
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                out = inner()
+            return out.float() if isinstance(out, torch.Tensor) else out
 
-    def before_forward(self, strategy, **kwargs):
-        self._enter()
+        forward._autocast_of = self
+        strategy.forward = forward
 
-    def after_forward(self, strategy, **kwargs):
-        self._exit(strategy)
+    def before_training(self, strategy, **kwargs):
+        self._wrap(strategy)
 
-    def before_eval_forward(self, strategy, **kwargs):
-        self._enter()
-
-    def after_eval_forward(self, strategy, **kwargs):
-        self._exit(strategy)
+    def before_eval(self, strategy, **kwargs):
+        self._wrap(strategy)
 
 
 class ProgressPlugin(SupervisedPlugin):
-    """A tqdm bar per epoch, with the ETA of the whole run (all remaining epochs and tasks)."""
+    """A tqdm bar per epoch, with the ETA of the whole run (all remaining epochs and tasks).
+
+    The running loss is added up on the device and read back every ``log_every`` iterations
+    (``SOLVER.LOG_EVERY_N``) and at the end of each epoch, so a training step does not wait for
+    the device to show it. Every ``log_every`` iterations a line with the running loss is printed
+    where no bar is shown (``enabled=False``) and ``verbose``; each epoch ends with a line.
+    """
 
     supports_distributed = True
 
-    def __init__(self, n_tasks: int, enabled: bool = True) -> None:
+    def __init__(self, n_tasks: int, enabled: bool = True, log_every: int = 0, verbose: bool | None = None) -> None:
         super().__init__()
         self.n_tasks, self.enabled = n_tasks, enabled
+        self.log_every = max(int(log_every), 0)
+        self.verbose = enabled if verbose is None else verbose
         self.bar = None
         self.seconds_per_epoch: list[float] = []
         self.epoch_start = 0.0
         self.task = 0
         self.epoch = 0
-        self.loss_sum = 0.0
+        self.loss_sum: torch.Tensor | float = 0.0
         self.count = 0
+        self.iteration = 0
 
     def before_training_exp(self, strategy, **kwargs):
         self.task = strategy.experience.current_experience
@@ -211,7 +208,7 @@ class ProgressPlugin(SupervisedPlugin):
 
     def before_training_epoch(self, strategy, **kwargs):
         self.epoch_start = time.perf_counter()
-        self.loss_sum, self.count = 0.0, 0
+        self.loss_sum, self.count, self.iteration = 0.0, 0, 0
         if self.enabled:
             epoch = self.epoch
             eta = self._eta(strategy, epoch)
@@ -220,12 +217,21 @@ class ProgressPlugin(SupervisedPlugin):
                 desc += f" (run ETA {eta})"
             self.bar = tqdm(total=len(strategy.dataloader), desc=desc, leave=False, dynamic_ncols=True)
 
+    def _mean_loss(self) -> float:
+        return float(self.loss_sum) / max(self.count, 1)
+
     def after_training_iteration(self, strategy, **kwargs):
-        self.loss_sum += float(strategy.loss.detach()) * len(strategy.mb_y)
+        self.loss_sum = self.loss_sum + strategy.loss.detach() * len(strategy.mb_y)
         self.count += len(strategy.mb_y)
+        self.iteration += 1
+        due = self.log_every > 0 and self.iteration % self.log_every == 0
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{self.loss_sum / max(self.count, 1):.4f}")
+            if due:
+                self.bar.set_postfix(loss=f"{self._mean_loss():.4f}")
+        elif due and self.verbose:
+            tqdm.write(f"task {self.task + 1}/{self.n_tasks} epoch {self.epoch + 1}/{strategy.train_epochs} "
+                       f"iteration {self.iteration}/{len(strategy.dataloader)}: loss {self._mean_loss():.4f}")
 
     def after_training_epoch(self, strategy, **kwargs):
         self.seconds_per_epoch.append(time.perf_counter() - self.epoch_start)
@@ -235,7 +241,7 @@ class ProgressPlugin(SupervisedPlugin):
             self.bar = None
             tqdm.write(
                 f"task {self.task + 1}/{self.n_tasks} epoch {self.epoch}/{strategy.train_epochs}: "
-                f"loss {self.loss_sum / max(self.count, 1):.4f}, {self.seconds_per_epoch[-1]:.1f}s"
+                f"loss {self._mean_loss():.4f}, {self.seconds_per_epoch[-1]:.1f}s"
             )
 
     def _eta(self, strategy, epoch: int) -> str | None:

@@ -36,11 +36,9 @@ from casdap.errors import CasdapError
 from casdap.models.dap import MASKED_LOGIT
 
 __all__ = [
-    "GRADIENT_FREE",
     "HOLDOUT_EVERY",
     "APERClassifier",
     "APERStrategy",
-    "PROTOTYPE_METHODS",
     "RIDGE_GRID",
     "RanPACClassifier",
     "RanPACStrategy",
@@ -50,8 +48,6 @@ __all__ = [
     "validation_sse",
 ]
 
-PROTOTYPE_METHODS = ("ranpac", "aper")
-GRADIENT_FREE = ("ranpac",)  # no gradient step at all (aper trains on its first task)
 # Ridge strengths tried (RanPAC's grid): 1e-8 ... 1e8, one per decade.
 RIDGE_GRID = tuple(10.0 ** k for k in range(-8, 9))
 # Every HOLDOUT_EVERY-th training image of each class (from a seeded offset) is held out for choosing

@@ -11,12 +11,12 @@ appending the plugin after its evaluator, whose metrics it reads::
         strategy.eval(test_stream[: t + 1])   # row t of the accuracy matrix
 
 The rest of the module reads a run directory back: the newest usable checkpoint, a finished run's
-metrics, whether the settings of a resumption match the run's, and the strategy's own state.
+metrics, and whether the settings of a resumption match the run's. What a strategy keeps beyond
+its model is its own (``strategy.state_dict()`` / ``load_state_dict``): this module stores it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import time
@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 from yacs.config import CfgNode
 
 from casdap.checkpoint import TASK_CHECKPOINT, numbered_checkpoints, read_checkpoint, save_checkpoint
-from casdap.continual.plugins import RngRecorderPlugin
 from casdap.continual.results import summarize, write_acc_matrix_csv, write_final_results, write_json
 from casdap.engine.seeding import capture_rng_state
 from casdap.errors import CasdapError
@@ -71,12 +70,15 @@ def row_from_metrics(metrics: dict[str, Any], seen: int) -> list[float | None]:
 
 @torch.no_grad()
 def mixed_stream_accuracy(strategy, datasets: Sequence, row: list[float | None], selection: str | None, seed: int,
-                          batch: int, workers: int) -> float:
+                          batch: int, workers: int, pin_memory: bool = False) -> float:
     """Accuracy on one shuffled stream of every seen task's test images (batches mix tasks).
 
     Only DAP's batch-majority protocol lets an image's prediction depend on its batch mates. Every
     other protocol predicts each image alone, so the mixed stream's accuracy is the image-weighted
-    mean of the per-task accuracies in ``row`` and needs no second pass over the test data.
+    mean of the per-task accuracies in ``row`` and needs no second pass over the test data. The pass
+    predicts through the strategy's ``predict(x, y)`` where it is one of this package's
+    (:class:`~casdap.continual.strategies.CasdapStrategyMixin`); another strategy's model sees
+    the images alone.
     """
     from torch.utils.data import ConcatDataset, DataLoader
 
@@ -84,15 +86,15 @@ def mixed_stream_accuracy(strategy, datasets: Sequence, row: list[float | None],
         sizes = [len(d) for d in datasets]
         return sum(acc * n for acc, n in zip(row, sizes)) / sum(sizes)
     loader = DataLoader(ConcatDataset(list(datasets)), batch_size=batch, shuffle=True, num_workers=workers,
-                        generator=torch.Generator().manual_seed(seed * 1000 + len(datasets)))
-    from casdap.continual.strategies import DAPStrategy
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed * 1000 + len(datasets)))
+    from casdap.continual.strategies import CasdapStrategyMixin
 
+    own = isinstance(strategy, CasdapStrategyMixin)  # other strategies' predict methods mean other things
     strategy.model.eval()
     hits = total = 0
     for x, y, *_ in loader:
         x, y = x.to(strategy.device), y.to(strategy.device)
-        # DAP predicts through its key selection over the whole batch; other models see images alone
-        logits = strategy.predict(x, y)[0] if isinstance(strategy, DAPStrategy) else strategy.model(x)
+        logits = strategy.predict(x, y)[0] if own else strategy.model(x)
         hits += int((logits.argmax(-1) == y).sum())
         total += len(y)
     return hits / max(total, 1)
@@ -112,15 +114,15 @@ class RunDirectoryPlugin(SupervisedPlugin):
 
     def __init__(self, out: Path, n_tasks: int, info: dict[str, Any], config_text: str, *,
                  notes: Sequence[str] = (), joint: bool = False, keep_final_checkpoint: bool = True,
-                 eval_batch: int = 64, num_workers: int = 0, world: int = 1, write: bool = True,
-                 verbose: bool = True) -> None:
+                 eval_batch: int = 64, num_workers: int = 0, pin_memory: bool = False, world: int = 1,
+                 write: bool = True, verbose: bool = True) -> None:
         super().__init__()
         missing = set(RUN_INFO_FIELDS) - set(info)
         if missing:
             raise CasdapError(f"RunDirectoryPlugin: info lacks {sorted(missing)}")
         self.out, self.n_tasks, self.info, self.config_text = Path(out), int(n_tasks), dict(info), config_text
         self.notes, self.joint, self.keep_final_checkpoint = list(notes), joint, keep_final_checkpoint
-        self.eval_batch, self.num_workers, self.world = eval_batch, num_workers, world
+        self.eval_batch, self.num_workers, self.pin_memory, self.world = eval_batch, num_workers, pin_memory, world
         self.write, self.verbose = write, verbose
         self.state = RunState()
         self._t0: float | None = None  # when the training of the pending row began
@@ -172,7 +174,7 @@ class RunDirectoryPlugin(SupervisedPlugin):
         row = row_from_metrics(results, len(stream))
         task_sel = next((float(v) for k, v in results.items() if k.startswith("TaskSel_Stream")), None)
         mixed = mixed_stream_accuracy(strategy, [e.dataset for e in stream], row, getattr(strategy, "selection", None),
-                                      int(self.info["seed"]), self.eval_batch, self.num_workers)
+                                      int(self.info["seed"]), self.eval_batch, self.num_workers, self.pin_memory)
         self.finish_task(strategy, row, mixed, task_sel)
 
     def finish_task(self, strategy, row: list[float | None], mixed: float | None, task_sel: float | None) -> None:
@@ -231,63 +233,13 @@ def _tensorboard_writers(strategy) -> list:
 
 
 # ------------------------------------------------------------------------- strategy state (resume)
-def _find_plugin(strategy, kind):
-    return next((p for p in strategy.plugins if isinstance(p, kind)), None)
-
-
 def strategy_state(strategy) -> dict[str, Any]:
-    """What a strategy keeps between tasks beyond its model: clock, DAP's class-to-task map, EWC's
-    importances, the replay buffer's random states."""
-    from avalanche.training.plugins import EWCPlugin
-
-    from casdap.continual.strategies import DAPStrategy
-
-    state: dict[str, Any] = {
-        "clock": {k: int(v) for k, v in vars(strategy.clock).items() if isinstance(v, int)},
-    }
-    if isinstance(strategy, DAPStrategy):
-        state["class_to_task"] = dict(strategy.class_to_task)
-    ewc = _find_plugin(strategy, EWCPlugin)
-    if ewc is not None:
-        state["ewc_saved"] = {int(e): {k: p.data.cpu() for k, p in d.items()} for e, d in ewc.saved_params.items()}
-        state["ewc_importances"] = {int(e): {k: p.data.cpu() for k, p in d.items()} for e, d in ewc.importances.items()}
-    rec = _find_plugin(strategy, RngRecorderPlugin)
-    if rec is not None:
-        state["replay_rng"] = dict(rec.states)
-    return state
-
-
-def restore_strategy(strategy, state: dict[str, Any], train_stream, task_classes: Sequence, done: int) -> None:
-    """Undo :func:`strategy_state` after ``done`` tasks (LwF's teacher is the restored model)."""
-    from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
-    from avalanche.training.utils import ParamData
-
-    from casdap.continual.strategies import DAPStrategy
-
-    for k, v in state["clock"].items():
-        setattr(strategy.clock, k, v)
-    if isinstance(strategy, DAPStrategy):
-        strategy.class_to_task = {int(c): int(t) for c, t in state["class_to_task"].items()}
-    ewc = _find_plugin(strategy, EWCPlugin)
-    if ewc is not None:
-        dev = strategy.device
-        for attr, key in (("saved_params", "ewc_saved"), ("importances", "ewc_importances")):
-            target = getattr(ewc, attr)
-            for e, d in state[key].items():
-                target[int(e)] = {k: ParamData(k, init_tensor=t.to(dev), device=dev) for k, t in d.items()}
-    lwf = _find_plugin(strategy, LwFPlugin)
-    if lwf is not None:
-        lwf.lwf.prev_model = copy.deepcopy(strategy.model)
-        lwf.lwf.expcount = done
-        lwf.lwf.prev_classes_by_task[0] = {c for t in range(done) for c in task_classes[t]}
-    replay = _find_plugin(strategy, ReplayPlugin)
-    rec = _find_plugin(strategy, RngRecorderPlugin)
-    if replay is not None and rec is not None:
-        # Rebuild the buffer exactly: the same updates, from the same RNG states.
-        rec.states = {int(k): v for k, v in state["replay_rng"].items()}
-        for t in range(done):
-            torch.set_rng_state(rec.states[t])
-            replay.storage_policy.post_adapt(strategy, train_stream[t])
+    """What the strategy keeps between tasks beyond its model: its own ``state_dict()`` (this
+    package's strategies), else Avalanche's clock."""
+    own = getattr(strategy, "state_dict", None)
+    if callable(own):
+        return own()
+    return {"clock": {k: int(v) for k, v in vars(strategy.clock).items() if isinstance(v, int)}}
 
 
 # ------------------------------------------------------------------------- reading a directory back

@@ -23,23 +23,16 @@ import torch.nn as nn
 from yacs.config import CfgNode
 
 from casdap.config.validate import METHOD_NAMES, validate
-from casdap.continual.benchmarks import ContinualBenchmark, build_benchmark
+from casdap.continual.benchmarks import build_benchmark
+from casdap.continual.methods import get_method
+from casdap.continual.methods.base import Method
 from casdap.continual.plugins import (
     AutocastPlugin,
-    CurrentClassMaskPlugin,
     GradClipPlugin,
     GradSyncPlugin,
     LRSchedulePlugin,
     MultiScalePlugin,
     ProgressPlugin,
-    RngRecorderPlugin,
-)
-from casdap.continual.prototypes import (
-    GRADIENT_FREE,
-    APERClassifier,
-    APERStrategy,
-    RanPACStrategy,
-    build_ranpac,
 )
 from casdap.continual.results import format_summary_table, write_text
 from casdap.continual.run_directory import (
@@ -48,20 +41,13 @@ from casdap.continual.run_directory import (
     check_compatible,
     finished_metrics,
     read_resume_checkpoint,
-    restore_strategy,
 )
-from casdap.continual.strategies import (
-    BackboneClassifier,
-    DAPStrategy,
-    NCMClassifier,
-    NCMStrategy,
-    TaskSelectionAccuracy,
-)
+from casdap.engine.optim_factory import build_group_optimizer
 from casdap.engine.seeding import restore_rng_state, seed_everything
 from casdap.engine.threads import set_threads
 from casdap.errors import CasdapError
 
-__all__ = ["METHODS", "run_continual", "RunResult"]
+__all__ = ["METHODS", "run_continual", "RunResult", "ensure_embedded_backbone", "prepare_backbone"]
 
 METHODS = METHOD_NAMES
 
@@ -101,60 +87,38 @@ def output_dir_of(cfg: CfgNode) -> Path:
     if cfg.OUTPUT_DIR:
         return Path(cfg.OUTPUT_DIR)
     seed = 0 if cfg.SEED is None else cfg.SEED
-    return Path("output") / (cfg.DATA.NAME or "data") / cfg.MODEL.TRANSFER_TYPE / f"seed{seed}"
+    return Path("output") / (cfg.DATA.NAME or "data") / cfg.MODEL.TRANSFER_TYPE.lower() / f"seed{seed}"
 
 
 # ---------------------------------------------------------------------------------------- methods
-def _make_optimizer(cfg: CfgNode, groups: list[dict]) -> torch.optim.Optimizer:
+# Settings that name something: compared in lower case everywhere (as casdap.config.validate does).
+_NAME_KEYS = (("MODEL", "TRANSFER_TYPE"), ("MODEL.DAP", "SELECTION"), ("MODEL.DAP", "INJECTION"),
+              ("SOLVER", "OPTIMIZER"), ("SOLVER", "SCHEDULER"))
+
+
+def _names_lowered(cfg: CfgNode) -> list[tuple[CfgNode, str]]:
+    nodes = []
+    for path, key in _NAME_KEYS:
+        node = cfg
+        for part in path.split("."):
+            node = node[part]
+        if isinstance(node[key], str) and node[key] != node[key].lower():
+            nodes.append((node, key))
+    return nodes
+
+
+def _optimizer(cfg: CfgNode, method: Method, model: nn.Module) -> torch.optim.Optimizer | None:
+    if not method.uses_optimizer:
+        return None
     s = cfg.SOLVER
-    groups = [g for g in groups if g["params"]]
-    if not groups:
-        raise CasdapError("the method has no trainable parameters")
-    # DAP's names in timm's registry: DAP's "sgd" is plain momentum SGD (timm's "sgd" is Nesterov)
-    timm_name = {"sgd": "momentum", "adam": "adam", "adamw": "adamw"}.get(s.OPTIMIZER.lower())
-    if timm_name is None:
-        raise CasdapError(f"unknown SOLVER.OPTIMIZER '{s.OPTIMIZER}' (use sgd, adam or adamw)")
-    from timm.optim import create_optimizer_v2
-
-    extra = {"momentum": s.MOMENTUM} if timm_name == "momentum" else {"betas": (s.BETA1, s.BETA2)}
-    return create_optimizer_v2(groups, opt=timm_name, lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY, **extra)
+    return build_group_optimizer(method.param_groups(cfg, model), s.OPTIMIZER, s.BASE_LR, s.WEIGHT_DECAY,
+                                 momentum=s.MOMENTUM, betas=(s.BETA1, s.BETA2))
 
 
-def _build_model(cfg: CfgNode, method: str, num_classes: int) -> nn.Module:
-    from casdap.models import build as model_build
-
-    if method == "dap":
-        return model_build.build_dap_model(cfg)
-    backbone = model_build.build_backbone(cfg, num_classes=0)
-    if method == "ncm":
-        return NCMClassifier(backbone, num_classes)
-    if method == "ranpac":
-        return build_ranpac(cfg, backbone, num_classes)
-    if method == "aper":  # model.backbone: the copy adapted on the first task (model.pretrained stays)
-        return APERClassifier(backbone, num_classes)
-    return BackboneClassifier(backbone, num_classes, freeze_backbone=(method == "linear"))
-
-
-def _param_groups(cfg: CfgNode, method: str, model: nn.Module) -> list[dict]:
-    lr = cfg.SOLVER.BASE_LR
-    if method == "dap":
-        return [{"params": [p for p in model.trainable_parameters() if p.requires_grad], "lr": lr}]
-    if method == "linear":
-        return [{"params": list(model.head.parameters()), "lr": lr}]
-    return [
-        {"params": list(model.backbone.parameters()), "lr": lr * cfg.BASELINES.BACKBONE_LR_SCALE},
-        {"params": list(model.head.parameters()), "lr": lr},
-    ]
-
-
-def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: ContinualBenchmark, device: torch.device,
-                    evaluator, progress: ProgressPlugin):
-    from avalanche.training import EWC, JointTraining, LwF, Naive
-    from avalanche.training.plugins import ReplayPlugin
-    from avalanche.training.storage_policy import ClassBalancedBuffer
-
+def _build_strategy(cfg: CfgNode, method: Method, model: nn.Module, device: torch.device, evaluator,
+                    progress: ProgressPlugin):
     plugins: list = [progress]
-    if method not in ("ncm", *GRADIENT_FREE):  # no gradient step
+    if method.gradient_training:
         plugins.append(LRSchedulePlugin(cfg.SOLVER.SCHEDULER, cfg.SOLVER.WARMUP_EPOCH, cfg.SOLVER.WARMUP_STEPS))
         if cfg.CONTINUAL.MULTI_SCALE:
             plugins.append(MultiScalePlugin(cfg.DATA.CROPSIZE, 0 if cfg.SEED is None else int(cfg.SEED)))
@@ -163,66 +127,30 @@ def _build_strategy(cfg: CfgNode, method: str, model: nn.Module, bench: Continua
             plugins.append(GradClipPlugin(cfg.SOLVER.GRAD_CLIP))
     if cfg.USE_AMP:
         plugins.append(AutocastPlugin(device))
-    common = dict(
-        train_mb_size=cfg.DATA.BATCH_SIZE, train_epochs=cfg.SOLVER.TOTAL_EPOCH, eval_mb_size=cfg.DATA.BATCH_SIZE,
-        device=device, evaluator=evaluator,
+    optimizer = _optimizer(cfg, method, model)
+    return method.build_strategy(
+        cfg, model, optimizer, plugins, train_mb_size=cfg.DATA.BATCH_SIZE, train_epochs=cfg.SOLVER.TOTAL_EPOCH,
+        eval_mb_size=cfg.DATA.BATCH_SIZE, device=device, evaluator=evaluator,
     )
-    if method == "ncm":
-        return NCMStrategy(model=model, plugins=plugins, **common)
-    if method == "ranpac":
-        return RanPACStrategy(model=model, plugins=plugins, seed=0 if cfg.SEED is None else int(cfg.SEED), **common)
-    optimizer = _make_optimizer(cfg, _param_groups(cfg, method, model))
-    ce = nn.CrossEntropyLoss()
-    if method == "aper":
-        return APERStrategy(model=model, optimizer=optimizer, plugins=plugins, **common)
-    if method == "dap":
-        d = cfg.MODEL.DAP  # settings checked by casdap.config.validate
-        size = int(d.REPLAY_MEM_SIZE)
-        if size > 0:  # replayed samples are trained under their own task's key and classes
-            replay = ReplayPlugin(mem_size=size, storage_policy=ClassBalancedBuffer(max_size=size, adaptive_size=True))
-            plugins = [RngRecorderPlugin(), replay, *plugins]  # recorder first: resume rebuilds the buffer
-        return DAPStrategy(
-            model=model, optimizer=optimizer, plugins=plugins, current_lambda=d.CURRENT_LAMBDA,
-            sim_lambda=d.SIM_LAMBDA, selection=d.SELECTION, restrict_to_task=d.RESTRICT_TO_TASK, **common,
-        )
-    if method == "linear":
-        return Naive(model=model, optimizer=optimizer, criterion=ce, plugins=[CurrentClassMaskPlugin(), *plugins],
-                     **common)
-    if method == "finetune":
-        return Naive(model=model, optimizer=optimizer, criterion=ce, plugins=plugins, **common)
-    if method == "ewc":
-        return EWC(model=model, optimizer=optimizer, criterion=ce, ewc_lambda=cfg.BASELINES.EWC_LAMBDA,
-                   mode="separate", plugins=plugins, **common)
-    if method == "lwf":
-        return LwF(model=model, optimizer=optimizer, criterion=ce, alpha=cfg.BASELINES.LWF_ALPHA,
-                   temperature=cfg.BASELINES.LWF_TEMPERATURE, plugins=plugins, **common)
-    if method == "replay":
-        size = cfg.BASELINES.REPLAY_MEM_SIZE
-        # The recorder runs before the replay plugin's buffer update, so resuming can rebuild it.
-        replay = ReplayPlugin(mem_size=size, storage_policy=ClassBalancedBuffer(max_size=size, adaptive_size=True))
-        return Naive(model=model, optimizer=optimizer, criterion=ce, plugins=[RngRecorderPlugin(), replay, *plugins],
-                     **common)
-    if method == "joint":
-        return JointTraining(model=model, optimizer=optimizer, criterion=ce, plugins=plugins, **common)
-    raise CasdapError(f"unknown method MODEL.TRANSFER_TYPE '{method}' (use one of {', '.join(METHODS)})")
 
 
-def _evaluator(method: str, tb_dir: Path | None):
+def _evaluator(method: Method, tb_dir: Path | None):
     from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
     from avalanche.logging import TensorboardLogger
     from avalanche.training.plugins import EvaluationPlugin
 
-    metrics = [accuracy_metrics(epoch=True, experience=True, stream=True), loss_metrics(epoch=True, stream=True)]
-    if method == "dap":
-        metrics.append(TaskSelectionAccuracy())
+    metrics = [accuracy_metrics(epoch=True, experience=True, stream=True), loss_metrics(epoch=True, stream=True),
+               *method.eval_metrics()]
     loggers = [TensorboardLogger(tb_log_dir=str(tb_dir))] if tb_dir is not None else []
     with warnings.catch_warnings():  # ranks other than 0 log nothing on purpose
         warnings.filterwarnings("ignore", message="No loggers specified")
         return EvaluationPlugin(*metrics, loggers=loggers), loggers
 
 
+# ---------------------------------------------------------------------------------------- backbone
 # Data sets that ship with an installed package, and the backbone their runs use by default: made
-# by the documented pretraining protocol (casdap pretrain, docs/pretraining.md) when missing.
+# by the documented pretraining protocol (casdap pretrain, docs/pretraining.md) when missing, by the
+# command that starts the run (prepare_backbone), never inside run_continual.
 EMBEDDED_DATASETS = ("digits", "embedded_shift")  # embedded_shift: classes disjoint from the pretraining
 
 
@@ -262,27 +190,59 @@ def ensure_embedded_backbone(cfg: CfgNode, is_main: bool = True, world: int = 1)
     return path
 
 
+def prepare_backbone(cfg: CfgNode) -> Path | None:
+    """What a command calls before :func:`run_continual`: the embedded benchmark's backbone file,
+    pretrained once when missing (:func:`ensure_embedded_backbone`). Under ``torchrun`` the process
+    group is joined first, rank 0 makes the file and the other ranks wait for it at a barrier."""
+    rank, world = _distributed(_device(cfg))
+    return ensure_embedded_backbone(cfg, rank == 0, world)
+
+
 # ---------------------------------------------------------------------------------------- runner
-def _count_params(model: nn.Module, method: str) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    if method == "dap":
-        trainable = sum(p.numel() for p in model.trainable_parameters())
-    else:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, total
+def _resolved(cfg: CfgNode, num_classes: int, out: Path) -> CfgNode:
+    """The config as run: the class count from the data (DAP's -1), the run folder, names in lower case."""
+    lowered = _names_lowered(cfg)
+    if cfg.DATA.NUMBER_CLASSES == num_classes and cfg.OUTPUT_DIR == str(out) and not lowered:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATA.NUMBER_CLASSES = num_classes
+    cfg.OUTPUT_DIR = str(out)
+    for node, key in _names_lowered(cfg):
+        node[key] = node[key].lower()
+    cfg.freeze()
+    return cfg
+
+
+def loader_arguments(cfg: CfgNode, device: torch.device) -> dict[str, Any]:
+    """The data loaders' settings of every training and evaluation pass: ``DATA.NUM_WORKERS``, and
+    ``DATA.PIN_MEMORY`` (``--pin_mem``) on CUDA, where pinned host memory speeds up the copies."""
+    return {"num_workers": cfg.DATA.NUM_WORKERS, "pin_memory": bool(cfg.DATA.PIN_MEMORY) and device.type == "cuda"}
+
+
+def _set_cudnn(cfg: CfgNode, device: torch.device) -> None:
+    """``CUDNN_BENCHMARK``: cuDNN picks its fastest kernels for the run's shapes (CUDA only)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
 
 
 def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
-    """Run the experiment described by ``cfg`` (frozen, from :func:`casdap.config.load_config`)."""
+    """Run the experiment described by ``cfg`` (frozen, from :func:`casdap.config.load_config`).
+
+    An embedded benchmark's backbone file must exist (or ``MODEL.RANDOM_INIT`` be set): commands
+    make it first with :func:`prepare_backbone`.
+    """
     validate(cfg)
-    method = cfg.MODEL.TRANSFER_TYPE.lower()
+    method = get_method(cfg.MODEL.TRANSFER_TYPE)
     device = _device(cfg)
     set_threads("casdap cl", int(cfg.DATA.CROPSIZE), device.type)
+    _set_cudnn(cfg, device)
     rank, world = _distributed(device)
     is_main = rank == 0
     seed = 0 if cfg.SEED is None else int(cfg.SEED)
     out = output_dir_of(cfg)
     workers = cfg.DATA.NUM_WORKERS
+    loader_args = loader_arguments(cfg, device)
 
     resume = read_resume_checkpoint(out) if out.is_dir() else None
     finished = finished_metrics(out)
@@ -295,12 +255,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
 
     seed_everything(seed)
     bench = build_benchmark(cfg, rank, world)
-    if cfg.DATA.NUMBER_CLASSES != bench.num_classes or cfg.OUTPUT_DIR != str(out):
-        cfg = cfg.clone()  # resolved: the class count from the data (DAP's -1), the run folder
-        cfg.defrost()
-        cfg.DATA.NUMBER_CLASSES = bench.num_classes
-        cfg.OUTPUT_DIR = str(out)
-        cfg.freeze()
+    cfg = _resolved(cfg, bench.num_classes, out)
     if finished is not None:
         check_compatible((out / "config.yaml").read_text(), cfg, out)
         if is_main:
@@ -309,8 +264,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         return RunResult(finished, out)
     if resume is not None:
         check_compatible(resume[1]["config"], cfg, out)
-    ensure_embedded_backbone(cfg, is_main, world)
-    model = _build_model(cfg, method, bench.num_classes)
+    model = method.build_model(cfg, bench.num_classes)
     # what the backbone really is (a weight file wins over MODEL.RANDOM_INIT when both exist)
     random_backbone = bool(getattr(getattr(model, "backbone", model), "random_init", cfg.MODEL.RANDOM_INIT))
     if random_backbone and is_main:
@@ -320,17 +274,21 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
             dist.broadcast(t.data, src=0)
     tb_dir = out / "tensorboard" if is_main else None
     evaluator, loggers = _evaluator(method, tb_dir)
-    progress_plugin = ProgressPlugin(bench.n_tasks, enabled=progress and is_main)
-    strategy = _build_strategy(cfg, method, model, bench, device, evaluator, progress_plugin)
-    trainable, total = _count_params(model, method)
-    selection = cfg.MODEL.DAP.SELECTION if method == "dap" else None
+    progress_plugin = ProgressPlugin(bench.n_tasks, enabled=progress and is_main, log_every=cfg.SOLVER.LOG_EVERY_N,
+                                     verbose=is_main)
+    strategy = _build_strategy(cfg, method, model, device, evaluator, progress_plugin)
+    trainable, total = method.trainable_params(model), sum(p.numel() for p in model.parameters())
+    fields = {"selection": None, **method.run_fields(cfg)}
+    selection = fields["selection"]
+    notes = [*method.protocol_notes(cfg),
+             *(["Backbone: randomly initialised (MODEL.RANDOM_INIT True)"] if random_backbone else [])]
     run_dir = RunDirectoryPlugin(
-        out, bench.n_tasks, config_text=cfg.dump(), notes=_protocol_notes(cfg, method, selection, random_backbone),
-        info={"method": method, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
-              "selection": selection, "random_init_backbone": random_backbone,
-              "trainable_params": trainable, "total_params": total},
-        joint=method == "joint", keep_final_checkpoint=cfg.MODEL.SAVE_CKPT, eval_batch=cfg.DATA.BATCH_SIZE,
-        num_workers=workers, world=world, write=is_main, verbose=is_main,
+        out, bench.n_tasks, config_text=cfg.dump(), notes=notes,
+        info={"method": method.name, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
+              **fields, "random_init_backbone": random_backbone, "trainable_params": trainable,
+              "total_params": total},
+        joint=method.joint, keep_final_checkpoint=cfg.MODEL.SAVE_CKPT, eval_batch=cfg.DATA.BATCH_SIZE,
+        num_workers=workers, pin_memory=loader_args["pin_memory"], world=world, write=is_main, verbose=is_main,
     )
     strategy.plugins.append(run_dir)  # after the evaluator, whose metrics it writes
 
@@ -340,7 +298,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         model.load_state_dict(ckpt["model"])
         start = int(ckpt["tasks_done"])
         run_dir.state = RunState(**ckpt["state"])
-        restore_strategy(strategy, ckpt["strategy"], bench.scenario.train_stream, bench.task_classes, start)
+        strategy.load_state_dict(ckpt["strategy"], train_stream=bench.scenario.train_stream,
+                                 task_classes=bench.task_classes, done=start)
         restore_rng_state(ckpt["rng"])
         if is_main:
             print(f"casdap cl: resuming {out} after task {start}/{bench.n_tasks}")
@@ -349,25 +308,29 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", cfg.dump())
         label = f" [{selection} key selection]" if selection else ""
-        print(f"casdap cl: {method}{label} on {bench.dataset} ({bench.num_classes} classes, {bench.n_tasks} tasks "
-              f"of {[len(c) for c in bench.task_classes]}), backbone {cfg.MODEL.BACKBONE}, seed {seed}, "
+        print(f"casdap cl: {method.name}{label} on {bench.dataset} ({bench.num_classes} classes, {bench.n_tasks} "
+              f"tasks of {[len(c) for c in bench.task_classes]}), backbone {cfg.MODEL.BACKBONE}, seed {seed}, "
               f"{trainable:,} trainable / {total:,} parameters, device {device}"
               + (f", {world} processes" if world > 1 else "") + f" -> {out}")
+        if cfg.SOLVER.DBG_TRAINABLE:  # DAP's debugging switch: name every parameter that learns
+            names = [n for n, p in model.named_parameters() if p.requires_grad]
+            print(f"casdap cl: {len(names)} trainable parameter tensors: {', '.join(names)}")
 
     for lg in loggers:  # the protocol travels with the TensorBoard logs too
-        lg.writer.add_text("run", f"method {method}, key selection {selection or '-'}, backbone {cfg.MODEL.BACKBONE}"
-                           + (" (randomly initialised)" if random_backbone else "") + f", seed {seed}")
+        lg.writer.add_text("run", f"method {method.name}, key selection {selection or '-'}, backbone "
+                           f"{cfg.MODEL.BACKBONE}" + (" (randomly initialised)" if random_backbone else "")
+                           + f", seed {seed}")
 
     try:
         train_stream, test_stream = bench.scenario.train_stream, bench.scenario.test_stream
-        if method == "joint":  # every task at once: one training, one row (the upper bound)
+        if method.joint:  # every task at once: one training, one row (the upper bound)
             tasks = [(train_stream, test_stream)] if start < bench.n_tasks else []
         else:
             tasks = [(train_stream[t], test_stream[: t + 1]) for t in range(start, bench.n_tasks)]
         for train_part, test_part in tasks:
-            strategy.train(train_part, num_workers=workers, reset_optimizer_state=True)
+            strategy.train(train_part, reset_optimizer_state=True, **loader_args)
             if is_main:  # the run directory plugin writes the row
-                strategy.eval(test_part, num_workers=workers)
+                strategy.eval(test_part, **loader_args)
             if world > 1:
                 dist.barrier()
     except KeyboardInterrupt:
@@ -386,17 +349,3 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         print(format_summary_table([metrics]))
         print(f"\nrun directory: {out}  (TensorBoard: tensorboard --logdir {out / 'tensorboard'})")
     return RunResult(metrics, out, strategy)
-
-
-def _protocol_notes(cfg: CfgNode, method: str, selection: str | None, random_backbone: bool) -> list[str]:
-    """Lines of ``final_results.txt`` that say how the run was evaluated."""
-    notes = []
-    if selection and selection != "per_image":
-        notes.append(f"Key selection: {selection}" + (
-            " (reference protocol: each test batch holds one task and votes on its key)"
-            if selection == "batch_majority" else " (oracle task identity: a diagnostic, not a result)"))
-    if method == "dap" and cfg.MODEL.DAP.RESTRICT_TO_TASK:
-        notes.append("Logits restricted to the selected key's task classes")
-    if random_backbone:
-        notes.append("Backbone: randomly initialised (MODEL.RANDOM_INIT True)")
-    return notes

@@ -4,6 +4,7 @@ the backbone + linear-head model the other baselines train, and the task-selecti
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ from casdap.models.dap import MASKED_LOGIT, SELECTIONS, restrict_logits
 
 __all__ = [
     "SELECTIONS",
+    "CasdapStrategyMixin",
     "BackboneClassifier",
     "NCMClassifier",
     "DAPStrategy",
@@ -28,6 +30,67 @@ __all__ = [
     "TaskSelectionAccuracy",
     "add_class_means",
 ]
+
+def _clock_state(strategy) -> dict[str, int]:
+    return {k: int(v) for k, v in vars(strategy.clock).items() if isinstance(v, int)}
+
+
+class CasdapStrategyMixin:
+    """What every strategy of this package adds to its Avalanche template: the state a resumed run
+    needs (:meth:`state_dict` / :meth:`load_state_dict`) and the batch-wide prediction of the
+    run directory's mixed-stream pass (:meth:`predict`).
+
+    The base state is Avalanche's clock and, where an :class:`~casdap.continual.plugins.RngRecorderPlugin`
+    precedes a ``ReplayPlugin``, the random states from which the replay buffer is rebuilt update by
+    update. A subclass adds its own part by extending :meth:`state_dict` and :meth:`load_own_state`.
+    Put the mixin before the Avalanche template in the bases.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy keeps between tasks beyond its model (checkpointed after every task)."""
+        from casdap.continual.plugins import RngRecorderPlugin
+
+        state: dict[str, Any] = {"clock": _clock_state(self)}
+        rec = self.find_plugin(RngRecorderPlugin)
+        if rec is not None:
+            state["replay_rng"] = dict(rec.states)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], *, train_stream, task_classes: Sequence, done: int) -> None:
+        """Undo :meth:`state_dict` after ``done`` finished tasks, the model already loaded."""
+        for k, v in state["clock"].items():
+            setattr(self.clock, k, v)
+        self.load_own_state(state, task_classes=task_classes, done=done)
+        self._rebuild_replay(state, train_stream, done)
+
+    def load_own_state(self, state: dict[str, Any], *, task_classes: Sequence, done: int) -> None:
+        """A subclass's own part of :meth:`load_state_dict` (nothing here)."""
+
+    def _rebuild_replay(self, state: dict[str, Any], train_stream, done: int) -> None:
+        from avalanche.training.plugins import ReplayPlugin
+
+        from casdap.continual.plugins import RngRecorderPlugin
+
+        replay, rec = self.find_plugin(ReplayPlugin), self.find_plugin(RngRecorderPlugin)
+        if replay is None or rec is None:
+            return
+        # the same buffer updates from the same random states give exactly the same buffer
+        rec.states = {int(k): v for k, v in state["replay_rng"].items()}
+        for t in range(done):
+            torch.set_rng_state(rec.states[t])
+            replay.storage_policy.post_adapt(self, train_stream[t])
+
+    def find_plugin(self, kind: type):
+        """The strategy's first plugin of type ``kind``, or None."""
+        return next((p for p in self.plugins if isinstance(p, kind)), None)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for a batch under the strategy's evaluation protocol, and the selected keys where the
+        method has keys (else None). Here every image is predicted alone by the model."""
+        self.model.eval()
+        return self.model(x), None
+
 
 class BackboneClassifier(nn.Module):
     """A CAS-ViT backbone's pooled features and one linear head over all classes.
@@ -87,7 +150,7 @@ class NCMClassifier(nn.Module):
         return self.logits_from(self.features(x), self.class_sums, self.class_counts)
 
 
-class DAPStrategy(SupervisedTemplate):
+class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
     """Domain-adaptive prompting (Jung et al., ICCV 2023) as an Avalanche strategy.
 
     Training: every sample is trained under its own task, read from its label (``class_to_task``,
@@ -109,6 +172,10 @@ class DAPStrategy(SupervisedTemplate):
     classes trained so far (plus the image's own class if it was never trained), before any
     restriction. So a key-selection error costs what the head's scores say, not the ~1e4 of an
     excluded logit. The model must follow ``casdap.models.dap.CASDAP``.
+
+    The class-to-task table and the classes of every task are tensors on the strategy's device,
+    rebuilt when an experience starts (and on resume), so a training step after the first of its
+    experience reads nothing back from the device.
     """
 
     def __init__(
@@ -123,11 +190,12 @@ class DAPStrategy(SupervisedTemplate):
         plugins: Sequence | None = None,
         evaluator: EvaluationPlugin | None = None,
         current_lambda: float = 1.0,
-        sim_lambda: float = 0.1,
+        sim_lambda: float = 0.5,
         selection: str = "per_image",
         restrict_to_task: bool = False,
         eval_every: int = -1,
     ) -> None:
+        selection = selection.lower()
         if selection not in SELECTIONS:
             raise CasdapError(f"unknown key selection '{selection}' (use one of {', '.join(SELECTIONS)})")
         kwargs = {} if evaluator is None else {"evaluator": evaluator}
@@ -142,6 +210,7 @@ class DAPStrategy(SupervisedTemplate):
         self.mb_dap = None  # DAPOutput of the last minibatch
         self._keys_seeded = True  # set False at the start of every training experience
         self.mb_true_task: torch.Tensor | None = None
+        self._tables: tuple[dict[int, int], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- experience bookkeeping ------------------------------------------------------------
     @property
@@ -157,10 +226,31 @@ class DAPStrategy(SupervisedTemplate):
             )
         for c in self.experience.classes_in_this_experience:
             self.class_to_task[int(c)] = t
+        self._refresh_tables()
         if t >= 1:
             self.model.freeze_token_axis()
         self._keys_seeded = False
         super()._before_training_exp(**kwargs)
+
+    def _refresh_tables(self) -> None:
+        """The class-to-task map as device tensors: the task of every label (-1: never trained), the
+        classes of every task as a mask ``[num_tasks, max class + 1]``, and the classes trained so far."""
+        size = max(self.class_to_task, default=0) + 1
+        table = torch.full((size,), -1, dtype=torch.long)
+        for c, t in self.class_to_task.items():
+            table[c] = t
+        n_tasks = self.model.num_tasks
+        splits = torch.zeros(n_tasks, size, dtype=torch.bool)
+        for c, t in self.class_to_task.items():
+            if t < n_tasks:
+                splits[t, c] = True
+        seen = torch.as_tensor(sorted(self.class_to_task), dtype=torch.long)
+        self._tables = (dict(self.class_to_task), table.to(self.device), splits.to(self.device), seen.to(self.device))
+
+    def _current_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._tables is None or self._tables[0] != self.class_to_task:
+            self._refresh_tables()  # the map was changed from outside (or never built)
+        return self._tables[1:]
 
     def _seed_keys(self, own: torch.Tensor) -> None:
         """Seed the current task's keys from the current-task samples (``own``) of its first training
@@ -173,10 +263,7 @@ class DAPStrategy(SupervisedTemplate):
 
     def true_task(self, y: torch.Tensor) -> torch.Tensor:
         """Task of each label, from the experiences trained so far (-1: never trained)."""
-        table = torch.full((max(self.class_to_task, default=0) + 1,), -1, dtype=torch.long)
-        for c, t in self.class_to_task.items():
-            table[c] = t
-        table = table.to(y.device)
+        table = self._current_tables()[0].to(y.device)
         inside = y < len(table)
         return torch.where(inside, table[y.clamp(max=len(table) - 1)], -1).to(self.device)
 
@@ -184,19 +271,28 @@ class DAPStrategy(SupervisedTemplate):
         """Classes of each task (one list per key group; empty for a task not trained yet)."""
         return [[c for c, t in self.class_to_task.items() if t == task] for task in range(self.model.num_tasks)]
 
+    def _restrict_to(self, logits: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Keep, per row, only the classes of ``task`` (others :data:`MASKED_LOGIT`), from the cached
+        class mask: what :func:`casdap.models.dap.restrict_logits` gives, with no host sync."""
+        splits = self._current_tables()[1]
+        keep = torch.zeros(splits.shape[0], logits.shape[1], dtype=torch.bool, device=logits.device)
+        width = min(splits.shape[1], logits.shape[1])
+        keep[:, :width] = splits[:, :width].to(logits.device)
+        return logits.masked_fill(~keep[task.to(logits.device)], MASKED_LOGIT)
+
     # -- forward and loss ------------------------------------------------------------------
     def forward(self):
         if self.is_training:
             task = self.true_task(self.mb_y)
-            if bool((task < 0).any()):
-                bad = sorted(set(self.mb_y[task < 0].tolist()))
-                raise CasdapError(f"training labels {bad[:10]} belong to no experience trained so far")
-            if not self._keys_seeded:
+            if not self._keys_seeded:  # the first batch of the experience: checks and key seeding
+                if bool((task < 0).any()):
+                    bad = sorted(set(self.mb_y[task < 0].tolist()))
+                    raise CasdapError(f"training labels {bad[:10]} belong to no experience trained so far")
                 self._seed_keys(task == self.current_task)
             out = self.model(self.mb_x, task_id=task)
             self.mb_dap = out
             # The logits the loss trains on: each sample's own task's classes (finite fill).
-            return restrict_logits(out.logits, task, self.class_splits())
+            return self._restrict_to(out.logits, task)
         self.mb_true_task = self.true_task(self.mb_y)
         oracle = self.mb_true_task.clamp(min=0) if self.selection == "oracle" else None
         out = self.model(self.mb_x, task_id=oracle, selection=self.selection)
@@ -213,7 +309,7 @@ class DAPStrategy(SupervisedTemplate):
         logits = self.mb_dap.logits.float()
         keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
         if self.class_to_task:
-            keep[torch.as_tensor(sorted(self.class_to_task), dtype=torch.long, device=logits.device)] = True
+            keep[self._current_tables()[2].to(logits.device)] = True
         keep = keep.unsqueeze(0).expand_as(logits).clone()
         keep[torch.arange(len(self.mb_y), device=logits.device), self.mb_y.to(logits.device)] = True
         return logits.masked_fill(~keep, MASKED_LOGIT)
@@ -226,7 +322,8 @@ class DAPStrategy(SupervisedTemplate):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and selected keys for a batch, under the strategy's evaluation protocol."""
+        """Logits and selected keys for a batch, under the strategy's evaluation protocol (with
+        ``batch_majority`` an image's key depends on its batch mates)."""
         self.model.eval()
         true_task = self.true_task(y)
         oracle = true_task.clamp(min=0) if self.selection == "oracle" else None
@@ -234,8 +331,16 @@ class DAPStrategy(SupervisedTemplate):
         logits = self.restrict(out.logits, out.key_idx) if self.restrict_to_task else out.logits
         return logits, out.key_idx
 
+    # -- resume ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "class_to_task": dict(self.class_to_task)}
 
-class GradientFreeStrategy(SupervisedTemplate):
+    def load_own_state(self, state: dict[str, Any], *, task_classes: Sequence, done: int) -> None:
+        self.class_to_task = {int(c): int(t) for c, t in state["class_to_task"].items()}
+        self._refresh_tables()
+
+
+class GradientFreeStrategy(CasdapStrategyMixin, SupervisedTemplate):
     """A strategy whose "training" is one pass that adds up statistics of frozen features (no
     gradient step): the shared constructor of the prototype methods (ncm, ranpac, and aper after
     its first task, which trains with the optimizer it is given)."""

@@ -1,10 +1,14 @@
-"""Optimizer, learning-rate and weight-decay schedules for supervised training (timm-based).
+"""Optimizer, learning-rate and weight-decay schedules of both training paths (timm-based).
 
 The optimizer comes from timm's ``create_optimizer_v2`` (no weight decay on 1-D parameters,
 layer-wise lr decay through ``CASViT.group_matcher``). The learning rate follows timm's cosine
 schedule updated every optimizer step, after a linear warmup given in epochs or, overriding
 that, in steps; weight decay follows its own per-step cosine from ``--weight_decay`` to
 ``--weight_decay_end``, as in ConvNeXt/CAS-ViT training.
+
+The continual path (:func:`build_group_optimizer`, :func:`build_task_lr_scheduler`) takes DAP's
+optimizer names over the method's own parameter groups, and a schedule that restarts with every
+task.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2, list_optimizers
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
 from casdap.errors import CasdapError
 
@@ -46,6 +50,51 @@ def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.O
         # Groups excluded from decay (biases, norms) stay at 0 under the weight-decay schedule.
         group["wd_scheduled"] = group.get("weight_decay", 0.0) > 0
     return optimizer
+
+
+# DAP's optimizer names -> timm's: DAP's "sgd" is plain momentum SGD (timm's "sgd" is Nesterov)
+DAP_OPTIMIZERS = {"sgd": "momentum", "adam": "adam", "adamw": "adamw"}
+# Per-iteration schedules of a continual task: DAP's "linear" is a warmup, then the base rate.
+TASK_SCHEDULES = ("linear", "linear_decay", "cosine", "constant")
+
+
+def build_group_optimizer(groups: list[dict], name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """DAP's ``sgd`` / ``adam`` / ``adamw`` (any case) over ``groups`` (each with its own ``lr``);
+    empty groups are dropped. ``momentum`` is used by sgd, ``betas`` by the others."""
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise CasdapError("the method has no trainable parameters")
+    timm_name = DAP_OPTIMIZERS.get(name.lower())
+    if timm_name is None:
+        raise CasdapError(f"unknown SOLVER.OPTIMIZER '{name}' (use {', '.join(DAP_OPTIMIZERS)})")
+    extra = {"momentum": momentum} if timm_name == "momentum" else {"betas": tuple(betas)}
+    return create_optimizer_v2(groups, opt=timm_name, lr=lr, weight_decay=weight_decay, **extra)
+
+
+def build_task_lr_scheduler(kind: str, optimizer: torch.optim.Optimizer, total_steps: int,
+                            warmup: int) -> PolyLRScheduler | CosineLRScheduler | None:
+    """The per-iteration schedule of one continual task (``step_update(i)`` before iteration ``i``).
+
+    Every group restarts from its base rate. ``linear`` is DAP's (its ``WarmupConstantSchedule``):
+    ``warmup`` steps from zero, then the base rate; ``constant`` is the same; ``linear_decay`` decays
+    linearly to zero over ``total_steps`` and ``cosine`` follows a half cosine, both after the warmup.
+    None where the rate never changes (linear or constant with no warmup).
+    """
+    kind = kind.lower()
+    if kind not in TASK_SCHEDULES:
+        raise CasdapError(f"unknown SOLVER.SCHEDULER '{kind}' (use {', '.join(TASK_SCHEDULES)})")
+    for group in optimizer.param_groups:  # timm reads the base rate from initial_lr
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"]
+    common = dict(t_initial=total_steps, warmup_t=warmup, warmup_lr_init=0.0, t_in_epochs=False, lr_min=0.0)
+    if kind == "linear_decay":
+        return PolyLRScheduler(optimizer, power=1.0, **common)
+    if kind == "cosine":
+        return CosineLRScheduler(optimizer, **common)
+    if warmup > 0:
+        return PolyLRScheduler(optimizer, power=0.0, **common)
+    return None
 
 
 def warmup_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:

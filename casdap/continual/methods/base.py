@@ -1,0 +1,75 @@
+"""What a continual-learning method gives the runner, with the defaults most baselines share.
+
+A method module defines ``METHOD = MyMethod()`` for a :class:`Method` subclass that overrides only
+what differs from a pretrained backbone with one linear head trained by gradient steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from avalanche.training import Naive
+from yacs.config import CfgNode
+
+from casdap.continual.strategies import BackboneClassifier, CasdapStrategyMixin
+
+__all__ = ["Method", "ResumableNaive"]
+
+
+class ResumableNaive(CasdapStrategyMixin, Naive):
+    """Avalanche's ``Naive`` (plain fine-tuning) that keeps its clock and replay buffer on resume."""
+
+
+class Method:
+    """One method: its model, optimizer groups, strategy and what its run records.
+
+    ``gradient_training``: the method takes gradient steps, so the runner adds the learning-rate
+    schedule, multi-scale, gradient sync and clipping plugins. ``uses_optimizer``: the runner
+    builds an optimizer over :meth:`param_groups` (False: the strategy gets None). ``joint``: one
+    training on the whole stream and one row of the accuracy matrix (the upper bound).
+    """
+
+    name: str = ""
+    gradient_training: bool = True
+    uses_optimizer: bool = True
+    joint: bool = False
+
+    def build_model(self, cfg: CfgNode, num_classes: int) -> nn.Module:
+        """The pretrained backbone (``MODEL.BACKBONE``) and one linear head over all classes."""
+        from casdap.models.build import build_backbone
+
+        return BackboneClassifier(build_backbone(cfg, num_classes=0), num_classes)
+
+    def param_groups(self, cfg: CfgNode, model: nn.Module) -> list[dict]:
+        """The backbone at ``BASELINES.BACKBONE_LR_SCALE`` of the base rate, the head at the base rate."""
+        lr = cfg.SOLVER.BASE_LR
+        return [
+            {"params": list(model.backbone.parameters()), "lr": lr * cfg.BASELINES.BACKBONE_LR_SCALE},
+            {"params": list(model.head.parameters()), "lr": lr},
+        ]
+
+    def criterion(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    def build_strategy(self, cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                       plugins: list, **common: Any):
+        """The Avalanche strategy. ``plugins`` are the runner's (progress, schedule, ...), ``common``
+        the batch sizes, epochs, device and evaluator."""
+        raise NotImplementedError(f"method '{self.name}' builds no strategy")
+
+    def protocol_notes(self, cfg: CfgNode) -> list[str]:
+        """Lines of ``final_results.txt`` that say how this method's run was evaluated."""
+        return []
+
+    def run_fields(self, cfg: CfgNode) -> dict[str, Any]:
+        """The method's own run-information fields of ``metrics.json`` (``selection``: key selection)."""
+        return {"selection": None}
+
+    def eval_metrics(self) -> list:
+        """Avalanche metrics the evaluator adds for this method (beyond accuracy and loss)."""
+        return []
+
+    def trainable_params(self, model: nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)

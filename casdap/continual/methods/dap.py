@@ -1,0 +1,53 @@
+"""``dap``: domain-adaptive prompts on the frozen CAS-ViT (:class:`casdap.continual.strategies.DAPStrategy`),
+optionally with a class-balanced replay buffer (``MODEL.DAP.REPLAY_MEM_SIZE``)."""
+
+from casdap.continual.methods.base import Method
+
+
+class DAP(Method):
+    name = "dap"
+
+    def build_model(self, cfg, num_classes):
+        from casdap.models.build import build_dap_model
+
+        return build_dap_model(cfg)
+
+    def param_groups(self, cfg, model):
+        return [{"params": [p for p in model.trainable_parameters() if p.requires_grad], "lr": cfg.SOLVER.BASE_LR}]
+
+    def build_strategy(self, cfg, model, optimizer, plugins, **common):
+        from casdap.continual.strategies import DAPStrategy
+
+        d = cfg.MODEL.DAP  # settings checked by casdap.config.validate
+        if d.REPLAY_MEM_SIZE > 0:  # replayed samples are trained under their own task's key and classes
+            from casdap.continual.methods.replay import replay_plugins
+
+            plugins = [*replay_plugins(int(d.REPLAY_MEM_SIZE)), *plugins]
+        return DAPStrategy(model=model, optimizer=optimizer, plugins=plugins, current_lambda=d.CURRENT_LAMBDA,
+                           sim_lambda=d.SIM_LAMBDA, selection=d.SELECTION.lower(),
+                           restrict_to_task=d.RESTRICT_TO_TASK, **common)
+
+    def protocol_notes(self, cfg):
+        notes = []
+        selection = cfg.MODEL.DAP.SELECTION.lower()
+        if selection != "per_image":
+            notes.append(f"Key selection: {selection}" + (
+                " (reference protocol: each test batch holds one task and votes on its key)"
+                if selection == "batch_majority" else " (oracle task identity: a diagnostic, not a result)"))
+        if cfg.MODEL.DAP.RESTRICT_TO_TASK:
+            notes.append("Logits restricted to the selected key's task classes")
+        return notes
+
+    def run_fields(self, cfg):
+        return {"selection": cfg.MODEL.DAP.SELECTION.lower()}
+
+    def eval_metrics(self):
+        from casdap.continual.strategies import TaskSelectionAccuracy
+
+        return [TaskSelectionAccuracy()]
+
+    def trainable_params(self, model):
+        return sum(p.numel() for p in model.trainable_parameters())
+
+
+METHOD = DAP()
