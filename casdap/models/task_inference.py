@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,22 @@ class ClassStatistics:
     count: torch.Tensor  # [K]
     mean: torch.Tensor  # [K, C]
     covariance: torch.Tensor | None = None  # [K, C, C]
+
+    @classmethod
+    @torch.no_grad()
+    def from_queries(cls, query: torch.Tensor, labels: torch.Tensor, task_of_class: Mapping[int, int],
+                     covariance: bool = False) -> ClassStatistics:
+        """Statistics of queries ``[M, C]`` with class ``labels`` ``[M]``; ``task_of_class`` maps every
+        label to its task."""
+        classes = sorted({int(c) for c in labels.tolist()})
+        query = query.detach().float()
+        rows = [query[labels == c] for c in classes]
+        mean = torch.stack([r.mean(0) for r in rows])
+        cov = None
+        if covariance:
+            cov = torch.stack([torch.cov(r.t(), correction=0).reshape(query.shape[1], -1) for r in rows])
+        return cls(classes=torch.tensor(classes), tasks=torch.tensor([int(task_of_class[c]) for c in classes]),
+                   count=torch.tensor([len(r) for r in rows]), mean=mean, covariance=cov)
 
 
 class TaskPredictor(nn.Module):
