@@ -88,7 +88,7 @@ def main() -> None:
             model.freeze_token_axis()
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
         params = [p for _, p in named]
-        head_side = ("head.", "dap_keys")
+        head_side = ("head.", "dap_task_predictor.")
         groups = [
             {"params": [p for n, p in named if n.startswith(head_side)], "lr": a.lr},
             {"params": [p for n, p in named if not n.startswith(head_side)], "lr": a.lr * a.prompt_lr_scale},

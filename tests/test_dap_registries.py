@@ -204,8 +204,8 @@ class TaskTokens(PromptSource):
         self.tokens = nn.Parameter(torch.zeros(num_tasks, dim, num_tokens))
 
     def forward(self, x, task_emb, task_idx=None):
-        if task_idx is None or not torch.is_tensor(task_idx):
-            task_idx = torch.full((len(x),), 0 if task_idx is None else task_idx, device=x.device)
+        if not torch.is_tensor(task_idx):  # one task for the whole batch
+            return self.tokens[task_idx].expand(len(x), -1, -1)
         return self.tokens[task_idx]
 
 

@@ -65,11 +65,11 @@ class DAPOutput:
 
 def _build(kind: str, cls: type, args: tuple, options: Mapping[str, Any]) -> Any:
     """``cls(*args, **options)``; an option the class does not take is one clear error, never ignored."""
-    try:
-        inspect.signature(cls).bind(*args, **options)
-    except TypeError:
-        raise CasdapError(f"{kind} {cls.__name__} does not take {', '.join(sorted(options)) or 'these arguments'}"
-                          ) from None
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(k for k in options if k not in params)
+        if unknown:
+            raise CasdapError(f"{kind} {cls.__name__} does not take {', '.join(unknown)}")
     return cls(*args, **options)
 
 
@@ -322,13 +322,10 @@ class CASDAP(nn.Module):
         when the caller knows it (a Python int), so per-task generators need no look at ``key_idx``."""
         bb = self.backbone
         task_emb = self.dap_task_emb(key_idx)
-        task_idx: int | torch.Tensor = key_idx
-        if self.task_generators:  # a batch of one task takes its maps once per block
-            if task is not None:
-                task_idx = task
-            else:  # one host sync per pass; callers that know the task pass it as an int
-                tasks = key_idx.unique()
-                task_idx = tasks[0] if len(tasks) == 1 else key_idx
+        task_idx: int | torch.Tensor = key_idx if task is None else task
+        if self.task_generators and task is None:  # a batch of one task takes its maps once per block:
+            tasks = key_idx.unique()  # one host sync per pass (callers that know the task pass an int)
+            task_idx = tasks[0] if len(tasks) == 1 else key_idx
         for s in range(self.stages[0], len(bb.layers)):
             if str(s) in self.dap_blocks:
                 prompted = self.dap_blocks[str(s)]

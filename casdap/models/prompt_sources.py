@@ -32,9 +32,10 @@ class PromptSource(nn.Module):
     ``forward(x, task_emb, task_idx)`` gets the block's input map ``x`` ``[B, C, H, W]`` (the stream
     that enters the token mixer, after the block's local integration), the selected task's
     embedding per image ``task_emb`` ``[B, task_emb_dim]`` and the selected task ``task_idx``: a
-    Python int when the whole batch is one task, else a ``[B]`` long tensor (or None when the
-    caller has none). It returns the prompt tokens ``[B, C, N]``; the block normalises them and lets
-    them take part in its mixer (the injection), so a source never touches the backbone.
+    Python int when the caller gave one task for the whole batch, else a ``[B]`` long tensor (or a
+    0-d tensor, when DAP's per-task maps found the batch to be one task). It returns the prompt
+    tokens ``[B, C, N]``; the block normalises them and lets them take part in its mixer (the
+    injection), so a source never touches the backbone.
 
     :meth:`structure_parameters` lists the parameters that train on the first task only
     (``CASDAP.freeze_token_axis`` freezes them after it); none by default.
