@@ -98,7 +98,7 @@ def test_freeze_token_axis_stops_structure_while_film_and_keys_train(injection):
     for n, p in model.named_parameters():
         if n in structure:
             assert torch.equal(p, start[n]), f"{n} changed after freeze_token_axis"
-    for n in ("dap_keys", "dap_task_emb.weight", "dap_blocks.3.0.generator.film.weight", "head.weight"):
+    for n in ("dap_task_predictor.keys", "dap_task_emb.weight", "dap_blocks.3.0.generator.film.weight", "head.weight"):
         assert not torch.equal(dict(model.named_parameters())[n], start[n]), f"{n} stopped training"
 
 
@@ -204,7 +204,7 @@ def test_batch_majority_depends_on_batch_mates_and_oracle_uses_given_id():
         assert torch.equal(out.logits, model.head(model.forward_prompted(x, ids)))
     with pytest.raises(casdap.CasdapError, match="oracle"):
         model(x, selection="oracle")
-    with pytest.raises(casdap.CasdapError, match="PROMPT_POOL"):
+    with pytest.raises(casdap.CasdapError, match="num_tasks"):
         model(x, task_id=5)
     with pytest.raises(casdap.CasdapError, match="selection"):
         model(x, selection="majority")
@@ -418,6 +418,6 @@ def test_prompts_off_injects_nothing_and_trains_keys_and_head():
     with torch.no_grad():
         for task in (0, 1):
             assert torch.equal(model.forward_prompted(x, torch.full((3,), task)), model.backbone.forward_pooled(x))
-    with pytest.raises(casdap.CasdapError, match="NUM_DAP_TOKENS must be 0 \\(prompts off\\) or more"):
+    with pytest.raises(casdap.CasdapError, match="num_tokens must be 0 \\(prompts off\\) or more"):
         CASDAP(_backbone(), num_classes=10, num_tasks=2, num_tokens=-1, task_emb_dim=16,
                stages=(2, 3), injection="kv", keys_per_task=1)

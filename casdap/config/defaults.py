@@ -1,10 +1,13 @@
 """Every setting of a continual-learning run, with its default (yacs, DAP's key layout).
 
 DAP's own keys keep their names and defaults so its YAML files load unchanged; CAS-ViT and
-project keys are added under the same nodes. YAML files state only differences.
+project keys are added under the same nodes. YAML files state only differences. The ``MODEL.DAP``
+defaults come from :mod:`casdap.dap_defaults`, which the model's keyword defaults also read.
 """
 
 from yacs.config import CfgNode as CN
+
+from casdap import dap_defaults as D
 
 _C = CN()
 
@@ -53,18 +56,18 @@ _C.MODEL.LINEAR.DROPOUT = 0.1
 _C.MODEL.DAP = CN()
 _C.MODEL.DAP.DROPOUT = 0.3  # accepted from DAP's layout; unused
 _C.MODEL.DAP.INIT = None  # accepted from DAP's layout; unused
-_C.MODEL.DAP.CURRENT_LAMBDA = 1.0  # weight of the masked cross-entropy
-_C.MODEL.DAP.SIM_LAMBDA = 0.5  # weight of the key-query pull term
-_C.MODEL.DAP.NUM_DAP_TOKENS = 3  # prompt tokens generated per prompted block
-_C.MODEL.DAP.TASK_EMB = 64  # task-embedding width (FiLM input)
-_C.MODEL.DAP.NUM_TASKS_FOR_EMB = 10  # rows of the task-embedding table
-_C.MODEL.DAP.PROMPT_POOL = 10  # number of key groups, one per task (DAP: one key each)
-_C.MODEL.DAP.KEYS_PER_TASK = 1  # keys per task; the nearest one speaks for its task (docs/dap_on_casvit.md)
-_C.MODEL.DAP.STAGES = [2, 3]  # CAS-ViT stages (0-3) whose blocks are prompted (measured: docs/dap_on_casvit.md)
-_C.MODEL.DAP.INJECTION = "kv"  # kv (extra keys/values) | attn (softmax over prompts) | pool; docs/dap_on_casvit.md
-_C.MODEL.DAP.CHANNEL_MIX = False  # prompt generator also mixes channels (trained on task 1, then frozen)
-_C.MODEL.DAP.TASK_GENERATORS = False  # every task its own generator maps (trained on its own images only)
-_C.MODEL.DAP.SELECTION = "per_image"  # inference key selection: per_image | batch_majority | oracle
+_C.MODEL.DAP.CURRENT_LAMBDA = D.CURRENT_LAMBDA  # weight of the masked cross-entropy
+_C.MODEL.DAP.SIM_LAMBDA = D.SIM_LAMBDA  # weight of the key-query pull term
+_C.MODEL.DAP.NUM_DAP_TOKENS = D.NUM_TOKENS  # prompt tokens generated per prompted block
+_C.MODEL.DAP.TASK_EMB = D.TASK_EMB_DIM  # task-embedding width (FiLM input)
+_C.MODEL.DAP.NUM_TASKS_FOR_EMB = D.NUM_TASK_EMBEDDINGS  # rows of the task-embedding table
+_C.MODEL.DAP.PROMPT_POOL = D.NUM_TASKS  # number of key groups, one per task (DAP: one key each)
+_C.MODEL.DAP.KEYS_PER_TASK = D.KEYS_PER_TASK  # keys per task; the nearest speaks for its task (docs/dap_on_casvit.md)
+_C.MODEL.DAP.STAGES = list(D.STAGES)  # CAS-ViT stages (0-3) whose blocks are prompted (measured: docs/dap_on_casvit.md)
+_C.MODEL.DAP.INJECTION = D.INJECTION  # kv (extra keys/values) | attn (softmax over prompts) | pool; dap_on_casvit.md
+_C.MODEL.DAP.CHANNEL_MIX = D.CHANNEL_MIX  # prompt generator also mixes channels (trained on task 1, then frozen)
+_C.MODEL.DAP.TASK_GENERATORS = D.TASK_GENERATORS  # every task its own generator maps (trained on its own images only)
+_C.MODEL.DAP.SELECTION = D.SELECTION  # inference key selection: per_image | batch_majority | oracle
 _C.MODEL.DAP.REPLAY_MEM_SIZE = 0  # >0: Avalanche's ReplayPlugin, class-balanced buffer of this many images; 0: none
 # At inference keep only the selected key's task classes. None: as DAP's reference does for
 # DATA.NAME (True for imagenet_r, else False); see REFERENCE_DATASET_DEFAULTS in casdap.config.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from yacs.config import CfgNode
 
 from casdap.continual.methods import METHOD_MODULES, METHOD_NAMES
+from casdap.dap_registry import INJECTION_NAMES, SELECTION_NAMES
 from casdap.errors import CasdapError
 
 __all__ = ["validate", "METHOD_NAMES"]
@@ -17,8 +18,6 @@ __all__ = ["validate", "METHOD_NAMES"]
 DATASET_NAMES = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "imagenetr", "folder")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("linear", "linear_decay", "cosine", "constant")
-INJECTION_NAMES = ("kv", "pool", "attn")
-SELECTION_NAMES = ("per_image", "batch_majority", "oracle")
 DEVICES = ("auto", "cpu", "cuda")
 CASVIT_STAGES = 4
 

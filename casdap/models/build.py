@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from casdap.dap_registry import INJECTION_NAMES, SELECTION_NAMES, normalize
 from casdap.errors import CasdapError
-from casdap.models.casvit import CASViT
-from casdap.models.dap import CASDAP, INJECTIONS, SELECTIONS
+from casdap.models.casvit import VARIANTS, CASViT
+from casdap.models.dap import CASDAP
 
-__all__ = ["build_backbone", "build_dap_model", "dap_settings"]
+__all__ = ["build_backbone", "build_dap_model", "check_dap_settings", "dap_settings"]
 
 _logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def build_backbone(cfg, num_classes: int | None = None) -> CASViT:
 
 
 def dap_settings(cfg) -> dict:
-    """The :class:`CASDAP` keyword arguments that ``MODEL.DAP`` sets (its defaults live in the config only)."""
+    """The :class:`CASDAP` keyword arguments that ``MODEL.DAP`` sets (names lower-cased)."""
     dap = cfg.MODEL.DAP
     return dict(
         num_tasks=int(dap.PROMPT_POOL),
@@ -81,7 +82,7 @@ def dap_settings(cfg) -> dict:
         num_tokens=int(dap.NUM_DAP_TOKENS),
         task_emb_dim=int(dap.TASK_EMB),
         stages=list(dap.STAGES),
-        injection=dap.INJECTION,
+        injection=normalize(dap.INJECTION),
         keys_per_task=int(dap.KEYS_PER_TASK),
         prompt_last_block=dap.PROMPT_LAST_BLOCK is not False,
         channel_mix=bool(dap.CHANNEL_MIX),
@@ -89,18 +90,39 @@ def dap_settings(cfg) -> dict:
     )
 
 
-def build_dap_model(cfg) -> CASDAP:
-    """CAS-DAP from a config: pretrained frozen backbone and ``MODEL.DAP.*`` settings."""
+def check_dap_settings(cfg) -> None:
+    """Every ``MODEL.DAP`` value :class:`CASDAP` would refuse, as one error naming the config key
+    (the model's own errors name its arguments)."""
     dap = cfg.MODEL.DAP
-    if dap.INJECTION not in INJECTIONS:
-        raise CasdapError(f"MODEL.DAP.INJECTION must be one of {', '.join(INJECTIONS)}, got '{dap.INJECTION}'")
-    if dap.SELECTION not in SELECTIONS:
-        raise CasdapError(f"MODEL.DAP.SELECTION must be one of {', '.join(SELECTIONS)}, got '{dap.SELECTION}'")
+    if normalize(dap.INJECTION) not in INJECTION_NAMES:
+        raise CasdapError(f"MODEL.DAP.INJECTION must be one of {', '.join(INJECTION_NAMES)}, got '{dap.INJECTION}'")
+    if normalize(dap.SELECTION) not in SELECTION_NAMES:
+        raise CasdapError(f"MODEL.DAP.SELECTION must be one of {', '.join(SELECTION_NAMES)}, got '{dap.SELECTION}'")
     if int(cfg.DATA.NUMBER_CLASSES) < 1:
         raise CasdapError(f"DATA.NUMBER_CLASSES must be set (>= 1) for the DAP head, got {cfg.DATA.NUMBER_CLASSES}")
+    if dap.PROMPT_POOL < 1:
+        raise CasdapError(f"MODEL.DAP.PROMPT_POOL must be at least 1, got {dap.PROMPT_POOL}")
     if cfg.CONTINUAL.N_TASKS > dap.PROMPT_POOL:
         raise CasdapError(
             f"MODEL.DAP.PROMPT_POOL ({dap.PROMPT_POOL}) is smaller than CONTINUAL.N_TASKS ({cfg.CONTINUAL.N_TASKS}): "
             "DAP needs one key per task"
         )
+    if dap.NUM_TASKS_FOR_EMB < dap.PROMPT_POOL:
+        raise CasdapError(f"MODEL.DAP.NUM_TASKS_FOR_EMB ({dap.NUM_TASKS_FOR_EMB}) must be at least "
+                          f"MODEL.DAP.PROMPT_POOL ({dap.PROMPT_POOL}): every key indexes one task embedding")
+    if dap.NUM_DAP_TOKENS < 0:
+        raise CasdapError(f"MODEL.DAP.NUM_DAP_TOKENS must be 0 (prompts off) or more, got {dap.NUM_DAP_TOKENS}")
+    if dap.KEYS_PER_TASK < 1:
+        raise CasdapError(f"MODEL.DAP.KEYS_PER_TASK must be at least 1, got {dap.KEYS_PER_TASK}")
+    if dap.TASK_EMB < 1:
+        raise CasdapError(f"MODEL.DAP.TASK_EMB must be at least 1, got {dap.TASK_EMB}")
+    n_stages = len(VARIANTS[cfg.MODEL.BACKBONE][0]) if cfg.MODEL.BACKBONE in VARIANTS else None
+    stages = list(dap.STAGES)
+    if n_stages is not None and (not stages or any(not 0 <= int(s) < n_stages for s in stages)):
+        raise CasdapError(f"MODEL.DAP.STAGES must name stages 0..{n_stages - 1} of {cfg.MODEL.BACKBONE}, got {stages}")
+
+
+def build_dap_model(cfg) -> CASDAP:
+    """CAS-DAP from a config: pretrained frozen backbone and ``MODEL.DAP.*`` settings."""
+    check_dap_settings(cfg)
     return CASDAP(build_backbone(cfg, num_classes=0), num_classes=int(cfg.DATA.NUMBER_CLASSES), **dap_settings(cfg))

@@ -17,7 +17,9 @@ and ``prune_intermediate_layers`` follow timm's feature-extraction interface, an
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from timm.models._features import feature_take_indices  # where timm's own model
 
 from casdap.checkpoint import drop_dense_only, extract_state_dict
 
-__all__ = ["CASViT", "AdditiveBlock", "AdditiveTokenMixer", "VARIANTS", "checkpoint_filter_fn"]
+__all__ = ["CASViT", "AdditiveBlock", "AdditiveTokenMixer", "MixerPrompts", "VARIANTS", "checkpoint_filter_fn"]
 
 # name -> (blocks per stage, channels per stage)
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -107,8 +109,15 @@ class ChannelGate(nn.Module):
             nn.Sigmoid(),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.block(x)
+    def forward(
+        self, x: torch.Tensor, context: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """``context``, when given, rewrites the pooled context ``[B, C, 1, 1]`` before the gate
+        (prompted mixers let other tokens join it)."""
+        if context is None:
+            return x * self.block(x)
+        pool, conv, sigmoid = self.block
+        return x * sigmoid(conv(context(pool(x))))
 
 
 class LocalIntegration(nn.Module):
@@ -128,11 +137,41 @@ class LocalIntegration(nn.Module):
         return self.network(x)
 
 
+@dataclass
+class MixerPrompts:
+    """Extra tokens (prompts) for one :class:`AdditiveTokenMixer` call, and the roles they play.
+
+    ``tokens`` ``[B, N, C]``: N tokens per image, already normalised like the mixer's input. The
+    mixer projects them with its own ``qkv`` as one-pixel maps (no neighbours), giving ``q_n, k_n,
+    v_n``. Each role is a per-channel gate ``[C, 1, 1]`` (None: the role is not played); with every
+    gate at zero the mixer's output is exactly its output without prompts:
+
+    - ``key_gate``: extra keys, ``k' + key_gate * mean_n C(S(k_n))``;
+    - ``value_gate``: extra values, ``v + value_gate * mean_n v_n``;
+    - ``read_gate``: a softmax read of the tokens, ``dwc(q' + k') * v + read_gate * softmax_n(q . k_n /
+      sqrt(C)) v_n``, as a ViT position reads prepended prompt tokens;
+    - ``q_context_gate`` / ``k_context_gate``: the tokens join the pooled context of the channel gate
+      ``C`` of q / k, ``ctx + gate * (mean_n S(t_n) - ctx)``.
+    """
+
+    tokens: torch.Tensor
+    key_gate: torch.Tensor | None = None
+    value_gate: torch.Tensor | None = None
+    read_gate: torch.Tensor | None = None
+    q_context_gate: torch.Tensor | None = None
+    k_context_gate: torch.Tensor | None = None
+
+
+def _token_mean(maps: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[B*N, C, 1, 1]`` -> ``[B, C, 1, 1]``: mean over each image's tokens."""
+    return maps.reshape(batch, -1, maps.shape[1]).mean(1)[:, :, None, None]
+
+
 class AdditiveTokenMixer(nn.Module):
     """Convolutional additive attention: ``proj(dwc(C(S(q)) + C(S(k))) * v)``.
 
-    ``mix`` is split out so that prompted variants can alter q, k or v before the additive
-    fusion without copying the rest of the block.
+    Given :class:`MixerPrompts`, extra tokens take part in the mixing in the roles it names; without
+    them the plain path runs as is.
     """
 
     def __init__(self, dim: int, qkv_bias: bool = False, proj_drop: float = 0.0) -> None:
@@ -149,13 +188,51 @@ class AdditiveTokenMixer(nn.Module):
         out = self.proj(self.dwc(self.oper_q(q) + self.oper_k(k)) * v)
         return self.proj_drop(out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def mix_prompted(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prompts: MixerPrompts) -> torch.Tensor:
+        """:meth:`mix` with the extra tokens of ``prompts`` in their roles."""
+        p = prompts
+        b, c = p.tokens.shape[0], p.tokens.shape[-1]
+        q_p, k_p, v_p = self.qkv(p.tokens.reshape(-1, c, 1, 1)).chunk(3, dim=1)  # [B*N, C, 1, 1] each
+        q_mix = self._operate(self.oper_q, q, q_p, p.q_context_gate, b)
+        k_mix = self._operate(self.oper_k, k, k_p, p.k_context_gate, b)
+        if p.key_gate is not None:
+            k_mix = k_mix + p.key_gate * _token_mean(self.oper_k(k_p), b)
+        if p.value_gate is not None:
+            v = v + p.value_gate * _token_mean(v_p, b)
+        mixed = self.dwc(q_mix + k_mix) * v
+        if p.read_gate is not None:
+            mixed = mixed + p.read_gate * self._read_tokens(q, k_p.reshape(b, -1, c), v_p.reshape(b, -1, c))
+        return self.proj_drop(self.proj(mixed))
+
+    @staticmethod
+    def _operate(oper: nn.Sequential, t: torch.Tensor, t_p: torch.Tensor, gate: torch.Tensor | None,
+                 b: int) -> torch.Tensor:
+        """``C(S(t))``; with a context gate the tokens' ``S(t_p)`` join the pooled context of ``C``."""
+        if gate is None:
+            return oper(t)
+        spatial, channel = oper[0], oper[1]
+        s = spatial(t)
+        return channel(s, lambda ctx: ctx + gate * (_token_mean(spatial(t_p), b) - ctx))
+
+    @staticmethod
+    def _read_tokens(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]``: each position's softmax-weighted read of its image's token values ``[B, N, C]``."""
+        weights = torch.softmax(torch.einsum("bchw,bnc->bhwn", q, keys) / math.sqrt(q.shape[1]), dim=-1)
+        return torch.einsum("bhwn,bnc->bchw", weights, values)
+
+    def forward(self, x: torch.Tensor, prompts: MixerPrompts | None = None) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=1)
-        return self.mix(q, k, v)
+        if prompts is None:
+            return self.mix(q, k, v)
+        return self.mix_prompted(q, k, v, prompts)
 
 
 class AdditiveBlock(nn.Module):
-    """``x + LI(x)``, then ``+ DropPath(Mixer(BN(x)))``, then ``+ DropPath(MLP(BN(x)))``."""
+    """``x + LI(x)``, then ``+ DropPath(Mixer(BN(x)))``, then ``+ DropPath(MLP(BN(x)))``.
+
+    ``prompts``, when given, maps the stream that enters the mixer (after local integration) to the
+    :class:`MixerPrompts` of this call: prompted models generate their tokens from it.
+    """
 
     def __init__(
         self, dim: int, mlp_ratio: float = 4.0, drop: float = 0.0, drop_path: float = 0.0
@@ -168,9 +245,15 @@ class AdditiveBlock(nn.Module):
         self.norm2 = nn.BatchNorm2d(dim)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop=drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, prompts: Callable[[torch.Tensor], MixerPrompts] | None = None
+    ) -> torch.Tensor:
         x = x + self.local_perception(x)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        if prompts is None:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+        else:
+            extra = prompts(x)
+            x = x + self.drop_path(self.attn(self.norm1(x), extra))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
 

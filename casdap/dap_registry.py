@@ -1,0 +1,73 @@
+"""Names of CAS-DAP's pluggable parts, torch-free: each registry maps a name to ``"module:attr"``.
+
+The config check (:mod:`casdap.config.validate`) reads the names before torch is imported; the
+model imports an entry only when it is built (:func:`load`). A new part is one file plus one line
+here (docs/architecture.md, "Registries"). Names are compared lower-case everywhere
+(:func:`normalize`), so ``KV`` and ``kv`` are the same injection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import import_module
+from typing import Any
+
+from casdap.errors import CasdapError
+
+__all__ = [
+    "INJECTION_NAMES",
+    "PROMPT_SOURCES",
+    "SELECTIONS",
+    "SELECTION_NAMES",
+    "TASK_PREDICTORS",
+    "TASK_PREDICTOR_NAMES",
+    "PROMPT_SOURCE_NAMES",
+    "checked",
+    "load",
+    "normalize",
+]
+
+# Prompt sources: the block's input map and the task embedding (and index) -> prompt tokens [B, C, N].
+# Contract: casdap.models.prompt_sources.PromptSource.
+PROMPT_SOURCES: dict[str, str] = {
+    "dap": "casdap.models.prompt_sources:PromptGenerator",
+}
+
+# Task predictors: the query [B, C] -> per-task scores [B, T]. Contract: casdap.models.task_inference.TaskPredictor.
+TASK_PREDICTORS: dict[str, str] = {
+    "keys": "casdap.models.task_inference:KeyTaskPredictor",
+}
+
+# Selections (reducers): per-task scores [B, T] (and the true task, for oracle) -> task index per image [B].
+SELECTIONS: dict[str, str] = {
+    "per_image": "casdap.models.task_inference:per_image",
+    "batch_majority": "casdap.models.task_inference:batch_majority",
+    "oracle": "casdap.models.task_inference:oracle",
+}
+
+# How prompt tokens take part in a block's token mixer (casdap.models.dap.PromptedBlock).
+INJECTION_NAMES: tuple[str, ...] = ("kv", "pool", "attn")
+
+PROMPT_SOURCE_NAMES: tuple[str, ...] = tuple(PROMPT_SOURCES)
+TASK_PREDICTOR_NAMES: tuple[str, ...] = tuple(TASK_PREDICTORS)
+SELECTION_NAMES: tuple[str, ...] = tuple(SELECTIONS)
+
+
+def normalize(name: str) -> str:
+    """The registry form of a user-given name: stripped, lower-case."""
+    return str(name).strip().lower()
+
+
+def checked(kind: str, name: str, allowed: tuple[str, ...] | Mapping[str, str]) -> str:
+    """``name`` normalised, or one :class:`CasdapError` naming what ``kind`` accepts."""
+    key = normalize(name)
+    if key not in allowed:
+        raise CasdapError(f"{kind} must be one of {', '.join(allowed)}, got '{name}'")
+    return key
+
+
+def load(kind: str, registry: Mapping[str, str], name: str) -> Any:
+    """Import the entry ``name`` of ``registry`` (``kind`` names it in errors, e.g. ``"task_predictor"``)."""
+    target = registry[checked(kind, name, registry)]
+    module, _, attr = target.partition(":")
+    return getattr(import_module(module), attr)

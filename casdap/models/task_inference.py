@@ -1,0 +1,187 @@
+"""Task inference: which task's prompts an image gets.
+
+A *task predictor* (registered by name in :data:`casdap.dap_registry.TASK_PREDICTORS`) maps the
+query of each image to per-task scores; a *selection* (:data:`casdap.dap_registry.SELECTIONS`)
+reduces the scores to one task index per image. DAP's key pool (:class:`KeyTaskPredictor`, name
+``"keys"``) is the first predictor; ``per_image``, ``batch_majority`` and ``oracle`` are the
+selections.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from casdap.dap_defaults import KEYS_PER_TASK
+from casdap.errors import CasdapError
+
+__all__ = [
+    "ClassStatistics",
+    "KeyTaskPredictor",
+    "TaskPredictor",
+    "batch_majority",
+    "oracle",
+    "per_image",
+    "task_index",
+]
+
+
+@dataclass
+class ClassStatistics:
+    """Per-class statistics of the query features, what :meth:`TaskPredictor.fit` learns from.
+
+    ``tasks[k]`` is the task of class ``classes[k]``; ``count``, ``mean`` and (optionally) the
+    ``covariance`` are over that class's queries.
+    """
+
+    classes: torch.Tensor  # [K] long
+    tasks: torch.Tensor  # [K] long
+    count: torch.Tensor  # [K]
+    mean: torch.Tensor  # [K, C]
+    covariance: torch.Tensor | None = None  # [K, C, C]
+
+    @classmethod
+    @torch.no_grad()
+    def from_queries(cls, query: torch.Tensor, labels: torch.Tensor, task_of_class: Mapping[int, int],
+                     covariance: bool = False) -> ClassStatistics:
+        """Statistics of queries ``[M, C]`` with class ``labels`` ``[M]``; ``task_of_class`` maps every
+        label to its task."""
+        classes = sorted({int(c) for c in labels.tolist()})
+        query = query.detach().float()
+        rows = [query[labels == c] for c in classes]
+        mean = torch.stack([r.mean(0) for r in rows])
+        cov = None
+        if covariance:
+            cov = torch.stack([torch.cov(r.t(), correction=0).reshape(query.shape[1], -1) for r in rows])
+        return cls(classes=torch.tensor(classes), tasks=torch.tensor([int(task_of_class[c]) for c in classes]),
+                   count=torch.tensor([len(r) for r in rows]), mean=mean, covariance=cov)
+
+
+class TaskPredictor(nn.Module):
+    """The contract of a task predictor (subclass it and register the class by name).
+
+    Built as ``Predictor(num_tasks, dim, **options)``: ``num_tasks`` tasks, queries of width ``dim``
+    (the backbone's pooled features); ``options`` holds only the options a user set (the key pool's
+    ``keys_per_task``), so a predictor that does not take one fails when the model is built.
+
+    - ``forward(query)``: the query ``[B, dim]`` (frozen, un-prompted features) -> per-task scores
+      ``[B, num_tasks]``, higher for a likelier task. Selections take the argmax per image.
+    - :meth:`pull`: a training term the loss *subtracts* (times ``SIM_LAMBDA``), given the scores
+      and the task each image trains under; zero by default.
+    - :meth:`seed`: called with the queries of a task's first training batch; nothing by default.
+    - :meth:`fit`: called with per-class statistics of the queries (:class:`ClassStatistics`), for
+      predictors that are estimated rather than trained (class Gaussians, a head retrained on
+      statistics); nothing by default.
+    """
+
+    def __init__(self, num_tasks: int, dim: int) -> None:
+        super().__init__()
+        self.num_tasks = int(num_tasks)
+        self.dim = int(dim)
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pull(self, scores: torch.Tensor, task_idx: torch.Tensor) -> torch.Tensor:
+        return scores.new_zeros(())
+
+    def seed(self, task: int, query: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        return None
+
+    def fit(self, stats: ClassStatistics) -> None:
+        return None
+
+
+class KeyTaskPredictor(TaskPredictor):
+    """DAP's key pool: a task's score is the cosine between the query and the nearest of its keys.
+
+    Each task owns ``keys_per_task`` learnable keys (DAP: one; row ``j`` belongs to task
+    ``j // keys_per_task``). With several keys per task, each covers one mode of the task's queries
+    (the pull term moves only the nearest one, an online spherical k-means), so a task whose
+    classes lie apart in the query space is still matched by one of its keys. The keys train
+    through :meth:`pull`: the mean score of each image's own task.
+    """
+
+    def __init__(self, num_tasks: int, dim: int, keys_per_task: int = KEYS_PER_TASK) -> None:
+        super().__init__(num_tasks, dim)
+        if keys_per_task < 1:
+            raise CasdapError(f"keys_per_task must be at least 1, got {keys_per_task}")
+        self.keys_per_task = int(keys_per_task)
+        # DAP's uniform (Glorot-style) init, stem of 4x4 patches.
+        bound = math.sqrt(6.0 / (3 * 4 * 4 + self.dim))
+        self.keys = nn.Parameter(torch.empty(self.num_tasks * self.keys_per_task, self.dim).uniform_(-bound, bound))
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        sim = F.normalize(query, dim=1) @ F.normalize(self.keys, dim=1).t()
+        return sim.view(query.shape[0], self.num_tasks, self.keys_per_task).amax(2)
+
+    def pull(self, scores: torch.Tensor, task_idx: torch.Tensor) -> torch.Tensor:
+        """Mean cosine between each query and the nearest key of its selected task."""
+        return scores.gather(1, task_idx[:, None]).mean()
+
+    @torch.no_grad()
+    def seed(self, task: int, query: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Point task ``task``'s keys at ``keys_per_task`` of its queries, spread by k-means++ seeding.
+
+        With several keys per task, randomly initialised keys can be dead: one key is nearest to
+        every query, takes every pull, and the others never move. Seeding from the task's first
+        batch (cosine D^2 sampling) starts each key on a different mode. Only the direction is taken
+        (cosine ignores scale); each key keeps its norm, so the optimiser's step size means the same
+        as for a randomly initialised key. One key per task (DAP) is left as initialised.
+        """
+        m = self.keys_per_task
+        if m == 1:
+            return
+        q = F.normalize(query.detach().float(), dim=1)
+        picks = [int(torch.randint(len(q), (1,), generator=generator, device=q.device))]
+        for _ in range(1, m):
+            dist = (1.0 - (q @ q[picks].t()).amax(1)).clamp_min(0.0) ** 2
+            dist = dist if float(dist.sum()) > 0 else torch.ones_like(dist)  # fewer distinct queries than keys
+            picks.append(int(torch.multinomial(dist, 1, generator=generator)))
+        rows = self.keys[task * m:(task + 1) * m]
+        rows.copy_(q[picks].to(rows) * rows.norm(dim=1, keepdim=True))
+
+
+# -- selections: scores [B, T] (and the true task) -> task index per image [B] ------------------
+
+
+def task_index(task: int | torch.Tensor, batch: int, num_tasks: int, device: torch.device) -> torch.Tensor:
+    """The given task as a ``[batch]`` long tensor. A Python int is range-checked here (no device
+    sync); a tensor is taken as it is (the caller made it: checking it would sync with the device)."""
+    if not torch.is_tensor(task):
+        try:
+            task = operator.index(task)
+        except TypeError:
+            raise CasdapError(f"task_id must be an int or a [{batch}] long tensor, got {type(task).__name__}") from None
+        if not 0 <= task < num_tasks:
+            raise CasdapError(f"task id {task} is outside the tasks 0..{num_tasks - 1} of this model (num_tasks)")
+    idx = torch.as_tensor(task, dtype=torch.long, device=device)
+    idx = idx.expand(batch).clone() if idx.dim() == 0 else idx
+    if idx.shape != (batch,):
+        raise CasdapError(f"task_id must be an int or a [{batch}] tensor, got shape {tuple(idx.shape)}")
+    return idx
+
+
+def per_image(scores: torch.Tensor, task: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Each image's own best task: its prediction depends on no other image of the batch."""
+    return scores.argmax(dim=1)
+
+
+def batch_majority(scores: torch.Tensor, task: int | torch.Tensor | None = None) -> torch.Tensor:
+    """The task most images of the batch pick, for all of them (DAP's evaluation protocol: uses the
+    test batch's shared task)."""
+    idx = scores.argmax(dim=1)
+    return torch.bincount(idx, minlength=scores.shape[1]).argmax().expand(len(idx)).clone()
+
+
+def oracle(scores: torch.Tensor, task: int | torch.Tensor | None = None) -> torch.Tensor:
+    """The true task (a diagnostic, and how training picks the prompts)."""
+    if task is None:
+        raise CasdapError("oracle task selection needs the true task id (task_id=int or [B] tensor)")
+    return task_index(task, scores.shape[0], scores.shape[1], scores.device)
