@@ -254,7 +254,18 @@ class _StubDAP(torch.nn.Module):
         return DAPOutput(self.head(q), key_idx, pull)
 
 
-def test_dap_training_steps_after_the_first_read_nothing_back_from_the_device(monkeypatch):
+def _real_casdap():
+    """A random rcvit_xs under CAS-DAP with per-task generator maps, channel mixing, softmax
+    injection and several keys a task (embedded_shift's settings): every path a step can take."""
+    from casdap.models.casvit import rcvit_xs
+    from casdap.models.dap import CASDAP
+
+    return CASDAP(rcvit_xs(num_classes=0), N_CLASSES, num_tasks=N_TASKS, num_tokens=2, task_emb_dim=8,
+                  stages=[2, 3], injection="attn", keys_per_task=2, channel_mix=True, task_generators=True)
+
+
+@pytest.mark.parametrize("make_model", [_StubDAP, _real_casdap], ids=["strategy", "strategy-and-casdap"])
+def test_dap_training_steps_after_the_first_read_nothing_back_from_the_device(monkeypatch, make_model):
     """Every way a tensor's value reaches Python is counted over each training iteration (forward,
     loss, backward, update): only the first iteration of an experience may read one (its checks and
     key seeding). SGD: Adam reads its CPU-side step counter, which is no device sync."""
@@ -264,7 +275,7 @@ def test_dap_training_steps_after_the_first_read_nothing_back_from_the_device(mo
     from casdap.continual.strategies import DAPStrategy
 
     reads = [0]
-    for name in ("item", "__bool__", "__int__", "__index__", "__float__", "tolist"):
+    for name in ("item", "__bool__", "__int__", "__index__", "__float__", "tolist", "unique", "nonzero"):
         original = getattr(torch.Tensor, name)
 
         def counted(self, *a, _original=original, **k):
@@ -289,7 +300,7 @@ def test_dap_training_steps_after_the_first_read_nothing_back_from_the_device(mo
 
     bench, _ = _avalanche_benchmark()
     torch.manual_seed(0)
-    model = _StubDAP()
+    model = make_model()
     counter = Counter()
     strategy = DAPStrategy(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_mb_size=8,
                            train_epochs=2, plugins=[counter], evaluator=EvaluationPlugin(loggers=[]))

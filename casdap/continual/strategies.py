@@ -16,6 +16,7 @@ from avalanche.evaluation.metric_utils import get_metric_name
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
+from casdap import dap_defaults as D
 from casdap.errors import CasdapError
 from casdap.models.dap import MASKED_LOGIT, SELECTIONS, restrict_logits
 
@@ -189,9 +190,9 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         device: str | torch.device = "cpu",
         plugins: Sequence | None = None,
         evaluator: EvaluationPlugin | None = None,
-        current_lambda: float = 1.0,
-        sim_lambda: float = 0.5,
-        selection: str = "per_image",
+        current_lambda: float = D.CURRENT_LAMBDA,
+        sim_lambda: float = D.SIM_LAMBDA,
+        selection: str = D.SELECTION,
         restrict_to_task: bool = False,
         eval_every: int = -1,
     ) -> None:
@@ -211,6 +212,7 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         self._keys_seeded = True  # set False at the start of every training experience
         self.mb_true_task: torch.Tensor | None = None
         self._tables: tuple[dict[int, int], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._one_task_batches = False
 
     # -- experience bookkeeping ------------------------------------------------------------
     @property
@@ -227,6 +229,11 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         for c in self.experience.classes_in_this_experience:
             self.class_to_task[int(c)] = t
         self._refresh_tables()
+        from avalanche.training.plugins import ReplayPlugin
+
+        # Without a plugin that mixes stored samples into the batch, every training sample is of the
+        # current task: the model is given the task as an int (one task for the batch, no read-back).
+        self._one_task_batches = self.find_plugin(ReplayPlugin) is None
         if t >= 1:
             self.model.freeze_token_axis()
         self._keys_seeded = False
@@ -288,8 +295,12 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
                 if bool((task < 0).any()):
                     bad = sorted(set(self.mb_y[task < 0].tolist()))
                     raise CasdapError(f"training labels {bad[:10]} belong to no experience trained so far")
+                if self._one_task_batches and bool((task != self.current_task).any()):
+                    raise CasdapError("a training batch holds samples of another task and no ReplayPlugin is "
+                                      "attached: a plugin that mixes stored samples into the batch must be "
+                                      "(or subclass) Avalanche's ReplayPlugin")
                 self._seed_keys(task == self.current_task)
-            out = self.model(self.mb_x, task_id=task)
+            out = self.model(self.mb_x, task_id=self.current_task if self._one_task_batches else task)
             self.mb_dap = out
             # The logits the loss trains on: each sample's own task's classes (finite fill).
             return self._restrict_to(out.logits, task)
