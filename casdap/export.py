@@ -71,24 +71,24 @@ class DAPLogitsAndKeys(nn.Module):
         return self.keep is not None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from casdap.models.dap import MASKED_LOGIT
+        from casdap.models.logit_mask import mask_logits
 
         out = self.dap(images, selection="per_image")
         logits = out.logits
         if self.keep is not None:
-            logits = logits.masked_fill(~self.keep[out.key_idx], MASKED_LOGIT)
+            logits = mask_logits(logits, self.keep[out.key_idx])
         return logits, out.key_idx
 
 
 def keep_mask(class_splits: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:
     """``[len(class_splits), num_classes]`` bool: row t is True at task t's classes."""
-    keep = torch.zeros(len(class_splits), num_classes, dtype=torch.bool)
+    from casdap.models.logit_mask import task_class_masks
+
     for t, classes in enumerate(class_splits):
         bad = [c for c in classes if not 0 <= int(c) < num_classes]
         if bad:
             raise CasdapError(f"task {t} lists classes {bad[:5]} outside the head's 0..{num_classes - 1}")
-        keep[t, torch.as_tensor([int(c) for c in classes], dtype=torch.long)] = True
-    return keep
+    return task_class_masks(class_splits, num_classes)
 
 
 def run_class_splits(ckpt: Any, cfg, num_tasks: int, path: str | os.PathLike) -> tuple[list[list[int]], str]:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from casdap.engine.optim_factory import TASK_SCHEDULES, build_task_lr_scheduler
 from casdap.errors import CasdapError
-from casdap.models.dap import MASKED_LOGIT
+from casdap.models.logit_mask import class_mask, mask_logits
 
 __all__ = [
     "CurrentClassMaskPlugin",
@@ -23,20 +23,7 @@ __all__ = [
     "ProgressPlugin",
     "RngRecorderPlugin",
     "MultiScalePlugin",
-    "mask_to_classes",
 ]
-
-
-def mask_to_classes(logits: torch.Tensor, classes, fill: float = MASKED_LOGIT) -> torch.Tensor:
-    """``logits`` with every column outside ``classes`` set to ``fill`` (out of place).
-
-    The default fill is finite (:data:`casdap.models.dap.MASKED_LOGIT`): softmax gives those
-    classes zero weight as -inf would, but a row whose label is excluded costs a large finite loss
-    instead of making the batch loss inf.
-    """
-    keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    keep[torch.as_tensor(sorted(classes), dtype=torch.long, device=logits.device)] = True
-    return logits.masked_fill(~keep, fill)
 
 
 class CurrentClassMaskPlugin(SupervisedPlugin):
@@ -48,7 +35,9 @@ class CurrentClassMaskPlugin(SupervisedPlugin):
     supports_distributed = True
 
     def after_forward(self, strategy, **kwargs):
-        strategy.mb_output = mask_to_classes(strategy.mb_output, strategy.experience.classes_in_this_experience)
+        logits = strategy.mb_output
+        keep = class_mask(strategy.experience.classes_in_this_experience, logits.shape[-1])
+        strategy.mb_output = mask_logits(logits, keep)
 
 
 class GradSyncPlugin(SupervisedPlugin):

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from casdap.continual.strategies import GradientFreeStrategy, add_class_means
 from casdap.errors import CasdapError
-from casdap.models.dap import MASKED_LOGIT
+from casdap.models.logit_mask import mask_logits
 
 __all__ = [
     "HOLDOUT_EVERY",
@@ -117,7 +117,7 @@ class RanPACClassifier(nn.Module):
         return F.relu(self.backbone.forward_pooled(x).float() @ self.projection)
 
     def logits_from(self, h: torch.Tensor) -> torch.Tensor:
-        return (h @ self.weights).masked_fill(~(self.class_counts > 0), MASKED_LOGIT)
+        return mask_logits(h @ self.weights, self.class_counts > 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits_from(self.hidden(x))
@@ -302,7 +302,7 @@ class APERClassifier(nn.Module):
 
     def logits_from(self, feats: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         means = F.normalize(sums / counts.clamp(min=1).unsqueeze(1), dim=-1)
-        return (feats @ means.t()).masked_fill(~(counts > 0), MASKED_LOGIT)
+        return mask_logits(feats @ means.t(), counts > 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.is_adapted:  # first task: the adapted copy and its linear head are being trained

@@ -18,7 +18,8 @@ from avalanche.training.templates import SupervisedTemplate
 
 from casdap import dap_defaults as D
 from casdap.errors import CasdapError
-from casdap.models.dap import MASKED_LOGIT, SELECTIONS, restrict_logits
+from casdap.models.dap import SELECTIONS, restrict_logits
+from casdap.models.logit_mask import mask_logits
 
 __all__ = [
     "SELECTIONS",
@@ -145,7 +146,7 @@ class NCMClassifier(nn.Module):
     def logits_from(feats: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Cosine logits of normalised ``feats`` against the class means ``sums / counts``."""
         means = F.normalize(sums / counts.clamp(min=1).unsqueeze(1), dim=-1)
-        return (feats @ means.t()).masked_fill(~(counts > 0), MASKED_LOGIT)
+        return mask_logits(feats @ means.t(), counts > 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits_from(self.features(x), self.class_sums, self.class_counts)
@@ -285,7 +286,7 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         keep = torch.zeros(splits.shape[0], logits.shape[1], dtype=torch.bool, device=logits.device)
         width = min(splits.shape[1], logits.shape[1])
         keep[:, :width] = splits[:, :width].to(logits.device)
-        return logits.masked_fill(~keep[task.to(logits.device)], MASKED_LOGIT)
+        return mask_logits(logits, keep[task.to(logits.device)])
 
     # -- forward and loss ------------------------------------------------------------------
     def forward(self):
@@ -323,7 +324,7 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
             keep[self._current_tables()[2].to(logits.device)] = True
         keep = keep.unsqueeze(0).expand_as(logits).clone()
         keep[torch.arange(len(self.mb_y), device=logits.device), self.mb_y.to(logits.device)] = True
-        return logits.masked_fill(~keep, MASKED_LOGIT)
+        return mask_logits(logits, keep)
 
     def criterion(self):
         if self.is_training:

@@ -31,6 +31,7 @@ from casdap.dap_registry import INJECTION_NAMES, PROMPT_SOURCES, SELECTION_NAMES
 from casdap.dap_registry import SELECTIONS as SELECTION_REDUCERS
 from casdap.errors import CasdapError
 from casdap.models.casvit import AdditiveBlock, CASViT, MixerPrompts
+from casdap.models.logit_mask import MASKED_LOGIT, mask_logits, task_class_masks
 from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator, PromptSource
 from casdap.models.task_inference import ClassStatistics, TaskPredictor, oracle, task_index
 
@@ -48,10 +49,6 @@ __all__ = [
 
 INJECTIONS = INJECTION_NAMES
 SELECTIONS = SELECTION_NAMES
-# Logit given to excluded classes: far below any trained logit, yet finite even in float16, so the
-# batch-mean loss over rows whose true class is excluded stays finite (-inf or the dtype's lowest
-# value would make it inf or nan).
-MASKED_LOGIT = -1e4
 
 
 @dataclass
@@ -163,10 +160,8 @@ def restrict_logits(
     become :data:`MASKED_LOGIT`. The mask is built on the CPU and moved once; a ``key_idx`` past the
     splits fails in the indexing (no check here: reading it would wait for the device).
     """
-    keep = torch.zeros(len(class_splits), logits.shape[1], dtype=torch.bool)
-    for t, classes in enumerate(class_splits):
-        keep[t, torch.as_tensor(list(classes), dtype=torch.long)] = True
-    return logits.masked_fill(~keep.to(logits.device)[key_idx.to(logits.device)], MASKED_LOGIT)
+    keep = task_class_masks(class_splits, logits.shape[1]).to(logits.device)
+    return mask_logits(logits, keep[key_idx.to(logits.device)])
 
 
 class CASDAP(nn.Module):
