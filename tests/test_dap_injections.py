@@ -7,21 +7,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_dap_model import _backbone as random_bn_backbone
 
-import casdap
 from casdap.models.casvit import AdditiveBlock
 from casdap.models.dap import CASDAP
 
 
 def _backbone(seed: int = 0):
-    torch.manual_seed(seed)
-    bb = casdap.create_model("rcvit_xs", num_classes=0, distillation=False)
-    with torch.no_grad():
-        for m in bb.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return bb.eval()
+    return random_bn_backbone(seed).eval()
 
 
 # -- the formulas as they were, frozen: a copy of the block and the three mixers -----------------
