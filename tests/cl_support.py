@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -82,6 +84,29 @@ def launch_cl_runs(where: Path, runs: dict, nproc: int = 2) -> dict[str, Launche
     parts = proc.stdout.split(END_OF_RUN + "\n")
     assert len(parts) == len(runs) + 1, proc.stdout[-3000:]
     return {name: LaunchedRun(cfg, Path(cfg.OUTPUT_DIR), part) for (name, cfg), part in zip(runs.items(), parts)}
+
+
+def run_casdap(cmd: list[str], cwd: Path, **_) -> subprocess.CompletedProcess:
+    """``python -m casdap ARGS`` run in this process, with the subprocess's exit code, stdout and
+    stderr, for tests of what a command does rather than of starting it: a fresh process spends about
+    10 CPU seconds importing torch, torchvision and avalanche. ``cmd`` is the subprocess's command
+    line; other keywords of ``subprocess.run`` are accepted and ignored (output is always captured)."""
+    from casdap.cli import main
+
+    prefix = [sys.executable, "-m", "casdap"]
+    assert list(cmd[:3]) == prefix, f"not a python -m casdap command: {cmd[:3]}"
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in cmd[3:]])
+            except SystemExit as e:  # argparse's own errors and --help
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(list(cmd), code, out.getvalue(), err.getvalue())
 
 
 def interrupt_during_task(monkeypatch, task: int) -> None:

@@ -1,11 +1,10 @@
 """The README's headline result on the embedded default, on a shortened protocol."""
 
 import json
-import subprocess
 import sys
 
 import pytest
-from cl_support import DIGITS_YAML
+from cl_support import DIGITS_YAML, run_casdap
 
 
 def _final(run) -> float:
@@ -20,13 +19,13 @@ def test_dap_with_key_pool_beats_ncm_and_reference_settings_do_not(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "casdap", "demo", "--out", str(out), "--pretrain-epochs", "2", "--methods", "dap,ncm",
            "SOLVER.TOTAL_EPOCH", "2"]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    done = run_casdap(cmd, cwd=tmp_path)  # in this process: no start-up imports
     assert done.returncode == 0, done.stderr[-3000:]
     ref = tmp_path / "reference"
     cmd = [sys.executable, "-m", "casdap", "cl", "--config-file", str(DIGITS_YAML), "--no-progress", "--output_dir",
            str(ref), "MODEL.WEIGHT_PATH", str(out / "model" / "rcvit_xs.pth"), "SOLVER.TOTAL_EPOCH", "2",
            "MODEL.DAP.KEYS_PER_TASK", "1", "MODEL.DAP.RESTRICT_TO_TASK", "False"]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    done = run_casdap(cmd, cwd=tmp_path)  # in this process: no start-up imports
     assert done.returncode == 0, done.stderr[-3000:]
     from casdap.cli.demo import run_folder
 
