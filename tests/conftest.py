@@ -33,3 +33,28 @@ def torchrun_cl_runs(tmp_path_factory):
         "ranpac": ranpac_digits_cfg(tmp / "ranpac"),
     }
     return launch_cl_runs(tmp, runs)
+
+
+@pytest.fixture(scope="session")
+def embedded_backbone(tmp_path_factory):
+    """An embedded benchmark's backbone file, pretrained once per session by the documented protocol
+    shortened to 1 epoch of 2 images a class (the protocol's seconds are its full length, not what a
+    test of the plumbing needs): ``MODEL_ROOT/rcvit_xs.pth`` with its sidecar. Pass its folder as
+    ``MODEL.MODEL_ROOT`` (or the file as ``MODEL.WEIGHT_PATH``) to run digits or embedded_shift with
+    a pretrained backbone. The caller's random streams are left as they were."""
+    import random
+
+    import numpy as np
+
+    from casdap.pretrain.train import DEFAULT_PROTOCOL, pretrain_backbone
+
+    path = tmp_path_factory.mktemp("embedded_backbone") / "rcvit_xs.pth"
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            pretrain_backbone("rcvit_xs", path, **{**DEFAULT_PROTOCOL, "epochs": 1, "images_per_class": 2},
+                              progress=False)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return path
