@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +45,68 @@ def tiny_cifar_cfg(data: Path, out: Path, method: str = "dap", *extra: str, task
         "SOLVER.TOTAL_EPOCH", "1", "OUTPUT_DIR", str(out), "SEED", "0", "BASELINES.REPLAY_MEM_SIZE", "8",
         "DEVICE", "cpu", *extra,
     ])
+
+
+def ranpac_digits_cfg(out: Path, *extra: str):
+    """The embedded digits with a random backbone, a tenth of the training images: no augmentation, so
+    features can be recomputed exactly."""
+    return load_config(DIGITS_YAML, [
+        "MODEL.TRANSFER_TYPE", "ranpac", "MODEL.RANDOM_INIT", "True", "DATA.PERCENTAGE", "0.1", "DEVICE", "cpu",
+        "OUTPUT_DIR", str(out), "BASELINES.RANPAC_PROJ_DIM", "300", "CONTINUAL.INITIAL", "5", "CONTINUAL.INCREMENT",
+        "5", "CONTINUAL.N_TASKS", "2", *extra,
+    ])
+
+
+@dataclass
+class LaunchedRun:
+    """One run of a shared ``torchrun`` launch: its config, run folder and its part of rank 0's stdout."""
+
+    cfg: object
+    out: Path
+    stdout: str
+
+
+def launch_cl_runs(where: Path, runs: dict, nproc: int = 2) -> dict[str, LaunchedRun]:
+    """Run every config of ``runs`` (name -> config) in one ``torchrun`` launch of ``nproc`` CPU processes
+    (tests/cl_launch.py), in order; fails with the launch's stderr if it fails."""
+    from cl_launch import END_OF_RUN
+
+    argv: list[str] = []
+    for name, cfg in runs.items():
+        yaml = where / f"{name}.yaml"
+        yaml.write_text(cfg.dump())
+        argv += [*(["+"] if argv else []), "--config-file", str(yaml), "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
+           str(Path(__file__).parent / "cl_launch.py"), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=where, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = proc.stdout.split(END_OF_RUN + "\n")
+    assert len(parts) == len(runs) + 1, proc.stdout[-3000:]
+    return {name: LaunchedRun(cfg, Path(cfg.OUTPUT_DIR), part) for (name, cfg), part in zip(runs.items(), parts)}
+
+
+def run_casdap(cmd: list[str], cwd: Path, **_) -> subprocess.CompletedProcess:
+    """``python -m casdap ARGS`` run in this process, with the subprocess's exit code, stdout and
+    stderr, for tests of what a command does rather than of starting it: a fresh process spends about
+    10 CPU seconds importing torch, torchvision and avalanche. ``cmd`` is the subprocess's command
+    line; other keywords of ``subprocess.run`` are accepted and ignored (output is always captured)."""
+    from casdap.cli import main
+
+    prefix = [sys.executable, "-m", "casdap"]
+    assert list(cmd[:3]) == prefix, f"not a python -m casdap command: {cmd[:3]}"
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in cmd[3:]])
+            except SystemExit as e:  # argparse's own errors and --help
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(list(cmd), code, out.getvalue(), err.getvalue())
 
 
 def interrupt_during_task(monkeypatch, task: int) -> None:

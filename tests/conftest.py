@@ -14,3 +14,22 @@ torch.set_num_threads(1)
 @pytest.fixture
 def official_fixture():
     return FIXTURES / "casvit_official"
+
+
+@pytest.fixture(scope="session")
+def torchrun_cl_runs(tmp_path_factory):
+    """One two-process ``torchrun`` launch serving every distributed continual test (its process
+    start-ups cost more than the tiny runs): finetune and DAP with several keys per task on tiny
+    CIFAR data, ranpac on a tenth of the digits. Name -> :class:`cl_support.LaunchedRun`."""
+    from cl_support import launch_cl_runs, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
+
+    tmp = tmp_path_factory.mktemp("torchrun_cl")
+    data = write_tiny_cifar(tmp / "cifar", train_per_class=8)
+    # dap with several keys per task: each rank seeds the keys from its own first batch, so rank 0's
+    # keys must reach the others
+    runs = {
+        "finetune": tiny_cifar_cfg(data, tmp / "finetune", "finetune", "DATA.BATCH_SIZE", "4"),
+        "dap": tiny_cifar_cfg(data, tmp / "dap", "dap", "DATA.BATCH_SIZE", "4", "MODEL.DAP.KEYS_PER_TASK", "3"),
+        "ranpac": ranpac_digits_cfg(tmp / "ranpac"),
+    }
+    return launch_cl_runs(tmp, runs)

@@ -179,6 +179,7 @@ def _run_dap(replay: bool):
     return acc, spy.seen
 
 
+@pytest.mark.slow  # two DAP trainings of three epochs (about 15 s)
 def test_avalanche_replay_plugin_trains_every_sample_under_its_own_task():
     with_replay, seen = _run_dap(replay=True)
     task_of = torch.arange(N_CLASSES) // (N_CLASSES // N_TASKS)

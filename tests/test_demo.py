@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from cl_support import run_casdap
 from PIL import Image
 
 
@@ -12,7 +13,7 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     out_dir = tmp_path / "demo"
     cmd = [sys.executable, "-m", "casdap", "demo", "--out", str(out_dir), "--pretrain-epochs", "1",
            "--methods", "dap,finetune,linear,joint", "SOLVER.TOTAL_EPOCH", "1", "DATA.PERCENTAGE", "0.1"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    out = run_casdap(cmd, cwd=tmp_path)  # in this process: no start-up imports
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[1/3] backbone: pretraining rcvit_xs offline" in out.stdout
     for method in ("dap", "finetune", "linear", "joint"):
@@ -25,8 +26,8 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     assert "TensorBoard: tensorboard --logdir" in out.stdout and "demo finished in" in out.stdout
     assert "on an idle 2-core machine" in out.stdout and "stage times: backbone " in out.stdout
 
-    again = subprocess.run(cmd[:-4] + ["--methods", "ncm", "SOLVER.TOTAL_EPOCH", "1", "DATA.PERCENTAGE", "0.1"],
-                           capture_output=True, text=True, cwd=tmp_path)
+    again = run_casdap(cmd[:-4] + ["--methods", "ncm", "SOLVER.TOTAL_EPOCH", "1", "DATA.PERCENTAGE", "0.1"],
+                       cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "backbone: reusing" in again.stdout
 

@@ -26,6 +26,7 @@ def exported(tmp_path_factory):
     return model.eval(), ckpt, onnx_path
 
 
+@pytest.mark.slow  # ONNX export of rcvit_xs and onnxruntime (about 10 s)
 def test_export_cli_writes_a_graph_that_matches_pytorch(exported, capsys):
     model, ckpt, onnx_path = exported
     code = main(["export", "--model", "rcvit_xs", "--checkpoint", str(ckpt), "--onnx", str(onnx_path),

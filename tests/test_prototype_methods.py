@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, interrupt_during_task, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
 from test_continual_runs import CONTRACT
 
 from casdap.cli import main
-from casdap.config import load_config
 from casdap.continual.benchmarks import build_benchmark
 from casdap.continual.prototypes import RIDGE_GRID, choose_ridge, ridge_solve, validation_sse
 from casdap.continual.runner import run_continual
@@ -21,14 +20,7 @@ def cifar(tmp_path):
     return write_tiny_cifar(tmp_path / "cifar", train_per_class=10)
 
 
-def _digits_cfg(out, *extra):
-    """The embedded digits with a random backbone, a tenth of the training images: no augmentation, so
-    features can be recomputed exactly."""
-    return load_config(DIGITS_YAML, [
-        "MODEL.TRANSFER_TYPE", "ranpac", "MODEL.RANDOM_INIT", "True", "DATA.PERCENTAGE", "0.1", "DEVICE", "cpu",
-        "OUTPUT_DIR", str(out), "BASELINES.RANPAC_PROJ_DIM", "300", "CONTINUAL.INITIAL", "5", "CONTINUAL.INCREMENT",
-        "5", "CONTINUAL.N_TASKS", "2", *extra,
-    ])
+_digits_cfg = ranpac_digits_cfg  # the embedded digits, random backbone, a tenth of the images
 
 
 def _close(a, b, rel=1e-5):
@@ -136,26 +128,13 @@ def test_bad_ranpac_settings_are_one_clear_error(tmp_path, capsys, key, value):
     assert not (out / "metrics.json").exists()
 
 
-@pytest.mark.slow  # two processes start (about 25 s)
-def test_torchrun_sums_the_statistics_of_every_rank(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
+@pytest.mark.slow  # two processes start (the launch all distributed tests share, about 25 s)
+def test_torchrun_sums_the_statistics_of_every_rank(torchrun_cl_runs):
     from casdap.checkpoint import read_checkpoint
 
-    out = tmp_path / "ddp"
-    cfg = _digits_cfg(out)
-    yaml = tmp_path / "ddp.yaml"
-    yaml.write_text(cfg.dump())
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "casdap",
-           "cl", "--config-file", str(yaml), "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ranpac: task 2: ridge lambda") == 1  # rank 0 reports
+    run = torchrun_cl_runs["ranpac"]  # ranpac_digits_cfg, run by torchrun with two CPU processes
+    out, cfg = run.out, run.cfg
+    assert run.stdout.count("ranpac: task 2: ridge lambda") == 1  # rank 0 reports
     model = read_checkpoint(out / "checkpoints" / "task_001.pth")["model"]
     shards = sum(sum(build_benchmark(cfg, r, 2).train_sizes) for r in range(2))
     assert int(model["class_counts"].sum()) == shards  # both ranks' images, added up

@@ -26,16 +26,18 @@ def readme_seed_lines() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
-def _checkout(where: Path) -> Path:
-    """A working folder as a user has it: the entry point, the configs, data, Model Zoo weights."""
+def _checkout(where: Path, train_per_class: int = 3) -> Path:
+    """A working folder as a user has it: the entry point, the configs, data, Model Zoo weights.
+
+    3 training images a class by default: the supervised line's batch 128 x update_freq 2 needs 256
+    per step; the continual lines alone run on 1 (one batch per task and epoch)."""
     work = where / "checkout"
     work.mkdir(parents=True)
     (work / "main.py").symlink_to(ROOT / "main.py")
     (work / "configs").symlink_to(ROOT / "configs")
     (work / "logs").mkdir()
     for data in (work / "data", where / "dataset" / "cifar100"):  # ./data and ../dataset/cifar100
-        # 3 images a class: the supervised line's batch 128 x update_freq 2 needs 256 per step
-        write_tiny_cifar(data, n_classes=100, train_per_class=3, test_per_class=1)
+        write_tiny_cifar(data, n_classes=100, train_per_class=train_per_class, test_per_class=1)
     (work / "model").mkdir()
     torch.save({"model": create_model("rcvit_xs", num_classes=1000).state_dict()}, work / "model" / "rcvit_xs.pth")
     return work
@@ -76,7 +78,7 @@ def test_readme_seed_lines_run_as_written(tmp_path):
     done = _run(lines[2], first)  # the folder holds the second line's run: never overwritten (torchrun exits 1)
     assert done.returncode != 0 and "casdap: error: 'output' already holds a run" in done.stderr, done.stderr[-3000:]
 
-    second = _checkout(tmp_path / "b")
+    second = _checkout(tmp_path / "b", train_per_class=1)  # the third line only: continual
     done = _run(lines[2], second)  # bf16 autocast, multi-scale batches, data under ../dataset/cifar100
     assert done.returncode == 0, done.stderr[-3000:]
     assert "after task 10/10" in done.stdout

@@ -32,6 +32,7 @@ def _launcher_env() -> dict:
     return e
 
 
+@pytest.mark.slow  # a torchrun launch of the README command (about 20 s)
 def test_seed_command_as_written_runs_first_epoch(tmp_path):
     """`python -m torch.distributed.run --nproc_per_node 1 main.py <flags>` exactly as in the README, with
     CIFAR-100 under ./data: 256 training images make one optimizer step of 2 x 128 per epoch. The
