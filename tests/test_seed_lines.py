@@ -59,12 +59,12 @@ def test_readme_seed_lines_run_as_written(tmp_path):
     lines = readme_seed_lines()
     assert len(lines) == 3 and all("main.py" in line for line in lines)
     assert "--config-file" not in lines[0] and lines[1].endswith("--config-file ./configs/dap/cifar.yaml")
-    first = _checkout(tmp_path / "a")
-
-    done = _run(lines[0], first)  # supervised CAS-ViT on CIFAR-100
+    supervised = _checkout(tmp_path / "s")
+    done = _run(lines[0], supervised)  # supervised CAS-ViT on CIFAR-100
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Acc@1" in (first / "casdap2_res.txt").read_text()
+    assert "Acc@1" in (supervised / "casdap2_res.txt").read_text()
 
+    first = _checkout(tmp_path / "a", train_per_class=1)  # the continual lines: one batch per task and epoch
     done = _run(lines[1], first)  # --config-file last: the continual DAP run with the same flags
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accepted with no effect on a frozen-backbone continual run: --drop_path, --model_ema" in done.stderr
