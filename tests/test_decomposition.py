@@ -50,6 +50,12 @@ def test_oracle_restricted_dap_has_wtp_equal_to_its_accuracy_and_full_tii(tmp_pa
     m = _metrics(out)
     assert m["wtp_matrix"] == m["acc_matrix"] and m["wtp"] == m["final_acc"]
     assert m["tii_matrix"] == [[1.0, None], [1.0, 1.0]] and m["tii"] == 1.0
+    # the same training selected per image: its WTP is the accuracy the true task's prompts give
+    out = tmp_path / "per_image"
+    run_continual(tiny_cifar_cfg(cifar, out, "dap", "MODEL.DAP.RESTRICT_TO_TASK", "True"), progress=False)
+    per_image = _metrics(out)
+    assert per_image["wtp_matrix"] == m["acc_matrix"]
+    assert per_image["tii"] < 1.0  # some tasks were missed, so the oracle pass did run
 
 
 def test_per_image_dap_decomposes_and_compare_shows_it(tmp_path, cifar):

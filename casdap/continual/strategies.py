@@ -368,19 +368,25 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
     @torch.no_grad()
     def task_decomposition(self, logits: torch.Tensor, class_task: torch.Tensor,
                            true_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The selected task of every image (``mb_dap``) and the logits of an oracle pass: the image's
-        own task's prompts (the query pass skipped), whatever the selection. Costs one prompted
-        forward per evaluation batch; none under oracle selection, whose pass is the oracle's."""
+        """The selected task of every image (``mb_dap``) and its logits under its own task's prompts.
+
+        An image whose selected task is its own already has them (the evaluation pass's, before any
+        restriction); only the others get an oracle pass, each with its true task's prompts (the
+        query pass skipped). The cost is one prompted forward of the images whose task was missed
+        (1 - TII of them), none under oracle selection."""
         out = self.mb_dap
         if self.selection == "oracle":
             return out.key_idx, out.logits
-        task = self.oracle_task(true_task.to(self.device))
-        from casdap.continual.plugins import AutocastPlugin
+        task = true_task.to(out.key_idx.device)
+        within = out.logits.float().clone()
+        missed = (out.key_idx != task).nonzero().squeeze(1)
+        if len(missed):
+            from casdap.continual.plugins import AutocastPlugin
 
-        amp = self.find_plugin(AutocastPlugin)
-        with torch.autocast(amp.device_type, dtype=torch.bfloat16) if amp is not None else nullcontext():
-            feats = self.model.forward_prompted(self.mb_x, task)
-            within = self.model.head(feats).float()
+            amp = self.find_plugin(AutocastPlugin)
+            with torch.autocast(amp.device_type, dtype=torch.bfloat16) if amp is not None else nullcontext():
+                feats = self.model.forward_prompted(self.mb_x[missed.to(self.mb_x.device)], task[missed])
+                within[missed.to(within.device)] = self.model.head(feats).float().to(within.device)
         return out.key_idx, within
 
     # -- weight decay on what is frozen ----------------------------------------------------
