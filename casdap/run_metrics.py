@@ -30,6 +30,9 @@ Matrix = list[list[float | None]]
 
 # The fields of metrics.json, as ``casdap.continual.runner`` writes it after every task, and the
 # type of each value; null where a run does not measure it (e.g. task selection but for DAP).
+# CIL = final_acc is bounded by WTP (the true task given) and TII (the task inferred): a prompt
+# method's inferred task is the one whose prompts it used, another method's the task of its
+# predicted class.
 METRICS_FIELDS: dict[str, type] = {
     "method": str,
     "backbone": str,
@@ -39,10 +42,14 @@ METRICS_FIELDS: dict[str, type] = {
     "tasks_done": int,
     "finished": bool,
     "acc_matrix": list,
-    "final_acc": float,
+    "wtp_matrix": list,  # rows like acc_matrix's: within-task prediction (true task given, its classes only)
+    "tii_matrix": list,  # rows like acc_matrix's: share of the task's test images whose inferred task is right
+    "final_acc": float,  # class-incremental accuracy (CIL)
     "forgetting": float,
     "learning_acc": float,
     "bwt": float,
+    "wtp": float,  # mean of wtp_matrix's last row
+    "tii": float,  # mean of tii_matrix's last row
     "task_selection_acc": float,
     "mixed_stream_acc": float,
     "selection": str,

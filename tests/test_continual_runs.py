@@ -14,8 +14,9 @@ from casdap.continual import runner
 from casdap.continual.runner import run_continual
 
 CONTRACT = {
-    "method", "backbone", "dataset", "seed", "n_tasks", "tasks_done", "finished", "acc_matrix", "final_acc",
-    "forgetting", "learning_acc", "bwt", "task_selection_acc", "mixed_stream_acc", "selection",
+    "method", "backbone", "dataset", "seed", "n_tasks", "tasks_done", "finished", "acc_matrix", "wtp_matrix",
+    "tii_matrix", "final_acc", "forgetting", "learning_acc", "bwt", "wtp", "tii", "task_selection_acc",
+    "mixed_stream_acc", "selection",
     "random_init_backbone", "wall_time_s", "trainable_params", "total_params", "train_images_per_s",
 }
 

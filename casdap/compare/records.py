@@ -54,6 +54,8 @@ class RunRecord:
     forgetting: float | None = None
     learning_acc: float | None = None
     bwt: float | None = None
+    wtp: float | None = None  # within-task prediction, final
+    tii: float | None = None  # task-identity inference, final
     task_selection_acc: float | None = None
     mixed_stream_acc: float | None = None
     selection: str | None = None

@@ -10,6 +10,8 @@ from casdap.compare.records import TAG_MEANINGS, Comparison, RunGroup, RunRecord
 
 _METRICS = [  # (attribute, column title, kind); the two parameter counts share one column in tables
     ("final_acc", "Final acc (%)", "pct"),
+    ("wtp", "WTP (%)", "pct"),
+    ("tii", "TII (%)", "pct"),
     ("forgetting", "Forgetting (%)", "pct"),
     ("learning_acc", "LA (%)", "pct"),
     ("bwt", "BWT (%)", "pct"),

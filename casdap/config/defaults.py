@@ -125,6 +125,7 @@ _C.DATA.CROPSIZE = 224  # input resolution
 _C.DATA.TEST_SPLIT = 0.2  # folder data with no train/ test/ split: seeded held-out fraction
 _C.DATA.NO_TEST = False
 _C.DATA.BATCH_SIZE = 32
+_C.DATA.EVAL_BATCH_SIZE = 0  # batch size of every evaluation pass; 0: DATA.BATCH_SIZE
 _C.DATA.NUM_WORKERS = 4
 _C.DATA.PIN_MEMORY = True
 

@@ -56,6 +56,9 @@ def validate(cfg: CfgNode) -> None:
         raise CasdapError(f"unknown DEVICE '{cfg.DEVICE}' (use auto, cpu or cuda)")
     _at_least("SOLVER.TOTAL_EPOCH", cfg.SOLVER.TOTAL_EPOCH, 1)
     _at_least("DATA.BATCH_SIZE", cfg.DATA.BATCH_SIZE, 1)
+    if cfg.DATA.EVAL_BATCH_SIZE < 0:
+        raise CasdapError(f"DATA.EVAL_BATCH_SIZE must be 0 (use DATA.BATCH_SIZE) or positive, "
+                          f"got {cfg.DATA.EVAL_BATCH_SIZE}")
     _at_least("DATA.CROPSIZE", cfg.DATA.CROPSIZE, 1)
     check_data_shares(cfg)
     if method == "replay":

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from yacs.config import CfgNode
 
 from casdap.checkpoint import TASK_CHECKPOINT, numbered_checkpoints, read_checkpoint, save_checkpoint
-from casdap.continual.results import summarize, write_acc_matrix_csv, write_final_results, write_json
+from casdap.continual.results import final_accuracy, summarize, write_acc_matrix_csv, write_final_results, write_json
 from casdap.engine.seeding import capture_rng_state
 from casdap.errors import CasdapError
 from casdap.run_metrics import METRICS_FIELDS
@@ -52,6 +52,8 @@ class RunState:
     acc_matrix: list[list[float | None]] = field(default_factory=list)
     mixed: list[float | None] = field(default_factory=list)
     task_selection: list[float | None] = field(default_factory=list)
+    wtp: list[list[float | None]] = field(default_factory=list)  # rows like acc_matrix's: within-task accuracy
+    tii: list[list[float | None]] = field(default_factory=list)  # rows: share of images whose inferred task is right
     wall_time_s: float = 0.0
     train_time_s: float = 0.0
     train_images: int = 0
@@ -100,6 +102,55 @@ def mixed_stream_accuracy(strategy, datasets: Sequence, row: list[float | None],
     return hits / max(total, 1)
 
 
+class TaskDecomposition:
+    """Within-task prediction (WTP) and task-identity inference (TII) of one evaluation, per task.
+
+    For every evaluated image: TII counts whether its inferred task is its own, WTP whether the
+    logits under its own task (DAP: an oracle pass with the true task's prompts), restricted to its
+    task's classes, pick its class. Both come from the strategy's ``task_decomposition`` (any
+    :class:`~casdap.continual.strategies.CasdapStrategyMixin`; another strategy gets the task its
+    predicted class implies and its logits). Class-incremental accuracy (CIL) is the accuracy matrix.
+    """
+
+    def __init__(self, stream: Sequence) -> None:
+        tasks = {int(c): int(exp.current_experience) for exp in stream for c in exp.classes_in_this_experience}
+        self.class_task = torch.full((max(tasks, default=0) + 1,), -1, dtype=torch.long)
+        for c, t in tasks.items():
+            self.class_task[c] = t
+        self.index = {int(exp.current_experience): j for j, exp in enumerate(stream)}
+        n = len(stream)
+        self.wtp_hits, self.tii_hits, self.total = [0] * n, [0] * n, [0] * n
+        self._on: torch.device | None = None
+
+    def add(self, strategy) -> None:
+        """Count the strategy's last evaluation batch (``mb_x``, ``mb_y``, ``mb_output``)."""
+        from casdap.continual.strategies import CasdapStrategyMixin
+
+        y, logits = strategy.mb_y, strategy.mb_output.detach()
+        if self._on != logits.device:
+            self.class_task, self._on = self.class_task.to(logits.device), logits.device
+        y = y.to(logits.device)
+        true_task = torch.where(y < len(self.class_task), self.class_task[y.clamp(max=len(self.class_task) - 1)], -1)
+        decompose = (strategy.task_decomposition if isinstance(strategy, CasdapStrategyMixin)
+                     else lambda *a: CasdapStrategyMixin.task_decomposition(strategy, *a))
+        inferred, within = decompose(logits, self.class_task, true_task)
+        within = within.detach().to(logits.device)
+        width = min(len(self.class_task), within.shape[1])
+        own = torch.zeros_like(within, dtype=torch.bool)
+        own[:, :width] = self.class_task[:width][None, :] == true_task[:, None]
+        wtp = within.masked_fill(~own, float("-inf")).argmax(1) == y
+        tii = inferred.to(logits.device) == true_task
+        j = self.index[int(strategy.experience.current_experience)]
+        self.wtp_hits[j] += int(wtp.sum())
+        self.tii_hits[j] += int(tii.sum())
+        self.total[j] += len(y)
+
+    def rows(self) -> tuple[list[float | None], list[float | None]]:
+        """WTP and TII of every evaluated task (None for a task with no image)."""
+        share = lambda hits: [h / n if n else None for h, n in zip(hits, self.total)]  # noqa: E731
+        return share(self.wtp_hits), share(self.tii_hits)
+
+
 # ------------------------------------------------------------------------------------ the plugin
 class RunDirectoryPlugin(SupervisedPlugin):
     """Writes the run directory after every evaluation that follows a training (one row per task).
@@ -126,6 +177,7 @@ class RunDirectoryPlugin(SupervisedPlugin):
         self.write, self.verbose = write, verbose
         self.state = RunState()
         self._t0: float | None = None  # when the training of the pending row began
+        self._decomposition: TaskDecomposition | None = None
         self._train_t0 = 0.0
 
     # -- what the directory says --------------------------------------------------------------
@@ -137,7 +189,9 @@ class RunDirectoryPlugin(SupervisedPlugin):
         metrics = {
             **{k: self.info[k] for k in ("method", "backbone", "dataset", "seed")},
             "n_tasks": self.n_tasks, "tasks_done": self.tasks_done(), "finished": finished,
-            "acc_matrix": s.acc_matrix, **summarize(s.acc_matrix, joint=self.joint),
+            "acc_matrix": s.acc_matrix, "wtp_matrix": s.wtp, "tii_matrix": s.tii,
+            **summarize(s.acc_matrix, joint=self.joint),
+            "wtp": final_accuracy(s.wtp), "tii": final_accuracy(s.tii),
             "task_selection_acc": s.task_selection[-1] if s.task_selection else None,
             "mixed_stream_acc": s.mixed[-1] if s.mixed else None,
             **{k: self.info[k] for k in ("selection", "random_init_backbone")},
@@ -165,6 +219,12 @@ class RunDirectoryPlugin(SupervisedPlugin):
         if self in plugins and evaluator in plugins and plugins.index(self) < plugins.index(evaluator):
             raise CasdapError("RunDirectoryPlugin reads the evaluator's metrics: add it after the evaluator "
                               "(strategy.plugins.append(plugin) once the strategy is built)")
+        if self._t0 is not None:  # an evaluation that makes a row: decompose its accuracy
+            self._decomposition = TaskDecomposition(list(strategy.current_eval_stream))
+
+    def after_eval_iteration(self, strategy, **kwargs):
+        if self._decomposition is not None:
+            self._decomposition.add(strategy)
 
     def after_eval(self, strategy, **kwargs):
         if self._t0 is None:  # an evaluation without a training before it adds no row
@@ -175,12 +235,23 @@ class RunDirectoryPlugin(SupervisedPlugin):
         task_sel = next((float(v) for k, v in results.items() if k.startswith("TaskSel_Stream")), None)
         mixed = mixed_stream_accuracy(strategy, [e.dataset for e in stream], row, getattr(strategy, "selection", None),
                                       int(self.info["seed"]), self.eval_batch, self.num_workers, self.pin_memory)
-        self.finish_task(strategy, row, mixed, task_sel)
+        wtp, tii = self._decomposition.rows() if self._decomposition is not None else (None, None)
+        self._decomposition = None
+        self.finish_task(strategy, row, mixed, task_sel, wtp=wtp, tii=tii)
 
-    def finish_task(self, strategy, row: list[float | None], mixed: float | None, task_sel: float | None) -> None:
-        """Record row ``len(row) - 1`` (the last row for joint training) and bring the directory up to date."""
+    def finish_task(self, strategy, row: list[float | None], mixed: float | None, task_sel: float | None, *,
+                    wtp: list[float | None] | None = None, tii: list[float | None] | None = None) -> None:
+        """Record row ``len(row) - 1`` (the last row for joint training) and bring the directory up to date;
+        ``wtp`` / ``tii``: the row's within-task and task-identity accuracies (None: not measured)."""
         s = self.state
+        def padded(values: list[float | None] | None) -> list[float | None]:
+            return list(values if values is not None else [None] * len(row)) + [None] * (self.n_tasks - len(row))
+
+        for rows in (s.wtp, s.tii):  # a run resumed from a checkpoint that had no decomposition yet
+            rows.extend([None] * self.n_tasks for _ in range(len(s.acc_matrix) - len(rows)))
         s.acc_matrix.append(row + [None] * (self.n_tasks - len(row)))
+        s.wtp.append(padded(wtp))
+        s.tii.append(padded(tii))
         s.mixed.append(mixed)
         s.task_selection.append(task_sel)
         s.wall_time_s += time.perf_counter() - (self._t0 or time.perf_counter())
@@ -214,13 +285,15 @@ class RunDirectoryPlugin(SupervisedPlugin):
             shown = " ".join("  -  " if v is None else f"{100 * v:5.1f}" for v in row)
             extra = f", task selection {100 * task_sel:.1f}%" if task_sel is not None else ""
             extra += f", mixed stream {100 * mixed:.1f}%" if mixed is not None else ""
+            if wtp is not None and None not in wtp and None not in tii:
+                extra += f", WTP {100 * sum(wtp) / len(wtp):.1f}%, TII {100 * sum(tii) / len(tii):.1f}%"
             tqdm.write(f"after task {t + 1}/{self.n_tasks}: acc per task [{shown}]{extra} "
                        f"(elapsed {s.wall_time_s:.1f}s)")
         if finished:
             write_final_results(self.out / "final_results.txt", self.config_text, s.acc_matrix, self.n_tasks,
                                 self.notes)
             for w in writers:
-                for k in ("final_acc", "forgetting", "learning_acc", "bwt"):
+                for k in ("final_acc", "forgetting", "learning_acc", "bwt", "wtp", "tii"):
                     if metrics[k] is not None:
                         w.add_scalar(f"final/{k}", metrics[k], self.n_tasks - 1)
                 w.flush()

@@ -130,7 +130,7 @@ def _build_strategy(cfg: CfgNode, method: Method, model: nn.Module, device: torc
     optimizer = _optimizer(cfg, method, model)
     return method.build_strategy(
         cfg, model, optimizer, plugins, train_mb_size=cfg.DATA.BATCH_SIZE, train_epochs=cfg.SOLVER.TOTAL_EPOCH,
-        eval_mb_size=cfg.DATA.BATCH_SIZE, device=device, evaluator=evaluator,
+        eval_mb_size=eval_batch_size(cfg), device=device, evaluator=evaluator,
     )
 
 
@@ -220,6 +220,12 @@ def loader_arguments(cfg: CfgNode, device: torch.device) -> dict[str, Any]:
     return {"num_workers": cfg.DATA.NUM_WORKERS, "pin_memory": bool(cfg.DATA.PIN_MEMORY) and device.type == "cuda"}
 
 
+def eval_batch_size(cfg: CfgNode) -> int:
+    """The batch size of every evaluation pass: ``DATA.EVAL_BATCH_SIZE``, or ``DATA.BATCH_SIZE`` when 0.
+    Per-image predictions do not depend on it; only the batch-majority protocol does."""
+    return int(cfg.DATA.EVAL_BATCH_SIZE) or int(cfg.DATA.BATCH_SIZE)
+
+
 def _set_cudnn(cfg: CfgNode, device: torch.device) -> None:
     """``CUDNN_BENCHMARK``: cuDNN picks its fastest kernels for the run's shapes (CUDA only)."""
     if device.type == "cuda":
@@ -287,7 +293,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         info={"method": method.name, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
               **fields, "random_init_backbone": random_backbone, "trainable_params": trainable,
               "total_params": total},
-        joint=method.joint, keep_final_checkpoint=cfg.MODEL.SAVE_CKPT, eval_batch=cfg.DATA.BATCH_SIZE,
+        joint=method.joint, keep_final_checkpoint=cfg.MODEL.SAVE_CKPT, eval_batch=eval_batch_size(cfg),
         num_workers=workers, pin_memory=loader_args["pin_memory"], world=world, write=is_main, verbose=is_main,
     )
     strategy.plugins.append(run_dir)  # after the evaluator, whose metrics it writes

@@ -4,6 +4,7 @@ the backbone + linear-head model the other baselines train, and the task-selecti
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -92,6 +93,18 @@ class CasdapStrategyMixin:
         method has keys (else None). Here every image is predicted alone by the model."""
         self.model.eval()
         return self.model(x), None
+
+    @torch.no_grad()
+    def task_decomposition(self, logits: torch.Tensor, class_task: torch.Tensor,
+                           true_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image of the evaluation batch (``mb_x``, ``mb_y``) whose predictions are ``logits``: the
+        inferred task ``[B]`` and the logits under the true task ``[B, C]`` (the caller keeps only the
+        true task's classes of them, for within-task accuracy). ``class_task[c]`` is class c's task
+        (-1: not evaluated). Here the task the predicted class implies, and the same logits (a method
+        whose prediction does not depend on a task)."""
+        pred = logits.argmax(1).to(class_task.device)
+        inside = pred < len(class_task)
+        return torch.where(inside, class_task[pred.clamp(max=len(class_task) - 1)], -1), logits
 
 
 class BackboneClassifier(nn.Module):
@@ -230,6 +243,8 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         for c in self.experience.classes_in_this_experience:
             self.class_to_task[int(c)] = t
         self._refresh_tables()
+        if hasattr(self.model, "mark_trained"):  # from now on task t can be selected
+            self.model.mark_trained(t)
         from avalanche.training.plugins import ReplayPlugin
 
         # Without a plugin that mixes stored samples into the batch, every training sample is of the
@@ -306,10 +321,18 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
             # The logits the loss trains on: each sample's own task's classes (finite fill).
             return self._restrict_to(out.logits, task)
         self.mb_true_task = self.true_task(self.mb_y)
-        oracle = self.mb_true_task.clamp(min=0) if self.selection == "oracle" else None
+        oracle = self.oracle_task(self.mb_true_task) if self.selection == "oracle" else None
         out = self.model(self.mb_x, task_id=oracle, selection=self.selection)
         self.mb_dap = out
         return self.restrict(out.logits, out.key_idx) if self.restrict_to_task else out.logits
+
+    def oracle_task(self, true_task: torch.Tensor) -> torch.Tensor:
+        """The true task of every image, for oracle selection; an image of a class no experience has
+        trained has none, which is an error (one host sync, oracle evaluation only)."""
+        if bool((true_task < 0).any()):
+            raise CasdapError("oracle task selection: the batch holds images of classes no experience has trained "
+                              "(they have no true task); evaluate only the tasks trained so far")
+        return true_task
 
     def restrict(self, logits: torch.Tensor, key_idx: torch.Tensor) -> torch.Tensor:
         """Keep, per image, only the classes of the task its selected key stands for."""
@@ -338,10 +361,60 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         ``batch_majority`` an image's key depends on its batch mates)."""
         self.model.eval()
         true_task = self.true_task(y)
-        oracle = true_task.clamp(min=0) if self.selection == "oracle" else None
+        oracle = self.oracle_task(true_task) if self.selection == "oracle" else None
         out = self.model(x, task_id=oracle, selection=self.selection)
         logits = self.restrict(out.logits, out.key_idx) if self.restrict_to_task else out.logits
         return logits, out.key_idx
+
+    @torch.no_grad()
+    def task_decomposition(self, logits: torch.Tensor, class_task: torch.Tensor,
+                           true_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The selected task of every image (``mb_dap``) and its logits under its own task's prompts.
+
+        An image whose selected task is its own already has them (the evaluation pass's, before any
+        restriction); only the others get an oracle pass, each with its true task's prompts (the
+        query pass skipped). The cost is one prompted forward of the images whose task was missed
+        (1 - TII of them), none under oracle selection."""
+        out = self.mb_dap
+        if self.selection == "oracle":
+            return out.key_idx, out.logits
+        task = true_task.to(out.key_idx.device)
+        within = out.logits.float().clone()
+        missed = (out.key_idx != task).nonzero().squeeze(1)
+        if len(missed):
+            from casdap.continual.plugins import AutocastPlugin
+
+            amp = self.find_plugin(AutocastPlugin)
+            with torch.autocast(amp.device_type, dtype=torch.bfloat16) if amp is not None else nullcontext():
+                feats = self.model.forward_prompted(self.mb_x[missed.to(self.mb_x.device)], task[missed])
+                within[missed.to(within.device)] = self.model.head(feats).float().to(within.device)
+        return out.key_idx, within
+
+    # -- weight decay on what is frozen ----------------------------------------------------
+    def optimizer_step(self):
+        """The optimizer's step, with the rows of earlier tasks (head rows of their classes, task
+        embeddings, keys, per-task generator maps) put back as they were: without replay they get no
+        gradient, yet weight decay (``SOLVER.WEIGHT_DECAY`` > 0) would shrink them. Without decay
+        nothing is copied (the step leaves them exactly as they are)."""
+        frozen = self._frozen_rows() if self._decays() else []
+        saved = [p.detach()[rows].clone() for p, rows in frozen]
+        super().optimizer_step()
+        with torch.no_grad():
+            for (p, rows), value in zip(frozen, saved):
+                p[rows] = value
+
+    def _decays(self) -> bool:
+        return any(g.get("weight_decay", 0.0) > 0 for g in self.optimizer.param_groups)
+
+    def _frozen_rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(parameter, rows along its first axis) of every task trained before the current one; none
+        with replay (stored samples train their tasks' rows) or with a model that has no task rows."""
+        rows_of = getattr(self.model, "task_rows", None)
+        if not self._one_task_batches or rows_of is None:
+            return []
+        earlier = sorted({t for t in self.class_to_task.values() if t < self.current_task})
+        classes = sorted(c for c, t in self.class_to_task.items() if t < self.current_task)
+        return rows_of(earlier, classes) if earlier else []
 
     # -- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -350,6 +423,9 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
     def load_own_state(self, state: dict[str, Any], *, task_classes: Sequence, done: int) -> None:
         self.class_to_task = {int(c): int(t) for c, t in state["class_to_task"].items()}
         self._refresh_tables()
+        if hasattr(self.model, "mark_trained"):  # checkpoints from before the model kept its trained tasks
+            for t in sorted(set(self.class_to_task.values())):
+                self.model.mark_trained(t)
 
 
 class GradientFreeStrategy(CasdapStrategyMixin, SupervisedTemplate):

@@ -276,6 +276,10 @@ class CASDAP(nn.Module):
         of the task's keys, see :meth:`KeyTaskPredictor.seed`)."""
         self.dap_task_predictor.seed(task, query, generator)
 
+    def mark_trained(self, task: int) -> None:
+        """Task ``task`` starts training: its task can now be selected (before, it never is)."""
+        self.dap_task_predictor.mark_trained(task)
+
     def fit_task_predictor(self, stats: ClassStatistics) -> None:
         """Hand per-class query statistics to the task predictor (:meth:`TaskPredictor.fit`)."""
         self.dap_task_predictor.fit(stats)
@@ -292,6 +296,18 @@ class CASDAP(nn.Module):
             for p in block.structure_parameters():
                 p.requires_grad_(False)
                 p.grad = None
+
+    def task_rows(self, tasks: Sequence[int], classes: Sequence[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, rows along its first axis) that belong to ``tasks`` (with ``classes``, their
+        classes) alone: head rows, task embeddings, the predictor's and the prompt sources' own."""
+        device = self.head.weight.device
+        cls = torch.as_tensor(list(classes), dtype=torch.long, device=device)
+        rows = [(self.head.weight, cls), (self.head.bias, cls),
+                (self.dap_task_emb.weight, torch.as_tensor(list(tasks), dtype=torch.long, device=device))]
+        rows += self.dap_task_predictor.task_rows(tasks)
+        for block in self._prompted_blocks():
+            rows += block.generator.task_rows(tasks)
+        return [(p, r) for p, r in rows if p.requires_grad and len(r)]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
@@ -362,7 +378,7 @@ class CASDAP(nn.Module):
             h = self._prefix(x)
             query = self._query_from(h)
         scores = self.dap_task_predictor(query)
-        key_idx = reduce(scores) if task_id is None else oracle(scores, task_id)
+        key_idx = reduce(self.dap_task_predictor.selectable(scores)) if task_id is None else oracle(scores, task_id)
         pull = self.dap_task_predictor.pull(scores, key_idx)
         feats = self._prompted_from(h, key_idx, None if task_id is None or torch.is_tensor(task_id) else int(task_id))
         return DAPOutput(logits=self.head(feats), key_idx=key_idx, pull=pull)

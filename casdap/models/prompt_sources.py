@@ -7,6 +7,8 @@ generator (:class:`PromptGenerator`, name ``"dap"``) is the first entry.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,6 +48,11 @@ class PromptSource(nn.Module):
         raise NotImplementedError
 
     def structure_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def task_rows(self, tasks: Sequence[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, rows along its first axis) that belong to ``tasks`` alone (per-task maps);
+        none by default. Rows of finished tasks are kept as they are while later tasks train."""
         return []
 
 
@@ -127,6 +134,11 @@ class PromptGenerator(PromptSource):
         if mix is not None:
             raw = torch.einsum("bcn,bdc->bdn", raw, mix[0][task_idx]) + mix[1][task_idx][:, :, None]
         return raw
+
+    def task_rows(self, tasks: Sequence[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """Each per-task map's rows of ``tasks``."""
+        maps = [*(self.task_token_map or []), *(self.task_channel_mix or [])]
+        return [(p, torch.as_tensor(list(tasks), dtype=torch.long, device=p.device)) for p in maps]
 
     def structure_parameters(self) -> list[nn.Parameter]:
         """The shared token-axis and channel maps (none with per-task maps)."""

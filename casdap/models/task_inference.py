@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,7 @@ __all__ = [
     "KeyTaskPredictor",
     "TaskPredictor",
     "batch_majority",
+    "mask_untrained",
     "oracle",
     "per_image",
     "task_index",
@@ -78,12 +79,28 @@ class TaskPredictor(nn.Module):
     - :meth:`fit`: called with per-class statistics of the queries (:class:`ClassStatistics`), for
       predictors that are estimated rather than trained (class Gaussians, a head retrained on
       statistics); nothing by default.
+
+    ``trained`` (a buffer, saved with the model) marks the tasks that have started training
+    (:meth:`mark_trained`, called by the strategy); the selections never choose any other task
+    (:func:`mask_untrained`). While no task is marked (a model used outside a strategy) every task
+    can be chosen.
     """
 
     def __init__(self, num_tasks: int, dim: int) -> None:
         super().__init__()
         self.num_tasks = int(num_tasks)
         self.dim = int(dim)
+        self.register_buffer("trained", torch.zeros(self.num_tasks, dtype=torch.bool))
+        self.register_load_state_dict_pre_hook(_trained_before_it_was_saved)
+
+    @torch.no_grad()
+    def mark_trained(self, task: int) -> None:
+        """Task ``task`` is being trained: from now on the selections may choose it."""
+        self.trained[int(task)] = True
+
+    def selectable(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` as the selections see them: untrained tasks at -inf (:func:`mask_untrained`)."""
+        return mask_untrained(scores, self.trained)
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -96,6 +113,11 @@ class TaskPredictor(nn.Module):
 
     def fit(self, stats: ClassStatistics) -> None:
         return None
+
+    def task_rows(self, tasks: Sequence[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, rows along its first axis) that belong to ``tasks`` alone; kept as they are
+        while later tasks train (weight decay would otherwise move them). None by default."""
+        return []
 
 
 class KeyTaskPredictor(TaskPredictor):
@@ -120,6 +142,12 @@ class KeyTaskPredictor(TaskPredictor):
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         sim = F.normalize(query, dim=1) @ F.normalize(self.keys, dim=1).t()
         return sim.view(query.shape[0], self.num_tasks, self.keys_per_task).amax(2)
+
+    def task_rows(self, tasks: Sequence[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """The keys of ``tasks``."""
+        m = self.keys_per_task
+        rows = [t * m + i for t in tasks for i in range(m)]
+        return [(self.keys, torch.as_tensor(rows, dtype=torch.long, device=self.keys.device))]
 
     def pull(self, scores: torch.Tensor, task_idx: torch.Tensor) -> torch.Tensor:
         """Mean cosine between each query and the nearest key of its selected task."""
@@ -148,7 +176,23 @@ class KeyTaskPredictor(TaskPredictor):
         rows.copy_(q[picks].to(rows) * rows.norm(dim=1, keepdim=True))
 
 
+def _trained_before_it_was_saved(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """State dicts saved before predictors kept ``trained``: no task marked (every task selectable, as
+    then); a resumed strategy marks its trained tasks again."""
+    key = prefix + "trained"
+    if key not in state_dict and isinstance(getattr(module, "trained", None), torch.Tensor):
+        state_dict[key] = torch.zeros_like(module.trained)
+
+
 # -- selections: scores [B, T] (and the true task) -> task index per image [B] ------------------
+
+
+def mask_untrained(scores: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
+    """``scores`` ``[B, T]`` with every task not in ``trained`` (``[T]`` bool) at -inf, so no selection
+    picks a task whose keys (or statistics) were never trained. No task marked: ``scores`` as they are.
+    Reads nothing back from the device."""
+    untrained = ~trained.to(scores.device) & trained.any().to(scores.device)
+    return scores.masked_fill(untrained, float("-inf"))
 
 
 def task_index(task: int | torch.Tensor, batch: int, num_tasks: int, device: torch.device) -> torch.Tensor:
