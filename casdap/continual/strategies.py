@@ -4,6 +4,7 @@ the backbone + linear-head model the other baselines train, and the task-selecti
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,8 +18,10 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from casdap import dap_defaults as D
+from casdap.dap_registry import PREDICTION_NAMES, checked
 from casdap.errors import CasdapError
-from casdap.models.dap import MASKED_LOGIT, SELECTIONS, restrict_logits
+from casdap.models.dap import MASKED_LOGIT, SELECTIONS, DAPOutput, restrict_logits
+from casdap.models.task_inference import add_moments, sum_over_ranks
 
 __all__ = [
     "SELECTIONS",
@@ -174,6 +177,17 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
     restriction. So a key-selection error costs what the head's scores say, not the ~1e4 of an
     excluded logit. The model must follow ``casdap.models.dap.CASDAP``.
 
+    ``prediction`` (task-adaptive prediction) overrides ``restrict_to_task`` when given:
+    ``restrict`` is DAP's restriction; ``all`` scores every seen class with the model's head
+    re-aligned on statistics of the prompted features (``CASDAP.all_class_logits``), so a wrong
+    task changes the prompts but does not rule out the right class; ``soft`` runs every image
+    under the prompts of its ``top_k`` best-scored tasks and scores class ``c`` of task ``t`` as
+    ``log p(t) + log p(c | t)`` (``p(t)``: softmax of the predictor's scores over the trained
+    tasks; ``p(c | t)``: softmax of the head over ``t``'s classes), at ``top_k`` prompted passes
+    per image. When the model keeps class statistics (a predictor estimated from them, or
+    ``all``), one pass over the task's training images with the evaluation transform adds them
+    at the end of each task (summed over ``torchrun`` ranks) and refits what is estimated.
+
     The class-to-task table and the classes of every task are tensors on the strategy's device,
     rebuilt when an experience starts (and on resume), so a training step after the first of its
     experience reads nothing back from the device.
@@ -194,11 +208,25 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         sim_lambda: float = D.SIM_LAMBDA,
         selection: str = D.SELECTION,
         restrict_to_task: bool = False,
+        prediction: str | None = None,
+        top_k: int = 1,
         eval_every: int = -1,
     ) -> None:
         selection = selection.lower()
         if selection not in SELECTIONS:
             raise CasdapError(f"unknown key selection '{selection}' (use one of {', '.join(SELECTIONS)})")
+        if prediction is not None:
+            prediction = checked("prediction", prediction, PREDICTION_NAMES)
+            restrict_to_task = prediction == "restrict"
+        n_tasks = getattr(model, "num_tasks", 1)
+        if prediction == "soft" and not 1 <= int(top_k) <= n_tasks:
+            raise CasdapError(f"top_k must be 1..{n_tasks} (the model's tasks), got {top_k}")
+        if prediction == "soft" and selection != "per_image":
+            raise CasdapError(f"prediction 'soft' takes each image's own top tasks: selection must be per_image, "
+                              f"got '{selection}'")
+        if prediction == "all" and not getattr(model, "prompted_statistics", False):
+            raise CasdapError("prediction 'all' needs a model that keeps prompted-feature statistics "
+                              "(CASDAP(..., prompted_statistics=True))")
         kwargs = {} if evaluator is None else {"evaluator": evaluator}
         super().__init__(
             model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=train_mb_size,
@@ -207,6 +235,8 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         )
         self.current_lambda, self.sim_lambda = current_lambda, sim_lambda
         self.selection, self.restrict_to_task = selection, restrict_to_task
+        self.prediction = prediction or ("restrict" if restrict_to_task else None)
+        self.top_k = int(top_k)
         self.class_to_task: dict[int, int] = {}  # filled as experiences are trained
         self.mb_dap = None  # DAPOutput of the last minibatch
         self._keys_seeded = True  # set False at the start of every training experience
@@ -265,7 +295,9 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         if bool(own.any()):
             self.model.seed_keys(self.current_task, self.model.forward_query(self.mb_x[own]))
         if dist.is_available() and dist.is_initialized():
-            dist.broadcast(self.model.dap_keys.data, src=0)
+            keys = getattr(self.model.dap_task_predictor, "keys", None)  # predictors without keys: nothing to share
+            if keys is not None:
+                dist.broadcast(keys.data, src=0)
         self._keys_seeded = True
 
     def true_task(self, y: torch.Tensor) -> torch.Tensor:
@@ -305,10 +337,70 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
             # The logits the loss trains on: each sample's own task's classes (finite fill).
             return self._restrict_to(out.logits, task)
         self.mb_true_task = self.true_task(self.mb_y)
-        oracle = self.mb_true_task.clamp(min=0) if self.selection == "oracle" else None
-        out = self.model(self.mb_x, task_id=oracle, selection=self.selection)
-        self.mb_dap = out
-        return self.restrict(out.logits, out.key_idx) if self.restrict_to_task else out.logits
+        self.mb_dap, logits = self._predict(self.mb_x, self.mb_true_task)
+        return logits
+
+    def _predict(self, x: torch.Tensor, true_task: torch.Tensor) -> tuple[DAPOutput, torch.Tensor]:
+        """The model's output (its logits: what the evaluation loss is over) and the predicted
+        logits, under the selection and the task-adaptive prediction; each image on its own."""
+        if self.prediction == "soft":
+            scores, top, logits = self.model.forward_top_tasks(x, self.top_k)
+            combined = self.soft_logits(scores, top, logits)
+            return DAPOutput(logits=combined, key_idx=top[:, 0], pull=combined.new_zeros(())), combined
+        oracle = true_task.clamp(min=0) if self.selection == "oracle" else None
+        out = self.model(x, task_id=oracle, selection=self.selection)
+        if self.prediction == "all":
+            out = replace(out, logits=self.model.all_class_logits(out.feats))
+            return out, out.logits
+        return out, self.restrict(out.logits, out.key_idx) if self.prediction == "restrict" else out.logits
+
+    def soft_logits(self, scores: torch.Tensor, top: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``log p(t) + log p(c | t)`` for each class ``c`` of each of an image's tasks ``top`` ``[B, k]``
+        (logits ``[B, k, K]`` under each task's prompts); classes of no top task :data:`MASKED_LOGIT`."""
+        splits = self._current_tables()[1].to(logits.device)
+        keep = torch.zeros(splits.shape[0], logits.shape[2], dtype=torch.bool, device=logits.device)
+        width = min(splits.shape[1], logits.shape[2])
+        keep[:, :width] = splits[:, :width]
+        trained = keep.any(1)[: scores.shape[1]]
+        log_task = torch.log_softmax(scores.float().masked_fill(~trained[None], float("-inf")), dim=1)
+        out = torch.full(logits.shape[::2], MASKED_LOGIT, dtype=torch.float32, device=logits.device)
+        for j in range(top.shape[1]):
+            t = top[:, j]
+            member = keep[t]  # [B, K]
+            log_class = torch.log_softmax(logits[:, j].float().masked_fill(~member, float("-inf")), dim=1)
+            out = torch.where(member, log_task.gather(1, t[:, None]) + log_class, out)
+        return out
+
+    # -- class statistics ------------------------------------------------------------------
+    def _after_training_exp(self, **kwargs):
+        if getattr(self.model, "query_statistics", False) or getattr(self.model, "prompted_statistics", False):
+            self.statistics_pass()
+        super()._after_training_exp(**kwargs)
+
+    @torch.no_grad()
+    def statistics_pass(self) -> None:
+        """Add the class statistics of the task just trained: one pass over its training images with
+        the evaluation transform (the images test queries look like: augmented views would widen every
+        class's covariance with variation the test set never shows), each rank over its share, summed
+        over ranks; then the model refits what it estimates from them."""
+        from torch.utils.data import DataLoader, Subset
+
+        data = self.experience.dataset.eval()
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        loader = DataLoader(Subset(data, list(range(rank, len(data), world))), batch_size=self.eval_mb_size,
+                            shuffle=False, num_workers=0)
+        was_training = self.model.training
+        self.model.eval()
+        local = {n: tuple(torch.zeros_like(b) for b in bufs) for n, bufs in self.model.statistics_moments().items()}
+        for batch in loader:
+            x, y = batch[0].to(self.device), batch[1].to(self.device)
+            for name, feats in self.model.statistics_features(x, self.current_task).items():
+                add_moments(*local[name], feats, y)
+        sum_over_ranks([t for bufs in local.values() for t in bufs])
+        self.model.add_statistics(local, [int(c) for c in self.experience.classes_in_this_experience],
+                                  self.current_task)
+        self.model.train(was_training)
 
     def restrict(self, logits: torch.Tensor, key_idx: torch.Tensor) -> torch.Tensor:
         """Keep, per image, only the classes of the task its selected key stands for."""
@@ -336,10 +428,7 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         """Logits and selected keys for a batch, under the strategy's evaluation protocol (with
         ``batch_majority`` an image's key depends on its batch mates)."""
         self.model.eval()
-        true_task = self.true_task(y)
-        oracle = true_task.clamp(min=0) if self.selection == "oracle" else None
-        out = self.model(x, task_id=oracle, selection=self.selection)
-        logits = self.restrict(out.logits, out.key_idx) if self.restrict_to_task else out.logits
+        out, logits = self._predict(x, self.true_task(y))
         return logits, out.key_idx
 
     # -- resume ----------------------------------------------------------------------------
