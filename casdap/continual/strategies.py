@@ -381,22 +381,23 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
     def statistics_pass(self) -> None:
         """Add the class statistics of the task just trained: one pass over its training images with
         the evaluation transform (the images test queries look like: augmented views would widen every
-        class's covariance with variation the test set never shows), each rank over its share, summed
-        over ranks; then the model refits what it estimates from them."""
-        from torch.utils.data import DataLoader, Subset
+        class's covariance with variation the test set never shows), each rank over its share of the
+        training data, summed over ranks; then the model refits what it estimates from them."""
+        from torch.utils.data import DataLoader
 
-        data = self.experience.dataset.eval()
-        distributed = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        loader = DataLoader(Subset(data, list(range(rank, len(data), world))), batch_size=self.eval_mb_size,
-                            shuffle=False, num_workers=0)
+        from casdap.continual.benchmarks import clean_training_views
+
+        # under torchrun the experience holds this rank's share already (benchmarks.shard)
+        loader = DataLoader(self.experience.dataset.eval(), batch_size=self.eval_mb_size, shuffle=False,
+                            num_workers=0)
         was_training = self.model.training
         self.model.eval()
         local = {n: tuple(torch.zeros_like(b) for b in bufs) for n, bufs in self.model.statistics_moments().items()}
-        for batch in loader:
-            x, y = batch[0].to(self.device), batch[1].to(self.device)
-            for name, feats in self.model.statistics_features(x, self.current_task).items():
-                add_moments(*local[name], feats, y)
+        with clean_training_views():
+            for batch in loader:
+                x, y = batch[0].to(self.device), batch[1].to(self.device)
+                for name, feats in self.model.statistics_features(x, self.current_task).items():
+                    add_moments(*local[name], feats, y)
         sum_over_ranks([t for bufs in local.values() for t in bufs])
         self.model.add_statistics(local, [int(c) for c in self.experience.classes_in_this_experience],
                                   self.current_task)
