@@ -16,6 +16,7 @@ from casdap.errors import CasdapError
 
 __all__ = [
     "INJECTION_NAMES",
+    "PREDICTION_NAMES",
     "PROMPT_SOURCES",
     "SELECTIONS",
     "SELECTION_NAMES",
@@ -36,6 +37,8 @@ PROMPT_SOURCES: dict[str, str] = {
 # Task predictors: the query [B, C] -> per-task scores [B, T]. Contract: casdap.models.task_inference.TaskPredictor.
 TASK_PREDICTORS: dict[str, str] = {
     "keys": "casdap.models.task_inference:KeyTaskPredictor",
+    "gaussian": "casdap.models.task_inference:GaussianTaskPredictor",
+    "head": "casdap.models.task_inference:HeadTaskPredictor",
 }
 
 # Selections (reducers): per-task scores [B, T] (and the true task, for oracle) -> task index per image [B].
@@ -44,6 +47,11 @@ SELECTIONS: dict[str, str] = {
     "batch_majority": "casdap.models.task_inference:batch_majority",
     "oracle": "casdap.models.task_inference:oracle",
 }
+
+# Task-adaptive prediction: how the class is predicted once the task is inferred (the DAP strategy).
+# restrict: DAP's, only the inferred task's classes; all: a head over every seen class re-aligned on
+# statistics of the prompted features; soft: the top-k tasks' prompts, p(task) * p(class | task).
+PREDICTION_NAMES: tuple[str, ...] = ("restrict", "all", "soft")
 
 # How prompt tokens take part in a block's token mixer (casdap.models.dap.PromptedBlock).
 INJECTION_NAMES: tuple[str, ...] = ("kv", "pool", "attn")

@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     set_threads("casdap export", 32 if args.input_size is None else int(args.input_size), requested=args.threads)
     cfg = dap_config(args.config, args.opts) if args.config else None
     size = _input_size(args, cfg)
+    if cfg is not None and str(cfg.MODEL.DAP.PREDICTION or "").lower() in ("all", "soft"):
+        raise CasdapError(f"casdap export builds the restricted or plain-head graph; MODEL.DAP.PREDICTION "
+                          f"{cfg.MODEL.DAP.PREDICTION} is not exported (pass MODEL.DAP.PREDICTION restrict "
+                          "MODEL.DAP.RESTRICT_TO_TASK True in --opts)")
     if cfg is not None:
         from casdap.checkpoint import read_checkpoint
 

@@ -165,6 +165,7 @@ def resolve_reference_defaults(cfg: CfgNode) -> None:
     """Fill the ``MODEL.DAP`` keys left at None with the reference's value for ``DATA.NAME``."""
     name = str(cfg.DATA.NAME).lower().replace("-", "_")
     name = "imagenet_r" if name == "imagenetr" else name
+    _resolve_prediction(cfg)
     defaults = {**REFERENCE_DEFAULTS, **REFERENCE_DATASET_DEFAULTS.get(name, {})}
     for key, value in defaults.items():
         current = cfg.MODEL.DAP[key]
@@ -173,6 +174,22 @@ def resolve_reference_defaults(cfg: CfgNode) -> None:
         elif not isinstance(current, bool):
             raise CasdapError(f"config key 'MODEL.DAP.{key}' must be True or False (or None: the reference's "
                               f"choice for DATA.NAME), got {current!r}")
+
+
+def _resolve_prediction(cfg: CfgNode) -> None:
+    """``MODEL.DAP.PREDICTION`` decides ``RESTRICT_TO_TASK`` when set (``restrict`` is True, the
+    others False); both set and disagreeing is one error."""
+    from casdap.dap_registry import PREDICTION_NAMES, checked
+
+    d = cfg.MODEL.DAP
+    if "PREDICTION" not in d or d.PREDICTION is None:
+        return
+    key = checked("MODEL.DAP.PREDICTION", d.PREDICTION, PREDICTION_NAMES)
+    if d.RESTRICT_TO_TASK is not None and bool(d.RESTRICT_TO_TASK) != (key == "restrict"):
+        raise CasdapError(f"MODEL.DAP.RESTRICT_TO_TASK {d.RESTRICT_TO_TASK} contradicts MODEL.DAP.PREDICTION "
+                          f"'{d.PREDICTION}': set PREDICTION alone (RESTRICT_TO_TASK True is PREDICTION restrict)")
+    d.PREDICTION = key
+    d.RESTRICT_TO_TASK = key == "restrict"
 
 
 def shipped_config_dir() -> Path:

@@ -74,6 +74,17 @@ _C.MODEL.DAP.REPLAY_MEM_SIZE = 0  # >0: Avalanche's ReplayPlugin, class-balanced
 _C.MODEL.DAP.RESTRICT_TO_TASK = None
 # Prompts in the very last block of the backbone. None: as the reference (False for imagenet_r).
 _C.MODEL.DAP.PROMPT_LAST_BLOCK = None
+# Task inference (casdap.dap_registry.TASK_PREDICTORS): keys (DAP's) | gaussian (class Gaussians of
+# the query, FeCAM-like) | head (a classifier retrained on pseudo-queries from those Gaussians).
+_C.MODEL.DAP.TASK_INFERENCE = D.TASK_PREDICTOR
+# Task-adaptive prediction: restrict (DAP's; = RESTRICT_TO_TASK True) | all (a head over every seen
+# class re-aligned on statistics of prompted features) | soft (top-k tasks' prompts, p(task) p(class|task)).
+# None: as RESTRICT_TO_TASK says (restricted, or the trained head's logits over every class).
+_C.MODEL.DAP.PREDICTION = None
+_C.MODEL.DAP.TOP_K = 2  # prediction soft: tasks whose prompts each image runs with (cost: k prompted passes)
+# Class covariances get SHRINKAGE x their mean variance on the diagonal (gaussian, head, all);
+# choose it on the validation split (DATA.VALIDATION)
+_C.MODEL.DAP.SHRINKAGE = 1.0
 
 # ---------------------------------------------------------------- non-DAP baselines
 _C.BASELINES = CN()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from yacs.config import CfgNode
 
 from casdap.continual.methods import METHOD_MODULES, METHOD_NAMES
-from casdap.dap_registry import INJECTION_NAMES, SELECTION_NAMES
+from casdap.dap_registry import INJECTION_NAMES, PREDICTION_NAMES, SELECTION_NAMES, TASK_PREDICTOR_NAMES
 from casdap.errors import CasdapError
 
 __all__ = ["validate", "METHOD_NAMES"]
@@ -71,6 +71,7 @@ def _validate_dap(cfg: CfgNode) -> None:
     d = cfg.MODEL.DAP
     _one_of("MODEL.DAP.INJECTION", d.INJECTION, INJECTION_NAMES)
     _one_of("MODEL.DAP.SELECTION", d.SELECTION, SELECTION_NAMES)
+    _validate_task_inference(cfg)
     _at_least("MODEL.DAP.NUM_DAP_TOKENS", d.NUM_DAP_TOKENS, 0)
     _at_least("MODEL.DAP.KEYS_PER_TASK", d.KEYS_PER_TASK, 1)
     _at_least("MODEL.DAP.PROMPT_POOL", d.PROMPT_POOL, 1)
@@ -86,3 +87,22 @@ def _validate_dap(cfg: CfgNode) -> None:
     stages = list(d.STAGES)
     if not stages or any(not 0 <= int(s) < CASVIT_STAGES for s in stages):
         raise CasdapError(f"MODEL.DAP.STAGES must name stages 0..{CASVIT_STAGES - 1}, got {stages}")
+
+
+def _validate_task_inference(cfg: CfgNode) -> None:
+    d = cfg.MODEL.DAP
+    _one_of("MODEL.DAP.TASK_INFERENCE", d.TASK_INFERENCE, TASK_PREDICTOR_NAMES)
+    if d.PREDICTION is not None:
+        _one_of("MODEL.DAP.PREDICTION", d.PREDICTION, PREDICTION_NAMES)
+    if not float(d.SHRINKAGE) > 0:
+        raise CasdapError(f"MODEL.DAP.SHRINKAGE must be above 0 (it keeps every class covariance invertible), "
+                          f"got {d.SHRINKAGE}")
+    prediction = str(d.PREDICTION or "").strip().lower()
+    if prediction == "soft" and not 1 <= int(d.TOP_K) <= int(cfg.CONTINUAL.N_TASKS):
+        raise CasdapError(f"MODEL.DAP.TOP_K must be 1..{cfg.CONTINUAL.N_TASKS} (CONTINUAL.N_TASKS), got {d.TOP_K}")
+    if prediction == "soft" and str(d.SELECTION).strip().lower() != "per_image":
+        raise CasdapError(f"MODEL.DAP.PREDICTION soft takes each image's own top tasks: MODEL.DAP.SELECTION must be "
+                          f"per_image, got '{d.SELECTION}'")
+    if str(d.TASK_INFERENCE).strip().lower() != "keys" and int(d.KEYS_PER_TASK) != 1:
+        raise CasdapError(f"MODEL.DAP.KEYS_PER_TASK ({d.KEYS_PER_TASK}) applies to TASK_INFERENCE keys only: "
+                          f"set it to 1 with TASK_INFERENCE {d.TASK_INFERENCE}")

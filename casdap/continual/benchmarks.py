@@ -18,7 +18,7 @@ from yacs.config import CfgNode
 from casdap.config.validate import check_data_shares
 from casdap.errors import CasdapError
 
-__all__ = ["ContinualBenchmark", "build_benchmark", "task_split", "DATASETS"]
+__all__ = ["ContinualBenchmark", "build_benchmark", "clean_training_views", "task_split", "DATASETS"]
 
 DATASETS = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "folder")
 # The embedded digits use the input scale of the project's digits backbones (``casdap pretrain``,
@@ -62,6 +62,35 @@ class LabelledDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, self.targets[index]
+
+
+class _TrainingTransform:
+    """The training transform, or the evaluation one inside :func:`clean_training_views`: a pass
+    that gathers class statistics sees the training images as test images look (no augmentation),
+    through the same datasets and experiences as training."""
+
+    clean = False
+
+    def __init__(self, train, evaluation) -> None:
+        self.train, self.evaluation = train, evaluation
+
+    def __call__(self, img):
+        if _TrainingTransform.clean:
+            return self.evaluation(img) if self.evaluation is not None else img
+        return self.train(img) if self.train is not None else img
+
+
+class clean_training_views:  # noqa: N801 (used as a context manager, like torch.no_grad)
+    """Within this context (same process: a loader with no workers) training images come with the
+    evaluation transform."""
+
+    def __enter__(self):
+        self._before = _TrainingTransform.clean
+        _TrainingTransform.clean = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _TrainingTransform.clean = self._before
 
 
 # The validation split draws from its own stream, so it is not the PERCENTAGE or test split of the same seed.
@@ -231,6 +260,7 @@ def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBen
     if cfg.DATA.PERCENTAGE < 1.0:  # DAP's few-shot setting: a seeded share of each class's training images
         _, keep = _seeded_split(train.targets, cfg.DATA.PERCENTAGE, seed)
         train = LabelledDataset(Subset(train.source, keep), [train.targets[i] for i in keep], train.transform)
+    train = LabelledDataset(train.source, train.targets, _TrainingTransform(train.transform, test.transform))
     if cfg.CONTINUAL.SHUFFLE_CLASSES:
         order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
     else:

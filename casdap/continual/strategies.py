@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -18,9 +19,11 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from casdap import dap_defaults as D
+from casdap.dap_registry import PREDICTION_NAMES, checked
 from casdap.errors import CasdapError
-from casdap.models.dap import SELECTIONS, restrict_logits
-from casdap.models.logit_mask import mask_logits
+from casdap.models.dap import SELECTIONS, DAPOutput, restrict_logits
+from casdap.models.logit_mask import MASKED_LOGIT, mask_logits
+from casdap.models.task_inference import add_moments, sum_over_ranks
 
 __all__ = [
     "SELECTIONS",
@@ -188,6 +191,17 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
     restriction. So a key-selection error costs what the head's scores say, not the ~1e4 of an
     excluded logit. The model must follow ``casdap.models.dap.CASDAP``.
 
+    ``prediction`` (task-adaptive prediction) overrides ``restrict_to_task`` when given:
+    ``restrict`` is DAP's restriction; ``all`` scores every seen class with the model's head
+    re-aligned on statistics of the prompted features (``CASDAP.all_class_logits``), so a wrong
+    task changes the prompts but does not rule out the right class; ``soft`` runs every image
+    under the prompts of its ``top_k`` best-scored tasks and scores class ``c`` of task ``t`` as
+    ``log p(t) + log p(c | t)`` (``p(t)``: softmax of the predictor's scores over the trained
+    tasks; ``p(c | t)``: softmax of the head over ``t``'s classes), at ``top_k`` prompted passes
+    per image. When the model keeps class statistics (a predictor estimated from them, or
+    ``all``), one pass over the task's training images with the evaluation transform adds them
+    at the end of each task (summed over ``torchrun`` ranks) and refits what is estimated.
+
     The class-to-task table and the classes of every task are tensors on the strategy's device,
     rebuilt when an experience starts (and on resume), so a training step after the first of its
     experience reads nothing back from the device.
@@ -208,11 +222,25 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         sim_lambda: float = D.SIM_LAMBDA,
         selection: str = D.SELECTION,
         restrict_to_task: bool = False,
+        prediction: str | None = None,
+        top_k: int = 1,
         eval_every: int = -1,
     ) -> None:
         selection = selection.lower()
         if selection not in SELECTIONS:
             raise CasdapError(f"unknown key selection '{selection}' (use one of {', '.join(SELECTIONS)})")
+        if prediction is not None:
+            prediction = checked("prediction", prediction, PREDICTION_NAMES)
+            restrict_to_task = prediction == "restrict"
+        n_tasks = getattr(model, "num_tasks", 1)
+        if prediction == "soft" and not 1 <= int(top_k) <= n_tasks:
+            raise CasdapError(f"top_k must be 1..{n_tasks} (the model's tasks), got {top_k}")
+        if prediction == "soft" and selection != "per_image":
+            raise CasdapError(f"prediction 'soft' takes each image's own top tasks: selection must be per_image, "
+                              f"got '{selection}'")
+        if prediction == "all" and not getattr(model, "prompted_statistics", False):
+            raise CasdapError("prediction 'all' needs a model that keeps prompted-feature statistics "
+                              "(CASDAP(..., prompted_statistics=True))")
         kwargs = {} if evaluator is None else {"evaluator": evaluator}
         super().__init__(
             model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=train_mb_size,
@@ -221,6 +249,8 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         )
         self.current_lambda, self.sim_lambda = current_lambda, sim_lambda
         self.selection, self.restrict_to_task = selection, restrict_to_task
+        self.prediction = prediction or ("restrict" if restrict_to_task else None)
+        self.top_k = int(top_k)
         self.class_to_task: dict[int, int] = {}  # filled as experiences are trained
         self.mb_dap = None  # DAPOutput of the last minibatch
         self._keys_seeded = True  # set False at the start of every training experience
@@ -281,7 +311,9 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         if bool(own.any()):
             self.model.seed_keys(self.current_task, self.model.forward_query(self.mb_x[own]))
         if dist.is_available() and dist.is_initialized():
-            dist.broadcast(self.model.dap_keys.data, src=0)
+            keys = getattr(self.model.dap_task_predictor, "keys", None)  # predictors without keys: nothing to share
+            if keys is not None:
+                dist.broadcast(keys.data, src=0)
         self._keys_seeded = True
 
     def true_task(self, y: torch.Tensor) -> torch.Tensor:
@@ -321,10 +353,71 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
             # The logits the loss trains on: each sample's own task's classes (finite fill).
             return self._restrict_to(out.logits, task)
         self.mb_true_task = self.true_task(self.mb_y)
-        oracle = self.oracle_task(self.mb_true_task) if self.selection == "oracle" else None
-        out = self.model(self.mb_x, task_id=oracle, selection=self.selection)
-        self.mb_dap = out
-        return self.restrict(out.logits, out.key_idx) if self.restrict_to_task else out.logits
+        self.mb_dap, logits = self._predict(self.mb_x, self.mb_true_task)
+        return logits
+
+    def _predict(self, x: torch.Tensor, true_task: torch.Tensor) -> tuple[DAPOutput, torch.Tensor]:
+        """The model's output (its logits: what the evaluation loss is over) and the predicted
+        logits, under the selection and the task-adaptive prediction; each image on its own."""
+        if self.prediction == "soft":
+            scores, top, logits = self.model.forward_top_tasks(x, self.top_k)
+            combined = self.soft_logits(scores, top, logits)
+            return DAPOutput(logits=combined, key_idx=top[:, 0], pull=combined.new_zeros(())), combined
+        oracle = self.oracle_task(true_task) if self.selection == "oracle" else None
+        out = self.model(x, task_id=oracle, selection=self.selection)
+        if self.prediction == "all":
+            out = replace(out, logits=self.model.all_class_logits(out.feats))
+            return out, out.logits
+        return out, self.restrict(out.logits, out.key_idx) if self.prediction == "restrict" else out.logits
+
+    def soft_logits(self, scores: torch.Tensor, top: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``log p(t) + log p(c | t)`` for each class ``c`` of each of an image's tasks ``top`` ``[B, k]``
+        (logits ``[B, k, K]`` under each task's prompts); classes of no top task :data:`MASKED_LOGIT`."""
+        splits = self._current_tables()[1].to(logits.device)
+        keep = torch.zeros(splits.shape[0], logits.shape[2], dtype=torch.bool, device=logits.device)
+        width = min(splits.shape[1], logits.shape[2])
+        keep[:, :width] = splits[:, :width]
+        trained = keep.any(1)[: scores.shape[1]]
+        log_task = torch.log_softmax(scores.float().masked_fill(~trained[None], float("-inf")), dim=1)
+        out = torch.full(logits.shape[::2], MASKED_LOGIT, dtype=torch.float32, device=logits.device)
+        for j in range(top.shape[1]):
+            t = top[:, j]
+            member = keep[t]  # [B, K]
+            log_class = torch.log_softmax(logits[:, j].float().masked_fill(~member, float("-inf")), dim=1)
+            out = torch.where(member, log_task.gather(1, t[:, None]) + log_class, out)
+        return out
+
+    # -- class statistics ------------------------------------------------------------------
+    def _after_training_exp(self, **kwargs):
+        if getattr(self.model, "query_statistics", False) or getattr(self.model, "prompted_statistics", False):
+            self.statistics_pass()
+        super()._after_training_exp(**kwargs)
+
+    @torch.no_grad()
+    def statistics_pass(self) -> None:
+        """Add the class statistics of the task just trained: one pass over its training images with
+        the evaluation transform (the images test queries look like: augmented views would widen every
+        class's covariance with variation the test set never shows), each rank over its share of the
+        training data, summed over ranks; then the model refits what it estimates from them."""
+        from torch.utils.data import DataLoader
+
+        from casdap.continual.benchmarks import clean_training_views
+
+        # under torchrun the experience holds this rank's share already (benchmarks.shard)
+        loader = DataLoader(self.experience.dataset.eval(), batch_size=self.eval_mb_size, shuffle=False,
+                            num_workers=0)
+        was_training = self.model.training
+        self.model.eval()
+        local = {n: tuple(torch.zeros_like(b) for b in bufs) for n, bufs in self.model.statistics_moments().items()}
+        with clean_training_views():
+            for batch in loader:
+                x, y = batch[0].to(self.device), batch[1].to(self.device)
+                for name, feats in self.model.statistics_features(x, self.current_task).items():
+                    add_moments(*local[name], feats, y)
+        sum_over_ranks([t for bufs in local.values() for t in bufs])
+        self.model.add_statistics(local, [int(c) for c in self.experience.classes_in_this_experience],
+                                  self.current_task)
+        self.model.train(was_training)
 
     def oracle_task(self, true_task: torch.Tensor) -> torch.Tensor:
         """The true task of every image, for oracle selection; an image of a class no experience has
@@ -360,10 +453,7 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         """Logits and selected keys for a batch, under the strategy's evaluation protocol (with
         ``batch_majority`` an image's key depends on its batch mates)."""
         self.model.eval()
-        true_task = self.true_task(y)
-        oracle = self.oracle_task(true_task) if self.selection == "oracle" else None
-        out = self.model(x, task_id=oracle, selection=self.selection)
-        logits = self.restrict(out.logits, out.key_idx) if self.restrict_to_task else out.logits
+        out, logits = self._predict(x, self.true_task(y))
         return logits, out.key_idx
 
     @torch.no_grad()
@@ -387,7 +477,8 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
             amp = self.find_plugin(AutocastPlugin)
             with torch.autocast(amp.device_type, dtype=torch.bfloat16) if amp is not None else nullcontext():
                 feats = self.model.forward_prompted(self.mb_x[missed.to(self.mb_x.device)], task[missed])
-                within[missed.to(within.device)] = self.model.head(feats).float().to(within.device)
+                head = self.model.all_class_logits if self.prediction == "all" else self.model.head
+                within[missed.to(within.device)] = head(feats).float().to(within.device)
         return out.key_idx, within
 
     # -- weight decay on what is frozen ----------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from casdap import dap_defaults as D
 from casdap.dap_registry import INJECTION_NAMES, SELECTION_NAMES, normalize
 from casdap.errors import CasdapError
 from casdap.models.casvit import VARIANTS, CASViT
@@ -87,7 +88,24 @@ def dap_settings(cfg) -> dict:
         prompt_last_block=dap.PROMPT_LAST_BLOCK is not False,
         channel_mix=bool(dap.CHANNEL_MIX),
         task_generators=bool(dap.TASK_GENERATORS),
+        **task_inference_settings(cfg),
     )
+
+
+def task_inference_settings(cfg) -> dict:
+    """The task predictor and what it and the prediction keep statistics with; nothing for DAP's
+    reference (keys, no all-class head), so its model is built exactly as before."""
+    dap = cfg.MODEL.DAP
+    predictor = normalize(dap.TASK_INFERENCE)
+    all_classes = normalize(dap.PREDICTION or "") == "all"
+    out: dict = {}
+    if predictor != D.TASK_PREDICTOR:
+        out["task_predictor"] = predictor
+    if predictor != D.TASK_PREDICTOR or all_classes:
+        out["shrinkage"] = float(dap.SHRINKAGE)
+    if all_classes:
+        out["prompted_statistics"] = True
+    return out
 
 
 def check_dap_settings(cfg) -> None:

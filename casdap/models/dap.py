@@ -33,7 +33,15 @@ from casdap.errors import CasdapError
 from casdap.models.casvit import AdditiveBlock, CASViT, MixerPrompts
 from casdap.models.logit_mask import MASKED_LOGIT, mask_logits, task_class_masks
 from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator, PromptSource
-from casdap.models.task_inference import ClassStatistics, TaskPredictor, oracle, task_index
+from casdap.models.task_inference import (
+    ClassStatistics,
+    TaskPredictor,
+    check_shrinkage,
+    fit_linear_on_gaussians,
+    oracle,
+    statistics_from_moments,
+    task_index,
+)
 
 __all__ = [
     "INJECTIONS",
@@ -58,6 +66,7 @@ class DAPOutput:
     logits: torch.Tensor  # [B, num_classes] over all classes; masking is the strategy's job
     key_idx: torch.Tensor  # [B] long: the selected task (its keys' group = its task-embedding row) per image
     pull: torch.Tensor  # scalar: the task predictor's pull term (keys: mean cosine to the selected task's nearest key)
+    feats: torch.Tensor | None = None  # [B, C] the prompted features the logits come from
 
 
 def _build(kind: str, cls: type, args: tuple, options: Mapping[str, Any]) -> Any:
@@ -191,6 +200,8 @@ class CASDAP(nn.Module):
         task_generators: bool = D.TASK_GENERATORS,
         prompt_source: str = D.PROMPT_SOURCE,
         task_predictor: str = D.TASK_PREDICTOR,
+        shrinkage: float | None = None,
+        prompted_statistics: bool = False,
     ) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
@@ -244,13 +255,34 @@ class CASDAP(nn.Module):
         )
         # The task predictor works in the query's space (DAP: the key pool; state before the task
         # embeddings and head, so the random draws come in DAP's order).
-        options = {} if keys_per_task == D.KEYS_PER_TASK else {"keys_per_task": int(keys_per_task)}
+        options: dict[str, Any] = {} if keys_per_task == D.KEYS_PER_TASK else {"keys_per_task": int(keys_per_task)}
+        if "num_classes" in inspect.signature(predictor_cls).parameters:  # predictors estimated per class
+            options["num_classes"] = int(num_classes)
+        if shrinkage is not None:
+            options["shrinkage"] = check_shrinkage(shrinkage)
         self.dap_task_predictor: TaskPredictor = _build(
             "task predictor", predictor_cls, (num_tasks, self.num_features), options)
         self.dap_task_emb = nn.Embedding(num_task_embeddings, task_emb_dim)
         self.head = nn.Linear(self.num_features, num_classes)
         trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        # Per-class statistics (count, sum, sum of outer products; float64) of the query, for a
+        # predictor estimated from them, and of the true task's prompted features, for the head over
+        # every seen class (prediction "all"). Buffers: saved with the model, so a resumed run has them.
+        self.query_statistics = bool(getattr(self.dap_task_predictor, "needs_statistics", False))
+        self.prompted_statistics = bool(prompted_statistics)
+        self.shrinkage = 1.0 if shrinkage is None else check_shrinkage(shrinkage)
+        if self.query_statistics or self.prompted_statistics:
+            self.register_buffer("class_task", torch.full((num_classes,), -1, dtype=torch.long))
+        for name, wanted in (("query", self.query_statistics), ("prompted", self.prompted_statistics)):
+            if wanted:
+                c = self.num_features
+                self.register_buffer(f"{name}_count", torch.zeros(num_classes, dtype=torch.float64))
+                self.register_buffer(f"{name}_sum", torch.zeros(num_classes, c, dtype=torch.float64))
+                self.register_buffer(f"{name}_outer", torch.zeros(num_classes, c, c, dtype=torch.float64))
+        if self.prompted_statistics:
+            self.register_buffer("all_weight", torch.zeros(num_classes, self.num_features))
+            self.register_buffer("all_bias", torch.zeros(num_classes))
         self.register_load_state_dict_pre_hook(_rename_old_keys)
 
     # -- task predictor ----------------------------------------------------------------------
@@ -283,6 +315,64 @@ class CASDAP(nn.Module):
     def fit_task_predictor(self, stats: ClassStatistics) -> None:
         """Hand per-class query statistics to the task predictor (:meth:`TaskPredictor.fit`)."""
         self.dap_task_predictor.fit(stats)
+
+    # -- class statistics -------------------------------------------------------------------
+    def statistics_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The statistics this model keeps: ``{"query" | "prompted": (count, sum, outer)}``."""
+        names = [n for n, on in (("query", self.query_statistics), ("prompted", self.prompted_statistics)) if on]
+        return {n: (getattr(self, f"{n}_count"), getattr(self, f"{n}_sum"), getattr(self, f"{n}_outer")) for n in names}
+
+    @torch.no_grad()
+    def statistics_features(self, x: torch.Tensor, task: int) -> dict[str, torch.Tensor]:
+        """The features each kept statistic is over, for images ``x`` of task ``task``: the query, and
+        the pooled features under the true task's prompts."""
+        h = self._prefix(x)
+        out = {}
+        if self.query_statistics:
+            out["query"] = self._query_from(h)
+        if self.prompted_statistics:
+            idx = task_index(task, h.shape[0], self.num_tasks, h.device)
+            out["prompted"] = self._prompted_from(h, idx, int(task))
+        return out
+
+    @torch.no_grad()
+    def add_statistics(self, moments: dict[str, tuple[torch.Tensor, ...]], classes: Sequence[int], task: int) -> None:
+        """Add moments (from :meth:`statistics_features`, summed over ranks) of task ``task``'s
+        ``classes`` to the kept statistics, and refit what is estimated from them: the task predictor
+        from the query statistics, the all-class head from the prompted ones."""
+        self.class_task[torch.as_tensor(list(classes), dtype=torch.long, device=self.class_task.device)] = int(task)
+        for name, (count, total, outer) in self.statistics_moments().items():
+            c, s, o = moments[name]
+            count += c.to(count)
+            total += s.to(total)
+            outer += o.to(outer)
+        if self.query_statistics:
+            self.dap_task_predictor.fit(statistics_from_moments(*self.statistics_moments()["query"], self.class_task))
+        if self.prompted_statistics:
+            stats = statistics_from_moments(*self.statistics_moments()["prompted"], self.class_task)
+            weight, bias = fit_linear_on_gaussians(stats, self.num_classes, self.shrinkage)
+            self.all_weight.copy_(weight.to(self.all_weight))
+            self.all_bias.copy_(bias.to(self.all_bias))
+
+    def all_class_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits over every class seen so far from prompted features (the head re-aligned on class
+        statistics; unseen classes stay at a very low bias)."""
+        if not self.prompted_statistics:
+            raise CasdapError("this model keeps no statistics of prompted features "
+                              "(build it with prompted_statistics=True)")
+        return feats.float() @ self.all_weight.t() + self.all_bias
+
+    @torch.no_grad()
+    def forward_top_tasks(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each image under the prompts of its ``k`` best-scored tasks: the task scores ``[B, T]``, the
+        tasks ``[B, k]`` (best first) and the head's logits under each ``[B, k, num_classes]``; ``k``
+        prompted passes share one stem and one query pass."""
+        h = self._prefix(x)
+        predictor = self.dap_task_predictor
+        scores = predictor.selectable(predictor(self._query_from(h)))  # untrained tasks never chosen
+        top = scores.topk(int(k), dim=1).indices
+        logits = torch.stack([self.head(self._prompted_from(h, top[:, j])) for j in range(top.shape[1])], 1)
+        return scores, top, logits
 
     # -- modes and parameter groups ---------------------------------------------------------
     def train(self, mode: bool = True) -> CASDAP:
@@ -381,7 +471,7 @@ class CASDAP(nn.Module):
         key_idx = reduce(self.dap_task_predictor.selectable(scores)) if task_id is None else oracle(scores, task_id)
         pull = self.dap_task_predictor.pull(scores, key_idx)
         feats = self._prompted_from(h, key_idx, None if task_id is None or torch.is_tensor(task_id) else int(task_id))
-        return DAPOutput(logits=self.head(feats), key_idx=key_idx, pull=pull)
+        return DAPOutput(logits=self.head(feats), key_idx=key_idx, pull=pull, feats=feats)
 
 
 def _rename_old_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:

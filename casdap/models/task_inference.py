@@ -22,11 +22,19 @@ from casdap.dap_defaults import KEYS_PER_TASK
 from casdap.errors import CasdapError
 
 __all__ = [
+    "MASKED_SCORE",
     "ClassStatistics",
+    "GaussianTaskPredictor",
+    "HeadTaskPredictor",
     "KeyTaskPredictor",
     "TaskPredictor",
+    "add_moments",
     "batch_majority",
     "mask_untrained",
+    "fit_linear_on_gaussians",
+    "statistics_from_moments",
+    "sum_over_ranks",
+    "task_scores",
     "oracle",
     "per_image",
     "task_index",
@@ -229,3 +237,168 @@ def oracle(scores: torch.Tensor, task: int | torch.Tensor | None = None) -> torc
     if task is None:
         raise CasdapError("oracle task selection needs the true task id (task_id=int or [B] tensor)")
     return task_index(task, scores.shape[0], scores.shape[1], scores.device)
+
+
+# Score of a class or task that cannot be chosen: far below any real score, finite in float16.
+MASKED_SCORE = -1e4
+
+
+# -- class statistics: count, sum and sum of outer products per class ---------------------------
+
+
+def add_moments(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor,
+                feats: torch.Tensor, labels: torch.Tensor) -> None:
+    """Add the features ``[M, C]`` of classes ``labels`` ``[M]`` to the per-class count ``[K]``, sum
+    ``[K, C]`` and sum of outer products ``[K, C, C]`` (in place, in the buffers' dtype: float64
+    keeps ``E[xx^T] - mu mu^T`` free of cancellation)."""
+    f = feats.detach().to(total.dtype)
+    labels = labels.to(total.device)
+    count.index_add_(0, labels, torch.ones(len(labels), dtype=count.dtype, device=count.device))
+    total.index_add_(0, labels, f)
+    outer.index_add_(0, labels, f[:, :, None] * f[:, None, :])
+
+
+def sum_over_ranks(tensors: list[torch.Tensor], all_reduce=None) -> None:
+    """Sum ``tensors`` over the ``torchrun`` ranks in place (nothing in a single process).
+    ``all_reduce``: the reduce to use (default :func:`torch.distributed.all_reduce` when a process
+    group is up), so the sum can be checked without a launch."""
+    if all_reduce is None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        all_reduce = dist.all_reduce
+    for t in tensors:
+        all_reduce(t)
+
+
+def statistics_from_moments(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor,
+                            class_task: torch.Tensor) -> ClassStatistics:
+    """:class:`ClassStatistics` (with population covariance) of every class with a count."""
+    classes = torch.nonzero(count > 0).flatten().cpu()
+    n = count[classes].to(total.dtype)
+    mean = total[classes] / n[:, None]
+    cov = outer[classes] / n[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    return ClassStatistics(classes=classes, tasks=class_task[classes].cpu(), count=n.cpu(),
+                           mean=mean.float().cpu(), covariance=cov.float().cpu())
+
+
+def shrunk_covariance(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``cov + shrinkage * (trace / C) * I`` per class (``[K, C, C]``): full rank for any class size."""
+    dim = cov.shape[-1]
+    scale = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+    return cov + shrinkage * scale[:, None, None] * torch.eye(dim, dtype=cov.dtype, device=cov.device)
+
+
+def check_shrinkage(shrinkage: float) -> float:
+    if not float(shrinkage) > 0:
+        raise CasdapError(f"shrinkage must be above 0 (it keeps every class covariance invertible), got {shrinkage}")
+    return float(shrinkage)
+
+
+@torch.enable_grad()
+def fit_linear_on_gaussians(stats: ClassStatistics, num_classes: int, shrinkage: float, *, samples: int = 64,
+                            steps: int = 100, lr: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear softmax classifier ``(weight [num_classes, C], bias [num_classes])`` over the classes of
+    ``stats``, trained on ``samples`` pseudo-features per class drawn from each class's shrunk Gaussian
+    (HiDe-Prompt's re-alignment: no stored image or feature). Classes without statistics get zero
+    weight and a very low bias. Draws come from a private generator seeded by ``seed`` and the
+    number of classes, so every rank and a resumed run fit the same classifier."""
+    cov = shrunk_covariance(stats.covariance.double(), shrinkage)
+    chol = torch.linalg.cholesky(cov)
+    gen = torch.Generator().manual_seed(int(seed) * 1000 + len(stats.classes))
+    k, dim = stats.mean.shape
+    z = torch.randn(k, samples, dim, generator=gen, dtype=torch.float64)
+    x = (stats.mean.double()[:, None, :] + z @ chol.transpose(1, 2)).reshape(-1, dim).float()
+    y = torch.arange(k).repeat_interleave(samples)
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    xs = (x - mu) / sd
+    w = torch.zeros(k, dim, requires_grad=True)
+    b = torch.zeros(k, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(xs @ w.t() + b, y).backward()
+        opt.step()
+    weight = torch.zeros(num_classes, dim)
+    bias = torch.full((num_classes,), MASKED_SCORE)
+    with torch.no_grad():
+        weight[stats.classes] = w / sd
+        bias[stats.classes] = b - (w / sd) @ mu
+    return weight, bias
+
+
+def task_scores(class_scores: torch.Tensor, class_task: torch.Tensor, num_tasks: int) -> torch.Tensor:
+    """Per-task log-sum-exp of class scores ``[B, K]`` (classes of task ``class_task[k]``; -1: unseen):
+    a task is as likely as its classes together. A task with no class scores :data:`MASKED_SCORE`."""
+    member = class_task[None, :] == torch.arange(num_tasks, device=class_task.device)[:, None]  # [T, K]
+    masked = class_scores[:, None, :].masked_fill(~member[None], float("-inf"))  # [B, T, K]
+    out = torch.logsumexp(masked, dim=2)
+    return torch.where(member.any(1)[None, :], out, torch.full_like(out, MASKED_SCORE))
+
+
+class _StatisticsPredictor(TaskPredictor):
+    """A predictor estimated from class statistics (:meth:`fit`) rather than trained: it needs the
+    class count and keeps each class's task (-1: unseen) as a buffer, so it lives in the state dict."""
+
+    needs_statistics = True
+
+    def __init__(self, num_tasks: int, dim: int, num_classes: int, shrinkage: float = 1.0) -> None:
+        super().__init__(num_tasks, dim)
+        self.num_classes = int(num_classes)
+        self.shrinkage = check_shrinkage(shrinkage)
+        self.register_buffer("class_task", torch.full((self.num_classes,), -1, dtype=torch.long))
+
+    def class_scores(self, query: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        return task_scores(self.class_scores(query.float()), self.class_task, self.num_tasks)
+
+
+class GaussianTaskPredictor(_StatisticsPredictor):
+    """FeCAM-like: each class a Gaussian of the query (its mean and shrunk covariance, ``shrinkage``
+    times the mean variance added to the diagonal); a class scores its log-likelihood, a task the
+    log-sum-exp over its classes. Nothing is trained."""
+
+    def __init__(self, num_tasks: int, dim: int, num_classes: int, shrinkage: float = 1.0) -> None:
+        super().__init__(num_tasks, dim, num_classes, shrinkage)
+        self.register_buffer("means", torch.zeros(self.num_classes, self.dim))
+        self.register_buffer("precisions", torch.zeros(self.num_classes, self.dim, self.dim))
+        self.register_buffer("logdets", torch.zeros(self.num_classes))
+
+    @torch.no_grad()
+    def fit(self, stats: ClassStatistics) -> None:
+        cov = shrunk_covariance(stats.covariance.double(), self.shrinkage)
+        idx = stats.classes.to(self.means.device)
+        self.means[idx] = stats.mean.to(self.means)
+        self.precisions[idx] = torch.linalg.inv(cov).to(self.precisions)
+        self.logdets[idx] = torch.linalg.slogdet(cov)[1].to(self.logdets)
+        self.class_task[idx] = stats.tasks.to(self.class_task)
+
+    def class_scores(self, query: torch.Tensor) -> torch.Tensor:
+        diff = query[:, None, :] - self.means[None]  # [B, K, C]
+        maha = torch.einsum("bkc,kcd,bkd->bk", diff, self.precisions, diff)
+        return (-0.5 * (maha + self.logdets[None])).masked_fill(self.class_task[None] < 0, float("-inf"))
+
+
+class HeadTaskPredictor(_StatisticsPredictor):
+    """HiDe-Prompt-style: a linear classifier over every class seen so far, retrained at each task end
+    on pseudo-queries drawn from the class Gaussians (:func:`fit_linear_on_gaussians`); a task scores
+    the log-sum-exp of its classes' log-probabilities. Weights are buffers (no optimiser sees them)."""
+
+    def __init__(self, num_tasks: int, dim: int, num_classes: int, shrinkage: float = 1.0) -> None:
+        super().__init__(num_tasks, dim, num_classes, shrinkage)
+        self.register_buffer("weight", torch.zeros(self.num_classes, self.dim))
+        self.register_buffer("bias", torch.zeros(self.num_classes))
+
+    @torch.no_grad()
+    def fit(self, stats: ClassStatistics) -> None:
+        weight, bias = fit_linear_on_gaussians(stats, self.num_classes, self.shrinkage)
+        self.weight.copy_(weight)
+        self.bias.copy_(bias)
+        self.class_task[stats.classes.to(self.class_task.device)] = stats.tasks.to(self.class_task)
+
+    def class_scores(self, query: torch.Tensor) -> torch.Tensor:
+        logits = (query @ self.weight.t() + self.bias).masked_fill(self.class_task[None] < 0, float("-inf"))
+        return torch.log_softmax(logits, dim=1)

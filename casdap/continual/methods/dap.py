@@ -25,7 +25,8 @@ class DAP(Method):
             plugins = [*replay_plugins(int(d.REPLAY_MEM_SIZE)), *plugins]
         return DAPStrategy(model=model, optimizer=optimizer, plugins=plugins, current_lambda=d.CURRENT_LAMBDA,
                            sim_lambda=d.SIM_LAMBDA, selection=d.SELECTION.lower(),
-                           restrict_to_task=d.RESTRICT_TO_TASK, **common)
+                           restrict_to_task=d.RESTRICT_TO_TASK, prediction=d.PREDICTION, top_k=int(d.TOP_K),
+                           **common)
 
     def protocol_notes(self, cfg):
         notes = []
@@ -36,10 +37,24 @@ class DAP(Method):
                 if selection == "batch_majority" else " (oracle task identity: a diagnostic, not a result)"))
         if cfg.MODEL.DAP.RESTRICT_TO_TASK:
             notes.append("Logits restricted to the selected key's task classes")
+        inference = cfg.MODEL.DAP.TASK_INFERENCE.lower()
+        if inference != "keys":
+            notes.append(f"Task inference: {inference} (class statistics of the query, shrinkage "
+                         f"{cfg.MODEL.DAP.SHRINKAGE})")
+        prediction = (cfg.MODEL.DAP.PREDICTION or "").lower()
+        if prediction == "all":
+            notes.append("Prediction over every seen class (head re-aligned on prompted-feature statistics)")
+        elif prediction == "soft":
+            notes.append(f"Prediction: top-{cfg.MODEL.DAP.TOP_K} tasks' prompts, p(task) p(class | task)")
         return notes
 
     def run_fields(self, cfg):
-        return {"selection": cfg.MODEL.DAP.SELECTION.lower()}
+        fields = {"selection": cfg.MODEL.DAP.SELECTION.lower()}
+        if cfg.MODEL.DAP.TASK_INFERENCE.lower() != "keys":
+            fields["task_inference"] = cfg.MODEL.DAP.TASK_INFERENCE.lower()
+        if cfg.MODEL.DAP.PREDICTION:
+            fields["prediction"] = cfg.MODEL.DAP.PREDICTION.lower()
+        return fields
 
     def eval_metrics(self):
         from casdap.continual.strategies import TaskSelectionAccuracy

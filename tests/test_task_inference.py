@@ -1,0 +1,182 @@
+"""Task inference from class statistics (MODEL.DAP.TASK_INFERENCE gaussian | head) and task-adaptive
+prediction (MODEL.DAP.PREDICTION restrict | all | soft): statistics, ranks, resume, per-image results."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
+from conftest import ROOT
+
+from casdap.config import load_config
+from casdap.config import validate as v
+from casdap.errors import CasdapError
+from casdap.models.task_inference import (
+    MASKED_SCORE,
+    ClassStatistics,
+    GaussianTaskPredictor,
+    HeadTaskPredictor,
+    add_moments,
+    statistics_from_moments,
+    sum_over_ranks,
+)
+
+
+@pytest.fixture
+def cifar(tmp_path):
+    return write_tiny_cifar(tmp_path / "cifar")
+
+
+def _moments(k: int, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.zeros(k, dtype=torch.float64), torch.zeros(k, c, dtype=torch.float64),
+            torch.zeros(k, c, c, dtype=torch.float64))
+
+
+def _data(k: int = 6, c: int = 5, per: int = 30, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(k).repeat_interleave(per)
+    feats = 3 * torch.randn(k, c, generator=g)[labels] + torch.randn(len(labels), c, generator=g)
+    perm = torch.randperm(len(labels), generator=g)
+    return feats[perm], labels[perm]
+
+
+def test_class_statistics_added_task_by_task_equal_one_pass():
+    feats, labels = _data()
+    task_of = {c: c // 2 for c in range(6)}
+    by_task = _moments(6, 5)
+    for t in range(3):  # task by task, in batches of 7
+        own = torch.nonzero(labels // 2 == t).flatten()
+        for i in range(0, len(own), 7):
+            add_moments(*by_task, feats[own[i:i + 7]], labels[own[i:i + 7]])
+    once = _moments(6, 5)
+    add_moments(*once, feats, labels)
+    for a, b in zip(by_task, once):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-9)
+    class_task = torch.tensor([task_of[c] for c in range(6)])
+    stats = statistics_from_moments(*by_task, class_task)
+    ref = ClassStatistics.from_queries(feats, labels, task_of, covariance=True)
+    assert torch.equal(stats.classes, ref.classes) and torch.equal(stats.tasks, ref.tasks)
+    assert torch.allclose(stats.mean, ref.mean, atol=1e-5)
+    assert torch.allclose(stats.covariance, ref.covariance, atol=1e-4)
+
+
+def test_statistics_summed_over_ranks_equal_one_process():
+    """The rank reduce with a stand-in all_reduce (two ranks, each holding every other image)."""
+    feats, labels = _data()
+    ranks = [_moments(6, 5), _moments(6, 5)]
+    for r in range(2):
+        add_moments(*ranks[r], feats[r::2], labels[r::2])
+    peer = [t.clone() for t in ranks[1]]
+    it = iter(peer)
+    sum_over_ranks(list(ranks[0]), all_reduce=lambda t: t.add_(next(it)))
+    once = _moments(6, 5)
+    add_moments(*once, feats, labels)
+    for a, b in zip(ranks[0], once):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls", [GaussianTaskPredictor, HeadTaskPredictor])
+def test_statistics_predictors_find_the_task_and_never_an_untrained_one(cls):
+    feats, labels = _data(per=60)
+    pred = cls(num_tasks=4, dim=5, num_classes=6, shrinkage=0.1)
+    assert torch.equal(pred(feats), torch.full((len(feats), 4), MASKED_SCORE))
+    pred.fit(ClassStatistics.from_queries(feats, labels, {c: c // 2 for c in range(6)}, covariance=True))
+    scores = pred(feats)
+    assert (scores[:, 3] == MASKED_SCORE).all()  # task 3 has no class
+    assert (scores.argmax(1) == labels // 2).float().mean() > 0.9
+    with pytest.raises(CasdapError, match="shrinkage must be above 0"):
+        cls(num_tasks=4, dim=5, num_classes=6, shrinkage=0.0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["MODEL.DAP.TASK_INFERENCE", "knn"], "unknown MODEL.DAP.TASK_INFERENCE 'knn'"),
+    (["MODEL.DAP.PREDICTION", "vote"], "MODEL.DAP.PREDICTION must be one of restrict, all, soft, got 'vote'"),
+    (["MODEL.DAP.PREDICTION", "soft", "MODEL.DAP.TOP_K", "0", "MODEL.DAP.RESTRICT_TO_TASK", "False"],
+     "MODEL.DAP.TOP_K must be 1..5"),
+    (["MODEL.DAP.PREDICTION", "soft", "MODEL.DAP.TOP_K", "6", "MODEL.DAP.RESTRICT_TO_TASK", "False"],
+     "MODEL.DAP.TOP_K must be 1..5"),
+    (["MODEL.DAP.SHRINKAGE", "0.0"], "MODEL.DAP.SHRINKAGE must be above 0"),
+    (["MODEL.DAP.SHRINKAGE", "-1.0"], "MODEL.DAP.SHRINKAGE must be above 0"),
+    (["MODEL.DAP.PREDICTION", "all"], "MODEL.DAP.RESTRICT_TO_TASK True contradicts MODEL.DAP.PREDICTION 'all'"),
+    (["MODEL.DAP.TASK_INFERENCE", "gaussian"], "MODEL.DAP.KEYS_PER_TASK (16) applies to TASK_INFERENCE keys only"),
+])
+def test_bad_task_inference_settings_are_one_clear_error(overrides, message):
+    with pytest.raises(CasdapError, match=re.escape(message)):
+        v.validate(load_config(DIGITS_YAML, overrides))
+
+
+def test_prediction_restrict_is_restrict_to_task():
+    cfg = load_config(DIGITS_YAML, ["MODEL.DAP.PREDICTION", "Restrict"])
+    assert cfg.MODEL.DAP.PREDICTION == "restrict" and cfg.MODEL.DAP.RESTRICT_TO_TASK is True
+
+
+SETTINGS = {  # every new task inference and prediction at least once
+    "gaussian+all": ("MODEL.DAP.TASK_INFERENCE", "gaussian", "MODEL.DAP.PREDICTION", "all"),
+    "head+restrict": ("MODEL.DAP.TASK_INFERENCE", "head", "MODEL.DAP.PREDICTION", "restrict"),
+    "gaussian+soft": ("MODEL.DAP.TASK_INFERENCE", "gaussian", "MODEL.DAP.PREDICTION", "soft",
+                      "MODEL.DAP.TOP_K", "2"),
+}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_new_settings_resume_to_the_same_matrix_and_predict_each_image_alone(tmp_path, cifar, monkeypatch, name):
+    from casdap.continual.runner import run_continual
+
+    extra = ("DATA.BATCH_SIZE", "4", "MODEL.DAP.SHRINKAGE", "0.5", *SETTINGS[name])
+    res = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "dap", *extra), progress=False)
+    full = res.metrics
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as mp:
+        interrupt_during_task(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra), progress=False)
+    resumed = run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra, "SOLVER.AUTO_RESUME", "True"),
+                            progress=False).metrics
+    assert resumed["acc_matrix"] == full["acc_matrix"] and resumed["finished"]
+    assert resumed["task_selection_acc"] == full["task_selection_acc"]
+    a = torch.load(tmp_path / "full" / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "dap_task_predictor.class_task" in a and (a["dap_task_predictor.class_task"] >= 0).all()
+
+    # per image: an image's logits and task alone are what it gets in a batch of both tasks' images
+    strategy = res.strategy
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 3, 32, 32, generator=g), torch.tensor([0, 3, 1, 2, 3, 0])
+    logits, keys = strategy.predict(x, y)
+    for i in range(len(x)):
+        one, key = strategy.predict(x[i:i + 1], y[i:i + 1])
+        assert int(key[0]) == int(keys[i]) and int(one.argmax(1)[0]) == int(logits[i].argmax())
+        assert torch.allclose(one[0], logits[i], atol=1e-4)
+
+
+@pytest.mark.slow  # two processes start (about 10 s each) and one single-process run
+def test_torchrun_statistics_equal_one_process(tmp_path):
+    """Under torchrun each rank adds the query statistics of its share of the task's images; summed
+    over ranks they equal a single process's (the query is the frozen backbone's, so training does
+    not enter)."""
+    from casdap.continual.runner import run_continual
+
+    data = write_tiny_cifar(tmp_path / "cifar", train_per_class=8)
+    extra = ("DATA.BATCH_SIZE", "4", *SETTINGS["gaussian+all"])
+    out = tmp_path / "ddp"
+    yaml = tmp_path / "ddp.yaml"
+    yaml.write_text(tiny_cifar_cfg(data, out, "dap", *extra).dump())
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(Path(__file__).parent / "cl_launch.py"), "--config-file", str(yaml), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sums = json.loads((out / "rank_checksums.json").read_text())
+    assert len(sums) == 2 and sums[0] == sums[1]
+    run_continual(tiny_cifar_cfg(data, tmp_path / "one", "dap", *extra), progress=False)
+    a = torch.load(out / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "one" / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    assert float(a["query_count"].sum()) == 4 * 8  # every training image once, over both ranks
+    for k in ("query_count", "query_sum", "query_outer", "class_task"):
+        assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-9, atol=1e-6), k
