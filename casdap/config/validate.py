@@ -79,8 +79,8 @@ def _validate_statistics_baselines(cfg: CfgNode, method: str) -> None:
             continue
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
         if not ok:
-            raise CasdapError(f"BASELINES.{key} must be a number in [0, 1] (a fixed covariance shrinkage), or None / "
-                              f"auto to choose it on held-out training images, got {value!r}")
+            raise CasdapError(f"BASELINES.{key} must be a number in [0, 1] (a fixed covariance shrinkage), or auto to "
+                              f"choose it on held-out training images (None: the method's default), got {value!r}")
 
 
 def _validate_dap(cfg: CfgNode) -> None:

@@ -21,12 +21,15 @@ logits are minus the distance. FeCAM's Tukey power transform ``x ** 0.5`` is not
 non-negative (post-ReLU) features and CAS-ViT's pooled features follow a BatchNorm, so they take
 negative values.
 
-The shrinkage (``BASELINES.SLDA_SHRINKAGE`` / ``FECAM_SHRINKAGE``; None: chosen) is chosen after
-every task on held-out training images of that task, as ``ranpac`` chooses its ridge strength:
-every :data:`~casdap.continual.prototypes.HOLDOUT_EVERY`-th image of each class (seeded offset) is
-held out; for every grid value the classifier fitted on all training images so far except those is
-scored by its accuracy over all classes seen on the held-out images (their features are kept only
-for the task's own pass), the best value (the first on ties) is then fitted on all training images.
+The shrinkage (``BASELINES.SLDA_SHRINKAGE``: chosen by default; ``FECAM_SHRINKAGE``: FeCAM's 1 by
+default, chosen with ``auto``) is chosen after every task on held-out training images of that task,
+as ``ranpac`` chooses its ridge strength: every :data:`~casdap.continual.prototypes.HOLDOUT_EVERY`-th
+image of each class (seeded offset) is held out; for every grid value the classifier fitted on all
+training images so far except those is scored by its accuracy over all classes seen on the held-out
+images (their features are kept only for the task's own pass), and the best value (the first on
+ties) is then fitted on all training images. Only the task's own images are held out, so the score
+cannot see old classes losing images to new ones; with one covariance per class (``fecam``) that
+bias picks too little shrinkage (docs/prototype_baselines.md), hence FeCAM's own value by default.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class _DiscriminantClassifier(nn.Module):
 
     name = ""
     grid: tuple[float, ...] = ()
+    default_shrinkage: float | None = None  # for BASELINES.<NAME>_SHRINKAGE None (None: chosen)
 
     def __init__(self, backbone: nn.Module, num_classes: int, shrinkage: float | None = None) -> None:
         super().__init__()
@@ -164,6 +168,7 @@ class SLDAClassifier(_DiscriminantClassifier):
 
     name = "slda"
     grid = SLDA_GRID
+    default_shrinkage = None  # chosen
 
     def __init__(self, backbone: nn.Module, num_classes: int, shrinkage: float | None = None) -> None:
         super().__init__(backbone, num_classes, shrinkage)
@@ -195,8 +200,7 @@ class SLDAClassifier(_DiscriminantClassifier):
         return {"weights": self.weights, "bias": self.bias}
 
     def scores(self, feats, params, counts):
-        logits = feats.double() @ params["weights"] + params["bias"]
-        return logits.float().masked_fill(~(counts > 0), MASKED_LOGIT)
+        return _mask_unseen((feats.double() @ params["weights"] + params["bias"]).float(), counts)
 
 
 class FeCAMClassifier(_DiscriminantClassifier):
@@ -204,6 +208,7 @@ class FeCAMClassifier(_DiscriminantClassifier):
 
     name = "fecam"
     grid = FECAM_GRID
+    default_shrinkage = 1.0  # FeCAM's own (gamma_1 = gamma_2 = 1)
 
     def __init__(self, backbone: nn.Module, num_classes: int, shrinkage: float | None = None) -> None:
         super().__init__(backbone, num_classes, shrinkage)
@@ -247,7 +252,17 @@ class FeCAMClassifier(_DiscriminantClassifier):
     def scores(self, feats, params, counts):
         diff = F.normalize(feats.float(), dim=-1).unsqueeze(1) - params["means"].unsqueeze(0)  # [B, K, d]
         dist2 = (torch.einsum("bkd,kde->bke", diff, params["precisions"]) * diff).sum(-1)
-        return (-dist2).masked_fill(~(counts > 0), MASKED_LOGIT)
+        return _mask_unseen(-dist2, counts)
+
+
+def _mask_unseen(logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Classes never trained get :data:`MASKED_LOGIT`, or less where a trained class scores below it (a
+    large Mahalanobis distance), so they never win."""
+    unseen = ~(counts > 0)
+    if bool(unseen.all()):
+        return torch.full_like(logits, MASKED_LOGIT)
+    floor = logits[:, ~unseen].amin(1, keepdim=True).clamp(max=MASKED_LOGIT + 1) - 1
+    return torch.where(unseen, floor, logits)
 
 
 def _all_reduce(*tensors: torch.Tensor) -> None:
@@ -328,14 +343,15 @@ class DiscriminantStrategy(GradientFreeStrategy):
 
 def build_discriminant(cfg, classifier: type[_DiscriminantClassifier], backbone: nn.Module,
                        num_classes: int) -> _DiscriminantClassifier:
-    """``classifier`` with ``BASELINES.<NAME>_SHRINKAGE`` (None / auto: chosen; checked by
-    :func:`casdap.config.validate.validate`)."""
+    """``classifier`` with ``BASELINES.<NAME>_SHRINKAGE`` (None: the classifier's default; auto: chosen)."""
     key = f"{classifier.name.upper()}_SHRINKAGE"
     value = cfg.BASELINES[key]
+    if value is None:
+        value = classifier.default_shrinkage
     if value is None or (isinstance(value, str) and value.lower() == "auto"):
         return classifier(backbone, num_classes, None)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
     if not ok:
-        raise CasdapError(f"BASELINES.{key} must be a number in [0, 1] (a fixed covariance shrinkage), or None / auto "
-                          f"to choose it on held-out training images, got {value!r}")
+        raise CasdapError(f"BASELINES.{key} must be a number in [0, 1] (a fixed covariance shrinkage), or auto to "
+                          f"choose it on held-out training images (None: the method's default), got {value!r}")
     return classifier(backbone, num_classes, float(value))
