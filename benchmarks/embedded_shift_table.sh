@@ -4,6 +4,7 @@
 # backbone (model/embedded/rcvit_xs.pth) is made on first use by the documented protocol.
 #   bash benchmarks/embedded_shift_table.sh [OUT] [SEEDS]     (default OUT: runs/shift_table, SEEDS: "0 1 2")
 #   ONLY="dap dap-prompts-off" bash benchmarks/embedded_shift_table.sh   (only the named rows)
+#   EXTRA="MODEL.MODEL_ROOT /path" JOBS=1 bash benchmarks/embedded_shift_table.sh   (overrides for every run)
 # Wall times are per run, measured while JOBS runs share the machine.
 set -euo pipefail
 OUT=${1:-runs/shift_table}
@@ -19,6 +20,13 @@ ROWS=(
     "ncm|MODEL.TRANSFER_TYPE ncm"
     "ranpac|MODEL.TRANSFER_TYPE ranpac"
     "aper|MODEL.TRANSFER_TYPE aper"
+    "slda|MODEL.TRANSFER_TYPE slda"
+    "fecam|MODEL.TRANSFER_TYPE fecam"
+    # the frozen-feature classifiers on a backbone adapted on the first task as aper's is
+    "ncm-first-session|MODEL.TRANSFER_TYPE ncm BASELINES.FIRST_SESSION True"
+    "ranpac-first-session|MODEL.TRANSFER_TYPE ranpac BASELINES.FIRST_SESSION True"
+    "slda-first-session|MODEL.TRANSFER_TYPE slda BASELINES.FIRST_SESSION True"
+    "fecam-first-session|MODEL.TRANSFER_TYPE fecam BASELINES.FIRST_SESSION True"
     "linear|MODEL.TRANSFER_TYPE linear"
     "replay|MODEL.TRANSFER_TYPE replay"
     "finetune|MODEL.TRANSFER_TYPE finetune"

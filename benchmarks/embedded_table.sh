@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
 # The embedded-default table (docs/continual_learning.md; its headline rows in the README): every method and the DAP ablations, seeds 0-2, one run at a
 # time with one torch thread, then `casdap compare`. The backbone (model/embedded/rcvit_xs.pth) is made on first use.
-#   bash benchmarks/embedded_table.sh [OUT]        (default OUT: runs/table; about 25 min on 2 cores)
+#   bash benchmarks/embedded_table.sh [OUT] [SEEDS]   (default OUT: runs/table, SEEDS: "0 1 2"; about 25 min on 2 cores)
+#   ONLY="slda fecam" bash benchmarks/embedded_table.sh   (only the named rows)
+#   EXTRA="MODEL.MODEL_ROOT /path" bash benchmarks/embedded_table.sh   (overrides for every run)
 set -euo pipefail
 OUT=${1:-runs/table}
+SEEDS=${2:-0 1 2}
 CFG=configs/dap/digits.yaml
 export OMP_NUM_THREADS=1
 run() {  # run NAME SEED [KEY VALUE ...]
     local name=$1 seed=$2
     shift 2
-    casdap cl --config-file "$CFG" --no-progress --seed "$seed" --output_dir "$OUT/$name/seed$seed" "$@" \
+    [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || return 0
+    # shellcheck disable=SC2086
+    casdap cl --config-file "$CFG" --no-progress --seed "$seed" --output_dir "$OUT/$name/seed$seed" ${EXTRA:-} "$@" \
         > "$OUT/$name.seed$seed.log" 2>&1 || { echo "failed: $name seed $seed (see $OUT/$name.seed$seed.log)"; exit 1; }
 }
 mkdir -p "$OUT"
-for seed in 0 1 2; do
-    for method in dap ncm ranpac aper linear finetune joint replay ewc lwf; do
+for seed in $SEEDS; do
+    for method in dap ncm ranpac aper slda fecam linear finetune joint replay ewc lwf; do
         run "$method" "$seed" MODEL.TRANSFER_TYPE "$method"
+    done
+    # the frozen-feature classifiers on a backbone adapted on the first task as aper's is
+    for method in ncm ranpac slda fecam; do
+        run "$method-first-session" "$seed" MODEL.TRANSFER_TYPE "$method" BASELINES.FIRST_SESSION True
     done
     run dap-ref "$seed" MODEL.DAP.KEYS_PER_TASK 1 MODEL.DAP.RESTRICT_TO_TASK False
     run dap-k1-restrict "$seed" MODEL.DAP.KEYS_PER_TASK 1

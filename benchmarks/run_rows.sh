@@ -9,7 +9,8 @@ EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
 
 # Make the backbone once before the parallel runs (they would otherwise race to make it).
-"$CASDAP" cl --config-file "$CFG" --no-progress --output_dir "$OUT/.backbone-check" MODEL.TRANSFER_TYPE ncm \
+# shellcheck disable=SC2086
+"$CASDAP" cl --config-file "$CFG" --no-progress --output_dir "$OUT/.backbone-check" $EXTRA MODEL.TRANSFER_TYPE ncm \
     DATA.PERCENTAGE 0.05 > "$OUT/backbone.log" 2>&1 || { echo "backbone: see $OUT/backbone.log"; exit 1; }
 rm -rf "$OUT/.backbone-check"
 

@@ -20,7 +20,8 @@ def official_fixture():
 def torchrun_cl_runs(tmp_path_factory):
     """One two-process ``torchrun`` launch serving every distributed continual test (its process
     start-ups cost more than the tiny runs): finetune and DAP with several keys per task on tiny
-    CIFAR data, ranpac on a tenth of the digits. Name -> :class:`cl_support.LaunchedRun`."""
+    CIFAR data; ranpac, slda, fecam and slda after a first-session adaptation on a tenth of the
+    digits. Name -> :class:`cl_support.LaunchedRun`."""
     from cl_support import launch_cl_runs, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
 
     tmp = tmp_path_factory.mktemp("torchrun_cl")
@@ -31,5 +32,9 @@ def torchrun_cl_runs(tmp_path_factory):
         "finetune": tiny_cifar_cfg(data, tmp / "finetune", "finetune", "DATA.BATCH_SIZE", "4"),
         "dap": tiny_cifar_cfg(data, tmp / "dap", "dap", "DATA.BATCH_SIZE", "4", "MODEL.DAP.KEYS_PER_TASK", "3"),
         "ranpac": ranpac_digits_cfg(tmp / "ranpac"),
+        "slda": ranpac_digits_cfg(tmp / "slda", "MODEL.TRANSFER_TYPE", "slda"),
+        "fecam": ranpac_digits_cfg(tmp / "fecam", "MODEL.TRANSFER_TYPE", "fecam", "BASELINES.FECAM_SHRINKAGE", "auto"),
+        "slda-first-session": ranpac_digits_cfg(tmp / "slda-first-session", "MODEL.TRANSFER_TYPE", "slda",
+                                                "BASELINES.FIRST_SESSION", "True", "SOLVER.TOTAL_EPOCH", "1"),
     }
     return launch_cl_runs(tmp, runs)

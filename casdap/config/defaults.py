@@ -96,6 +96,16 @@ _C.BASELINES.BACKBONE_LR_SCALE = 0.1  # finetune/ewc/lwf/replay/joint, aper's fi
 _C.BASELINES.RANPAC_PROJ_DIM = 1000  # ranpac: size M of the fixed random projection (benchmarks/ranpac_proj_dim.py)
 # ranpac: ridge strength; None (or auto): chosen after every task on held-out training images from 1e-8..1e8
 _C.BASELINES.RANPAC_RIDGE = None
+# slda: covariance shrinkage in [0, 1] ((1 - s) Sigma + s I); None (or auto): chosen after every task on
+# held-out training images (casdap.continual.discriminants.SLDA_GRID)
+_C.BASELINES.SLDA_SHRINKAGE = None
+# fecam: covariance shrinkage gamma in [0, 1] (Sigma + gamma (V1 I + V2 (1 - I))); None: FeCAM's own, 1. auto:
+# chosen after every task on its held-out training images, which favours the new classes
+# (docs/prototype_baselines.md)
+_C.BASELINES.FECAM_SHRINKAGE = None
+# ncm/ranpac/slda/fecam: adapt the backbone on the first task as aper does (its epochs, optimizer and
+# BACKBONE_LR_SCALE, with a linear head), then freeze it and build the classifier on its features
+_C.BASELINES.FIRST_SESSION = False
 
 # ---------------------------------------------------------------- solver
 _C.SOLVER = CN()

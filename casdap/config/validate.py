@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode
 
-from casdap.continual.methods import METHOD_MODULES, METHOD_NAMES
+from casdap.continual.methods import FIRST_SESSION_METHODS, METHOD_MODULES, METHOD_NAMES
 from casdap.dap_registry import INJECTION_NAMES, PREDICTION_NAMES, SELECTION_NAMES, TASK_PREDICTOR_NAMES
 from casdap.errors import CasdapError
 
@@ -65,6 +65,25 @@ def validate(cfg: CfgNode) -> None:
         _at_least("BASELINES.REPLAY_MEM_SIZE", cfg.BASELINES.REPLAY_MEM_SIZE, 1)
     if method == "dap":
         _validate_dap(cfg)
+    _validate_statistics_baselines(cfg, method)
+
+
+def _validate_statistics_baselines(cfg: CfgNode, method: str) -> None:
+    b = cfg.BASELINES
+    if not isinstance(b.FIRST_SESSION, bool):
+        raise CasdapError(f"BASELINES.FIRST_SESSION must be True or False, got {b.FIRST_SESSION!r}")
+    if b.FIRST_SESSION and method not in FIRST_SESSION_METHODS:
+        raise CasdapError(f"BASELINES.FIRST_SESSION True applies to {', '.join(FIRST_SESSION_METHODS)} only, not "
+                          f"MODEL.TRANSFER_TYPE {method} (aper always adapts on the first task)")
+    for name in ("slda", "fecam"):
+        key = f"{name.upper()}_SHRINKAGE"
+        value = b[key]
+        if method != name or value is None or (isinstance(value, str) and value.lower() == "auto"):
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+        if not ok:
+            raise CasdapError(f"BASELINES.{key} must be a number in [0, 1] (a fixed covariance shrinkage), or auto to "
+                              f"choose it on held-out training images (None: the method's default), got {value!r}")
 
 
 def _validate_dap(cfg: CfgNode) -> None:

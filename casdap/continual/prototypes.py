@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
 from casdap.continual.strategies import GradientFreeStrategy, add_class_means
@@ -39,13 +40,19 @@ __all__ = [
     "HOLDOUT_EVERY",
     "APERClassifier",
     "APERStrategy",
+    "FirstSessionAdaptation",
+    "FirstSessionMixin",
     "RIDGE_GRID",
     "RanPACClassifier",
     "RanPACStrategy",
     "build_ranpac",
+    "held_out_mask",
+    "holdout_offsets",
     "choose_ridge",
     "ridge_solve",
     "validation_sse",
+    "with_first_session",
+    "with_first_session_strategy",
 ]
 
 # Ridge strengths tried (RanPAC's grid): 1e-8 ... 1e8, one per decade.
@@ -165,8 +172,10 @@ class RanPACClassifier(nn.Module):
         return lam, errors
 
 
-def build_ranpac(cfg, backbone: nn.Module, num_classes: int) -> RanPACClassifier:
-    """:class:`RanPACClassifier` from ``BASELINES.RANPAC_PROJ_DIM`` / ``RANPAC_RIDGE``, checked."""
+def build_ranpac(cfg, backbone: nn.Module, num_classes: int,
+                 classifier: type[RanPACClassifier] = RanPACClassifier) -> RanPACClassifier:
+    """``classifier`` (:class:`RanPACClassifier` or a subclass) from ``BASELINES.RANPAC_PROJ_DIM`` /
+    ``RANPAC_RIDGE``, checked."""
     b = cfg.BASELINES
     dim = b.RANPAC_PROJ_DIM
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -182,12 +191,24 @@ def build_ranpac(cfg, backbone: nn.Module, num_classes: int) -> RanPACClassifier
                               f"auto to choose it on held-out training images, got {ridge!r}")
         ridge = float(ridge)
     seed = 0 if cfg.SEED is None else int(cfg.SEED)
-    return RanPACClassifier(backbone, num_classes, dim, seed=seed, ridge=ridge)
+    return classifier(backbone, num_classes, dim, seed=seed, ridge=ridge)
 
 
-def _holdout_offsets(seed: int, task: int, num_classes: int) -> torch.Tensor:
+def holdout_offsets(seed: int, task: int, num_classes: int) -> torch.Tensor:
+    """Each class's offset (in ``[0, HOLDOUT_EVERY)``) of its held-out images in task ``task``."""
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(task))
     return torch.randint(0, HOLDOUT_EVERY, (num_classes,), generator=gen)
+
+
+def held_out_mask(y: torch.Tensor, seen: torch.Tensor, offsets: torch.Tensor,
+                  every: int = HOLDOUT_EVERY) -> torch.Tensor:
+    """Which images of the batch (labels ``y``) are held out: every ``every``-th image of each class in
+    the pass, from the class's offset. ``seen`` (images of each class in the pass so far) is updated."""
+    onehot = F.one_hot(y, len(seen)).double()
+    # position of each image among its class's images in this pass
+    rank_in_class = seen[y] + (torch.cumsum(onehot, 0).gather(1, y[:, None]).squeeze(1).long() - 1)
+    seen += onehot.sum(0).long()
+    return (rank_in_class + offsets[y]) % every == 0
 
 
 class RanPACStrategy(GradientFreeStrategy):
@@ -217,16 +238,13 @@ class RanPACStrategy(GradientFreeStrategy):
         val_targets = torch.zeros_like(targets)
         counts = torch.zeros(k, dtype=torch.float64, device=dev)
         val_counts = torch.zeros_like(counts)
-        offsets = _holdout_offsets(self.seed, int(self.experience.current_experience), k).to(dev)
+        offsets = holdout_offsets(self.seed, int(self.experience.current_experience), k).to(dev)
         seen = torch.zeros(k, dtype=torch.long, device=dev)  # images of each class so far in this pass
         for _ in self.statistics_pass(**kwargs):
             h = model.hidden(self.mb_x)
             y = self.mb_y
             onehot = F.one_hot(y, k).double()
-            # position of each image among its class's images in this pass
-            rank_in_class = seen[y] + (torch.cumsum(onehot, 0).gather(1, y[:, None]).squeeze(1).long() - 1)
-            seen += onehot.sum(0).long()
-            held = (rank_in_class + offsets[y]) % HOLDOUT_EVERY == 0
+            held = held_out_mask(y, seen, offsets)
             hd = h.double()
             gram += hd.t() @ hd
             targets += hd.t() @ onehot
@@ -256,25 +274,20 @@ class RanPACStrategy(GradientFreeStrategy):
             tqdm.write(f"ranpac: task {task + 1}: ridge lambda {lam:g}, {how}")
 
 
-class APERClassifier(nn.Module):
-    """APER-style: the pretrained backbone (frozen) and a copy adapted on the first task, then frozen.
+class FirstSessionMixin:
+    """Model mixin: the backbone (``self.backbone``) and a linear ``head`` over all classes are trained on
+    the first task, then frozen for good (APER's first-session adaptation; ``aper`` and every classifier
+    run with ``BASELINES.FIRST_SESSION``).
 
-    ``backbone`` is the copy that the first task fine-tunes with ``head`` (a linear head over all
-    classes, used only then); ``pretrained`` never changes. Once ``adapted`` is set (a buffer, like
-    the class sums and counts, so checkpoints and resuming keep it), logits are cosine similarities
-    of ``[f_pre, f_adapted] / sqrt(2)`` (each half L2-normalised) to the class means of the same
-    features; classes never trained get :data:`MASKED_LOGIT`.
+    ``adapted`` is a buffer, so checkpoints and resuming keep it. Until it is set, the model's output is
+    the head's logits of the backbone's pooled features; after, the classifier's own ``forward``. Put
+    the mixin before the classifier in the bases; its ``__init__`` calls :meth:`_init_adaptation`.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
-        super().__init__()
-        self.pretrained = backbone.requires_grad_(False)
-        self.backbone = copy.deepcopy(backbone).requires_grad_(True)
-        self.head = nn.Linear(backbone.num_features, num_classes)
+    def _init_adaptation(self, num_features: int, num_classes: int) -> None:
+        self.head = nn.Linear(num_features, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
-        self.register_buffer("class_sums", torch.zeros(num_classes, 2 * backbone.num_features))
-        self.register_buffer("class_counts", torch.zeros(num_classes))
         self.register_buffer("adapted", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -282,18 +295,39 @@ class APERClassifier(nn.Module):
         return bool(self.adapted)
 
     def freeze_adapted(self) -> None:
-        """End of the adaptation: the adapted copy and the head are frozen for good."""
+        """End of the adaptation: the adapted backbone and the head are frozen for good."""
         self.adapted.fill_(True)
         self.backbone.requires_grad_(False)
         self.head.requires_grad_(False)
         self.train(self.training)
 
     def train(self, mode: bool = True):
-        super().train(mode)
-        self.pretrained.eval()
-        if self.is_adapted:
-            self.backbone.eval()
+        super().train(mode)  # the classifier's own: its frozen parts in eval mode
+        self.backbone.train(mode and not self.is_adapted)
         return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_adapted:  # first task: the backbone and its linear head are being trained
+            return self.head(self.backbone.forward_pooled(x))
+        return super().forward(x)
+
+
+def with_first_session(classifier: type[nn.Module]) -> type[nn.Module]:
+    """``classifier`` (built as ``classifier(backbone, num_classes, ...)``) on a backbone that is first
+    adapted on the first task (:class:`FirstSessionMixin`); the classifier's statistics start after."""
+
+    class FirstSession(FirstSessionMixin, classifier):
+        def __init__(self, backbone: nn.Module, num_classes: int, *args, **kwargs) -> None:
+            super().__init__(backbone, num_classes, *args, **kwargs)
+            self.backbone.requires_grad_(True)
+            self._init_adaptation(backbone.num_features, num_classes)
+
+    FirstSession.__name__ = FirstSession.__qualname__ = f"FirstSession{classifier.__name__}"
+    return FirstSession
+
+
+class _APERPrototypes(nn.Module):
+    """Cosine similarity of the pretrained and adapted features to their class means."""
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.normalize(self.pretrained.forward_pooled(x).float(), dim=-1)
@@ -305,37 +339,57 @@ class APERClassifier(nn.Module):
         return mask_logits(feats @ means.t(), counts > 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.is_adapted:  # first task: the adapted copy and its linear head are being trained
-            return self.head(self.backbone.forward_pooled(x))
         return self.logits_from(self.features(x), self.class_sums, self.class_counts)
 
 
-class APERStrategy(GradientFreeStrategy):
-    """APER on frozen prototypes after a first-task adaptation, as an Avalanche strategy.
+class APERClassifier(FirstSessionMixin, _APERPrototypes):
+    """APER-style: the pretrained backbone (frozen) and a copy adapted on the first task, then frozen.
 
-    First experience: ``train_epochs`` epochs of cross-entropy on the adapted copy and its head
-    (the optimizer's parameters), then the copy is frozen (under ``torchrun`` rank 0's BatchNorm
-    statistics are broadcast so every rank holds the same model) and one more pass adds the
-    experience's class sums. Every later experience is that one pass only (no gradient step); its
-    ``mb_output`` is the logits of the prototypes so far, this batch included. Sums and counts are
-    added over ranks.
+    ``backbone`` is the copy that the first task fine-tunes with ``head`` (:class:`FirstSessionMixin`);
+    ``pretrained`` never changes. Once adapted, logits are cosine similarities of
+    ``[f_pre, f_adapted] / sqrt(2)`` (each half L2-normalised) to the class means of the same
+    features (buffers, like ``adapted``); classes never trained get :data:`MASKED_LOGIT`.
     """
 
-    def __init__(self, *, model: APERClassifier, optimizer: torch.optim.Optimizer, train_epochs: int = 1,
-                 **kwargs) -> None:
-        super().__init__(model=model, optimizer=optimizer, **kwargs)
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.pretrained = backbone.requires_grad_(False)
+        self.backbone = copy.deepcopy(backbone).requires_grad_(True)
+        self._init_adaptation(backbone.num_features, num_classes)
+        self.register_buffer("class_sums", torch.zeros(num_classes, 2 * backbone.num_features))
+        self.register_buffer("class_counts", torch.zeros(num_classes))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.pretrained.eval()
+        return self
+
+
+class FirstSessionAdaptation:
+    """Strategy mixin: APER's first session before a statistics-only classifier.
+
+    First experience: ``train_epochs`` epochs of the template's gradient training of the model's
+    backbone and head (the optimizer's parameters), then they are frozen (under ``torchrun`` rank 0's
+    BatchNorm statistics are broadcast so every rank holds the same model) and one more pass, the
+    classifier's own statistics pass (:meth:`_accumulate`), follows. Every later experience is that
+    pass only (no gradient step). Put the mixin before the statistics strategy in the bases; by
+    default :meth:`_accumulate` is that strategy's ``training_epoch`` with the model in eval mode.
+    """
+
+    def __init__(self, *, train_epochs: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.adapt_epochs = int(train_epochs)
 
     def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
-        """The optimizer keeps the runner's groups (the adapted copy, the head). Avalanche's default
-        would put every model parameter, the pretrained backbone's too, into one of them."""
+        """The optimizer keeps the runner's groups (the adapted backbone, the head). Avalanche's default
+        would put every model parameter, a frozen pretrained backbone's too, into one of them."""
         if reset_optimizer_state:
             self.optimizer.state = defaultdict(dict)
         self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if not n.startswith("pretrained.")}
 
     def _before_training_exp(self, **kwargs):
         if self.model.is_adapted:
-            self.model.freeze_adapted()  # also after resuming: the loaded copy stays frozen
+            self.model.freeze_adapted()  # also after resuming: the loaded backbone stays frozen
         self.train_epochs = 1 if self.model.is_adapted else self.adapt_epochs
         super()._before_training_exp(**kwargs)
 
@@ -351,8 +405,31 @@ class APERStrategy(GradientFreeStrategy):
 
     def training_epoch(self, **kwargs):
         if not self.model.is_adapted:
-            return super().training_epoch(**kwargs)
+            return SupervisedTemplate.training_epoch(self, **kwargs)  # the gradient epoch
         self._accumulate(**kwargs)
+
+    def _accumulate(self, **kwargs):
+        self.model.eval()
+        super().training_epoch(**kwargs)
+
+
+def with_first_session_strategy(strategy: type) -> type:
+    """``strategy`` (a statistics-only one) after APER's first session (:class:`FirstSessionAdaptation`)."""
+    cls = type(f"FirstSession{strategy.__name__}", (FirstSessionAdaptation, strategy), {})
+    cls.__qualname__ = cls.__name__
+    return cls
+
+
+class APERStrategy(FirstSessionAdaptation, GradientFreeStrategy):
+    """APER on frozen prototypes after a first-task adaptation (:class:`FirstSessionAdaptation`), as an
+    Avalanche strategy: every experience's pass adds its class sums of the pretrained and adapted
+    features; its ``mb_output`` is the logits of the prototypes so far, this batch included. Sums and
+    counts are added over ranks.
+    """
+
+    def __init__(self, *, model: APERClassifier, optimizer: torch.optim.Optimizer, train_epochs: int = 1,
+                 **kwargs) -> None:
+        super().__init__(model=model, optimizer=optimizer, train_epochs=train_epochs, **kwargs)
 
     def _accumulate(self, **kwargs):
         self.model.eval()

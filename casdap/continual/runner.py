@@ -239,7 +239,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     make it first with :func:`prepare_backbone`.
     """
     validate(cfg)
-    method = get_method(cfg.MODEL.TRANSFER_TYPE)
+    method = get_method(cfg.MODEL.TRANSFER_TYPE).for_config(cfg)
     device = _device(cfg)
     set_threads("casdap cl", int(cfg.DATA.CROPSIZE), device.type)
     _set_cudnn(cfg, device)

@@ -42,14 +42,17 @@ from casdap.errors import CasdapError
 if TYPE_CHECKING:
     from casdap.continual.methods.base import Method
 
-__all__ = ["METHOD_MODULES", "METHOD_NAMES", "get_method"]
+__all__ = ["FIRST_SESSION_METHODS", "METHOD_MODULES", "METHOD_NAMES", "get_method"]
 
 # name (MODEL.TRANSFER_TYPE, lower case) -> the module that defines its METHOD
 METHOD_MODULES: dict[str, str] = {
     name: f"casdap.continual.methods.{name}"
-    for name in ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", "ranpac", "aper", "joint")
+    for name in ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", "ranpac", "slda", "fecam", "aper",
+                 "joint")
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_MODULES)
+# the methods that accept BASELINES.FIRST_SESSION (a frozen-feature classifier on a backbone adapted first)
+FIRST_SESSION_METHODS: tuple[str, ...] = ("ncm", "ranpac", "slda", "fecam")
 
 
 def get_method(name: str) -> Method:

@@ -6,6 +6,7 @@ what differs from a pretrained backbone with one linear head trained by gradient
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from yacs.config import CfgNode
 
 from casdap.continual.strategies import BackboneClassifier, CasdapStrategyMixin
 
-__all__ = ["Method", "ResumableNaive"]
+__all__ = ["FrozenFeatureMethod", "Method", "ResumableNaive"]
 
 
 class ResumableNaive(CasdapStrategyMixin, Naive):
@@ -35,6 +36,10 @@ class Method:
     gradient_training: bool = True
     uses_optimizer: bool = True
     joint: bool = False
+
+    def for_config(self, cfg: CfgNode) -> Method:
+        """The method as ``cfg`` runs it: itself, unless a setting changes what it trains."""
+        return self
 
     def build_model(self, cfg: CfgNode, num_classes: int) -> nn.Module:
         """The pretrained backbone (``MODEL.BACKBONE``) and one linear head over all classes."""
@@ -73,3 +78,58 @@ class Method:
 
     def trainable_params(self, model: nn.Module) -> int:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class FrozenFeatureMethod(Method):
+    """A classifier fitted from statistics of the frozen backbone's features, with no gradient step.
+
+    A subclass names its classifier and statistics strategy (:meth:`classifier`, :meth:`strategy`).
+    With ``BASELINES.FIRST_SESSION`` the backbone and a linear head are first trained on the first
+    task as ``aper`` does (:func:`casdap.continual.prototypes.with_first_session`: its epochs,
+    optimizer and ``BACKBONE_LR_SCALE``), then frozen, and the classifier is built on its features.
+    """
+
+    gradient_training = False
+    uses_optimizer = False
+
+    def for_config(self, cfg: CfgNode) -> Method:
+        if not cfg.BASELINES.FIRST_SESSION:
+            return self
+        adapting = copy.copy(self)  # the first task takes gradient steps: optimizer, schedule and plugins
+        adapting.gradient_training = adapting.uses_optimizer = True
+        return adapting
+
+    def classifier(self, cfg: CfgNode) -> type[nn.Module]:
+        """The classifier class, built as ``classifier(backbone, num_classes)`` by :meth:`make_classifier`."""
+        raise NotImplementedError
+
+    def make_classifier(self, cfg: CfgNode, cls: type[nn.Module], backbone: nn.Module, num_classes: int) -> nn.Module:
+        return cls(backbone, num_classes)
+
+    def strategy(self, cfg: CfgNode) -> tuple[type, dict[str, Any]]:
+        """The statistics strategy class and its own keyword arguments."""
+        raise NotImplementedError
+
+    def build_model(self, cfg: CfgNode, num_classes: int) -> nn.Module:
+        from casdap.continual.prototypes import with_first_session
+        from casdap.models.build import build_backbone
+
+        cls = self.classifier(cfg)
+        if cfg.BASELINES.FIRST_SESSION:
+            cls = with_first_session(cls)
+        return self.make_classifier(cfg, cls, build_backbone(cfg, num_classes=0), num_classes)
+
+    def build_strategy(self, cfg, model, optimizer, plugins, **common):
+        from casdap.continual.prototypes import with_first_session_strategy
+
+        cls, own = self.strategy(cfg)
+        if cfg.BASELINES.FIRST_SESSION:
+            cls = with_first_session_strategy(cls)
+        return cls(model=model, optimizer=optimizer, plugins=plugins, **own, **common)
+
+    def protocol_notes(self, cfg: CfgNode) -> list[str]:
+        if not cfg.BASELINES.FIRST_SESSION:
+            return []
+        return [f"First session (BASELINES.FIRST_SESSION): the backbone and a linear head trained on the first task "
+                f"for {cfg.SOLVER.TOTAL_EPOCH} epochs (backbone lr {cfg.SOLVER.BASE_LR} x "
+                f"{cfg.BASELINES.BACKBONE_LR_SCALE}), then frozen; the classifier is built on its features"]

@@ -1,23 +1,21 @@
-"""``ncm``: nearest class mean of the frozen backbone's normalised features (SimpleCIL); no gradient."""
+"""``ncm``: nearest class mean of the frozen backbone's normalised features (SimpleCIL); no gradient
+(with ``BASELINES.FIRST_SESSION``, after the first task's adaptation of the backbone)."""
 
-from casdap.continual.methods.base import Method
+from casdap.continual.methods.base import FrozenFeatureMethod
 
 
-class NCM(Method):
+class NCM(FrozenFeatureMethod):
     name = "ncm"
-    gradient_training = False
-    uses_optimizer = False
 
-    def build_model(self, cfg, num_classes):
+    def classifier(self, cfg):
         from casdap.continual.strategies import NCMClassifier
-        from casdap.models.build import build_backbone
 
-        return NCMClassifier(build_backbone(cfg, num_classes=0), num_classes)
+        return NCMClassifier
 
-    def build_strategy(self, cfg, model, optimizer, plugins, **common):
+    def strategy(self, cfg):
         from casdap.continual.strategies import NCMStrategy
 
-        return NCMStrategy(model=model, plugins=plugins, **common)
+        return NCMStrategy, {}
 
 
 METHOD = NCM()

@@ -1,24 +1,27 @@
 """``ranpac``: random projection, ReLU and a ridge classifier over accumulated statistics of the
-frozen backbone's features (:mod:`casdap.continual.prototypes`); no gradient."""
+frozen backbone's features (:mod:`casdap.continual.prototypes`); no gradient (with
+``BASELINES.FIRST_SESSION``, after the first task's adaptation of the backbone)."""
 
-from casdap.continual.methods.base import Method
+from casdap.continual.methods.base import FrozenFeatureMethod
 
 
-class RanPAC(Method):
+class RanPAC(FrozenFeatureMethod):
     name = "ranpac"
-    gradient_training = False
-    uses_optimizer = False
 
-    def build_model(self, cfg, num_classes):
+    def classifier(self, cfg):
+        from casdap.continual.prototypes import RanPACClassifier
+
+        return RanPACClassifier
+
+    def make_classifier(self, cfg, cls, backbone, num_classes):
         from casdap.continual.prototypes import build_ranpac
-        from casdap.models.build import build_backbone
 
-        return build_ranpac(cfg, build_backbone(cfg, num_classes=0), num_classes)
+        return build_ranpac(cfg, backbone, num_classes, cls)
 
-    def build_strategy(self, cfg, model, optimizer, plugins, **common):
+    def strategy(self, cfg):
         from casdap.continual.prototypes import RanPACStrategy
 
-        return RanPACStrategy(model=model, plugins=plugins, seed=0 if cfg.SEED is None else int(cfg.SEED), **common)
+        return RanPACStrategy, {"seed": 0 if cfg.SEED is None else int(cfg.SEED)}
 
 
 METHOD = RanPAC()
