@@ -65,3 +65,12 @@ def test_ranpac_proj_dim(tmp_path):
     out = _run("ranpac_proj_dim.py", "--dims", "50", "--seeds", "0", "--opts", "MODEL.RANDOM_INIT", "True",
                "DATA.PERCENTAGE", "0.3", cwd=tmp_path)
     assert "seed 0 M    50: held-out accuracy" in out
+
+
+def test_dap_task_inference_validation(tmp_path):
+    out = _run("dap_task_inference_validation.py", "--config-file", "configs/dap/digits.yaml", "--grid", "0.1", "1.0",
+               "--opts", "MODEL.RANDOM_INIT", "True", "DATA.VALIDATION", "0.2", "DATA.PERCENTAGE", "0.3",
+               cwd=tmp_path)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["predictor"] == "gaussian" and result["best_shrinkage"] in (0.1, 1.0)
+    assert all(len(r["per_task"]) == 5 for r in result["results"].values())
