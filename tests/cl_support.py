@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -121,3 +122,28 @@ def interrupt_during_task(monkeypatch, task: int) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(ProgressPlugin, "after_training_iteration", boom)
+
+
+def resume_after_interrupt(monkeypatch, cifar: Path, where: Path, full_metrics: dict, *extra: str):
+    """Interrupt a DAP run of ``extra`` during task 1 in ``where/killed``, resume it, and check it ends
+    as the uninterrupted run in ``where/full`` did: same matrix, task selection and task-1 checkpoint
+    (every tensor equal). Returns the killed-then-resumed run's folder and its task-1 model state."""
+    import pytest
+    import torch
+
+    from casdap.continual.runner import run_continual
+
+    killed = where / "killed"
+    with monkeypatch.context() as mp:
+        interrupt_during_task(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra), progress=False)
+    assert json.loads((killed / "metrics.json").read_text())["tasks_done"] == 1
+    resumed = run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra, "SOLVER.AUTO_RESUME", "True"),
+                            progress=False).metrics
+    assert resumed["acc_matrix"] == full_metrics["acc_matrix"] and resumed["finished"]
+    assert resumed["task_selection_acc"] == full_metrics["task_selection_acc"]
+    a = torch.load(where / "full" / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoints" / "task_001.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return killed, a

@@ -7,13 +7,12 @@
   sample trained under its own task: its own key, its own task's classes.
 """
 
-import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from cl_support import interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.continual.plugins import RngRecorderPlugin
 from casdap.continual.runner import METHODS, run_continual
@@ -207,19 +206,7 @@ def test_dap_replay_resumes_to_the_uninterrupted_run(tmp_path, cifar, monkeypatc
     assert kinds.index(RngRecorderPlugin) < kinds.index(ReplayPlugin)  # the buffer can be rebuilt on resume
     assert len(res.strategy.plugins[kinds.index(ReplayPlugin)].storage_policy.buffer) == 4
     full = res.metrics
-    killed = tmp_path / "killed"
-    with monkeypatch.context() as mp:
-        interrupt_during_task(mp, 1)
-        with pytest.raises(KeyboardInterrupt):
-            run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra), progress=False)
-    assert json.loads((killed / "metrics.json").read_text())["tasks_done"] == 1
-    resumed = run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra, "SOLVER.AUTO_RESUME", "True"),
-                            progress=False).metrics
-    assert resumed["acc_matrix"] == full["acc_matrix"] and resumed["finished"]
-    assert resumed["task_selection_acc"] == full["task_selection_acc"]
-    a = torch.load(tmp_path / "full" / "checkpoints" / "task_001.pth", weights_only=True)["model"]
-    b = torch.load(killed / "checkpoints" / "task_001.pth", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resume_after_interrupt(monkeypatch, cifar, tmp_path, full, *extra)
 
 
 # ----------------------------------------------------------------------------- host syncs

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
 from conftest import ROOT
 
 from casdap.config import load_config
@@ -130,18 +130,7 @@ def test_new_settings_resume_to_the_same_matrix_and_predict_each_image_alone(tmp
     extra = ("DATA.BATCH_SIZE", "4", "MODEL.DAP.SHRINKAGE", "0.5", *SETTINGS[name])
     res = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "dap", *extra), progress=False)
     full = res.metrics
-    killed = tmp_path / "killed"
-    with monkeypatch.context() as mp:
-        interrupt_during_task(mp, 1)
-        with pytest.raises(KeyboardInterrupt):
-            run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra), progress=False)
-    resumed = run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra, "SOLVER.AUTO_RESUME", "True"),
-                            progress=False).metrics
-    assert resumed["acc_matrix"] == full["acc_matrix"] and resumed["finished"]
-    assert resumed["task_selection_acc"] == full["task_selection_acc"]
-    a = torch.load(tmp_path / "full" / "checkpoints" / "task_001.pth", weights_only=True)["model"]
-    b = torch.load(killed / "checkpoints" / "task_001.pth", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    killed, a = resume_after_interrupt(monkeypatch, cifar, tmp_path, full, *extra)
     assert "dap_task_predictor.class_task" in a and (a["dap_task_predictor.class_task"] >= 0).all()
 
     # per image: an image's logits and task alone are what it gets in a batch of both tasks' images
