@@ -21,6 +21,8 @@ PROMPT_LAST_BLOCK = True  # prompts in the backbone's very last block (the confi
 SELECTION = "per_image"  # MODEL.DAP.SELECTION: per_image | batch_majority | oracle
 PROMPT_SOURCE = "dap"  # prompt-source registry entry (casdap.dap_registry.PROMPT_SOURCES)
 TASK_PREDICTOR = "keys"  # task-predictor registry entry (casdap.dap_registry.TASK_PREDICTORS)
+QUERY = "frozen"  # MODEL.DAP.QUERY: frozen (DAP's) | adapted (a backbone trained on the first task, then frozen)
+PROMPT_BACKBONE = "pretrained"  # MODEL.DAP.PROMPT_BACKBONE: pretrained (DAP's) | adapted (the query's adapted one)
 
 CURRENT_LAMBDA = 1.0  # MODEL.DAP.CURRENT_LAMBDA: weight of the masked cross-entropy
 SIM_LAMBDA = 0.5  # MODEL.DAP.SIM_LAMBDA: weight of the key-query pull term

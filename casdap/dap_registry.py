@@ -17,6 +17,8 @@ from casdap.errors import CasdapError
 __all__ = [
     "INJECTION_NAMES",
     "PREDICTION_NAMES",
+    "PROMPT_BACKBONE_NAMES",
+    "QUERY_NAMES",
     "PROMPT_SOURCES",
     "SELECTIONS",
     "SELECTION_NAMES",
@@ -52,6 +54,12 @@ SELECTIONS: dict[str, str] = {
 # restrict: DAP's, only the inferred task's classes; all: a head over every seen class re-aligned on
 # statistics of the prompted features; soft: the top-k tasks' prompts, p(task) * p(class | task).
 PREDICTION_NAMES: tuple[str, ...] = ("restrict", "all", "soft")
+
+# Where the query comes from: frozen (the pretrained backbone, DAP's) or adapted (a backbone trained with
+# a linear head on the first task, then frozen: APER's and RanPAC's first session); and which backbone
+# the prompted pass runs on: the pretrained one (DAP's) or that adapted one.
+QUERY_NAMES: tuple[str, ...] = ("frozen", "adapted")
+PROMPT_BACKBONE_NAMES: tuple[str, ...] = ("pretrained", "adapted")
 
 # How prompt tokens take part in a block's token mixer (casdap.models.dap.PromptedBlock).
 INJECTION_NAMES: tuple[str, ...] = ("kv", "pool", "attn")

@@ -85,6 +85,12 @@ _C.MODEL.DAP.TOP_K = 2  # prediction soft: tasks whose prompts each image runs w
 # Class covariances get SHRINKAGE x their mean variance on the diagonal (gaussian, head, all);
 # choose it on the validation split (DATA.VALIDATION)
 _C.MODEL.DAP.SHRINKAGE = 1.0
+# The query: frozen (DAP's: the pretrained backbone) | adapted (a copy of the backbone trained with a
+# linear head on the first task, as aper's first session: SOLVER.TOTAL_EPOCH epochs, backbone at
+# BASELINES.BACKBONE_LR_SCALE; then frozen). PROMPT_BACKBONE: the backbone the prompted pass runs on,
+# pretrained (DAP's) | adapted (the query's, so one backbone serves both: needs QUERY adapted).
+_C.MODEL.DAP.QUERY = D.QUERY
+_C.MODEL.DAP.PROMPT_BACKBONE = D.PROMPT_BACKBONE
 
 # ---------------------------------------------------------------- non-DAP baselines
 _C.BASELINES = CN()

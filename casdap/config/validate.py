@@ -10,7 +10,14 @@ from __future__ import annotations
 from yacs.config import CfgNode
 
 from casdap.continual.methods import FIRST_SESSION_METHODS, METHOD_MODULES, METHOD_NAMES
-from casdap.dap_registry import INJECTION_NAMES, PREDICTION_NAMES, SELECTION_NAMES, TASK_PREDICTOR_NAMES
+from casdap.dap_registry import (
+    INJECTION_NAMES,
+    PREDICTION_NAMES,
+    PROMPT_BACKBONE_NAMES,
+    QUERY_NAMES,
+    SELECTION_NAMES,
+    TASK_PREDICTOR_NAMES,
+)
 from casdap.errors import CasdapError
 
 __all__ = ["validate", "METHOD_NAMES"]
@@ -122,6 +129,11 @@ def _validate_task_inference(cfg: CfgNode) -> None:
     if prediction == "soft" and str(d.SELECTION).strip().lower() != "per_image":
         raise CasdapError(f"MODEL.DAP.PREDICTION soft takes each image's own top tasks: MODEL.DAP.SELECTION must be "
                           f"per_image, got '{d.SELECTION}'")
+    _one_of("MODEL.DAP.QUERY", d.QUERY, QUERY_NAMES)
+    _one_of("MODEL.DAP.PROMPT_BACKBONE", d.PROMPT_BACKBONE, PROMPT_BACKBONE_NAMES)
+    if str(d.PROMPT_BACKBONE).strip().lower() == "adapted" and str(d.QUERY).strip().lower() != "adapted":
+        raise CasdapError("MODEL.DAP.PROMPT_BACKBONE adapted runs the prompts on the query's adapted backbone: "
+                          "set MODEL.DAP.QUERY adapted too")
     if str(d.TASK_INFERENCE).strip().lower() != "keys" and int(d.KEYS_PER_TASK) != 1:
         raise CasdapError(f"MODEL.DAP.KEYS_PER_TASK ({d.KEYS_PER_TASK}) applies to TASK_INFERENCE keys only: "
                           f"set it to 1 with TASK_INFERENCE {d.TASK_INFERENCE}")

@@ -202,6 +202,11 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
     ``all``), one pass over the task's training images with the evaluation transform adds them
     at the end of each task (summed over ``torchrun`` ranks) and refits what is estimated.
 
+    With an adapted query (``CASDAP(query="adapted")``) the first experience begins with APER's first
+    session: ``train_epochs`` epochs of the query's backbone and a linear head on the task's labels
+    (the optimizer's adaptation groups, the same schedule restarted after), then that backbone is
+    frozen for good and DAP's own training of the task follows on the adapted query.
+
     The class-to-task table and the classes of every task are tensors on the strategy's device,
     rebuilt when an experience starts (and on resume), so a training step after the first of its
     experience reads nothing back from the device.
@@ -257,6 +262,7 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         self.mb_true_task: torch.Tensor | None = None
         self._tables: tuple[dict[int, int], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._one_task_batches = False
+        self._adapting = False
 
     # -- experience bookkeeping ------------------------------------------------------------
     @property
@@ -335,8 +341,36 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         keep[:, :width] = splits[:, :width].to(logits.device)
         return mask_logits(logits, keep[task.to(logits.device)])
 
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        if getattr(self.model, "query_mode", "frozen") == "adapted" and self.model.needs_adaptation:
+            self.adapt_query(experience, eval_streams, **kwargs)
+        super()._train_exp(experience, eval_streams, **kwargs)
+
+    def adapt_query(self, experience, eval_streams=None, **kwargs) -> None:
+        """APER's first session for the query: the template's gradient epochs over the experience with
+        the query's backbone and linear head as the only trained parts (cross-entropy on the labels),
+        then they are frozen; under ``torchrun`` rank 0's BatchNorm statistics are broadcast so every
+        rank holds the same query. The learning-rate schedule restarts for DAP's epochs."""
+        from casdap.continual.plugins import LRSchedulePlugin
+
+        self.model.start_adaptation()
+        self._adapting = True
+        try:
+            super()._train_exp(experience, eval_streams, **kwargs)
+        finally:
+            self._adapting = False
+        self.model.finish_adaptation()
+        if dist.is_available() and dist.is_initialized():
+            for b in self.model.query_net.buffers():
+                dist.broadcast(b, src=0)
+        schedule = self.find_plugin(LRSchedulePlugin)
+        if schedule is not None:
+            schedule.before_training_exp(self)
+
     # -- forward and loss ------------------------------------------------------------------
     def forward(self):
+        if self.is_training and self._adapting:
+            return self.model.adaptation_logits(self.mb_x)
         if self.is_training:
             task = self.true_task(self.mb_y)
             if not self._keys_seeded:  # the first batch of the experience: checks and key seeding
@@ -443,6 +477,8 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         return mask_logits(logits, keep)
 
     def criterion(self):
+        if self.is_training and self._adapting:
+            return F.cross_entropy(self.mb_output.float(), self.mb_y)
         if self.is_training:
             ce = F.cross_entropy(self.mb_output.float(), self.mb_y)
             return self.current_lambda * ce - self.sim_lambda * self.mb_dap.pull

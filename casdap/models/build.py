@@ -93,8 +93,9 @@ def dap_settings(cfg) -> dict:
 
 
 def task_inference_settings(cfg) -> dict:
-    """The task predictor and what it and the prediction keep statistics with; nothing for DAP's
-    reference (keys, no all-class head), so its model is built exactly as before."""
+    """The task predictor, what it and the prediction keep statistics with, and where the query
+    comes from; nothing for DAP's reference (keys, no all-class head, frozen query), so its model
+    is built exactly as before."""
     dap = cfg.MODEL.DAP
     predictor = normalize(dap.TASK_INFERENCE)
     all_classes = normalize(dap.PREDICTION or "") == "all"
@@ -105,6 +106,10 @@ def task_inference_settings(cfg) -> dict:
         out["shrinkage"] = float(dap.SHRINKAGE)
     if all_classes:
         out["prompted_statistics"] = True
+    if normalize(dap.QUERY) != D.QUERY:
+        out["query"] = normalize(dap.QUERY)
+    if normalize(dap.PROMPT_BACKBONE) != D.PROMPT_BACKBONE:
+        out["prompt_backbone"] = normalize(dap.PROMPT_BACKBONE)
     return out
 
 

@@ -16,6 +16,7 @@ names are compared lower-case. Defaults are DAP's (:mod:`casdap.dap_defaults`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,16 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from casdap import dap_defaults as D
-from casdap.dap_registry import INJECTION_NAMES, PROMPT_SOURCES, SELECTION_NAMES, TASK_PREDICTORS, checked, load
+from casdap.dap_registry import (
+    INJECTION_NAMES,
+    PROMPT_BACKBONE_NAMES,
+    PROMPT_SOURCES,
+    QUERY_NAMES,
+    SELECTION_NAMES,
+    TASK_PREDICTORS,
+    checked,
+    load,
+)
 from casdap.dap_registry import SELECTIONS as SELECTION_REDUCERS
 from casdap.errors import CasdapError
 from casdap.models.casvit import AdditiveBlock, CASViT, MixerPrompts
@@ -202,6 +212,8 @@ class CASDAP(nn.Module):
         task_predictor: str = D.TASK_PREDICTOR,
         shrinkage: float | None = None,
         prompted_statistics: bool = False,
+        query: str = D.QUERY,
+        prompt_backbone: str = D.PROMPT_BACKBONE,
     ) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
@@ -221,6 +233,11 @@ class CASDAP(nn.Module):
         if num_classes < 1:
             raise CasdapError(f"the DAP head needs num_classes >= 1, got {num_classes}")
         injection = checked("injection", injection, INJECTIONS)
+        query = checked("query", query, QUERY_NAMES)
+        prompt_backbone = checked("prompt_backbone", prompt_backbone, PROMPT_BACKBONE_NAMES)
+        if prompt_backbone == "adapted" and query != "adapted":
+            raise CasdapError("prompt_backbone 'adapted' runs the prompts on the query's adapted backbone: "
+                              "it needs query 'adapted'")
         predictor_cls = load("task_predictor", TASK_PREDICTORS, task_predictor)
         # Reducers resolved once: the forward pass only looks them up (graph capture sees no import).
         self._selections = {name: load("selection", SELECTION_REDUCERS, name) for name in SELECTION_NAMES}
@@ -283,7 +300,60 @@ class CASDAP(nn.Module):
         if self.prompted_statistics:
             self.register_buffer("all_weight", torch.zeros(num_classes, self.num_features))
             self.register_buffer("all_bias", torch.zeros(num_classes))
+        # An adapted query (APER's first session): a backbone trained with a linear head on the first
+        # task, then frozen for good; a copy when the prompted pass stays on the pretrained backbone.
+        # Built last, so DAP's own random draws are the same with or without it.
+        self.query_mode = query
+        self.query_backbone: nn.Module | None = None
+        self._adapting = False
+        if query == "adapted":
+            if prompt_backbone == "pretrained":
+                self.query_backbone = copy.deepcopy(backbone)
+            self.adapt_head = nn.Linear(self.num_features, num_classes).requires_grad_(False)
+            trunc_normal_(self.adapt_head.weight, std=0.02)
+            nn.init.zeros_(self.adapt_head.bias)
+            self.register_buffer("adapted", torch.zeros((), dtype=torch.bool))
         self.register_load_state_dict_pre_hook(_rename_old_keys)
+
+    # -- the adapted query ----------------------------------------------------------------
+    @property
+    def query_net(self) -> nn.Module:
+        """The backbone the query comes from (the adapted copy, else the backbone)."""
+        return self.backbone if self.query_backbone is None else self.query_backbone
+
+    @property
+    def needs_adaptation(self) -> bool:
+        """The query is to be adapted and has not been yet (one read of a buffer)."""
+        return self.query_mode == "adapted" and not bool(self.adapted)
+
+    def adaptation_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone, linear head) parameters the first-task adaptation trains; none without it."""
+        if self.query_mode != "adapted":
+            return [], []
+        return list(self.query_net.parameters()), list(self.adapt_head.parameters())
+
+    def start_adaptation(self) -> None:
+        """The query's backbone and its linear head train (the backbone in train mode) until
+        :meth:`finish_adaptation`; nothing else of the model does meanwhile."""
+        if not self.needs_adaptation:
+            raise CasdapError("this model's query is not to be adapted (query 'frozen', or adapted already)")
+        self._adapting = True
+        for p in (*self.query_net.parameters(), *self.adapt_head.parameters()):
+            p.requires_grad_(True)
+        self.train(self.training)
+
+    def finish_adaptation(self) -> None:
+        """Freeze the adapted backbone and its head for good (``adapted`` is saved with the model)."""
+        self._adapting = False
+        self.adapted.fill_(True)
+        for p in (*self.query_net.parameters(), *self.adapt_head.parameters()):
+            p.requires_grad_(False)
+            p.grad = None
+        self.train(self.training)
+
+    def adaptation_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The adapting backbone's pooled features through its linear head (first-task training)."""
+        return self.adapt_head(self.query_net.forward_pooled(x))
 
     # -- task predictor ----------------------------------------------------------------------
     @property
@@ -329,7 +399,7 @@ class CASDAP(nn.Module):
         h = self._prefix(x)
         out = {}
         if self.query_statistics:
-            out["query"] = self._query_from(h)
+            out["query"] = self._query(x, h)
         if self.prompted_statistics:
             idx = task_index(task, h.shape[0], self.num_tasks, h.device)
             out["prompted"] = self._prompted_from(h, idx, int(task))
@@ -369,7 +439,7 @@ class CASDAP(nn.Module):
         prompted passes share one stem and one query pass."""
         h = self._prefix(x)
         predictor = self.dap_task_predictor
-        scores = predictor.selectable(predictor(self._query_from(h)))  # untrained tasks never chosen
+        scores = predictor.selectable(predictor(self._query(x, h)))  # untrained tasks never chosen
         top = scores.topk(int(k), dim=1).indices
         logits = torch.stack([self.head(self._prompted_from(h, top[:, j])) for j in range(top.shape[1])], 1)
         return scores, top, logits
@@ -378,6 +448,10 @@ class CASDAP(nn.Module):
     def train(self, mode: bool = True) -> CASDAP:
         super().train(mode)
         self.backbone.eval()
+        if self.query_backbone is not None:
+            self.query_backbone.eval()
+        if self._adapting:
+            self.query_net.train(mode)
         return self
 
     def freeze_token_axis(self) -> None:
@@ -400,7 +474,9 @@ class CASDAP(nn.Module):
         return [(p, r) for p, r in rows if p.requires_grad and len(r)]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        """DAP's own trainable parameters (never a backbone's, nor the query adaptation's)."""
+        skip = ("backbone.", "query_backbone.", "adapt_head.")
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(skip)]
 
     def _prompted_blocks(self) -> list[PromptedBlock]:
         return [b for blocks in self.dap_blocks.values() for b in blocks]
@@ -412,6 +488,13 @@ class CASDAP(nn.Module):
         for module in self.backbone.network[: 2 * self.stages[0]]:
             x = module(x)
         return x
+
+    def _query(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The query of images ``x`` whose prefix ``h`` the backbone computed (reused when the query
+        comes from the same backbone)."""
+        if self.query_backbone is not None:
+            return self.query_backbone.forward_pooled(x)
+        return self._query_from(h)
 
     def _query_from(self, h: torch.Tensor) -> torch.Tensor:
         for module in self.backbone.network[2 * self.stages[0]:]:
@@ -440,9 +523,9 @@ class CASDAP(nn.Module):
         return bb.forward_head(bb.norm(h), pre_logits=True)
 
     def forward_query(self, x: torch.Tensor) -> torch.Tensor:
-        """The query alone: pooled un-prompted features of the frozen backbone ``[B, C]``."""
+        """The query alone: pooled un-prompted features of the frozen (or adapted) backbone ``[B, C]``."""
         with torch.no_grad():
-            return self.backbone.forward_pooled(x)
+            return self.query_net.forward_pooled(x)
 
     def forward_prompted(self, x: torch.Tensor, key_idx: int | torch.Tensor) -> torch.Tensor:
         """Pooled prompted features ``[B, C]`` for given task indices (an int: one for all), from the image."""
@@ -462,11 +545,13 @@ class CASDAP(nn.Module):
         (``per_image``, ``batch_majority``; ``oracle`` needs ``task_id``).
         """
         reduce = self._selections[checked("selection", selection, SELECTION_NAMES)]
-        if self.backbone.training:  # someone called backbone.train(); its BN statistics must not move
-            self.backbone.eval()
+        if self.backbone.training or (self.query_backbone is not None and self.query_backbone.training):
+            self.backbone.eval()  # someone called backbone.train(); its BN statistics must not move
+            if self.query_backbone is not None:
+                self.query_backbone.eval()
         with torch.no_grad():
             h = self._prefix(x)
-            query = self._query_from(h)
+            query = self._query(x, h)
         scores = self.dap_task_predictor(query)
         key_idx = reduce(self.dap_task_predictor.selectable(scores)) if task_id is None else oracle(scores, task_id)
         pull = self.dap_task_predictor.pull(scores, key_idx)

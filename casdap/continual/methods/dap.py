@@ -13,7 +13,12 @@ class DAP(Method):
         return build_dap_model(cfg)
 
     def param_groups(self, cfg, model):
-        return [{"params": [p for p in model.trainable_parameters() if p.requires_grad], "lr": cfg.SOLVER.BASE_LR}]
+        lr = cfg.SOLVER.BASE_LR
+        groups = [{"params": [p for p in model.trainable_parameters() if p.requires_grad], "lr": lr}]
+        backbone, head = model.adaptation_parameters()  # an adapted query: aper's first-session groups
+        if backbone:
+            groups += [{"params": backbone, "lr": lr * cfg.BASELINES.BACKBONE_LR_SCALE}, {"params": head, "lr": lr}]
+        return groups
 
     def build_strategy(self, cfg, model, optimizer, plugins, **common):
         from casdap.continual.strategies import DAPStrategy
@@ -41,6 +46,12 @@ class DAP(Method):
         if inference != "keys":
             notes.append(f"Task inference: {inference} (class statistics of the query, shrinkage "
                          f"{cfg.MODEL.DAP.SHRINKAGE})")
+        if cfg.MODEL.DAP.QUERY.lower() == "adapted":
+            on = "the adapted backbone" if cfg.MODEL.DAP.PROMPT_BACKBONE.lower() == "adapted" else \
+                "the pretrained backbone"
+            notes.append(f"Query adapted: a backbone copy and a linear head trained on the first task for "
+                         f"{cfg.SOLVER.TOTAL_EPOCH} epochs (backbone lr {cfg.SOLVER.BASE_LR} x "
+                         f"{cfg.BASELINES.BACKBONE_LR_SCALE}), then frozen; prompts run on {on}")
         prediction = (cfg.MODEL.DAP.PREDICTION or "").lower()
         if prediction == "all":
             notes.append("Prediction over every seen class (head re-aligned on prompted-feature statistics)")
@@ -54,6 +65,9 @@ class DAP(Method):
             fields["task_inference"] = cfg.MODEL.DAP.TASK_INFERENCE.lower()
         if cfg.MODEL.DAP.PREDICTION:
             fields["prediction"] = cfg.MODEL.DAP.PREDICTION.lower()
+        if cfg.MODEL.DAP.QUERY.lower() != "frozen":
+            fields["query"] = cfg.MODEL.DAP.QUERY.lower()
+            fields["prompt_backbone"] = cfg.MODEL.DAP.PROMPT_BACKBONE.lower()
         return fields
 
     def eval_metrics(self):
