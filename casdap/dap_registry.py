@@ -41,6 +41,7 @@ TASK_PREDICTORS: dict[str, str] = {
     "keys": "casdap.models.task_inference:KeyTaskPredictor",
     "gaussian": "casdap.models.task_inference:GaussianTaskPredictor",
     "head": "casdap.models.task_inference:HeadTaskPredictor",
+    "lda": "casdap.models.task_inference:LDATaskPredictor",
 }
 
 # Selections (reducers): per-task scores [B, T] (and the true task, for oracle) -> task index per image [B].

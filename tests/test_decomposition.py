@@ -220,6 +220,9 @@ SETTINGS = {
                              "MODEL.DAP.KEYS_PER_TASK", "1", "MODEL.DAP.SHRINKAGE", "0.1"),
     "dap gaussian, soft top-2": ("dap", "MODEL.DAP.TASK_INFERENCE", "gaussian", "MODEL.DAP.PREDICTION", "soft",
                                  "MODEL.DAP.TOP_K", "2", "MODEL.DAP.KEYS_PER_TASK", "1"),
+    "dap adapted query copy, lda, all classes": (
+        "dap", "MODEL.DAP.QUERY", "adapted", "MODEL.DAP.TASK_INFERENCE", "lda", "MODEL.DAP.PREDICTION", "all",
+        "MODEL.DAP.KEYS_PER_TASK", "1", "MODEL.DAP.SHRINKAGE", "0.1"),
     "ncm": ("ncm",),
     "ranpac": ("ranpac",),
     "aper": ("aper",),

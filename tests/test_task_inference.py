@@ -21,7 +21,10 @@ from casdap.models.task_inference import (
     ClassStatistics,
     GaussianTaskPredictor,
     HeadTaskPredictor,
+    LDATaskPredictor,
     add_moments,
+    lda_classifier,
+    shrunk_covariance,
     statistics_from_moments,
     sum_over_ranks,
 )
@@ -80,7 +83,7 @@ def test_statistics_summed_over_ranks_equal_one_process():
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-9)
 
 
-@pytest.mark.parametrize("cls", [GaussianTaskPredictor, HeadTaskPredictor])
+@pytest.mark.parametrize("cls", [GaussianTaskPredictor, HeadTaskPredictor, LDATaskPredictor])
 def test_statistics_predictors_find_the_task_and_never_an_untrained_one(cls):
     feats, labels = _data(per=60)
     pred = cls(num_tasks=4, dim=5, num_classes=6, shrinkage=0.1)
@@ -91,6 +94,19 @@ def test_statistics_predictors_find_the_task_and_never_an_untrained_one(cls):
     assert (scores.argmax(1) == labels // 2).float().mean() > 0.9
     with pytest.raises(CasdapError, match="shrinkage must be above 0"):
         cls(num_tasks=4, dim=5, num_classes=6, shrinkage=0.0)
+
+
+def test_lda_scores_are_shared_covariance_gaussian_log_likelihoods_up_to_a_constant():
+    feats, labels = _data(per=40)
+    stats = ClassStatistics.from_queries(feats, labels, {c: c // 2 for c in range(6)}, covariance=True)
+    weight, bias = lda_classifier(stats, num_classes=8, shrinkage=0.2)
+    assert (bias[6:] == MASKED_SCORE).all() and (weight[6:] == 0).all()  # classes with no statistics
+    pooled = (stats.covariance.double() * stats.count.double()[:, None, None]).sum(0) / stats.count.sum()
+    gauss = torch.distributions.MultivariateNormal(stats.mean.double(), shrunk_covariance(pooled[None], 0.2)[0])
+    loglik = gauss.log_prob(feats.double()[:, None, :])  # [N, 6]
+    scores = (feats.double() @ weight[:6].double().t() + bias[:6].double())
+    diff = scores - loglik
+    assert torch.allclose(diff, diff[:, :1].expand_as(diff), atol=1e-3)  # the same constant for every class
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -120,6 +136,8 @@ SETTINGS = {  # every new task inference and prediction at least once
     "head+restrict": ("MODEL.DAP.TASK_INFERENCE", "head", "MODEL.DAP.PREDICTION", "restrict"),
     "gaussian+soft": ("MODEL.DAP.TASK_INFERENCE", "gaussian", "MODEL.DAP.PREDICTION", "soft",
                       "MODEL.DAP.TOP_K", "2"),
+    "adapted query+lda": ("MODEL.DAP.TASK_INFERENCE", "lda", "MODEL.DAP.QUERY", "adapted",
+                          "MODEL.DAP.PROMPT_BACKBONE", "adapted", "MODEL.DAP.PREDICTION", "restrict"),
 }
 
 

@@ -3,6 +3,7 @@ the backbone + linear-head model the other baselines train, and the task-selecti
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -345,6 +346,16 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         if getattr(self.model, "query_mode", "frozen") == "adapted" and self.model.needs_adaptation:
             self.adapt_query(experience, eval_streams, **kwargs)
         super()._train_exp(experience, eval_streams, **kwargs)
+
+    def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
+        """Avalanche's, except with the query's backbone copy: Avalanche finds a parameter's group by
+        its name and cannot tell ``query_backbone.x`` from ``backbone.x``, so the runner's groups are
+        kept as they are (no parameter is added while a run trains)."""
+        if getattr(self.model, "query_backbone", None) is None:
+            return super().make_optimizer(reset_optimizer_state=reset_optimizer_state, **kwargs)
+        if reset_optimizer_state:
+            self.optimizer.state = defaultdict(dict)
+        self.optimized_param_id = dict(self.model.named_parameters())
 
     def adapt_query(self, experience, eval_streams=None, **kwargs) -> None:
         """APER's first session for the query: the template's gradient epochs over the experience with

@@ -27,6 +27,7 @@ __all__ = [
     "GaussianTaskPredictor",
     "HeadTaskPredictor",
     "KeyTaskPredictor",
+    "LDATaskPredictor",
     "TaskPredictor",
     "add_moments",
     "batch_majority",
@@ -380,6 +381,46 @@ class GaussianTaskPredictor(_StatisticsPredictor):
         diff = query[:, None, :] - self.means[None]  # [B, K, C]
         maha = torch.einsum("bkc,kcd,bkd->bk", diff, self.precisions, diff)
         return (-0.5 * (maha + self.logdets[None])).masked_fill(self.class_task[None] < 0, float("-inf"))
+
+
+def lda_classifier(stats: ClassStatistics, num_classes: int, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear discriminant ``(weight [num_classes, C], bias [num_classes])`` of the classes of ``stats``:
+    one covariance shared by all (the count-weighted mean of the class covariances, ``shrinkage``
+    times its mean variance added to the diagonal) and equal priors, so class ``k`` scores
+    ``x' P mu_k - mu_k' P mu_k / 2`` (Streaming LDA's rule). Classes without statistics get zero
+    weight and a very low bias."""
+    n = stats.count.double()
+    pooled = (stats.covariance.double() * n[:, None, None]).sum(0) / n.sum()
+    precision = torch.linalg.inv(shrunk_covariance(pooled[None], shrinkage)[0])
+    mean = stats.mean.double()
+    w = mean @ precision
+    weight = torch.zeros(num_classes, mean.shape[1])
+    bias = torch.full((num_classes,), MASKED_SCORE)
+    weight[stats.classes] = w.float()
+    bias[stats.classes] = (-0.5 * (w * mean).sum(1)).float()
+    return weight, bias
+
+
+class LDATaskPredictor(_StatisticsPredictor):
+    """Streaming-LDA-like: class means and one shared shrunk covariance of the query
+    (:func:`lda_classifier`); a task scores the log-sum-exp of its classes' discriminants. With few
+    images per class one covariance is far better estimated than one per class (``gaussian``).
+    Nothing is trained."""
+
+    def __init__(self, num_tasks: int, dim: int, num_classes: int, shrinkage: float = 1.0) -> None:
+        super().__init__(num_tasks, dim, num_classes, shrinkage)
+        self.register_buffer("weight", torch.zeros(self.num_classes, self.dim))
+        self.register_buffer("bias", torch.zeros(self.num_classes))
+
+    @torch.no_grad()
+    def fit(self, stats: ClassStatistics) -> None:
+        weight, bias = lda_classifier(stats, self.num_classes, self.shrinkage)
+        self.weight.copy_(weight)
+        self.bias.copy_(bias)
+        self.class_task[stats.classes.to(self.class_task.device)] = stats.tasks.to(self.class_task)
+
+    def class_scores(self, query: torch.Tensor) -> torch.Tensor:
+        return (query @ self.weight.t() + self.bias).masked_fill(self.class_task[None] < 0, float("-inf"))
 
 
 class HeadTaskPredictor(_StatisticsPredictor):
