@@ -45,7 +45,7 @@ def test_every_entry_loads_and_follows_its_contract():
     for name in R.SELECTIONS:
         assert callable(R.load("selection", R.SELECTIONS, name))
     assert v.INJECTION_NAMES is R.INJECTION_NAMES and v.SELECTION_NAMES is R.SELECTION_NAMES
-    with pytest.raises(casdap.CasdapError, match="task_predictor must be one of keys, gaussian, head, got 'gauss'"):
+    with pytest.raises(casdap.CasdapError, match="task_predictor must be one of keys, gaussian, head, lda, got 'gauss'"):
         _small(task_predictor="gauss")
     with pytest.raises(casdap.CasdapError, match="prompt_source must be one of dap"):
         _small(prompt_source="static")
@@ -60,7 +60,8 @@ def test_one_place_for_the_defaults():
     dap = get_defaults().MODEL.DAP
     pairs = {"num_tasks": dap.PROMPT_POOL, "num_tokens": dap.NUM_DAP_TOKENS, "task_emb_dim": dap.TASK_EMB,
              "stages": tuple(dap.STAGES), "injection": dap.INJECTION, "keys_per_task": dap.KEYS_PER_TASK,
-             "channel_mix": dap.CHANNEL_MIX, "task_generators": dap.TASK_GENERATORS}
+             "channel_mix": dap.CHANNEL_MIX, "task_generators": dap.TASK_GENERATORS, "query": dap.QUERY,
+             "prompt_backbone": dap.PROMPT_BACKBONE}
     for arg, value in pairs.items():
         assert params[arg].default == value, arg
     assert params["prompt_source"].default == D.PROMPT_SOURCE and params["task_predictor"].default == D.TASK_PREDICTOR
