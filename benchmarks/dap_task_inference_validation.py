@@ -1,13 +1,17 @@
-"""Choose MODEL.DAP.SHRINKAGE for ``TASK_INFERENCE gaussian`` / ``head`` on the validation split.
+"""Choose MODEL.DAP.SHRINKAGE for ``TASK_INFERENCE gaussian`` / ``head`` / ``lda`` on the validation split.
 
 The query is the frozen backbone's pooled feature, so task inference from class statistics does
-not depend on DAP's training: this script builds the stream with ``DATA.VALIDATION`` (a held-out
+not depend on DAP's training (with ``MODEL.DAP.QUERY adapted``, on the first task's adaptation
+only: ``--query-checkpoint`` takes the adapted backbone from a validation run's ``task_000.pth``):
+this script builds the stream with ``DATA.VALIDATION`` (a held-out
 share of each class's training images replaces the test set), gathers each class's statistics of
 the clean training queries task by task, as a run does, and reports the task-identity accuracy on
 the held-out images after every task (and its mean) for each shrinkage. Never reads the test set.
 
     python benchmarks/dap_task_inference_validation.py --config-file configs/dap/embedded_shift.yaml \\
         --opts MODEL.MODEL_ROOT /work/model_cache DATA.VALIDATION 0.2
+    python benchmarks/dap_task_inference_validation.py --config-file configs/dap/embedded_shift.yaml \
+        --predictor lda --query-checkpoint runs/val/qa/checkpoints/task_000.pth --opts DATA.VALIDATION 0.2 ...
 """
 
 from __future__ import annotations
@@ -37,10 +41,25 @@ def _queries(backbone, dataset, batch: int = 256) -> tuple[torch.Tensor, torch.T
     return torch.cat(feats), torch.cat(labels)
 
 
+def adapted_query(path: str) -> dict[str, torch.Tensor]:
+    """The adapted query backbone's state in a run's checkpoint (``query_backbone.*``, else the
+    backbone the prompts run on, ``backbone.*``)."""
+    from casdap.checkpoint import read_checkpoint
+
+    state = read_checkpoint(path)["model"]
+    if not bool(state.get("adapted", False)):
+        raise SystemExit(f"{path}: no adapted query in this checkpoint (a run with MODEL.DAP.QUERY adapted, "
+                         "after its first task)")
+    prefix = "query_backbone." if any(k.startswith("query_backbone.") for k in state) else "backbone."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config-file", required=True)
-    ap.add_argument("--predictor", default="gaussian", choices=("gaussian", "head"))
+    ap.add_argument("--predictor", default="gaussian", choices=[n for n in TASK_PREDICTORS if n != "keys"])
+    ap.add_argument("--query-checkpoint", default=None,
+                    help="a checkpoint of a DATA.VALIDATION run with MODEL.DAP.QUERY adapted: its query backbone")
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID))
     ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     args = ap.parse_args()
@@ -50,6 +69,8 @@ def main() -> None:
     torch.manual_seed(0)
     bench = build_benchmark(cfg)
     backbone = build_backbone(cfg, num_classes=0).eval()
+    if args.query_checkpoint:
+        backbone.load_state_dict(adapted_query(args.query_checkpoint))
     train = [_queries(backbone, e.dataset.eval()) for e in bench.scenario.train_stream]
     held = [_queries(backbone, e.dataset.eval()) for e in bench.scenario.test_stream]
     k, c, n_tasks = bench.num_classes, backbone.num_features, len(train)

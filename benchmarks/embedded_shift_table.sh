@@ -11,12 +11,23 @@ OUT=${1:-runs/shift_table}
 SEEDS=${2:-0 1 2}
 CFG=configs/dap/embedded_shift.yaml
 
+# DAP's reference on this stream (the config before the adapted query): 16 keys a task on the frozen
+# query, logits restricted to the selected key's task
+REF="MODEL.DAP.QUERY frozen MODEL.DAP.PROMPT_BACKBONE pretrained MODEL.DAP.TASK_INFERENCE keys MODEL.DAP.KEYS_PER_TASK 16 MODEL.DAP.PREDICTION None MODEL.DAP.RESTRICT_TO_TASK True"
+OFF="MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False"
+
 # name | KEY VALUE overrides (empty: the config's DAP)
 ROWS=(
+    # CAS-DAP as configs/dap/embedded_shift.yaml ships it (an adapted query, class-statistics task
+    # inference, prediction over every seen class) and the same system with its prompts off (each run
+# records its within-task accuracy with the true task's prompts, so no oracle row is needed)
     "dap|"
-    "dap-prompts-off|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False"
-    "dap-oracle|MODEL.DAP.SELECTION oracle"
-    "dap-prompts-off-oracle|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION oracle"
+    "dap-prompts-off|$OFF"
+    # DAP's reference (frozen-feature keys, logits restricted to the selected task) and its ablations
+    "dap-reference|$REF"
+    "dap-reference-prompts-off|$REF MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False"
+    "dap-reference-oracle|$REF MODEL.DAP.SELECTION oracle"
+    "dap-reference-prompts-off-oracle|$REF MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION oracle"
     "ncm|MODEL.TRANSFER_TYPE ncm"
     "ranpac|MODEL.TRANSFER_TYPE ranpac"
     "aper|MODEL.TRANSFER_TYPE aper"
@@ -31,21 +42,21 @@ ROWS=(
     "replay|MODEL.TRANSFER_TYPE replay"
     "finetune|MODEL.TRANSFER_TYPE finetune"
     "joint|MODEL.TRANSFER_TYPE joint"
-    "dap-batch-majority|MODEL.DAP.SELECTION batch_majority"
-    "dap-prompts-off-batch-majority|MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION batch_majority"
+    "dap-reference-batch-majority|$REF MODEL.DAP.SELECTION batch_majority"
+    "dap-reference-prompts-off-batch-majority|$REF MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION batch_majority"
     # the generator maps shared by all tasks and frozen after the first (the setting before
     # TASK_GENERATORS), and the ablations measured around it
-    "dap-shared-maps|MODEL.DAP.TASK_GENERATORS False"
-    "dap-shared-maps-oracle|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION oracle"
-    "dap-shared-maps-batch-majority|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION batch_majority"
-    "dap-kv|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.INJECTION kv"
-    "dap-no-channel-mix|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.CHANNEL_MIX False"
-    "dap-kv-no-channel-mix-3ep|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.INJECTION kv MODEL.DAP.CHANNEL_MIX False SOLVER.TOTAL_EPOCH 3"
-    "dap-tokens3|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.NUM_DAP_TOKENS 3"
-    "dap-stages3|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.STAGES [3]"
-    "dap-pool|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.INJECTION pool"
-    "dap-tokens30|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.NUM_DAP_TOKENS 30"
-    "dap-stages123|MODEL.DAP.TASK_GENERATORS False MODEL.DAP.STAGES [1,2,3]"
+    "dap-reference-shared-maps|$REF MODEL.DAP.TASK_GENERATORS False"
+    "dap-reference-shared-maps-oracle|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION oracle"
+    "dap-reference-shared-maps-batch-majority|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION batch_majority"
+    "dap-reference-kv|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.INJECTION kv"
+    "dap-reference-no-channel-mix|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.CHANNEL_MIX False"
+    "dap-reference-kv-no-channel-mix-3ep|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.INJECTION kv MODEL.DAP.CHANNEL_MIX False SOLVER.TOTAL_EPOCH 3"
+    "dap-reference-tokens3|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.NUM_DAP_TOKENS 3"
+    "dap-reference-stages3|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.STAGES [3]"
+    "dap-reference-pool|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.INJECTION pool"
+    "dap-reference-tokens30|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.NUM_DAP_TOKENS 30"
+    "dap-reference-stages123|$REF MODEL.DAP.TASK_GENERATORS False MODEL.DAP.STAGES [1,2,3]"
 )
 
 source "$(dirname "${BASH_SOURCE[0]}")/run_rows.sh"

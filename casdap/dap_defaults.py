@@ -22,6 +22,7 @@ SELECTION = "per_image"  # MODEL.DAP.SELECTION: per_image | batch_majority | ora
 PROMPT_SOURCE = "dap"  # prompt-source registry entry (casdap.dap_registry.PROMPT_SOURCES)
 TASK_PREDICTOR = "keys"  # task-predictor registry entry (casdap.dap_registry.TASK_PREDICTORS)
 QUERY = "frozen"  # MODEL.DAP.QUERY: frozen (DAP's) | adapted (a backbone trained on the first task, then frozen)
+ALL_CLASS_HEAD = "pseudo"  # MODEL.DAP.ALL_CLASS_HEAD: pseudo (HiDe: trained on pseudo-features) | lda (closed form)
 PROMPT_BACKBONE = "pretrained"  # MODEL.DAP.PROMPT_BACKBONE: pretrained (DAP's) | adapted (the query's adapted one)
 
 CURRENT_LAMBDA = 1.0  # MODEL.DAP.CURRENT_LAMBDA: weight of the masked cross-entropy

@@ -15,6 +15,7 @@ from typing import Any
 from casdap.errors import CasdapError
 
 __all__ = [
+    "ALL_CLASS_HEAD_NAMES",
     "INJECTION_NAMES",
     "PREDICTION_NAMES",
     "PROMPT_BACKBONE_NAMES",
@@ -60,6 +61,10 @@ PREDICTION_NAMES: tuple[str, ...] = ("restrict", "all", "soft")
 # a linear head on the first task, then frozen: APER's and RanPAC's first session); and which backbone
 # the prompted pass runs on: the pretrained one (DAP's) or that adapted one.
 QUERY_NAMES: tuple[str, ...] = ("frozen", "adapted")
+# The head over every seen class (prediction all) from the prompted features' class statistics: pseudo
+# (HiDe-Prompt's: a softmax classifier trained on features drawn from the class Gaussians) or lda (one
+# shared covariance, closed form).
+ALL_CLASS_HEAD_NAMES: tuple[str, ...] = ("pseudo", "lda")
 PROMPT_BACKBONE_NAMES: tuple[str, ...] = ("pretrained", "adapted")
 
 # How prompt tokens take part in a block's token mixer (casdap.models.dap.PromptedBlock).

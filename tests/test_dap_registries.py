@@ -45,7 +45,8 @@ def test_every_entry_loads_and_follows_its_contract():
     for name in R.SELECTIONS:
         assert callable(R.load("selection", R.SELECTIONS, name))
     assert v.INJECTION_NAMES is R.INJECTION_NAMES and v.SELECTION_NAMES is R.SELECTION_NAMES
-    with pytest.raises(casdap.CasdapError, match="task_predictor must be one of keys, gaussian, head, lda, got 'gauss'"):
+    with pytest.raises(casdap.CasdapError,
+                       match="task_predictor must be one of keys, gaussian, head, lda, got 'gauss'"):
         _small(task_predictor="gauss")
     with pytest.raises(casdap.CasdapError, match="prompt_source must be one of dap"):
         _small(prompt_source="static")

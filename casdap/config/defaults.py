@@ -91,6 +91,9 @@ _C.MODEL.DAP.SHRINKAGE = 1.0
 # pretrained (DAP's) | adapted (the query's, so one backbone serves both: needs QUERY adapted).
 _C.MODEL.DAP.QUERY = D.QUERY
 _C.MODEL.DAP.PROMPT_BACKBONE = D.PROMPT_BACKBONE
+# PREDICTION all: the head over every seen class, fitted on class statistics of the prompted features:
+# pseudo (HiDe-Prompt's, trained on pseudo-features drawn from the class Gaussians) | lda (closed form)
+_C.MODEL.DAP.ALL_CLASS_HEAD = D.ALL_CLASS_HEAD
 
 # ---------------------------------------------------------------- non-DAP baselines
 _C.BASELINES = CN()

@@ -11,6 +11,7 @@ from yacs.config import CfgNode
 
 from casdap.continual.methods import FIRST_SESSION_METHODS, METHOD_MODULES, METHOD_NAMES
 from casdap.dap_registry import (
+    ALL_CLASS_HEAD_NAMES,
     INJECTION_NAMES,
     PREDICTION_NAMES,
     PROMPT_BACKBONE_NAMES,
@@ -130,6 +131,7 @@ def _validate_task_inference(cfg: CfgNode) -> None:
         raise CasdapError(f"MODEL.DAP.PREDICTION soft takes each image's own top tasks: MODEL.DAP.SELECTION must be "
                           f"per_image, got '{d.SELECTION}'")
     _one_of("MODEL.DAP.QUERY", d.QUERY, QUERY_NAMES)
+    _one_of("MODEL.DAP.ALL_CLASS_HEAD", d.ALL_CLASS_HEAD, ALL_CLASS_HEAD_NAMES)
     _one_of("MODEL.DAP.PROMPT_BACKBONE", d.PROMPT_BACKBONE, PROMPT_BACKBONE_NAMES)
     if str(d.PROMPT_BACKBONE).strip().lower() == "adapted" and str(d.QUERY).strip().lower() != "adapted":
         raise CasdapError("MODEL.DAP.PROMPT_BACKBONE adapted runs the prompts on the query's adapted backbone: "

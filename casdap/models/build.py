@@ -106,6 +106,8 @@ def task_inference_settings(cfg) -> dict:
         out["shrinkage"] = float(dap.SHRINKAGE)
     if all_classes:
         out["prompted_statistics"] = True
+        if normalize(dap.ALL_CLASS_HEAD) != D.ALL_CLASS_HEAD:
+            out["all_class_head"] = normalize(dap.ALL_CLASS_HEAD)
     if normalize(dap.QUERY) != D.QUERY:
         out["query"] = normalize(dap.QUERY)
     if normalize(dap.PROMPT_BACKBONE) != D.PROMPT_BACKBONE:

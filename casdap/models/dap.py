@@ -29,6 +29,7 @@ from timm.layers import trunc_normal_
 
 from casdap import dap_defaults as D
 from casdap.dap_registry import (
+    ALL_CLASS_HEAD_NAMES,
     INJECTION_NAMES,
     PROMPT_BACKBONE_NAMES,
     PROMPT_SOURCES,
@@ -48,6 +49,7 @@ from casdap.models.task_inference import (
     TaskPredictor,
     check_shrinkage,
     fit_linear_on_gaussians,
+    lda_classifier,
     oracle,
     statistics_from_moments,
     task_index,
@@ -214,6 +216,7 @@ class CASDAP(nn.Module):
         prompted_statistics: bool = False,
         query: str = D.QUERY,
         prompt_backbone: str = D.PROMPT_BACKBONE,
+        all_class_head: str = D.ALL_CLASS_HEAD,
     ) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
@@ -234,6 +237,7 @@ class CASDAP(nn.Module):
             raise CasdapError(f"the DAP head needs num_classes >= 1, got {num_classes}")
         injection = checked("injection", injection, INJECTIONS)
         query = checked("query", query, QUERY_NAMES)
+        self.all_class_head = checked("all_class_head", all_class_head, ALL_CLASS_HEAD_NAMES)
         prompt_backbone = checked("prompt_backbone", prompt_backbone, PROMPT_BACKBONE_NAMES)
         if prompt_backbone == "adapted" and query != "adapted":
             raise CasdapError("prompt_backbone 'adapted' runs the prompts on the query's adapted backbone: "
@@ -420,7 +424,8 @@ class CASDAP(nn.Module):
             self.dap_task_predictor.fit(statistics_from_moments(*self.statistics_moments()["query"], self.class_task))
         if self.prompted_statistics:
             stats = statistics_from_moments(*self.statistics_moments()["prompted"], self.class_task)
-            weight, bias = fit_linear_on_gaussians(stats, self.num_classes, self.shrinkage)
+            fit = lda_classifier if self.all_class_head == "lda" else fit_linear_on_gaussians
+            weight, bias = fit(stats, self.num_classes, self.shrinkage)
             self.all_weight.copy_(weight.to(self.all_weight))
             self.all_bias.copy_(bias.to(self.all_bias))
 
