@@ -74,3 +74,29 @@ def test_dap_task_inference_validation(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["predictor"] == "gaussian" and result["best_shrinkage"] in (0.1, 1.0)
     assert all(len(r["per_task"]) == 5 for r in result["results"].values())
+
+
+def test_dap_task_inference_validation_on_an_adapted_query(tmp_path):
+    """``--query-checkpoint``: the query backbone comes from a run's checkpoint (here one whose adapted
+    query is the model's backbone), and a checkpoint with no adapted query is refused."""
+    import torch
+
+    from casdap.models.casvit import rcvit_xs
+    from casdap.models.dap import CASDAP
+
+    torch.manual_seed(0)
+    model = CASDAP(rcvit_xs(num_classes=0), num_classes=10, num_tasks=5, query="adapted", prompt_backbone="adapted")
+    torch.save({"model": model.state_dict()}, tmp_path / "not_yet.pth")
+    model.start_adaptation()
+    model.finish_adaptation()
+    torch.save({"model": model.state_dict()}, tmp_path / "adapted.pth")
+    args = ["--config-file", "configs/dap/digits.yaml", "--predictor", "lda", "--grid", "0.1",
+            "--opts", "MODEL.RANDOM_INIT", "True", "DATA.VALIDATION", "0.2", "DATA.PERCENTAGE", "0.3"]
+    out = _run("dap_task_inference_validation.py", *args[:6], "--query-checkpoint", str(tmp_path / "adapted.pth"),
+               *args[6:], cwd=tmp_path)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["predictor"] == "lda" and len(result["results"]["0.1"]["per_task"]) == 5
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "dap_task_inference_validation.py"), *args[:6],
+                           "--query-checkpoint", str(tmp_path / "not_yet.pth"), *args[6:]], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0 and "no adapted query in this checkpoint" in proc.stderr

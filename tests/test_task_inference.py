@@ -109,6 +109,28 @@ def test_lda_scores_are_shared_covariance_gaussian_log_likelihoods_up_to_a_const
     assert torch.allclose(diff, diff[:, :1].expand_as(diff), atol=1e-3)  # the same constant for every class
 
 
+@pytest.mark.parametrize("head", ["pseudo", "lda"])
+def test_all_class_head_is_refitted_from_the_prompted_statistics(head):
+    from casdap.models.casvit import rcvit_xs
+    from casdap.models.dap import CASDAP
+    from casdap.models.task_inference import fit_linear_on_gaussians
+
+    torch.manual_seed(0)
+    model = CASDAP(rcvit_xs(num_classes=0), num_classes=4, num_tasks=2, prompted_statistics=True, shrinkage=0.5,
+                   all_class_head=head).eval()
+    x, y = torch.randn(12, 3, 32, 32), torch.tensor([0, 1] * 6)
+    feats = model.statistics_features(x, 0)
+    moments = {n: _moments(4, model.num_features) for n in feats}
+    for n, f in feats.items():
+        add_moments(*moments[n], f, y)
+    model.add_statistics(moments, [0, 1], 0)
+    stats = statistics_from_moments(*model.statistics_moments()["prompted"], model.class_task)
+    fit = lda_classifier if head == "lda" else fit_linear_on_gaussians
+    weight, bias = fit(stats, 4, 0.5)
+    assert torch.allclose(model.all_weight, weight) and torch.allclose(model.all_bias, bias)
+    assert (model.all_class_logits(model.forward_prompted(x, 0))[:, 2:] == MASKED_SCORE).all()
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["MODEL.DAP.TASK_INFERENCE", "knn"], "unknown MODEL.DAP.TASK_INFERENCE 'knn'"),
     (["MODEL.DAP.PREDICTION", "vote"], "MODEL.DAP.PREDICTION must be one of restrict, all, soft, got 'vote'"),
@@ -117,6 +139,7 @@ def test_lda_scores_are_shared_covariance_gaussian_log_likelihoods_up_to_a_const
     (["MODEL.DAP.PREDICTION", "soft", "MODEL.DAP.TOP_K", "6", "MODEL.DAP.RESTRICT_TO_TASK", "False"],
      "MODEL.DAP.TOP_K must be 1..5"),
     (["MODEL.DAP.SHRINKAGE", "0.0"], "MODEL.DAP.SHRINKAGE must be above 0"),
+    (["MODEL.DAP.ALL_CLASS_HEAD", "svm"], "unknown MODEL.DAP.ALL_CLASS_HEAD 'svm' (use one of pseudo, lda)"),
     (["MODEL.DAP.SHRINKAGE", "-1.0"], "MODEL.DAP.SHRINKAGE must be above 0"),
     (["MODEL.DAP.PREDICTION", "all"], "MODEL.DAP.RESTRICT_TO_TASK True contradicts MODEL.DAP.PREDICTION 'all'"),
     (["MODEL.DAP.TASK_INFERENCE", "gaussian"], "MODEL.DAP.KEYS_PER_TASK (16) applies to TASK_INFERENCE keys only"),

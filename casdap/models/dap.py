@@ -277,9 +277,10 @@ class CASDAP(nn.Module):
         # The task predictor works in the query's space (DAP: the key pool; state before the task
         # embeddings and head, so the random draws come in DAP's order).
         options: dict[str, Any] = {} if keys_per_task == D.KEYS_PER_TASK else {"keys_per_task": int(keys_per_task)}
-        if "num_classes" in inspect.signature(predictor_cls).parameters:  # predictors estimated per class
+        takes = inspect.signature(predictor_cls).parameters
+        if "num_classes" in takes:  # predictors estimated per class
             options["num_classes"] = int(num_classes)
-        if shrinkage is not None:
+        if shrinkage is not None and "shrinkage" in takes:  # else it is the all-class head's alone
             options["shrinkage"] = check_shrinkage(shrinkage)
         self.dap_task_predictor: TaskPredictor = _build(
             "task predictor", predictor_cls, (num_tasks, self.num_features), options)
