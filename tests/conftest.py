@@ -20,8 +20,9 @@ def official_fixture():
 def torchrun_cl_runs(tmp_path_factory):
     """One two-process ``torchrun`` launch serving every distributed continual test (its process
     start-ups cost more than the tiny runs): finetune and DAP with several keys per task on tiny
-    CIFAR data; ranpac, slda, fecam and slda after a first-session adaptation on a tenth of the
-    digits. Name -> :class:`cl_support.LaunchedRun`."""
+    CIFAR data, and DAP with Gaussian task inference over all classes on the same data;
+    ranpac, slda, fecam and slda after a first-session adaptation on a tenth of the digits.
+    Name -> :class:`cl_support.LaunchedRun`."""
     from cl_support import launch_cl_runs, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
 
     tmp = tmp_path_factory.mktemp("torchrun_cl")
@@ -31,6 +32,9 @@ def torchrun_cl_runs(tmp_path_factory):
     runs = {
         "finetune": tiny_cifar_cfg(data, tmp / "finetune", "finetune", "DATA.BATCH_SIZE", "4"),
         "dap": tiny_cifar_cfg(data, tmp / "dap", "dap", "DATA.BATCH_SIZE", "4", "MODEL.DAP.KEYS_PER_TASK", "3"),
+        # test_task_inference: each rank's query statistics summed over ranks equal one process's
+        "gaussian": tiny_cifar_cfg(data, tmp / "gaussian", "dap", "DATA.BATCH_SIZE", "4",
+                                   "MODEL.DAP.TASK_INFERENCE", "gaussian", "MODEL.DAP.PREDICTION", "all"),
         "ranpac": ranpac_digits_cfg(tmp / "ranpac"),
         "slda": ranpac_digits_cfg(tmp / "slda", "MODEL.TRANSFER_TYPE", "slda"),
         "fecam": ranpac_digits_cfg(tmp / "fecam", "MODEL.TRANSFER_TYPE", "fecam", "BASELINES.FECAM_SHRINKAGE", "auto"),

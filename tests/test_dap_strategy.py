@@ -310,3 +310,44 @@ def test_strategy_defaults_are_the_configs():
     p = inspect.signature(DAPStrategy.__init__).parameters
     assert (p["current_lambda"].default, p["sim_lambda"].default, p["selection"].default,
             p["restrict_to_task"].default) == (d.CURRENT_LAMBDA, d.SIM_LAMBDA, d.SELECTION, d.RESTRICT_TO_TASK)
+
+
+def test_loader_workers_are_capped_at_the_batches_without_changing_a_batch():
+    """A loader forks no worker that would get no batch (each epoch of every task forks them anew),
+    and the batches, augmentation included, are those of the uncapped worker count."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from casdap.continual.strategies import CasdapStrategyMixin, _workers_for
+
+    class Augmented(Dataset):  # a random augmentation, drawn in the worker that loads the item
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.rand(2) + i
+
+    def loader(n):
+        return DataLoader(Augmented(), batch_size=4, shuffle=True, num_workers=n)
+
+    assert [_workers_for(loader(n), n) for n in (0, 1, 2, 5)] == [0, 1, 2, 2]
+    batches = []
+    for n in (4, 2):
+        torch.manual_seed(0)
+        batches.append(list(loader(n)))
+    assert len(batches[0]) == 2 and all(torch.equal(a, b) for a, b in zip(*batches))
+
+    class Template:
+        def make_train_dataloader(self, num_workers=0, **kwargs):
+            self.calls.append((num_workers, kwargs))
+            self.dataloader = loader(num_workers)
+
+        make_eval_dataloader = make_train_dataloader
+
+    class Strategy(CasdapStrategyMixin, Template):
+        pass
+
+    s = Strategy()
+    s.calls = []
+    s.make_train_dataloader(num_workers=10, shuffle=True)
+    s.make_eval_dataloader(num_workers=1)
+    assert s.calls == [(10, {"shuffle": True}), (2, {"shuffle": True}), (1, {})]

@@ -2,16 +2,12 @@
 prediction (MODEL.DAP.PREDICTION restrict | all | soft): statistics, ranks, resume, per-image results."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from cl_support import DIGITS_YAML, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
-from conftest import ROOT
 
 from casdap.config import load_config
 from casdap.config import validate as v
@@ -185,23 +181,17 @@ def test_new_settings_resume_to_the_same_matrix_and_predict_each_image_alone(tmp
         assert torch.allclose(one[0], logits[i], atol=1e-4)
 
 
-@pytest.mark.slow  # two processes start (about 10 s each) and one single-process run
-def test_torchrun_statistics_equal_one_process(tmp_path):
+@pytest.mark.slow  # one single-process run; the two-process run is the torchrun_cl_runs launch's
+def test_torchrun_statistics_equal_one_process(tmp_path, torchrun_cl_runs):
     """Under torchrun each rank adds the query statistics of its share of the task's images; summed
     over ranks they equal a single process's (the query is the frozen backbone's, so training does
     not enter)."""
     from casdap.continual.runner import run_continual
 
-    data = write_tiny_cifar(tmp_path / "cifar", train_per_class=8)
+    run = torchrun_cl_runs["gaussian"]  # tiny CIFAR, 8 training images a class, launched on 2 ranks
+    data, out = Path(run.cfg.DATA.DATAPATH), run.out
     extra = ("DATA.BATCH_SIZE", "4", *SETTINGS["gaussian+all"])
-    out = tmp_path / "ddp"
-    yaml = tmp_path / "ddp.yaml"
-    yaml.write_text(tiny_cifar_cfg(data, out, "dap", *extra).dump())
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           str(Path(__file__).parent / "cl_launch.py"), "--config-file", str(yaml), "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run.cfg.dump() == tiny_cifar_cfg(data, out, "dap", *extra).dump()  # the run this test describes
     sums = json.loads((out / "rank_checksums.json").read_text())
     assert len(sums) == 2 and sums[0] == sums[1]
     run_continual(tiny_cifar_cfg(data, tmp_path / "one", "dap", *extra), progress=False)

@@ -61,6 +61,14 @@ def registry(tmp_path_factory):
                     + (proc.stderr.strip().splitlines() or ["pip download failed"])[-1])
 
 
+# where a package is imported from (its __file__) and its version, found without importing it: a
+# start-up that imports torch and Avalanche costs about 10 CPU seconds, and install.py's own check
+# ("imports OK", asserted below) and the continual run import all of them in the venv anyway
+_WHERE = ("import os, runpy; from importlib.util import find_spec; where = lambda name: find_spec(name).origin; "
+          "version = lambda name: runpy.run_path(os.path.join(os.path.dirname(where(name)), 'version.py'))"
+          "['__version__']; ")  # torch.__version__ is torch/version.py's
+
+
 def _wheelhouse(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable}
     return subprocess.run(["bash", str(SCRIPT), str(out), *args], capture_output=True, text=True, env=env,
@@ -104,7 +112,7 @@ def test_offline_install_onto_an_existing_torch_runs_a_continual_experiment(tmp_
     assert not any(n.startswith("nvidia-") for n in names)  # nothing only torch needs
 
     node_py = _emulated_node(tmp_path)
-    node_torch = subprocess.run([str(node_py), "-c", "import torch; print(torch.__file__, torch.__version__)"],
+    node_torch = subprocess.run([str(node_py), "-c", _WHERE + "print(where('torch'), version('torch'))"],
                                 check=True, capture_output=True, text=True).stdout.split()
     missing = subprocess.run([str(node_py), "-c", "import avalanche"], capture_output=True, text=True)
     assert missing.returncode != 0  # the node really lacks what the folder brings
@@ -120,9 +128,9 @@ def test_offline_install_onto_an_existing_torch_runs_a_continual_experiment(tmp_
     assert "untouched" in proc.stdout and "imports OK" in proc.stdout
 
     py, casdap = tmp_path / "env" / "bin" / "python", tmp_path / "env" / "bin" / "casdap"
-    probe = subprocess.run([str(py), "-c", "import torch, casdap, avalanche; "
-                            "print(torch.__file__, torch.__version__, casdap.__file__, avalanche.__file__)"],
-                           cwd=work, env=env, check=True, capture_output=True, text=True).stdout.split()
+    probe = subprocess.run([str(py), "-c", _WHERE + "print(where('torch'), version('torch'), where('casdap'), "
+                            "where('avalanche'))"], cwd=work, env=env, check=True, capture_output=True,
+                           text=True).stdout.split()
     assert probe[:2] == node_torch  # the node's torch, untouched
     assert str(tmp_path / "env") in probe[2] and str(tmp_path / "env") in probe[3]
 

@@ -42,6 +42,18 @@ def _clock_state(strategy) -> dict[str, int]:
     return {k: int(v) for k, v in vars(strategy.clock).items() if isinstance(v, int)}
 
 
+def _workers_for(loader, num_workers: int) -> int:
+    """``num_workers`` capped at the loader's number of batches (at least 1): the data loader hands
+    batch k to worker k mod n, seeded base seed + its index, so the workers past the last batch get
+    no batch and only cost their start (each epoch of every task forks them anew). Batches, their
+    order and every random augmentation stay exactly as they are with ``num_workers``."""
+    try:
+        batches = len(loader)
+    except TypeError:  # a loader that does not know its length
+        return num_workers
+    return min(num_workers, max(1, batches))
+
+
 class CasdapStrategyMixin:
     """What every strategy of this package adds to its Avalanche template: the state a resumed run
     needs (:meth:`state_dict` / :meth:`load_state_dict`) and the batch-wide prediction of the
@@ -86,6 +98,18 @@ class CasdapStrategyMixin:
         for t in range(done):
             torch.set_rng_state(rec.states[t])
             replay.storage_policy.post_adapt(self, train_stream[t])
+
+    def make_train_dataloader(self, num_workers: int = 0, **kwargs) -> None:
+        super().make_train_dataloader(num_workers=num_workers, **kwargs)
+        capped = _workers_for(self.dataloader, num_workers)
+        if capped != num_workers:
+            super().make_train_dataloader(num_workers=capped, **kwargs)
+
+    def make_eval_dataloader(self, num_workers: int = 0, **kwargs) -> None:
+        super().make_eval_dataloader(num_workers=num_workers, **kwargs)
+        capped = _workers_for(self.dataloader, num_workers)
+        if capped != num_workers:
+            super().make_eval_dataloader(num_workers=capped, **kwargs)
 
     def find_plugin(self, kind: type):
         """The strategy's first plugin of type ``kind``, or None."""
