@@ -17,6 +17,8 @@ run() {  # run NAME SEED [KEY VALUE ...]
     casdap cl --config-file "$CFG" --no-progress --seed "$seed" --output_dir "$OUT/$name/seed$seed" ${EXTRA:-} "$@" \
         > "$OUT/$name.seed$seed.log" 2>&1 || { echo "failed: $name seed $seed (see $OUT/$name.seed$seed.log)"; exit 1; }
 }
+ADAPTED="MODEL.DAP.QUERY adapted MODEL.DAP.TASK_INFERENCE lda MODEL.DAP.SHRINKAGE 0.0001 MODEL.DAP.KEYS_PER_TASK 1
+    MODEL.DAP.RESTRICT_TO_TASK False MODEL.DAP.PREDICTION all MODEL.DAP.ALL_CLASS_HEAD lda"
 mkdir -p "$OUT"
 for seed in $SEEDS; do
     for method in dap ncm ranpac aper slda fecam linear finetune joint replay ewc lwf; do
@@ -35,5 +37,10 @@ for seed in $SEEDS; do
     run dap-prompts-off-oracle "$seed" MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.SELECTION oracle
     run dap-batch-majority "$seed" MODEL.DAP.SELECTION batch_majority
     run dap-attn-mix "$seed" MODEL.DAP.INJECTION attn MODEL.DAP.CHANNEL_MIX True
+    # an adapted query (a backbone copy trained on the first task, then frozen; the prompts stay on the
+    # pretrained backbone), LDA task inference and an LDA head over every seen class, chosen on the
+    # validation split (docs/dap_on_casvit.md), and the same with its prompts off
+    run dap-adapted-query "$seed" $ADAPTED
+    run dap-adapted-query-prompts-off "$seed" $ADAPTED MODEL.DAP.NUM_DAP_TOKENS 0
 done
 casdap compare "$OUT"/*/seed* --out "$OUT/compare"
