@@ -155,8 +155,9 @@ SETTINGS = {  # every new task inference and prediction at least once
     "head+restrict": ("MODEL.DAP.TASK_INFERENCE", "head", "MODEL.DAP.PREDICTION", "restrict"),
     "gaussian+soft": ("MODEL.DAP.TASK_INFERENCE", "gaussian", "MODEL.DAP.PREDICTION", "soft",
                       "MODEL.DAP.TOP_K", "2"),
-    "adapted query+lda": ("MODEL.DAP.TASK_INFERENCE", "lda", "MODEL.DAP.QUERY", "adapted",
-                          "MODEL.DAP.PROMPT_BACKBONE", "adapted", "MODEL.DAP.PREDICTION", "restrict"),
+    "adapted query+lda+all lda": ("MODEL.DAP.TASK_INFERENCE", "lda", "MODEL.DAP.QUERY", "adapted",
+                                  "MODEL.DAP.PROMPT_BACKBONE", "adapted", "MODEL.DAP.PREDICTION", "all",
+                                  "MODEL.DAP.ALL_CLASS_HEAD", "lda"),
 }
 
 
