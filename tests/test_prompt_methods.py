@@ -184,3 +184,13 @@ def test_dualprompt_needs_a_block_for_its_e_prompts():
     backbone = create_model("rcvit_xs", num_classes=0, distillation=False)
     with pytest.raises(CasdapError, match="g_blocks must leave at least one of the 2 prompted blocks"):
         DualPromptPrompts(backbone, 4, num_tasks=2, stages=[3], g_blocks=2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shipped_method_configs_state_only_differences_and_are_valid(method):
+    for stream in ("digits", "embedded_shift"):
+        cfg = load_config(CIFAR_YAML.parent / f"{method}_{stream}.yaml")
+        validate(cfg)
+        base = load_config(CIFAR_YAML.parent / f"{stream}.yaml")
+        assert cfg.MODEL.TRANSFER_TYPE == method and cfg.DATA.NAME == base.DATA.NAME
+        assert cfg.SOLVER == base.SOLVER and cfg.MODEL.DAP == base.MODEL.DAP  # the DAP row's solver and prompted blocks

@@ -96,7 +96,7 @@ _C.MODEL.PROMPT.TOP_N = 5  # l2p: prompts each image takes (N)
 _C.MODEL.PROMPT.LENGTH = 5  # tokens per prompt (l2p: per pool prompt; dualprompt: E-prompt; coda_prompt: per component)
 _C.MODEL.PROMPT.G_LENGTH = 5  # dualprompt: tokens of each G-prompt
 _C.MODEL.PROMPT.G_BLOCKS = 2  # dualprompt: the first G_BLOCKS prompted blocks take G-prompts, the rest E-prompts
-_C.MODEL.PROMPT.COMPONENTS = 20  # coda_prompt: prompt components, split evenly over CONTINUAL.N_TASKS
+_C.MODEL.PROMPT.COMPONENTS = 100  # coda_prompt: prompt components (the paper: 100), split evenly over CONTINUAL.N_TASKS
 _C.MODEL.PROMPT.ORTHO_LAMBDA = 0.1  # coda_prompt: weight of the orthogonality penalty on P, K, A
 _C.MODEL.PROMPT.PULL_LAMBDA = 0.1  # l2p, dualprompt: weight of the key-query pull term
 
