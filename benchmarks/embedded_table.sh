@@ -35,5 +35,13 @@ for seed in $SEEDS; do
     run dap-prompts-off-oracle "$seed" MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.SELECTION oracle
     run dap-batch-majority "$seed" MODEL.DAP.SELECTION batch_majority
     run dap-attn-mix "$seed" MODEL.DAP.INJECTION attn MODEL.DAP.CHANNEL_MIX True
+    # the learned-prompt methods with their configs' settings (configs/dap/<method>_digits.yaml;
+    # docs/prompt_methods.md)
+    run l2p "$seed" MODEL.TRANSFER_TYPE l2p MODEL.PROMPT.POOL_SIZE 10 MODEL.PROMPT.TOP_N 5 MODEL.PROMPT.LENGTH 5 \
+        MODEL.PROMPT.PULL_LAMBDA 0.1
+    run dualprompt "$seed" MODEL.TRANSFER_TYPE dualprompt MODEL.PROMPT.G_LENGTH 5 MODEL.PROMPT.G_BLOCKS 2 \
+        MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 1.0
+    run coda_prompt "$seed" MODEL.TRANSFER_TYPE coda_prompt MODEL.PROMPT.COMPONENTS 50 MODEL.PROMPT.LENGTH 8 \
+        MODEL.PROMPT.ORTHO_LAMBDA 0.1
 done
 casdap compare "$OUT"/*/seed* --out "$OUT/compare"

@@ -194,3 +194,21 @@ def test_shipped_method_configs_state_only_differences_and_are_valid(method):
         base = load_config(CIFAR_YAML.parent / f"{stream}.yaml")
         assert cfg.MODEL.TRANSFER_TYPE == method and cfg.DATA.NAME == base.DATA.NAME
         assert cfg.SOLVER == base.SOLVER and cfg.MODEL.DAP == base.MODEL.DAP  # the DAP row's solver and prompted blocks
+
+
+def test_table_rows_run_the_shipped_method_configs():
+    """The rows of benchmarks/embedded_shift_table.sh and embedded_table.sh (overrides over the stream's
+    config) build the same config as configs/dap/<method>_<stream>.yaml."""
+    import re
+
+    from conftest import ROOT
+
+    shift = (ROOT / "benchmarks" / "embedded_shift_table.sh").read_text()
+    digits = (ROOT / "benchmarks" / "embedded_table.sh").read_text().replace("\\\n", " ")
+    for method in METHODS:
+        for stream, text, pattern in (
+                ("embedded_shift", shift, rf'"{method}\|([^"]*)"'),
+                ("digits", digits, rf'run {method} "\$seed" ([^\n]*)')):
+            overrides = re.search(pattern, text).group(1).split()
+            row = load_config(CIFAR_YAML.parent / f"{stream}.yaml", overrides)
+            assert row == load_config(CIFAR_YAML.parent / f"{method}_{stream}.yaml"), (method, stream)
