@@ -212,3 +212,45 @@ def test_table_rows_run_the_shipped_method_configs():
             overrides = re.search(pattern, text).group(1).split()
             row = load_config(CIFAR_YAML.parent / f"{stream}.yaml", overrides)
             assert row == load_config(CIFAR_YAML.parent / f"{method}_{stream}.yaml"), (method, stream)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_strategy_runs_on_any_avalanche_benchmark_from_python(method):
+    """The standard Avalanche constructor, a plain class-incremental benchmark, no runner; a
+    ReplayPlugin is refused (its stored samples would be trained as the current task)."""
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from torch.utils.data import TensorDataset
+
+    from casdap.continual import CODAPromptStrategy, DualPromptStrategy, L2PStrategy
+    from casdap.models import create_model
+    from casdap.models.prompt_pools import CODAPrompts, DualPromptPrompts, L2PPrompts
+
+    model_cls, strategy_cls = {"l2p": (L2PPrompts, L2PStrategy), "dualprompt": (DualPromptPrompts, DualPromptStrategy),
+                               "coda_prompt": (CODAPrompts, CODAPromptStrategy)}[method]
+
+    def dataset(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        y = torch.arange(4).repeat_interleave(n)
+        d = TensorDataset(y[:, None, None, None] + 0.3 * torch.randn(len(y), 3, 32, 32, generator=g), y)
+        d.targets = y.tolist()
+        return d
+
+    bench = class_incremental_benchmark({"train": dataset(4, 0), "test": dataset(2, 1)}, class_order=[0, 1, 2, 3],
+                                        num_experiences=2)
+    torch.manual_seed(0)
+    options = {"g_blocks": 1} if method == "dualprompt" else {}  # stage 3 of rcvit_xs has 2 blocks
+    model = model_cls(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2, stages=[3],
+                      **options)
+    make = lambda plugins: strategy_cls(  # noqa: E731
+        model=model, optimizer=torch.optim.Adam(model.trainable_parameters(), lr=0.01), train_mb_size=8,
+        train_epochs=1, plugins=plugins, evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))
+    with pytest.raises(CasdapError, match="ReplayPlugin"):
+        make([ReplayPlugin(mem_size=4)]).train(bench.train_stream[0])
+    strategy = make([])
+    for exp in bench.train_stream:
+        strategy.train(exp)
+    results = strategy.eval(bench.test_stream)
+    assert any(k.startswith("Top1_Acc_Stream/eval_phase/test_stream") for k in results)
+    assert strategy.state_dict()["class_to_task"] == {0: 0, 1: 0, 2: 1, 3: 1}

@@ -64,6 +64,12 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
         if t >= self.model.num_tasks:
             raise CasdapError(f"experience {t}: the model was built for {self.model.num_tasks} tasks "
                               "(CONTINUAL.N_TASKS)")
+        from avalanche.training.plugins import ReplayPlugin
+
+        if self.find_plugin(ReplayPlugin) is not None:
+            raise CasdapError(f"{type(self).__name__} trains each batch under the current task's classes (and "
+                              "prompts): a ReplayPlugin's stored samples of earlier tasks would be trained as the "
+                              "current task's")
         for c in self.experience.classes_in_this_experience:
             self.class_to_task[int(c)] = t
         self.model.start_task(t)
