@@ -43,5 +43,9 @@ for seed in $SEEDS; do
         MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 1.0
     run coda_prompt "$seed" MODEL.TRANSFER_TYPE coda_prompt MODEL.PROMPT.COMPONENTS 50 MODEL.PROMPT.LENGTH 8 \
         MODEL.PROMPT.ORTHO_LAMBDA 0.1
+    # their batch-vote protocol (labelled; the reference code's evaluation)
+    run l2p-batch-majority "$seed" MODEL.TRANSFER_TYPE l2p MODEL.DAP.SELECTION batch_majority
+    run dualprompt-batch-majority "$seed" MODEL.TRANSFER_TYPE dualprompt MODEL.PROMPT.PULL_LAMBDA 1.0 \
+        MODEL.DAP.SELECTION batch_majority
 done
 casdap compare "$OUT"/*/seed* --out "$OUT/compare"
