@@ -42,6 +42,11 @@ ROWS=(
     "replay|MODEL.TRANSFER_TYPE replay"
     "finetune|MODEL.TRANSFER_TYPE finetune"
     "joint|MODEL.TRANSFER_TYPE joint"
+    # the learned-prompt methods with their configs' settings (configs/dap/<method>_embedded_shift.yaml;
+    # docs/prompt_methods.md)
+    "l2p|MODEL.TRANSFER_TYPE l2p MODEL.PROMPT.POOL_SIZE 10 MODEL.PROMPT.TOP_N 5 MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 0.1"
+    "dualprompt|MODEL.TRANSFER_TYPE dualprompt MODEL.PROMPT.G_LENGTH 5 MODEL.PROMPT.G_BLOCKS 2 MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 1.0"
+    "coda_prompt|MODEL.TRANSFER_TYPE coda_prompt MODEL.PROMPT.COMPONENTS 100 MODEL.PROMPT.LENGTH 8 MODEL.PROMPT.ORTHO_LAMBDA 0.1"
     "dap-reference-batch-majority|$REF MODEL.DAP.SELECTION batch_majority"
     "dap-reference-prompts-off-batch-majority|$REF MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION batch_majority"
     # the generator maps shared by all tasks and frozen after the first (the setting before

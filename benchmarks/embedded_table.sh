@@ -42,5 +42,17 @@ for seed in $SEEDS; do
     # validation split (docs/dap_on_casvit.md), and the same with its prompts off
     run dap-adapted-query "$seed" $ADAPTED
     run dap-adapted-query-prompts-off "$seed" $ADAPTED MODEL.DAP.NUM_DAP_TOKENS 0
+    # the learned-prompt methods with their configs' settings (configs/dap/<method>_digits.yaml;
+    # docs/prompt_methods.md)
+    run l2p "$seed" MODEL.TRANSFER_TYPE l2p MODEL.PROMPT.POOL_SIZE 10 MODEL.PROMPT.TOP_N 5 MODEL.PROMPT.LENGTH 5 \
+        MODEL.PROMPT.PULL_LAMBDA 0.1
+    run dualprompt "$seed" MODEL.TRANSFER_TYPE dualprompt MODEL.PROMPT.G_LENGTH 5 MODEL.PROMPT.G_BLOCKS 2 \
+        MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 1.0
+    run coda_prompt "$seed" MODEL.TRANSFER_TYPE coda_prompt MODEL.PROMPT.COMPONENTS 50 MODEL.PROMPT.LENGTH 8 \
+        MODEL.PROMPT.ORTHO_LAMBDA 0.1
+    # their batch-vote protocol (labelled; the reference code's evaluation)
+    run l2p-batch-majority "$seed" MODEL.TRANSFER_TYPE l2p MODEL.DAP.SELECTION batch_majority
+    run dualprompt-batch-majority "$seed" MODEL.TRANSFER_TYPE dualprompt MODEL.PROMPT.PULL_LAMBDA 1.0 \
+        MODEL.DAP.SELECTION batch_majority
 done
 casdap compare "$OUT"/*/seed* --out "$OUT/compare"

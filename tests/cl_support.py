@@ -124,10 +124,12 @@ def interrupt_during_task(monkeypatch, task: int) -> None:
     monkeypatch.setattr(ProgressPlugin, "after_training_iteration", boom)
 
 
-def resume_after_interrupt(monkeypatch, cifar: Path, where: Path, full_metrics: dict, *extra: str):
-    """Interrupt a DAP run of ``extra`` during task 1 in ``where/killed``, resume it, and check it ends
-    as the uninterrupted run in ``where/full`` did: same matrix, task selection and task-1 checkpoint
-    (every tensor equal). Returns the killed-then-resumed run's folder and its task-1 model state."""
+def resume_after_interrupt(monkeypatch, cifar: Path, where: Path, full_metrics: dict, *extra: str,
+                           method: str = "dap"):
+    """Interrupt a run of ``method`` (DAP by default) with ``extra`` during task 1 in ``where/killed``,
+    resume it, and check it ends as the uninterrupted run in ``where/full`` did: same matrix, task
+    selection and task-1 checkpoint (every tensor equal). Returns the killed-then-resumed run's folder
+    and its task-1 model state."""
     import pytest
     import torch
 
@@ -137,9 +139,9 @@ def resume_after_interrupt(monkeypatch, cifar: Path, where: Path, full_metrics: 
     with monkeypatch.context() as mp:
         interrupt_during_task(mp, 1)
         with pytest.raises(KeyboardInterrupt):
-            run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra), progress=False)
+            run_continual(tiny_cifar_cfg(cifar, killed, method, *extra), progress=False)
     assert json.loads((killed / "metrics.json").read_text())["tasks_done"] == 1
-    resumed = run_continual(tiny_cifar_cfg(cifar, killed, "dap", *extra, "SOLVER.AUTO_RESUME", "True"),
+    resumed = run_continual(tiny_cifar_cfg(cifar, killed, method, *extra, "SOLVER.AUTO_RESUME", "True"),
                             progress=False).metrics
     assert resumed["acc_matrix"] == full_metrics["acc_matrix"] and resumed["finished"]
     assert resumed["task_selection_acc"] == full_metrics["task_selection_acc"]

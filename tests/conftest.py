@@ -21,8 +21,8 @@ def torchrun_cl_runs(tmp_path_factory):
     """One two-process ``torchrun`` launch serving every distributed continual test (its process
     start-ups cost more than the tiny runs): finetune and DAP with several keys per task on tiny
     CIFAR data, and DAP with Gaussian task inference over all classes on the same data;
-    ranpac, slda, fecam and slda after a first-session adaptation on a tenth of the digits.
-    Name -> :class:`cl_support.LaunchedRun`."""
+    ranpac, slda, fecam and slda after a first-session adaptation on a tenth of the digits; l2p,
+    dualprompt and coda_prompt on the tiny CIFAR data. Name -> :class:`cl_support.LaunchedRun`."""
     from cl_support import launch_cl_runs, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
 
     tmp = tmp_path_factory.mktemp("torchrun_cl")
@@ -40,5 +40,8 @@ def torchrun_cl_runs(tmp_path_factory):
         "fecam": ranpac_digits_cfg(tmp / "fecam", "MODEL.TRANSFER_TYPE", "fecam", "BASELINES.FECAM_SHRINKAGE", "auto"),
         "slda-first-session": ranpac_digits_cfg(tmp / "slda-first-session", "MODEL.TRANSFER_TYPE", "slda",
                                                 "BASELINES.FIRST_SESSION", "True", "SOLVER.TOTAL_EPOCH", "1"),
+        # the learned-prompt methods, with weight decay (finished tasks' rows are put back on every rank)
+        **{m: tiny_cifar_cfg(data, tmp / m, m, "DATA.BATCH_SIZE", "4", "SOLVER.WEIGHT_DECAY", "0.01")
+           for m in ("l2p", "dualprompt", "coda_prompt")},
     }
     return launch_cl_runs(tmp, runs)

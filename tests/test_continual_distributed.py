@@ -6,7 +6,7 @@ import pytest
 # dap with several keys per task: each rank seeds the keys from its own first batch, so rank 0's
 # keys must reach the others (the runs: the torchrun_cl_runs fixture, one launch for all of them)
 @pytest.mark.slow  # two processes start (about 25 s for the launch all distributed tests share)
-@pytest.mark.parametrize("method", ["finetune", "dap"])
+@pytest.mark.parametrize("method", ["finetune", "dap", "l2p", "dualprompt", "coda_prompt"])
 def test_torchrun_two_cpu_processes_keep_identical_weights(torchrun_cl_runs, method):
     run = torchrun_cl_runs[method]
     out = run.out

@@ -39,7 +39,8 @@ _C.CONTINUAL.MULTI_SCALE = False
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CN()
-# Method: dap | finetune | linear | ewc | lwf | replay | ncm | ranpac | aper | joint
+# Method: dap | finetune | linear | ewc | lwf | replay | ncm | ranpac | slda | fecam | aper | joint | l2p |
+# dualprompt | coda_prompt
 _C.MODEL.TRANSFER_TYPE = "dap"
 _C.MODEL.TYPE = "casvit"  # backbone family; DAP's "vit" is accepted as an alias
 _C.MODEL.BACKBONE = "rcvit_xs"  # rcvit_xs | rcvit_s | rcvit_m | rcvit_t
@@ -94,6 +95,19 @@ _C.MODEL.DAP.PROMPT_BACKBONE = D.PROMPT_BACKBONE
 # PREDICTION all: the head over every seen class, fitted on class statistics of the prompted features:
 # pseudo (HiDe-Prompt's, trained on pseudo-features drawn from the class Gaussians) | lda (closed form)
 _C.MODEL.DAP.ALL_CLASS_HEAD = D.ALL_CLASS_HEAD
+
+# Learned-prompt methods (l2p, dualprompt, coda_prompt; docs/prompt_methods.md). They are prompted in
+# MODEL.DAP.STAGES through MODEL.DAP.INJECTION, and choose prompts by MODEL.DAP.SELECTION (per_image;
+# batch_majority for l2p and dualprompt, oracle for dualprompt). Defaults: L2P's paper settings.
+_C.MODEL.PROMPT = CN()
+_C.MODEL.PROMPT.POOL_SIZE = 10  # l2p: prompts in the pool (M)
+_C.MODEL.PROMPT.TOP_N = 5  # l2p: prompts each image takes (N)
+_C.MODEL.PROMPT.LENGTH = 5  # tokens per prompt (l2p: per pool prompt; dualprompt: E-prompt; coda_prompt: per component)
+_C.MODEL.PROMPT.G_LENGTH = 5  # dualprompt: tokens of each G-prompt
+_C.MODEL.PROMPT.G_BLOCKS = 2  # dualprompt: the first G_BLOCKS prompted blocks take G-prompts, the rest E-prompts
+_C.MODEL.PROMPT.COMPONENTS = 100  # coda_prompt: prompt components (the paper: 100), split evenly over CONTINUAL.N_TASKS
+_C.MODEL.PROMPT.ORTHO_LAMBDA = 0.1  # coda_prompt: weight of the orthogonality penalty on P, K, A
+_C.MODEL.PROMPT.PULL_LAMBDA = 0.1  # l2p, dualprompt: weight of the key-query pull term
 
 # ---------------------------------------------------------------- non-DAP baselines
 _C.BASELINES = CN()

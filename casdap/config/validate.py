@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode
 
-from casdap.continual.methods import FIRST_SESSION_METHODS, METHOD_MODULES, METHOD_NAMES
+from casdap.continual.methods import FIRST_SESSION_METHODS, METHOD_MODULES, METHOD_NAMES, PROMPT_METHOD_SELECTIONS
 from casdap.dap_registry import (
     ALL_CLASS_HEAD_NAMES,
     INJECTION_NAMES,
@@ -73,6 +73,8 @@ def validate(cfg: CfgNode) -> None:
         _at_least("BASELINES.REPLAY_MEM_SIZE", cfg.BASELINES.REPLAY_MEM_SIZE, 1)
     if method == "dap":
         _validate_dap(cfg)
+    if method in PROMPT_METHOD_SELECTIONS:
+        _validate_prompt_method(cfg, method)
     _validate_statistics_baselines(cfg, method)
 
 
@@ -114,6 +116,40 @@ def _validate_dap(cfg: CfgNode) -> None:
     stages = list(d.STAGES)
     if not stages or any(not 0 <= int(s) < CASVIT_STAGES for s in stages):
         raise CasdapError(f"MODEL.DAP.STAGES must name stages 0..{CASVIT_STAGES - 1}, got {stages}")
+
+
+def _validate_prompt_method(cfg: CfgNode, method: str) -> None:
+    """``MODEL.PROMPT`` and the ``MODEL.DAP`` keys a learned-prompt method reads (stages, injection, selection)."""
+    p, d = cfg.MODEL.PROMPT, cfg.MODEL.DAP
+    allowed = PROMPT_METHOD_SELECTIONS[method]
+    if str(d.SELECTION).strip().lower() not in allowed:
+        raise CasdapError(f"unknown prompt selection MODEL.DAP.SELECTION '{d.SELECTION}' for {method} "
+                          f"(use one of {', '.join(allowed)})")
+    _one_of("MODEL.DAP.INJECTION", d.INJECTION, INJECTION_NAMES)
+    stages = list(d.STAGES)
+    if not stages or any(not 0 <= int(s) < CASVIT_STAGES for s in stages):
+        raise CasdapError(f"MODEL.DAP.STAGES must name stages 0..{CASVIT_STAGES - 1}, got {stages}")
+    if p.LENGTH < 1:
+        raise CasdapError(f"MODEL.PROMPT.LENGTH (prompt length) must be at least 1, got {p.LENGTH}")
+    for key in ("PULL_LAMBDA", "ORTHO_LAMBDA"):
+        if not p[key] >= 0:
+            raise CasdapError(f"MODEL.PROMPT.{key} must be 0 or more, got {p[key]}")
+    if method == "l2p":
+        if p.TOP_N < 1:
+            raise CasdapError(f"MODEL.PROMPT.TOP_N must be at least 1 (prompts each image takes), got {p.TOP_N}")
+        if p.POOL_SIZE < p.TOP_N:
+            raise CasdapError(f"MODEL.PROMPT.POOL_SIZE ({p.POOL_SIZE}) is smaller than MODEL.PROMPT.TOP_N ({p.TOP_N}): "
+                              "the pool must hold the prompts each image takes")
+    if method == "dualprompt":
+        if p.G_LENGTH < 1:
+            raise CasdapError(f"MODEL.PROMPT.G_LENGTH (G-prompt length) must be at least 1, got {p.G_LENGTH}")
+        if p.G_BLOCKS < 0:
+            raise CasdapError(f"MODEL.PROMPT.G_BLOCKS must be 0 or more, got {p.G_BLOCKS}")
+    if method == "coda_prompt":
+        n = int(cfg.CONTINUAL.N_TASKS)
+        if p.COMPONENTS < 1 or p.COMPONENTS % n:
+            raise CasdapError(f"MODEL.PROMPT.COMPONENTS ({p.COMPONENTS}) must divide evenly over the "
+                              f"{n} tasks (CONTINUAL.N_TASKS): a positive multiple of {n}")
 
 
 def _validate_task_inference(cfg: CfgNode) -> None:

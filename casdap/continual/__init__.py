@@ -19,6 +19,9 @@ _EXPORTS = {
     "DAPStrategy": "casdap.continual.strategies",
     "NCMStrategy": "casdap.continual.strategies",
     "TaskSelectionAccuracy": "casdap.continual.strategies",
+    "L2PStrategy": "casdap.continual.prompt_methods",
+    "DualPromptStrategy": "casdap.continual.prompt_methods",
+    "CODAPromptStrategy": "casdap.continual.prompt_methods",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -63,6 +63,7 @@ __all__ = [
     "CASDAP",
     "DAPOutput",
     "PromptGenerator",
+    "PromptInjection",
     "PromptedBlock",
     "restrict_logits",
 ]
@@ -91,7 +92,56 @@ def _build(kind: str, cls: type, args: tuple, options: Mapping[str, Any]) -> Any
     return cls(*args, **options)
 
 
-class PromptedBlock(nn.Module):
+class PromptInjection(nn.Module):
+    """How prompt tokens enter one :class:`AdditiveBlock` of the frozen backbone: the injection's
+    zero-initialised per-channel gates, the normalisation of the tokens and the hand-over to the
+    block's mixer (:class:`~casdap.models.casvit.MixerPrompts`). :class:`PromptedBlock` adds DAP's
+    prompt source; the learned-prompt methods (:mod:`casdap.models.prompt_pools`) give their own
+    tokens to :meth:`forward_tokens`. Injections are described in :class:`PromptedBlock`.
+    """
+
+    def __init__(self, dim: int, injection: str = D.INJECTION) -> None:
+        super().__init__()
+        self.injection = checked("injection", injection, INJECTIONS)
+        self._add_gates(dim)
+
+    def _add_gates(self, dim: int) -> None:
+        # kv: keys; pool: query context; attn reads prompts through one gate only
+        self.gate_a = nn.Parameter(torch.zeros(dim, 1, 1)) if self.injection != "attn" else None
+        self.gate_b = nn.Parameter(torch.zeros(dim, 1, 1))  # kv, attn: values; pool: key context
+
+    def mixer_prompts(self, tokens: torch.Tensor) -> MixerPrompts:
+        """Normalised prompt tokens ``[B, N, C]`` in the roles of this block's injection."""
+        if self.injection == "kv":
+            return MixerPrompts(tokens, key_gate=self.gate_a, value_gate=self.gate_b)
+        if self.injection == "attn":
+            return MixerPrompts(tokens, read_gate=self.gate_b)
+        return MixerPrompts(tokens, q_context_gate=self.gate_a, k_context_gate=self.gate_b)
+
+    @staticmethod
+    def normalize_prompts(norm: nn.BatchNorm2d, prompts: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens ``[B, C, N]`` -> normalised tokens ``[B, N, C]`` for the block's mixer.
+
+        In DAP the FiLM output (unit-norm gamma and beta, so tiny per element) is inserted before
+        the block's LayerNorm, which brings each prompt to the scale of the other tokens. CAS-ViT's
+        norm is a BatchNorm with fixed statistics that would leave the prompts tiny, so each prompt
+        is standardised over channels here and then given the frozen norm's affine (weight, bias),
+        the same ``LN(p) * w + b`` a ViT block applies to its prompts.
+        """
+        tokens = F.layer_norm(prompts.transpose(1, 2), prompts.shape[1:2], eps=1e-6)  # [B, N, C]
+        return tokens * norm.weight + norm.bias
+
+    def forward_tokens(self, block: AdditiveBlock, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``block``'s output with given raw prompt tokens ``[B, N, C]`` (the same for every position)
+        normalised and injected into its mixer."""
+        mixer = self.mixer_prompts(self.normalize_prompts(block.norm1, tokens.transpose(1, 2)))
+        return block(x, prompts=lambda h: mixer)
+
+    def gates(self) -> list[nn.Parameter]:
+        return [g for g in (self.gate_a, self.gate_b) if g is not None]
+
+
+class PromptedBlock(PromptInjection):
     """Prompt source and injection for one :class:`AdditiveBlock` of the frozen backbone.
 
     The backbone block is passed to :meth:`forward` rather than held, so its weights stay owned
@@ -121,7 +171,7 @@ class PromptedBlock(nn.Module):
         self, dim: int, num_tokens: int, task_emb_dim: int, injection: str = D.INJECTION,
         channel_mix: bool = D.CHANNEL_MIX, task_maps: int = 0, source: str = D.PROMPT_SOURCE,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # the source is registered before the gates (parameter order as before)
         self.injection = checked("injection", injection, INJECTIONS)
         options: dict[str, Any] = {}
         if channel_mix:
@@ -130,30 +180,7 @@ class PromptedBlock(nn.Module):
             options["task_maps"] = int(task_maps)
         source_cls = load("prompt_source", PROMPT_SOURCES, source)
         self.generator: PromptSource = _build("prompt source", source_cls, (dim, num_tokens, task_emb_dim), options)
-        # kv: keys; pool: query context; attn reads prompts through one gate only
-        self.gate_a = nn.Parameter(torch.zeros(dim, 1, 1)) if self.injection != "attn" else None
-        self.gate_b = nn.Parameter(torch.zeros(dim, 1, 1))  # kv, attn: values; pool: key context
-
-    def mixer_prompts(self, tokens: torch.Tensor) -> MixerPrompts:
-        """Normalised prompt tokens ``[B, N, C]`` in the roles of this block's injection."""
-        if self.injection == "kv":
-            return MixerPrompts(tokens, key_gate=self.gate_a, value_gate=self.gate_b)
-        if self.injection == "attn":
-            return MixerPrompts(tokens, read_gate=self.gate_b)
-        return MixerPrompts(tokens, q_context_gate=self.gate_a, k_context_gate=self.gate_b)
-
-    @staticmethod
-    def normalize_prompts(norm: nn.BatchNorm2d, prompts: torch.Tensor) -> torch.Tensor:
-        """Prompt tokens ``[B, C, N]`` -> normalised tokens ``[B, N, C]`` for the block's mixer.
-
-        In DAP the FiLM output (unit-norm gamma and beta, so tiny per element) is inserted before
-        the block's LayerNorm, which brings each prompt to the scale of the other tokens. CAS-ViT's
-        norm is a BatchNorm with fixed statistics that would leave the prompts tiny, so each prompt
-        is standardised over channels here and then given the frozen norm's affine (weight, bias),
-        the same ``LN(p) * w + b`` a ViT block applies to its prompts.
-        """
-        tokens = F.layer_norm(prompts.transpose(1, 2), prompts.shape[1:2], eps=1e-6)  # [B, N, C]
-        return tokens * norm.weight + norm.bias
+        self._add_gates(dim)
 
     def forward(self, block: AdditiveBlock, x: torch.Tensor, task_emb: torch.Tensor,
                 task_idx: int | torch.Tensor | None = None) -> torch.Tensor:

@@ -42,17 +42,23 @@ from casdap.errors import CasdapError
 if TYPE_CHECKING:
     from casdap.continual.methods.base import Method
 
-__all__ = ["FIRST_SESSION_METHODS", "METHOD_MODULES", "METHOD_NAMES", "get_method"]
+__all__ = ["FIRST_SESSION_METHODS", "METHOD_MODULES", "METHOD_NAMES", "PROMPT_METHOD_SELECTIONS", "get_method"]
 
 # name (MODEL.TRANSFER_TYPE, lower case) -> the module that defines its METHOD
 METHOD_MODULES: dict[str, str] = {
     name: f"casdap.continual.methods.{name}"
     for name in ("dap", "finetune", "linear", "ewc", "lwf", "replay", "ncm", "ranpac", "slda", "fecam", "aper",
-                 "joint")
+                 "joint", "l2p", "dualprompt", "coda_prompt")
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_MODULES)
 # the methods that accept BASELINES.FIRST_SESSION (a frozen-feature classifier on a backbone adapted first)
 FIRST_SESSION_METHODS: tuple[str, ...] = ("ncm", "ranpac", "slda", "fecam")
+# the learned-prompt methods (MODEL.PROMPT) and the prompt selections each accepts (MODEL.DAP.SELECTION)
+PROMPT_METHOD_SELECTIONS: dict[str, tuple[str, ...]] = {
+    "l2p": ("per_image", "batch_majority"),
+    "dualprompt": ("per_image", "batch_majority", "oracle"),
+    "coda_prompt": ("per_image",),
+}
 
 
 def get_method(name: str) -> Method:

@@ -1,0 +1,235 @@
+"""L2P, DualPrompt and CODA-Prompt as Avalanche strategies, and the method base their modules share.
+
+The models are in :mod:`casdap.models.prompt_pools`. Each strategy trains with the logits of classes
+outside the current task masked (the papers' ``train_mask``), evaluates every image alone over the
+classes trained so far (unless the labelled ``batch_majority`` option is chosen), keeps what a
+resumed run needs (the class-to-task map) and keeps the rows of finished tasks bit-identical under
+weight decay (:meth:`PromptStrategy.optimizer_step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+
+from casdap.continual.methods.base import Method
+from casdap.continual.strategies import CasdapStrategyMixin
+from casdap.errors import CasdapError
+from casdap.models.logit_mask import class_mask, mask_logits
+
+__all__ = ["CODAPromptStrategy", "DualPromptStrategy", "L2PStrategy", "PromptMethod", "PromptStrategy"]
+
+
+class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
+    """A learned-prompt model (:class:`casdap.models.prompt_pools.PromptPoolModel`) as an Avalanche strategy.
+
+    Loss in training: cross-entropy over the current task's classes (others masked), minus
+    ``pull_lambda`` times the model's key pull, plus ``ortho_lambda`` times its orthogonality
+    penalty. Evaluation: logits over the classes trained so far (others masked); ``selection``
+    (``per_image``; ``batch_majority`` or ``oracle`` where the model has them) says how the model
+    chooses its prompts. The training batches must hold the current task only (no replay).
+    """
+
+    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, train_mb_size: int = 128,
+                 train_epochs: int = 5, eval_mb_size: int | None = None, device: str | torch.device = "cpu",
+                 plugins: Sequence | None = None, evaluator: EvaluationPlugin | None = None,
+                 pull_lambda: float = 0.1, ortho_lambda: float = 0.0, selection: str = "per_image",
+                 eval_every: int = -1) -> None:
+        selection = str(selection).lower()
+        if selection not in model.selections:
+            raise CasdapError(f"{type(self).__name__}: selection must be one of {', '.join(model.selections)}, "
+                              f"got '{selection}'")
+        kwargs = {} if evaluator is None else {"evaluator": evaluator}
+        super().__init__(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
+                         train_mb_size=train_mb_size, train_epochs=train_epochs,
+                         eval_mb_size=eval_mb_size or train_mb_size, device=device, plugins=list(plugins or []),
+                         eval_every=eval_every, **kwargs)
+        self.pull_lambda, self.ortho_lambda, self.selection = float(pull_lambda), float(ortho_lambda), selection
+        self.class_to_task: dict[int, int] = {}
+        self.mb_dap = None  # the model's output of the last minibatch (key_idx: TaskSelectionAccuracy reads it)
+        self.mb_true_task: torch.Tensor | None = None
+
+    @property
+    def current_task(self) -> int:
+        return int(self.experience.current_experience)
+
+    def _before_training_exp(self, **kwargs):
+        t = self.current_task
+        if t >= self.model.num_tasks:
+            raise CasdapError(f"experience {t}: the model was built for {self.model.num_tasks} tasks "
+                              "(CONTINUAL.N_TASKS)")
+        from avalanche.training.plugins import ReplayPlugin
+
+        if self.find_plugin(ReplayPlugin) is not None:
+            raise CasdapError(f"{type(self).__name__} trains each batch under the current task's classes (and "
+                              "prompts): a ReplayPlugin's stored samples of earlier tasks would be trained as the "
+                              "current task's")
+        for c in self.experience.classes_in_this_experience:
+            self.class_to_task[int(c)] = t
+        self.model.start_task(t)
+        super()._before_training_exp(**kwargs)
+
+    # -- tables --------------------------------------------------------------------------------
+    def _keep(self, classes, width: int, device) -> torch.Tensor:
+        return class_mask(classes, width).to(device) if classes else torch.zeros(width, dtype=torch.bool, device=device)
+
+    def true_task(self, y: torch.Tensor) -> torch.Tensor:
+        size = max(self.class_to_task, default=0) + 1
+        table = torch.full((size,), -1, dtype=torch.long)
+        for c, t in self.class_to_task.items():
+            table[c] = t
+        table = table.to(y.device)
+        return torch.where(y < size, table[y.clamp(max=size - 1)], -1)
+
+    def seen_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits over the classes trained so far (others :data:`~casdap.models.logit_mask.MASKED_LOGIT`)."""
+        return mask_logits(logits, self._keep(list(self.class_to_task), logits.shape[1], logits.device))
+
+    # -- forward and loss ----------------------------------------------------------------------
+    def forward(self):
+        if self.is_training:
+            out = self.model(self.mb_x, task=self.current_task)
+            self.mb_dap = out
+            keep = self._keep(self.experience.classes_in_this_experience, out.logits.shape[1], out.logits.device)
+            return mask_logits(out.logits, keep)
+        self.mb_true_task = self.true_task(self.mb_y)
+        self.mb_dap = self._output(self.mb_x, self.mb_true_task)
+        return self.seen_logits(self.mb_dap.logits)
+
+    def _output(self, x: torch.Tensor, true_task: torch.Tensor):
+        if self.selection == "oracle":
+            if bool((true_task < 0).any()):
+                raise CasdapError("oracle task selection: the batch holds images of classes no experience has trained")
+            return self.model(x, task=true_task)
+        return self.model(x, selection=self.selection)
+
+    def criterion(self):
+        ce = F.cross_entropy(self.mb_output.float(), self.mb_y)
+        if not self.is_training:
+            return ce
+        out = self.mb_dap
+        return ce - self.pull_lambda * out.pull + self.ortho_lambda * out.penalty
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.model.eval()
+        out = self._output(x, self.true_task(y))
+        return self.seen_logits(out.logits), out.key_idx
+
+    # -- weight decay on what is frozen --------------------------------------------------------
+    def optimizer_step(self):
+        """The optimizer's step with the rows of finished tasks put back as they were (weight decay
+        and the optimizer's moments from their own task would move them otherwise)."""
+        frozen = self._frozen_rows()
+        saved = [p.detach()[rows].clone() for p, rows in frozen]
+        super().optimizer_step()
+        with torch.no_grad():
+            for (p, rows), value in zip(frozen, saved):
+                p[rows] = value
+
+    def _frozen_rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        earlier = sorted({t for t in self.class_to_task.values() if t < self.current_task})
+        if not earlier:
+            return []
+        classes = sorted(c for c, t in self.class_to_task.items() if t < self.current_task)
+        return [(p, r) for p, r in self.model.task_rows(earlier, classes) if p.requires_grad and len(r)]
+
+    # -- resume --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "class_to_task": dict(self.class_to_task)}
+
+    def load_own_state(self, state: dict[str, Any], *, task_classes: Sequence, done: int) -> None:
+        self.class_to_task = {int(c): int(t) for c, t in state["class_to_task"].items()}
+        for t in sorted(set(self.class_to_task.values())):
+            self.model.mark_trained(t)
+
+
+class L2PStrategy(PromptStrategy):
+    """L2P (Wang et al., CVPR 2022): a shared prompt pool, top-N by key. The pool, keys and gates
+    after the first task are shared by every task, so only the head rows of finished tasks' classes
+    are kept (nothing else is frozen, by design)."""
+
+
+class CODAPromptStrategy(PromptStrategy):
+    """CODA-Prompt (Smith et al., CVPR 2023): attention-weighted prompt components; the components,
+    keys and attention vectors of finished tasks (and their classes' head rows) are kept."""
+
+
+class DualPromptStrategy(PromptStrategy):
+    """DualPrompt (Wang et al., ECCV 2022): G-prompts and one E-prompt per task. The E-prompt is the
+    true task's in training and the nearest key's at test time; its task is the inferred task of the
+    WTP/TII decomposition, and the E-prompts and keys of finished tasks are kept."""
+
+    @torch.no_grad()
+    def task_decomposition(self, logits: torch.Tensor, class_task: torch.Tensor,
+                           true_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The selected E-prompt's task and the logits under the true task's E-prompt (an oracle pass
+        for the images whose task was missed)."""
+        out = self.mb_dap
+        task = true_task.to(out.key_idx.device)
+        within = out.logits.float().clone()
+        missed = ((out.key_idx != task) & (task >= 0)).nonzero().squeeze(1)
+        if len(missed):
+            x = self.mb_x[missed.to(self.mb_x.device)]
+            within[missed.to(within.device)] = self.model(x, task=task[missed]).logits.float().to(within.device)
+        return out.key_idx, within
+
+
+class PromptMethod(Method):
+    """What L2P, DualPrompt and CODA-Prompt share: the model from ``MODEL.PROMPT`` (and the prompted
+    stages, injection and selection of ``MODEL.DAP``), its trainable parameters at the base rate."""
+
+    model_class: str = ""  # casdap.models.prompt_pools attribute
+    strategy_class: type[PromptStrategy] = PromptStrategy
+    has_task = False  # a task per image (DualPrompt's E-prompt): its selection accuracy is recorded
+
+    def model_options(self, cfg) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build_model(self, cfg, num_classes):
+        from casdap.dap_registry import normalize
+        from casdap.models import prompt_pools
+        from casdap.models.build import build_backbone
+
+        d = cfg.MODEL.DAP
+        cls = getattr(prompt_pools, self.model_class)
+        return cls(build_backbone(cfg, num_classes=0), int(num_classes), num_tasks=int(cfg.CONTINUAL.N_TASKS),
+                   stages=list(d.STAGES), injection=normalize(d.INJECTION),
+                   prompt_last_block=d.PROMPT_LAST_BLOCK is not False, **self.model_options(cfg))
+
+    def param_groups(self, cfg, model):
+        return [{"params": model.trainable_parameters(), "lr": cfg.SOLVER.BASE_LR}]
+
+    def build_strategy(self, cfg, model, optimizer, plugins, **common):
+        p = cfg.MODEL.PROMPT
+        return self.strategy_class(model=model, optimizer=optimizer, plugins=plugins, pull_lambda=p.PULL_LAMBDA,
+                                   ortho_lambda=p.ORTHO_LAMBDA, selection=cfg.MODEL.DAP.SELECTION.lower(), **common)
+
+    def protocol_notes(self, cfg):
+        selection = cfg.MODEL.DAP.SELECTION.lower()
+        if selection == "batch_majority":
+            what = "prompts" if not self.has_task else "E-prompt task"
+            return [f"Prompt selection: batch_majority (reference protocol: each test batch holds one task and "
+                    f"votes on its {what})"]
+        if selection == "oracle":
+            return ["Prompt selection: oracle (the true task's E-prompt: a diagnostic, not a result)"]
+        return []
+
+    def run_fields(self, cfg):
+        return {"selection": cfg.MODEL.DAP.SELECTION.lower()}
+
+    def eval_metrics(self):
+        if not self.has_task:
+            return []
+        from casdap.continual.strategies import TaskSelectionAccuracy
+
+        return [TaskSelectionAccuracy()]
+
+    def trainable_params(self, model):
+        return sum(p.numel() for p in model.trainable_parameters())
