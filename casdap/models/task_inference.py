@@ -401,20 +401,23 @@ def lda_classifier(stats: ClassStatistics, num_classes: int, shrinkage: float) -
     return weight, bias
 
 
-class LDATaskPredictor(_StatisticsPredictor):
-    """Streaming-LDA-like: class means and one shared shrunk covariance of the query
-    (:func:`lda_classifier`); a task scores the log-sum-exp of its classes' discriminants. With few
-    images per class one covariance is far better estimated than one per class (``gaussian``).
-    Nothing is trained."""
+class _LinearStatisticsPredictor(_StatisticsPredictor):
+    """A linear classifier over every class seen so far, refitted from the class statistics by
+    :meth:`fitter` (``(stats, num_classes, shrinkage) -> (weight, bias)``) at each task end. Weights
+    are buffers (no optimiser sees them)."""
 
     def __init__(self, num_tasks: int, dim: int, num_classes: int, shrinkage: float = 1.0) -> None:
         super().__init__(num_tasks, dim, num_classes, shrinkage)
         self.register_buffer("weight", torch.zeros(self.num_classes, self.dim))
         self.register_buffer("bias", torch.zeros(self.num_classes))
 
+    @staticmethod
+    def fitter(stats: ClassStatistics, num_classes: int, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
     @torch.no_grad()
     def fit(self, stats: ClassStatistics) -> None:
-        weight, bias = lda_classifier(stats, self.num_classes, self.shrinkage)
+        weight, bias = self.fitter(stats, self.num_classes, self.shrinkage)
         self.weight.copy_(weight)
         self.bias.copy_(bias)
         self.class_task[stats.classes.to(self.class_task.device)] = stats.tasks.to(self.class_task)
@@ -423,23 +426,21 @@ class LDATaskPredictor(_StatisticsPredictor):
         return (query @ self.weight.t() + self.bias).masked_fill(self.class_task[None] < 0, float("-inf"))
 
 
-class HeadTaskPredictor(_StatisticsPredictor):
+class LDATaskPredictor(_LinearStatisticsPredictor):
+    """Streaming-LDA-like: class means and one shared shrunk covariance of the query
+    (:func:`lda_classifier`); a task scores the log-sum-exp of its classes' discriminants. With few
+    images per class one covariance is far better estimated than one per class (``gaussian``).
+    Nothing is trained."""
+
+    fitter = staticmethod(lda_classifier)
+
+
+class HeadTaskPredictor(_LinearStatisticsPredictor):
     """HiDe-Prompt-style: a linear classifier over every class seen so far, retrained at each task end
     on pseudo-queries drawn from the class Gaussians (:func:`fit_linear_on_gaussians`); a task scores
-    the log-sum-exp of its classes' log-probabilities. Weights are buffers (no optimiser sees them)."""
+    the log-sum-exp of its classes' log-probabilities."""
 
-    def __init__(self, num_tasks: int, dim: int, num_classes: int, shrinkage: float = 1.0) -> None:
-        super().__init__(num_tasks, dim, num_classes, shrinkage)
-        self.register_buffer("weight", torch.zeros(self.num_classes, self.dim))
-        self.register_buffer("bias", torch.zeros(self.num_classes))
-
-    @torch.no_grad()
-    def fit(self, stats: ClassStatistics) -> None:
-        weight, bias = fit_linear_on_gaussians(stats, self.num_classes, self.shrinkage)
-        self.weight.copy_(weight)
-        self.bias.copy_(bias)
-        self.class_task[stats.classes.to(self.class_task.device)] = stats.tasks.to(self.class_task)
+    fitter = staticmethod(fit_linear_on_gaussians)
 
     def class_scores(self, query: torch.Tensor) -> torch.Tensor:
-        logits = (query @ self.weight.t() + self.bias).masked_fill(self.class_task[None] < 0, float("-inf"))
-        return torch.log_softmax(logits, dim=1)
+        return torch.log_softmax(super().class_scores(query), dim=1)
