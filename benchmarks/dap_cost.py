@@ -1,6 +1,7 @@
-"""Cost of CAS-DAP against its plain backbone: parameters and eval forward time.
+"""Cost of CAS-DAP (or another prompt method) against its plain backbone: parameters and eval forward time.
 
     python benchmarks/dap_cost.py --config configs/dap/cifar.yaml --sizes 32 224 --opts MODEL.DAP.STAGES [3]
+    python benchmarks/dap_cost.py --config configs/dap/l2p_embedded_shift.yaml   (any prompt method's config)
 
 Times come from ``casdap bench``'s harness (:func:`casdap.bench.time_interleaved`: every repeat
 times both models in turn, each sample at least ``--min-time`` seconds of back-to-back calls), one
@@ -18,7 +19,8 @@ import torch
 
 from casdap.bench import Stats, time_interleaved
 from casdap.config import load_config
-from casdap.models.build import build_backbone, build_dap_model
+from casdap.continual.methods import get_method
+from casdap.models.build import build_backbone
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,12 +36,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, ["MODEL.RANDOM_INIT", "True", *args.opts])  # weights do not change the cost
     dap = cfg.MODEL.DAP
-    model = build_dap_model(cfg).eval()
+    method = get_method(cfg.MODEL.TRANSFER_TYPE)  # dap, or another prompt method (l2p, dualprompt, coda_prompt)
+    model = method.build_model(cfg, int(cfg.DATA.NUMBER_CLASSES)).eval()
     plain = build_backbone(cfg).eval()  # the same backbone with its own head over all classes
-    trainable = sum(p.numel() for p in model.trainable_parameters())
+    trained = getattr(model, "trained", None)
+    if trained is None:
+        trained = getattr(getattr(model, "dap_task_predictor", None), "trained", None)
+    if trained is not None:  # every task trained: the selection considers them all, as at the stream's end
+        trained.fill_(True)
+    trainable = method.trainable_params(model)
+    label = "CAS-DAP" if method.name == "dap" else method.name
     total = sum(p.numel() for p in model.parameters())
-    print(f"{cfg.MODEL.BACKBONE} stages={list(dap.STAGES)} injection={dap.INJECTION} tokens={dap.NUM_DAP_TOKENS} "
-          f"task_emb={dap.TASK_EMB} pool={dap.PROMPT_POOL}x{dap.KEYS_PER_TASK} keys classes={cfg.DATA.NUMBER_CLASSES}")
+    print(f"{method.name} on {cfg.MODEL.BACKBONE} stages={list(dap.STAGES)} injection={dap.INJECTION} "
+          f"tokens={dap.NUM_DAP_TOKENS} task_emb={dap.TASK_EMB} pool={dap.PROMPT_POOL}x{dap.KEYS_PER_TASK} keys "
+          f"classes={cfg.DATA.NUMBER_CLASSES}")
     print(f"params: trainable {trainable:,} / total {total:,} ({100 * trainable / total:.2f}%); "
           f"plain backbone with head {sum(p.numel() for p in plain.parameters()):,}")
     with torch.no_grad():
@@ -49,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             samples, _ = time_interleaved(fns, args.reps, warmup=1, min_time=args.min_time, sync=lambda: None)
             m_dap, m_plain = statistics.median(samples["casdap"]), statistics.median(samples["backbone"])
             ratio = Stats.of(a / b for a, b in zip(samples["casdap"], samples["backbone"]))
-            print(f"{size}px batch {args.batch}: CAS-DAP {1e3 * m_dap:.1f} ms, backbone {1e3 * m_plain:.1f} ms, "
+            print(f"{size}px batch {args.batch}: {label} {1e3 * m_dap:.1f} ms, backbone {1e3 * m_plain:.1f} ms, "
                   f"ratio {ratio.median:.2f} [{ratio.min:.2f}-{ratio.max:.2f}] (median of {args.reps})")
 
 
