@@ -1,3 +1,5 @@
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,22 @@ def torchrun_cl_runs(tmp_path_factory):
            for m in ("l2p", "dualprompt", "coda_prompt")},
     }
     return launch_cl_runs(tmp, runs)
+
+
+@pytest.fixture(scope="session")
+def demo_pretraining(tmp_path_factory):
+    """``casdap demo --pretrain-epochs 1`` run once for the session, with the cheapest method (ncm) on
+    a tenth of the digits: its backbone pretraining (about 13 CPU seconds) is the expensive stage, and
+    the demo and embedded-benchmark tests start from that backbone. ``(demo folder, its stdout)``."""
+    from cl_support import run_casdap
+
+    out = tmp_path_factory.mktemp("demo_pretraining") / "demo"
+    done = run_casdap([sys.executable, "-m", "casdap", "demo", "--out", str(out), "--pretrain-epochs", "1",
+                       "--methods", "ncm", "SOLVER.TOTAL_EPOCH", "1", "DATA.PERCENTAGE", "0.1"], cwd=out.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+def copy_demo_backbone(demo: Path, to: Path) -> None:
+    """The pretrained backbone and its sidecar, where ``casdap demo --out TO --pretrain-epochs 1`` reuses them."""
+    shutil.copytree(demo / "model", to / "model")
