@@ -60,43 +60,10 @@ def test_export_rejects_sizes_the_backbone_cannot_take(exported, tmp_path, capsy
     assert code == 2 and "multiple of 32" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # ONNX export of CAS-DAP and onnxruntime
-def test_export_casdap_with_key_selection_inside_the_graph(tmp_path, capsys):
-    from conftest import ROOT
-
-    from casdap.config import load_config
-    from casdap.models.build import build_dap_model
-
-    config = str(ROOT / "configs" / "dap" / "cifar.yaml")
-    # prompts in the last stage only (a smaller graph, a quicker export); two keys per task
-    small = ["MODEL.DAP.STAGES", "[3]", "MODEL.DAP.KEYS_PER_TASK", "2"]
-    dap = build_dap_model(load_config(config, [*small, "MODEL.RANDOM_INIT", "True"])).eval()
-    gen = torch.Generator().manual_seed(3)
-    for n, p in dap.named_parameters():  # trained-like prompts, keys, task embeddings and head
-        if not n.startswith("backbone."):
-            p.data.normal_(0, 0.3, generator=gen)
-    x = torch.randn(8, 3, 32, 32)
-    with torch.no_grad():  # one task's first key per test image, so per-image selection differs by image
-        dap.dap_keys[0:16:2] = dap.forward_query(x)
-    ckpt = casdap.save_checkpoint({"model": dap.state_dict()}, tmp_path / "dap.pth")
-    onnx_path = tmp_path / "dap.onnx"
-    code = main(["export", "--config", config, "--opts", *small, "--checkpoint", str(ckpt), "--onnx", str(onnx_path),
-                 "--input-size", "32", "--threads", "1"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "key indices identical" in out and "(OK, tolerance 0.0001)" in out
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["logits", "key_idx"]
-    logits, keys = session.run(None, {"images": x.numpy()})
-    with torch.no_grad():
-        want = dap(x)  # per-image selection, as in the graph
-    assert np.array_equal(keys, want.key_idx.numpy()) and len(set(keys.tolist())) > 2
-    assert np.abs(logits - want.logits.numpy()).max() <= 1e-4
-
-
 @pytest.fixture(scope="module")
 def restricted_run(tmp_path_factory):
-    """A real two-task DAP run at 32 px whose evaluation restricts logits to the selected key's task."""
+    """A real two-task DAP run at 32 px, two keys per task, whose evaluation restricts logits to the
+    selected key's task."""
     from cl_support import tiny_cifar_cfg, write_tiny_cifar
 
     from casdap.continual.runner import run_continual
@@ -104,7 +71,8 @@ def restricted_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("restricted_run")
     cifar = write_tiny_cifar(tmp / "cifar")
     # prompts in the last stage only: a smaller graph, a quicker export
-    cfg = tiny_cifar_cfg(cifar, tmp / "run", "dap", "MODEL.DAP.RESTRICT_TO_TASK", "True", "MODEL.DAP.STAGES", "[3]")
+    cfg = tiny_cifar_cfg(cifar, tmp / "run", "dap", "MODEL.DAP.RESTRICT_TO_TASK", "True", "MODEL.DAP.STAGES", "[3]",
+                         "MODEL.DAP.KEYS_PER_TASK", "2")
     result = run_continual(cfg, progress=False)
     return result, cfg
 
@@ -116,7 +84,7 @@ def _test_images(cfg):
     return torch.stack([item[0] for item in items]), torch.tensor([int(item[1]) for item in items])
 
 
-@pytest.mark.slow  # a continual run, then ONNX export and onnxruntime
+@pytest.mark.slow  # a continual run, then ONNX export of CAS-DAP and onnxruntime
 def test_export_follows_the_run_size_and_logit_restriction(restricted_run, tmp_path, capsys):
     import copy
 
@@ -125,14 +93,16 @@ def test_export_follows_the_run_size_and_logit_restriction(restricted_run, tmp_p
     strategy = result.strategy
     assert strategy.class_to_task == {0: 0, 1: 0, 2: 1, 3: 1}
     x, y = _test_images(cfg)
-    # The 1-epoch random-backbone run sends every test image to task 0's key; point each task's key
-    # at the query of one of its test images so that both rows of the restriction are exercised.
-    # The run's checkpoint keeps everything else (class-to-task map included).
+    # The 1-epoch random-backbone run sends every test image to task 0's keys; point each task's last
+    # key at the query of one of its test images, so that key selection inside the graph maps a key to
+    # its task and both rows of the restriction are exercised. The run's checkpoint keeps everything
+    # else (class-to-task map included).
     ckpt = casdap.checkpoint.read_checkpoint(run_dir / "checkpoints" / "task_001.pth")
     model = copy.deepcopy(strategy.model).eval()
     picks = [int((y < 2).nonzero()[0]), int((y >= 2).nonzero()[0])]
     with torch.no_grad():
-        model.dap_keys[[t * model.keys_per_task for t in (0, 1)]] = model.forward_query(x[picks])
+        assert model.keys_per_task == 2
+        model.dap_keys[[t * model.keys_per_task + 1 for t in (0, 1)]] = model.forward_query(x[picks])
     ckpt["model"] = model.state_dict()
     ckpt_path = casdap.save_checkpoint(ckpt, tmp_path / "task_001.pth")
     onnx_path = tmp_path / "run.onnx"
@@ -142,9 +112,11 @@ def test_export_follows_the_run_size_and_logit_restriction(restricted_run, tmp_p
     assert code == 0, out
     assert "exporting CAS-DAP at 32 px; logits restricted to the selected key's task" in out
     assert "export vs the run's evaluation" in out and out.count("(OK, tolerance 0.0001)") == 2
+    assert out.count("key indices identical") == 2  # the run's evaluation, then onnxruntime
     assert "note:" not in out  # no size given: the run's, silently
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[1:] == [3, 32, 32]
+    assert [o.name for o in session.get_outputs()] == ["logits", "key_idx"]
     logits, keys = session.run(None, {"images": x.numpy()})
     original = strategy.model
     strategy.model = model
