@@ -3,6 +3,8 @@ the two cannot drift), on CIFAR-100-layout data at the smallest size the lines e
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -50,6 +52,23 @@ def _run(line: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
 
 
+def _seed_main_here(line: str, cwd: Path) -> tuple[int, str]:
+    """``main.py``'s arguments of a README line (one with no redirection), run by its entry point in
+    this process: (exit code, stderr)."""
+    from casdap.cli import seed_main
+
+    words = shlex.split(line)
+    assert ">" not in words, line
+    err, here = io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = seed_main(words[words.index("main.py") + 1:])
+    finally:
+        os.chdir(here)
+    return code, err.getvalue()
+
+
 def _config(run: Path) -> dict:
     return yaml.safe_load((run / "config.yaml").read_text())
 
@@ -75,8 +94,12 @@ def test_readme_seed_lines_run_as_written(tmp_path):
     assert (cfg["SOLVER"]["BASE_LR"], cfg["DATA"]["BATCH_SIZE"], cfg["SOLVER"]["TOTAL_EPOCH"]) == (6e-3, 128, 10)
     assert (cfg["SOLVER"]["WARMUP_STEPS"], cfg["DATA"]["CROPSIZE"], cfg["USE_AMP"]) == (1950, 32, False)
 
-    done = _run(lines[2], first)  # the folder holds the second line's run: never overwritten (torchrun exits 1)
-    assert done.returncode != 0 and "casdap: error: 'output' already holds a run" in done.stderr, done.stderr[-3000:]
+    # the folder holds the second line's run: the third line's arguments, given to main.py's entry in
+    # this process (a torchrun launch only to be refused costs about 10 CPU seconds), never overwrite it
+    before = (first / "output" / "metrics.json").read_bytes()
+    code, err = _seed_main_here(lines[2], first)
+    assert code == 2 and "casdap: error: 'output' already holds a run" in err, err[-3000:]
+    assert (first / "output" / "metrics.json").read_bytes() == before
 
     second = _checkout(tmp_path / "b", train_per_class=1)  # the third line only: continual
     done = _run(lines[2], second)  # bf16 autocast, multi-scale batches, data under ../dataset/cifar100
