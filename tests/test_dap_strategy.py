@@ -313,8 +313,9 @@ def test_strategy_defaults_are_the_configs():
 
 
 def test_loader_workers_are_capped_at_the_batches_without_changing_a_batch():
-    """A loader forks no worker that would get no batch (each epoch of every task forks them anew),
-    and the batches, augmentation included, are those of the uncapped worker count."""
+    """A loader forks no worker that would get no batch, and the batches, augmentation included, are
+    those of the uncapped worker count. A training loader's workers live for its experience (started
+    once, not at every epoch), and its epochs repeat exactly under the same seed."""
     from torch.utils.data import DataLoader, Dataset
 
     from casdap.continual.strategies import CasdapStrategyMixin, _workers_for
@@ -350,4 +351,13 @@ def test_loader_workers_are_capped_at_the_batches_without_changing_a_batch():
     s.calls = []
     s.make_train_dataloader(num_workers=10, shuffle=True)
     s.make_eval_dataloader(num_workers=1)
-    assert s.calls == [(10, {"shuffle": True}), (2, {"shuffle": True}), (1, {})]
+    assert s.calls == [(10, {"shuffle": True}), (2, {"shuffle": True, "persistent_workers": True}), (1, {})]
+
+    def epochs(n_epochs):
+        torch.manual_seed(0)
+        persistent = DataLoader(Augmented(), batch_size=4, shuffle=True, num_workers=2, persistent_workers=True)
+        return [torch.cat(list(persistent)) for _ in range(n_epochs)]
+
+    first, again = epochs(2), epochs(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1])  # a new shuffle and new augmentation draws each epoch

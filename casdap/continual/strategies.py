@@ -45,8 +45,8 @@ def _clock_state(strategy) -> dict[str, int]:
 def _workers_for(loader, num_workers: int) -> int:
     """``num_workers`` capped at the loader's number of batches (at least 1): the data loader hands
     batch k to worker k mod n, seeded base seed + its index, so the workers past the last batch get
-    no batch and only cost their start (each epoch of every task forks them anew). Batches, their
-    order and every random augmentation stay exactly as they are with ``num_workers``."""
+    no batch and only cost their start. Batches, their order and every random augmentation stay
+    exactly as they are with ``num_workers``."""
     try:
         batches = len(loader)
     except TypeError:  # a loader that does not know its length
@@ -102,8 +102,8 @@ class CasdapStrategyMixin:
     def make_train_dataloader(self, num_workers: int = 0, **kwargs) -> None:
         super().make_train_dataloader(num_workers=num_workers, **kwargs)
         capped = _workers_for(self.dataloader, num_workers)
-        if capped != num_workers:
-            super().make_train_dataloader(num_workers=capped, **kwargs)
+        if capped:  # workers started once per experience, not at every epoch
+            super().make_train_dataloader(num_workers=capped, persistent_workers=True, **kwargs)
 
     def make_eval_dataloader(self, num_workers: int = 0, **kwargs) -> None:
         super().make_eval_dataloader(num_workers=num_workers, **kwargs)
