@@ -113,3 +113,24 @@ def test_drop_path_is_stochastic_in_training_only():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
+
+
+def test_a_pass_split_at_any_stage_equals_the_whole_pass():
+    """forward_to_stage then forward_from_stage (the prompted models' split), and a block_fn that only
+    calls the block, give the pooled features of forward_pooled exactly; block_fn sees every block once."""
+    torch.manual_seed(0)
+    model = casdap.create_model("rcvit_xs", num_classes=0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = model.forward_pooled(x)
+        for stage in range(len(model.layers)):
+            seen: list[tuple[int, int]] = []
+
+            def block_fn(s, i, block, h, seen=seen):
+                seen.append((s, i))
+                return block(h)
+
+            h = model.forward_to_stage(x, stage)
+            assert torch.equal(model.forward_from_stage(h, stage), whole)
+            assert torch.equal(model.forward_from_stage(h, stage, block_fn), whole)
+            assert seen == [(s, i) for s in range(stage, len(model.layers)) for i in range(model.layers[s])]

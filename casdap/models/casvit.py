@@ -444,6 +444,28 @@ class CASViT(nn.Module):
         """Pooled pre-logit features ``[B, C]``: the query used by domain-adaptive prompting."""
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
+    def forward_to_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """The input of stage ``stage``: the stem and every earlier stage with its embedding (the part a
+        prompted model shares between its query and its prompted pass)."""
+        x = self.patch_embed(x)
+        for module in self.network[: 2 * stage]:
+            x = module(x)
+        return x
+
+    def forward_from_stage(
+        self, x: torch.Tensor, stage: int,
+        block_fn: Callable[[int, int, nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Pooled pre-logit features ``[B, C]`` from the input ``x`` of stage ``stage``. ``block_fn(s, i,
+        block, x)``, when given, runs block ``i`` of stage ``s`` in place of ``block(x)`` (prompting)."""
+        for s in range(stage, len(self.layers)):
+            for i, block in enumerate(self.network[2 * s]):
+                x = block(x) if block_fn is None else block_fn(s, i, block, x)
+            down = self.downsample(s)
+            if down is not None:
+                x = down(x)
+        return self.forward_head(self.norm(x), pre_logits=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.forward_head(self.forward_features(x))
 

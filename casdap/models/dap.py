@@ -517,10 +517,7 @@ class CASDAP(nn.Module):
     # -- passes -----------------------------------------------------------------------------
     def _prefix(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and the stages (with embeddings) before the first prompted stage."""
-        x = self.backbone.patch_embed(x)
-        for module in self.backbone.network[: 2 * self.stages[0]]:
-            x = module(x)
-        return x
+        return self.backbone.forward_to_stage(x, self.stages[0])
 
     def _query(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The query of images ``x`` whose prefix ``h`` the backbone computed (reused when the query
@@ -530,30 +527,22 @@ class CASDAP(nn.Module):
         return self._query_from(h)
 
     def _query_from(self, h: torch.Tensor) -> torch.Tensor:
-        for module in self.backbone.network[2 * self.stages[0]:]:
-            h = module(h)
-        return self.backbone.forward_head(self.backbone.norm(h), pre_logits=True)
+        return self.backbone.forward_from_stage(h, self.stages[0])
 
     def _prompted_from(self, h: torch.Tensor, key_idx: torch.Tensor, task: int | None = None) -> torch.Tensor:
         """Prompted features for tasks ``key_idx`` ``[B]``; ``task``: the one task of the whole batch
         when the caller knows it (a Python int), so per-task generators need no look at ``key_idx``."""
-        bb = self.backbone
         task_emb = self.dap_task_emb(key_idx)
         task_idx: int | torch.Tensor = key_idx if task is None else task
         if self.task_generators and task is None:  # a batch of one task takes its maps once per block:
             tasks = key_idx.unique()  # one host sync per pass (callers that know the task pass an int)
             task_idx = tasks[0] if len(tasks) == 1 else key_idx
-        for s in range(self.stages[0], len(bb.layers)):
-            if str(s) in self.dap_blocks:
-                prompted = self.dap_blocks[str(s)]
-                for i, block in enumerate(bb.stages[s]):
-                    h = prompted[i](block, h, task_emb, task_idx) if i < len(prompted) else block(h)
-            else:
-                h = bb.stages[s](h)
-            down = bb.downsample(s)
-            if down is not None:
-                h = down(h)
-        return bb.forward_head(bb.norm(h), pre_logits=True)
+
+        def run_block(s: int, i: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            prompted = self.dap_blocks[str(s)] if str(s) in self.dap_blocks else ()
+            return prompted[i](block, h, task_emb, task_idx) if i < len(prompted) else block(h)
+
+        return self.backbone.forward_from_stage(h, self.stages[0], run_block)
 
     def forward_query(self, x: torch.Tensor) -> torch.Tensor:
         """The query alone: pooled un-prompted features of the frozen (or adapted) backbone ``[B, C]``."""

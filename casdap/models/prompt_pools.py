@@ -149,29 +149,19 @@ class PromptPoolModel(nn.Module):
 
     # -- passes -----------------------------------------------------------------------------
     def _prefix(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.backbone.patch_embed(x)
-        for module in self.backbone.network[: 2 * self.stages[0]]:
-            x = module(x)
-        return x
+        return self.backbone.forward_to_stage(x, self.stages[0])
 
     def _query_from(self, h: torch.Tensor) -> torch.Tensor:
-        for module in self.backbone.network[2 * self.stages[0]:]:
-            h = module(h)
-        return self.backbone.forward_head(self.backbone.norm(h), pre_logits=True)
+        return self.backbone.forward_from_stage(h, self.stages[0])
 
     def _prompted_from(self, h: torch.Tensor, tokens: list[torch.Tensor]) -> torch.Tensor:
-        bb, j = self.backbone, 0
-        for s in range(self.stages[0], len(bb.layers)):
-            for i, block in enumerate(bb.stages[s]):
-                if j < len(self.blocks) and self.blocks[j] == (s, i):
-                    h = self.injections[j].forward_tokens(block, h, tokens[j])
-                    j += 1
-                else:
-                    h = block(h)
-            down = bb.downsample(s)
-            if down is not None:
-                h = down(h)
-        return bb.forward_head(bb.norm(h), pre_logits=True)
+        position = {where: j for j, where in enumerate(self.blocks)}
+
+        def run_block(s: int, i: int, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            j = position.get((s, i))
+            return block(x) if j is None else self.injections[j].forward_tokens(block, x, tokens[j])
+
+        return self.backbone.forward_from_stage(h, self.stages[0], run_block)
 
     def forward_query(self, x: torch.Tensor) -> torch.Tensor:
         """The query alone: pooled un-prompted features of the frozen backbone ``[B, C]``."""
