@@ -74,6 +74,35 @@ def test_only_the_query_backbone_and_its_head_train_while_adapting():
         model.start_adaptation()
 
 
+def test_an_adaptation_cut_short_leaves_the_query_frozen_and_not_adapted(tmp_path, cifar, monkeypatch):
+    """An error (or Ctrl-C) in the first-task adaptation: the model stops adapting, its query trains no
+    more, and it is not marked adapted, so the next training of the first task adapts it anew."""
+    from avalanche.training.templates import SupervisedTemplate
+
+    from casdap.continual.runner import run_continual
+
+    def boom(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SupervisedTemplate, "_train_exp", boom)
+    cfg = tiny_cifar_cfg(cifar, tmp_path / "cut", "dap", "MODEL.DAP.QUERY", "adapted", "MODEL.DAP.KEYS_PER_TASK", "1")
+    captured = {}
+    real_cancel = CASDAP.cancel_adaptation
+
+    def cancel(model):
+        real_cancel(model)
+        captured["model"] = model
+
+    monkeypatch.setattr(CASDAP, "cancel_adaptation", cancel)
+    with pytest.raises(KeyboardInterrupt):
+        run_continual(cfg, progress=False)
+    model = captured["model"]
+    assert not model._adapting and not bool(model.adapted) and model.needs_adaptation
+    assert not any(p.requires_grad for p in (*model.query_net.parameters(), *model.adapt_head.parameters()))
+    training = [n for n, p in model.named_parameters() if p.requires_grad]  # DAP's own parts, as before
+    assert training and not any(n.startswith(("backbone.", "query_backbone.", "adapt_head.")) for n in training)
+
+
 def test_dap_reference_model_is_built_as_before():
     torch.manual_seed(0)
     plain = CASDAP(rcvit_xs(num_classes=0), num_classes=4, num_tasks=2).state_dict()

@@ -392,6 +392,9 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         self._adapting = True
         try:
             super()._train_exp(experience, eval_streams, **kwargs)
+        except BaseException:
+            self.model.cancel_adaptation()
+            raise
         finally:
             self._adapting = False
         self.model.finish_adaptation()

@@ -376,8 +376,16 @@ class CASDAP(nn.Module):
 
     def finish_adaptation(self) -> None:
         """Freeze the adapted backbone and its head for good (``adapted`` is saved with the model)."""
-        self._adapting = False
+        self._stop_adaptation()
         self.adapted.fill_(True)
+
+    def cancel_adaptation(self) -> None:
+        """Freeze the query again after an adaptation that did not complete (an error, Ctrl-C): the
+        model is not marked adapted, so the next first-task training adapts it anew."""
+        self._stop_adaptation()
+
+    def _stop_adaptation(self) -> None:
+        self._adapting = False
         for p in (*self.query_net.parameters(), *self.adapt_head.parameters()):
             p.requires_grad_(False)
             p.grad = None
