@@ -1,9 +1,13 @@
+import os
+import pickle
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -18,6 +22,22 @@ def official_fixture():
     return FIXTURES / "casvit_official"
 
 
+def once_per_session(tmp_path_factory, name: str, make: Callable[[Path], object]) -> object:
+    """``make(folder)``, computed once for the whole test session: under pytest-xdist every worker
+    asks for a session fixture, and the first one to ask makes it in a folder all of them share
+    while the others wait on a file lock, then read its pickled result."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder above each worker's own
+    folder, result = shared / name, shared / f"{name}.pickle"
+    with FileLock(shared / f"{name}.lock"):
+        if not result.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed making it leaves no half
+            folder.mkdir()
+            result.write_bytes(pickle.dumps(make(folder)))
+        return pickle.loads(result.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def torchrun_cl_runs(tmp_path_factory):
     """One two-process ``torchrun`` launch serving every distributed continual test (its process
@@ -25,9 +45,12 @@ def torchrun_cl_runs(tmp_path_factory):
     CIFAR data, and DAP with Gaussian task inference over all classes on the same data;
     ranpac, slda, fecam and slda after a first-session adaptation on a tenth of the digits; l2p,
     dualprompt and coda_prompt on the tiny CIFAR data. Name -> :class:`cl_support.LaunchedRun`."""
+    return once_per_session(tmp_path_factory, "torchrun_cl", _launch_cl_runs)
+
+
+def _launch_cl_runs(tmp: Path) -> dict:
     from cl_support import launch_cl_runs, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
 
-    tmp = tmp_path_factory.mktemp("torchrun_cl")
     data = write_tiny_cifar(tmp / "cifar", train_per_class=8)
     # dap with several keys per task: each rank seeds the keys from its own first batch, so rank 0's
     # keys must reach the others
@@ -54,9 +77,13 @@ def demo_pretraining(tmp_path_factory):
     """``casdap demo --pretrain-epochs 1`` run once for the session, with the cheapest method (ncm) on
     a tenth of the digits: its backbone pretraining (about 13 CPU seconds) is the expensive stage, and
     the demo and embedded-benchmark tests start from that backbone. ``(demo folder, its stdout)``."""
+    return once_per_session(tmp_path_factory, "demo_pretraining", _demo_pretraining)
+
+
+def _demo_pretraining(tmp: Path) -> tuple[Path, str]:
     from cl_support import run_casdap
 
-    out = tmp_path_factory.mktemp("demo_pretraining") / "demo"
+    out = tmp / "demo"
     done = run_casdap([sys.executable, "-m", "casdap", "demo", "--out", str(out), "--pretrain-epochs", "1",
                        "--methods", "ncm", "SOLVER.TOTAL_EPOCH", "1", "DATA.PERCENTAGE", "0.1"], cwd=out.parent)
     assert done.returncode == 0, done.stderr[-3000:]
