@@ -16,8 +16,8 @@ from casdap.errors import CasdapError
 DEFAULT_METHODS = ("ncm", "linear", "dap", "finetune", "joint")
 # Wall seconds of each stage on an idle 2-core machine, one thread (README, "What the demo shows"):
 # the basis of the demo's estimate, rescaled by how fast the machine turns out to be.
-IDLE_SECONDS = {"pretrain": 43.0, "dap": 17.0, "finetune": 19.0, "linear": 5.0, "ncm": 2.0, "joint": 17.0}
-DEFAULT_IDLE_SECONDS = 25.0  # a method not measured above
+IDLE_SECONDS = {"pretrain": 77.0, "dap": 30.0, "finetune": 37.0, "linear": 10.0, "ncm": 4.0, "joint": 38.0}
+DEFAULT_IDLE_SECONDS = 35.0  # a method not measured above: about what the training methods take
 
 
 class Eta:
