@@ -126,6 +126,7 @@ class Comparison:
     runs: list[RunRecord]
     groups: list[RunGroup]
     skipped: list[tuple[str, str]]  # (given path, reason)
+    paired: list = field(default_factory=list)  # PairedDifference between groups over shared seeds
 
 
 def unique_names(runs: list[RunRecord]) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import math
 
+from casdap.compare.paired import CONFIDENCE, PAIRED_METRICS, PairedDifference
 from casdap.compare.records import TAG_MEANINGS, Comparison, RunGroup, RunRecord
 
 _METRICS = [  # (attribute, column title, kind); the two parameter counts share one column in tables
@@ -97,6 +98,46 @@ def group_table(groups: list[RunGroup], console: bool = False) -> tuple[list[str
     return header, rows
 
 
+def _pts(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def _seed_list(seeds: list[int]) -> str:
+    return ",".join(map(str, seeds))
+
+
+def paired_table(diffs: list[PairedDifference]) -> tuple[list[str], list[list[str]]]:
+    """One row per pair of groups and metric: the mean paired difference in points and its interval."""
+    titles = dict(PAIRED_METRICS)
+    header = ["A", "B", "Metric", "Seeds paired", "A - B (pts)", f"{CONFIDENCE:.0%} CI (pts)", "Verdict",
+              "Unpaired seeds"]
+    rows = []
+    for d in diffs:
+        ci = d.interval
+        unpaired = "; ".join(f"{which} only: {_seed_list(s)}" for which, s in (("A", d.only_a), ("B", d.only_b)) if s)
+        rows.append([d.a.label, d.b.label, titles[d.metric], f"{d.n} ({_seed_list(d.seeds)})", _pts(d.mean),
+                     "-" if ci is None else f"[{_pts(ci[0])}, {_pts(ci[1])}]", d.verdict, unpaired or "-"])
+    return header, rows
+
+
+def paired_csv(diffs: list[PairedDifference]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["a", "b", "metric", "n_paired", "seeds", "mean_diff", "ci_low", "ci_high", "confidence",
+                "diffs", "only_a", "only_b"])
+    for d in diffs:
+        ci = d.interval
+        w.writerow([d.a.label, d.b.label, d.metric, d.n, " ".join(map(str, d.seeds)), d.mean,
+                    "" if ci is None else ci[0], "" if ci is None else ci[1], CONFIDENCE,
+                    " ".join(repr(x) for x in d.diffs), " ".join(map(str, d.only_a)), " ".join(map(str, d.only_b))])
+    return buf.getvalue()
+
+
+PAIRED_NOTE = ("A - B is the mean over the seeds both groups ran of the per-seed difference, in points; the interval "
+               "is the two-sided {conf:.0%} paired t-interval over those differences (n - 1 degrees of freedom, none "
+               "with one seed). Verdict: the interval excludes 0 (a > b or a < b) or holds it (n.s.).")
+
+
 def tag_notes(runs: list[RunRecord]) -> list[str]:
     """One line per protocol tag in use, saying what it means."""
     used = {t for r in runs for t in r.tags}
@@ -154,6 +195,9 @@ def summary_markdown(comp: Comparison) -> str:
           "## Methods", "", markdown_table(*group_table(comp.groups)), "", "## Runs", "",
           markdown_table(*run_table(comp.runs)), ""]
     md += [f"- {note}" for note in tag_notes(comp.runs)] + [""] * bool(tag_notes(comp.runs))
+    if comp.paired:
+        md += ["## Paired differences", "", PAIRED_NOTE.format(conf=CONFIDENCE), "",
+               markdown_table(*paired_table(comp.paired)), ""]
     flat = [r.name for r in comp.runs if not r.acc_matrix]
     if flat and any(r.acc_matrix for r in comp.runs):
         md += ["## Plots", "", "Runs drawn as a horizontal line, with no heatmap and no forgetting bars (no per-task "
