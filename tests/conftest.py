@@ -17,6 +17,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--update-references", action="store_true", default=False,
+                     help="rewrite tests/reference/*.json from this code's runs instead of comparing with them "
+                          "(tests/references.py; bash scripts/update_references.sh runs every such test)")
+
+
 @pytest.fixture
 def official_fixture():
     return FIXTURES / "casvit_official"
