@@ -210,10 +210,11 @@ class PromptMethod(Method):
         return [{"params": model.trainable_parameters(), "lr": cfg.SOLVER.BASE_LR}]
 
     def build_strategy(self, cfg, model, optimizer, plugins, **common):
-        weights = {"pull_lambda": 0.0, "ortho_lambda": 0.0,
-                   **{key.lower(): cfg.MODEL.PROMPT[key] for key in self.loss_weights}}
-        return self.strategy_class(model=model, optimizer=optimizer, plugins=plugins,
-                                   selection=cfg.MODEL.DAP.SELECTION.lower(), **weights, **common)
+        p = cfg.MODEL.PROMPT
+        pull = p.PULL_LAMBDA if "PULL_LAMBDA" in self.loss_weights else 0.0
+        ortho = p.ORTHO_LAMBDA if "ORTHO_LAMBDA" in self.loss_weights else 0.0
+        return self.strategy_class(model=model, optimizer=optimizer, plugins=plugins, pull_lambda=pull,
+                                   ortho_lambda=ortho, selection=cfg.MODEL.DAP.SELECTION.lower(), **common)
 
     def protocol_notes(self, cfg):
         selection = cfg.MODEL.DAP.SELECTION.lower()
