@@ -359,7 +359,7 @@ def test_first_session_adapts_the_backbone_on_the_first_task_only(tmp_path, cifa
     ("BASELINES.SLDA_SHRINKAGE", "1.5", "must be a number in [0, 1]"),
     ("BASELINES.SLDA_SHRINKAGE", "-0.1", "must be a number in [0, 1]"),
     ("BASELINES.FECAM_SHRINKAGE", "2.0", "must be a number in [0, 1]"),
-    ("BASELINES.FIRST_SESSION", "True", "applies to ncm, ranpac, slda, fecam only"),
+    ("BASELINES.FIRST_SESSION", "True", "is not read by method dap"),
 ])
 def test_bad_discriminant_settings_are_one_clear_error(tmp_path, capsys, key, value, words):
     out = tmp_path / "bad"
