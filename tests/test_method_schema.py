@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from cl_support import DIGITS_YAML
+from cl_support import DIGITS_STREAM, DIGITS_YAML
 from conftest import ROOT
 from yacs.config import CfgNode
 
@@ -24,7 +24,7 @@ from casdap.continual.run_directory import settings_changed
 from casdap.errors import CasdapError
 
 NOTICE = "not read by method"
-STREAM = ROOT / "configs" / "streams" / "digits.yaml"
+STREAM = DIGITS_STREAM
 
 
 def _notices(err: str) -> list[str]:
