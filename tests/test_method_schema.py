@@ -146,6 +146,22 @@ def test_a_run_saves_only_what_its_method_read_and_resumes_from_it(tmp_path, cap
     assert "holds a finished run" in capsys.readouterr().out
 
 
+def test_a_config_built_in_python_gets_the_notice_from_the_run(tmp_path, capsys):
+    """run_continual cannot tell where a setting came from: every one its method does not read is
+    named once (and not applied), as casdap cl does for a file's."""
+    from casdap.continual.runner import run_continual
+
+    cfg = load_config(DIGITS_YAML, ["MODEL.TRANSFER_TYPE", "ncm", "MODEL.RANDOM_INIT", "True", "MODEL.MODEL_ROOT",
+                                    str(tmp_path / "none"), "DATA.PERCENTAGE", "0.1", "CONTINUAL.INITIAL", "5",
+                                    "CONTINUAL.INCREMENT", "5", "CONTINUAL.N_TASKS", "2", "DEVICE", "cpu",
+                                    "OUTPUT_DIR", str(tmp_path / "run"), "MODEL.PROMPT.TOP_N", "3"])
+    run_continual(cfg, progress=False)
+    notices = _notices(capsys.readouterr().err)
+    assert len(notices) == 1 and "(from the config given to the run)" in notices[0], notices
+    assert "MODEL.PROMPT.TOP_N 3" in notices[0] and "MODEL.DAP.KEYS_PER_TASK 16" in notices[0]
+    assert "TOP_N" not in (tmp_path / "run" / "config.yaml").read_text()
+
+
 def test_a_run_saved_before_the_schema_resumes_though_it_states_unread_keys():
     """An l2p run's config.yaml written before (every key, QUERY adapted from the DAP file) resumes
     under the same l2p settings: only the keys l2p reads are compared."""
