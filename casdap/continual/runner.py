@@ -92,7 +92,7 @@ def output_dir_of(cfg: CfgNode) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- methods
-# Settings that name something: compared in lower case everywhere (as casdap.config.validate does).
+# Settings that name something: compared in lower case everywhere (as the config checks do).
 _NAME_KEYS = (("MODEL", "TRANSFER_TYPE"), ("MODEL.DAP", "SELECTION"), ("MODEL.DAP", "INJECTION"),
               ("SOLVER", "OPTIMIZER"), ("SOLVER", "SCHEDULER"))
 
