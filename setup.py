@@ -10,11 +10,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # The configs stay in the checkout's top-level configs/ (DAP's layout: configs/dap/*.yaml with
-    # _BASE_: "../base-dap.yaml") and ship inside the package as casdap/configs/, same layout, so
-    # `casdap cl --config-file configs/dap/digits.yaml` and `casdap demo` work from a wheel.
-    packages=[*find_packages(include=["casdap", "casdap.*"]), "casdap.configs", "casdap.configs.dap"],
-    package_dir={"casdap.configs": "configs", "casdap.configs.dap": "configs/dap"},
-    package_data={"casdap.configs": ["*.yaml"], "casdap.configs.dap": ["*.yaml"]},
+    # _BASE_: "../base-dap.yaml" or "../streams/<stream>.yaml") and ship inside the package as
+    # casdap/configs/, same layout, so `casdap cl --config-file configs/dap/digits.yaml` and
+    # `casdap demo` work from a wheel.
+    packages=[*find_packages(include=["casdap", "casdap.*"]), "casdap.configs", "casdap.configs.dap",
+              "casdap.configs.streams"],
+    package_dir={"casdap.configs": "configs", "casdap.configs.dap": "configs/dap",
+                 "casdap.configs.streams": "configs/streams"},
+    package_data={"casdap.configs": ["*.yaml"], "casdap.configs.dap": ["*.yaml"], "casdap.configs.streams": ["*.yaml"]},
     install_requires=[
         # 2.6 is the first release where torch.load(weights_only=True) is safe (CVE-2025-32434).
         "torch>=2.6",

@@ -1,6 +1,6 @@
 """Names of CAS-DAP's pluggable parts, torch-free: each registry maps a name to ``"module:attr"``.
 
-The config check (:mod:`casdap.config.validate`) reads the names before torch is imported; the
+The config checks (:mod:`casdap.continual.methods.checks`) read the names before torch is imported; the
 model imports an entry only when it is built (:func:`load`). A new part is one file plus one line
 here (docs/architecture.md, "Registries"). Names are compared lower-case everywhere
 (:func:`normalize`), so ``KV`` and ``kv`` are the same injection.

@@ -18,6 +18,7 @@ from layouts import write_cifar
 from casdap.config import load_config
 
 DIGITS_YAML = ROOT / "configs" / "dap" / "digits.yaml"
+DIGITS_STREAM = ROOT / "configs" / "streams" / "digits.yaml"  # the digits with no method's keys
 CIFAR_YAML = ROOT / "configs" / "dap" / "cifar.yaml"
 
 

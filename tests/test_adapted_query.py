@@ -8,7 +8,7 @@ import torch
 from cl_support import DIGITS_YAML, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
-from casdap.config import validate as v
+from casdap.continual.methods import check_config
 from casdap.errors import CasdapError
 from casdap.models.casvit import rcvit_xs
 from casdap.models.dap import CASDAP
@@ -116,4 +116,4 @@ def test_dap_reference_model_is_built_as_before():
 ])
 def test_bad_query_settings_are_one_clear_error(overrides, message):
     with pytest.raises(CasdapError, match=re.escape(message)):
-        v.validate(load_config(DIGITS_YAML, overrides))
+        check_config(load_config(DIGITS_YAML, overrides))

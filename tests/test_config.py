@@ -214,3 +214,36 @@ def test_every_setting_is_read_or_named_when_changed():
 def test_dap_launcher_keys_changed_get_the_notice(capsys):
     load_config(DIGITS_YAML, ["NUM_GPUS", "4", "DBG", "True", "DIST_BACKEND", "gloo"])
     assert "no effect in CAS-DAP: DBG True, DIST_BACKEND 'gloo', NUM_GPUS 4" in capsys.readouterr().err
+
+
+# The shipped DAP configs of the embedded streams as they were written on DAP's base file, before
+# a stream's settings and DAP's went into separate files: only what they set over it.
+OVER_BASE_DAP = {
+    "digits": {"CONTINUAL": {"INITIAL": 2, "INCREMENT": 2, "N_TASKS": 5},
+               "DATA": {"NAME": "digits", "NUMBER_CLASSES": 10, "DATAPATH": "", "CROPSIZE": 32, "BATCH_SIZE": 64,
+                        "NUM_WORKERS": 0},
+               "MODEL": {"MODEL_ROOT": "./model/embedded", "DAP": {"NUM_TASKS_FOR_EMB": 5, "PROMPT_POOL": 5,
+                                                                   "KEYS_PER_TASK": 16, "RESTRICT_TO_TASK": True}},
+               "SOLVER": {"TOTAL_EPOCH": 5, "SCHEDULER": "linear_decay"}, "SEED": 0},
+    "embedded_shift": {
+        "CONTINUAL": {"INITIAL": 10, "INCREMENT": 10, "N_TASKS": 10},
+        "DATA": {"NAME": "embedded_shift", "NUMBER_CLASSES": 100, "DATAPATH": "", "CROPSIZE": 32, "BATCH_SIZE": 64,
+                 "NUM_WORKERS": 0},
+        "MODEL": {"MODEL_ROOT": "./model/embedded", "DAP": {
+            "INJECTION": "attn", "CHANNEL_MIX": True, "TASK_GENERATORS": True, "NUM_TASKS_FOR_EMB": 10,
+            "PROMPT_POOL": 10, "QUERY": "adapted", "PROMPT_BACKBONE": "adapted", "TASK_INFERENCE": "gaussian",
+            "SHRINKAGE": 0.003, "KEYS_PER_TASK": 1, "PREDICTION": "all", "ALL_CLASS_HEAD": "lda",
+            "RESTRICT_TO_TASK": False}},
+        "SOLVER": {"TOTAL_EPOCH": 8, "SCHEDULER": "linear_decay"}, "SEED": 0},
+}
+
+
+@pytest.mark.parametrize("stream", sorted(OVER_BASE_DAP))
+def test_dap_configs_on_a_stream_file_resolve_as_on_daps_base_file(tmp_path, stream):
+    """configs/dap/<stream>.yaml (the stream file plus DAP's keys) resolves to every value it had
+    when it was written over configs/base-dap.yaml."""
+    import yaml
+
+    before = tmp_path / f"{stream}.yaml"
+    before.write_text(yaml.safe_dump({"_BASE_": str(ROOT / "configs" / "base-dap.yaml"), **OVER_BASE_DAP[stream]}))
+    assert load_config(ROOT / "configs" / "dap" / f"{stream}.yaml").dump() == load_config(before).dump()

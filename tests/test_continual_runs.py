@@ -10,8 +10,10 @@ import torch
 from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.cli import main
+from casdap.config import load_config
 from casdap.continual import runner
 from casdap.continual.runner import run_continual
+from casdap.errors import CasdapError
 
 CONTRACT = {
     "method", "backbone", "dataset", "seed", "n_tasks", "tasks_done", "finished", "acc_matrix", "wtp_matrix",
@@ -371,20 +373,25 @@ def test_log_every_n_prints_the_running_loss_without_progress_bars(tmp_path, cif
 def test_the_documented_method_module_is_all_a_new_method_needs(tmp_path, cifar, monkeypatch):
     """The worked example of docs/architecture.md ("Adding a method"), as written there, runs,
     resumes and leaves the run folder compare reads."""
+    import dataclasses
     import re
     import sys
 
     from conftest import ROOT
 
     from casdap.compare import load_continual_run
-    from casdap.continual.methods import METHOD_MODULES
+    from casdap.continual import methods
 
     doc = (ROOT / "docs" / "architecture.md").read_text()
     section = doc[doc.index("## Adding a method"):doc.index("## Where a new piece goes")]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code, entry = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
     (tmp_path / "smooth_method.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(METHOD_MODULES, "smooth", "smooth_method")
+    name, schema = eval("{" + entry + "}", vars(methods)).popitem()  # the table entry, as written there
+    monkeypatch.setitem(methods.METHODS, name, dataclasses.replace(schema, module="smooth_method"))
+    with pytest.raises(CasdapError, match=r"^MODEL.PROMPT.LENGTH is not read by method smooth \(it reads: "):
+        load_config(DIGITS_YAML, ["MODEL.TRANSFER_TYPE", "smooth", "MODEL.PROMPT.LENGTH", "8"],
+                    reads=methods.method_keys)
     killed = tmp_path / "killed"
     with monkeypatch.context() as mp:
         interrupt_during_task(mp, 1)

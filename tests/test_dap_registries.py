@@ -13,7 +13,7 @@ import casdap
 from casdap import dap_defaults as D
 from casdap import dap_registry as R
 from casdap.config import get_defaults, load_config
-from casdap.config import validate as v
+from casdap.continual.methods import check_config, checks
 from casdap.models.build import build_dap_model
 from casdap.models.dap import CASDAP, restrict_logits
 from casdap.models.prompt_sources import PromptSource
@@ -32,7 +32,8 @@ def _small(**kw):
 
 
 def test_names_come_without_torch():
-    code = ("import sys; import casdap.dap_registry, casdap.dap_defaults, casdap.config.validate, casdap.config; "
+    code = ("import sys; import casdap.dap_registry, casdap.dap_defaults, casdap.config.validate, casdap.config, "
+            "casdap.continual.methods; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -44,7 +45,7 @@ def test_every_entry_loads_and_follows_its_contract():
         assert issubclass(R.load("prompt_source", R.PROMPT_SOURCES, name), PromptSource)
     for name in R.SELECTIONS:
         assert callable(R.load("selection", R.SELECTIONS, name))
-    assert v.INJECTION_NAMES is R.INJECTION_NAMES and v.SELECTION_NAMES is R.SELECTION_NAMES
+    assert checks.INJECTION_NAMES is R.INJECTION_NAMES and checks.SELECTION_NAMES is R.SELECTION_NAMES
     with pytest.raises(casdap.CasdapError,
                        match="task_predictor must be one of keys, gaussian, head, lda, got 'gauss'"):
         _small(task_predictor="gauss")
@@ -84,7 +85,7 @@ def test_names_in_any_case():
                              "True", "MODEL.MODEL_ROOT", "/nonexistent", "DATA.NUMBER_CLASSES", "4",
                              "CONTINUAL.N_TASKS", "2", "MODEL.DAP.PROMPT_POOL", "2",
                              "MODEL.DAP.NUM_TASKS_FOR_EMB", "2"])
-    v.validate(cfg)
+    check_config(cfg)
     assert build_dap_model(cfg).injection == "kv"
 
 

@@ -20,7 +20,8 @@ from casdap.errors import CasdapError
 
 SHIPPED = ["base-dap.yaml", "dap/cifar.yaml", "dap/coda_prompt_digits.yaml", "dap/coda_prompt_embedded_shift.yaml",
            "dap/digits.yaml", "dap/dualprompt_digits.yaml", "dap/dualprompt_embedded_shift.yaml",
-           "dap/embedded_shift.yaml", "dap/imagenet_r.yaml", "dap/l2p_digits.yaml", "dap/l2p_embedded_shift.yaml"]
+           "dap/embedded_shift.yaml", "dap/imagenet_r.yaml", "dap/l2p_digits.yaml", "dap/l2p_embedded_shift.yaml",
+           "streams/digits.yaml", "streams/embedded_shift.yaml"]
 
 
 def test_every_config_of_the_checkout_is_shipped():

@@ -13,7 +13,7 @@ import torch
 from cl_support import CIFAR_YAML, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
-from casdap.config.validate import validate
+from casdap.continual.methods import check_config, method_keys
 from casdap.continual.runner import run_continual
 from casdap.errors import CasdapError
 
@@ -60,6 +60,11 @@ def test_each_method_runs_end_to_end_with_its_decomposition(full_runs, method):
         assert m["task_selection_acc"] is None
     run = load_continual_run(where / "full")
     assert run.tii == m["tii"] and run.wtp == m["wtp"]
+    # the saved config states what the method read: its prompts, not DAP's keys (the tiny config sets
+    # MODEL.DAP.PROMPT_POOL for every method), nor the others' MODEL.PROMPT keys
+    saved = (where / "full" / "config.yaml").read_text()
+    assert "PROMPT_POOL" not in saved and "QUERY" not in saved and "LENGTH" in saved
+    assert ("TOP_N" in saved) == (method == "l2p") and ("COMPONENTS" in saved) == (method == "coda_prompt")
     # the untouched model: prompts behind zero gates on the first task only; gates frozen after it
     model = result.strategy.model
     assert all(not g.requires_grad for inj in model.injections for g in inj.gates())
@@ -174,7 +179,7 @@ def test_bad_prompt_settings_are_one_clear_error(overrides, message):
     import re
 
     with pytest.raises(CasdapError, match=re.escape(message)):
-        validate(load_config(CIFAR_YAML, overrides))
+        check_config(load_config(CIFAR_YAML, overrides, reads=method_keys))
 
 
 def test_dualprompt_needs_a_block_for_its_e_prompts():
@@ -187,13 +192,17 @@ def test_dualprompt_needs_a_block_for_its_e_prompts():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_shipped_method_configs_state_only_differences_and_are_valid(method):
+def test_shipped_method_configs_share_the_dap_rows_stream_and_are_valid(method):
+    """configs/dap/<method>_<stream>.yaml: the stream, protocol and solver of the DAP row's config,
+    prompted in the same blocks, and none of DAP's own settings (which the method does not read)."""
     for stream in ("digits", "embedded_shift"):
-        cfg = load_config(CIFAR_YAML.parent / f"{method}_{stream}.yaml")
-        validate(cfg)
-        base = load_config(CIFAR_YAML.parent / f"{stream}.yaml")
-        assert cfg.MODEL.TRANSFER_TYPE == method and cfg.DATA.NAME == base.DATA.NAME
-        assert cfg.SOLVER == base.SOLVER and cfg.MODEL.DAP == base.MODEL.DAP  # the DAP row's solver and prompted blocks
+        cfg = load_config(CIFAR_YAML.parent / f"{method}_{stream}.yaml", reads=method_keys)
+        check_config(cfg)
+        dap = load_config(CIFAR_YAML.parent / f"{stream}.yaml")
+        assert cfg.MODEL.TRANSFER_TYPE == method
+        assert (cfg.DATA, cfg.CONTINUAL, cfg.SOLVER, cfg.SEED) == (dap.DATA, dap.CONTINUAL, dap.SOLVER, dap.SEED)
+        for key in ("STAGES", "INJECTION", "PROMPT_LAST_BLOCK", "SELECTION"):  # the DAP row's prompted blocks
+            assert cfg.MODEL.DAP[key] == dap.MODEL.DAP[key], (stream, key)
 
 
 def test_table_rows_run_the_shipped_method_configs():
@@ -210,8 +219,9 @@ def test_table_rows_run_the_shipped_method_configs():
                 ("embedded_shift", shift, rf'"{method}\|([^"]*)"'),
                 ("digits", digits, rf'run {method} "\$seed" ([^\n]*)')):
             overrides = re.search(pattern, text).group(1).split()
-            row = load_config(CIFAR_YAML.parent / f"{stream}.yaml", overrides)
-            assert row == load_config(CIFAR_YAML.parent / f"{method}_{stream}.yaml"), (method, stream)
+            row = load_config(CIFAR_YAML.parent / f"{stream}.yaml", overrides, reads=method_keys)
+            shipped = load_config(CIFAR_YAML.parent / f"{method}_{stream}.yaml", reads=method_keys)
+            assert row == shipped, (method, stream)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from cl_support import DIGITS_YAML, interrupt_during_task, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_STREAM, interrupt_during_task, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
 from test_continual_runs import CONTRACT
 
 from casdap.cli import main
@@ -121,8 +121,8 @@ def test_resume_after_task_one_matches_the_uninterrupted_run(tmp_path, monkeypat
 ])
 def test_bad_ranpac_settings_are_one_clear_error(tmp_path, capsys, key, value):
     out = tmp_path / "bad"
-    code = main(["cl", "--config-file", str(DIGITS_YAML), "--output_dir", str(out), "--no-progress", "--device", "cpu",
-                 "MODEL.RANDOM_INIT", "True", "MODEL.TRANSFER_TYPE", "ranpac", key, value])
+    code = main(["cl", "--config-file", str(DIGITS_STREAM), "--output_dir", str(out), "--no-progress",
+                 "--device", "cpu", "MODEL.RANDOM_INIT", "True", "MODEL.TRANSFER_TYPE", "ranpac", key, value])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and key in err[0] and "must be a positive" in err[0], err
     assert not (out / "metrics.json").exists()
@@ -359,13 +359,13 @@ def test_first_session_adapts_the_backbone_on_the_first_task_only(tmp_path, cifa
     ("BASELINES.SLDA_SHRINKAGE", "1.5", "must be a number in [0, 1]"),
     ("BASELINES.SLDA_SHRINKAGE", "-0.1", "must be a number in [0, 1]"),
     ("BASELINES.FECAM_SHRINKAGE", "2.0", "must be a number in [0, 1]"),
-    ("BASELINES.FIRST_SESSION", "True", "applies to ncm, ranpac, slda, fecam only"),
+    ("BASELINES.FIRST_SESSION", "True", "is not read by method dap"),
 ])
 def test_bad_discriminant_settings_are_one_clear_error(tmp_path, capsys, key, value, words):
     out = tmp_path / "bad"
     method = "fecam" if "FECAM" in key else ("dap" if "FIRST" in key else "slda")
-    code = main(["cl", "--config-file", str(DIGITS_YAML), "--output_dir", str(out), "--no-progress", "--device", "cpu",
-                 "MODEL.RANDOM_INIT", "True", "MODEL.TRANSFER_TYPE", method, key, value])
+    code = main(["cl", "--config-file", str(DIGITS_STREAM), "--output_dir", str(out), "--no-progress",
+                 "--device", "cpu", "MODEL.RANDOM_INIT", "True", "MODEL.TRANSFER_TYPE", method, key, value])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and key in err[0] and words in err[0], err
     assert not (out / "metrics.json").exists()
@@ -377,8 +377,9 @@ def test_features_with_nan_are_one_clear_error(tmp_path, capsys, monkeypatch, na
 
     monkeypatch.setattr(CASViT, "forward_pooled", lambda self, x: torch.full((len(x), self.num_features), float("nan")))
     out = tmp_path / "nan"
-    code = main(["cl", "--config-file", str(DIGITS_YAML), "--output_dir", str(out), "--no-progress", "--device", "cpu",
-                 "MODEL.RANDOM_INIT", "True", "DATA.PERCENTAGE", "0.05", "MODEL.TRANSFER_TYPE", name])
+    code = main(["cl", "--config-file", str(DIGITS_STREAM), "--output_dir", str(out), "--no-progress",
+                 "--device", "cpu", "MODEL.RANDOM_INIT", "True", "DATA.PERCENTAGE", "0.05",
+                 "MODEL.TRANSFER_TYPE", name])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"{name}:" in err[0] and "NaN" in err[0], err
     assert not (out / "metrics.json").exists()

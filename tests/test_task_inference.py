@@ -10,7 +10,7 @@ import torch
 from cl_support import DIGITS_YAML, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
-from casdap.config import validate as v
+from casdap.continual.methods import check_config
 from casdap.errors import CasdapError
 from casdap.models.task_inference import (
     MASKED_SCORE,
@@ -142,7 +142,7 @@ def test_all_class_head_is_refitted_from_the_prompted_statistics(head):
 ])
 def test_bad_task_inference_settings_are_one_clear_error(overrides, message):
     with pytest.raises(CasdapError, match=re.escape(message)):
-        v.validate(load_config(DIGITS_YAML, overrides))
+        check_config(load_config(DIGITS_YAML, overrides))
 
 
 def test_prediction_restrict_is_restrict_to_task():

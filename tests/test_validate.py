@@ -6,6 +6,7 @@ from cl_support import DIGITS_YAML
 
 from casdap.config import load_config
 from casdap.config import validate as v
+from casdap.continual.methods import METHOD_NAMES, check_config, checks
 from casdap.errors import CasdapError
 
 
@@ -15,13 +16,13 @@ def test_validate_knows_the_names_the_modules_accept():
     from casdap.continual.runner import METHODS
     from casdap.models.dap import INJECTIONS, SELECTIONS
 
-    assert set(v.METHOD_NAMES) == set(METHODS)
+    assert set(METHOD_NAMES) == set(METHODS)
     assert set(DATASETS) <= set(v.DATASET_NAMES)
     assert set(v.SCHEDULERS) == set(LRSchedulePlugin.KINDS)
     from casdap.engine.optim_factory import DAP_OPTIMIZERS
 
     assert set(v.OPTIMIZERS) == set(DAP_OPTIMIZERS)
-    assert set(v.INJECTION_NAMES) == set(INJECTIONS) and set(v.SELECTION_NAMES) == set(SELECTIONS)
+    assert set(checks.INJECTION_NAMES) == set(INJECTIONS) and set(checks.SELECTION_NAMES) == set(SELECTIONS)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -38,12 +39,12 @@ def test_validate_knows_the_names_the_modules_accept():
 ])
 def test_bad_settings_are_one_clear_error(overrides, message):
     with pytest.raises(CasdapError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        v.validate(load_config(DIGITS_YAML, overrides))
+        check_config(load_config(DIGITS_YAML, overrides))
 
 
 def test_shipped_configs_are_valid():
     for name in ("digits", "embedded_shift", "cifar", "imagenet_r"):
-        v.validate(load_config(DIGITS_YAML.parent / f"{name}.yaml"))
+        check_config(load_config(DIGITS_YAML.parent / f"{name}.yaml"))
 
 
 def test_casdap_cl_reports_a_bad_value_before_importing_torch():
@@ -56,12 +57,13 @@ def test_casdap_cl_reports_a_bad_value_before_importing_torch():
     assert "unknown MODEL.DAP.INJECTION 'prefix'" in out.stderr
 
 
-def test_method_names_come_from_the_registry_without_importing_torch():
-    code = ("import sys; from casdap.config.validate import METHOD_NAMES; "
-            "from casdap.continual.methods import METHOD_MODULES; "
-            "print('torch' in sys.modules, list(METHOD_NAMES) == list(METHOD_MODULES))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "True"]
+def test_method_names_and_checks_come_from_the_registry_without_importing_torch():
+    code = ("import sys; from casdap.config import load_config; "
+            "from casdap.continual.methods import METHODS, METHOD_NAMES, check_config, method_keys; "
+            "cfg = load_config(sys.argv[1], reads=method_keys); check_config(cfg); "
+            "print('torch' in sys.modules, list(METHOD_NAMES) == list(METHODS))")
+    out = subprocess.run([sys.executable, "-c", code, str(DIGITS_YAML)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_every_registered_method_module_defines_its_method_and_the_runner_names_none():

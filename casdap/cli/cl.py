@@ -142,12 +142,14 @@ def flag_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def _load(argv: Sequence[str]):
-    """The run's config, the typed flags, and the typed flags that change nothing here."""
+    """The run's config, the typed flags, and the typed flags that change nothing here. A setting
+    the method does not read is refused when given here, and named (not applied) when the file sets it."""
     from casdap.config import load_config
+    from casdap.continual.methods import method_keys
 
     cl_args, opts = parse_cl_args(argv)
     pairs, unused = flag_overrides(cl_args)
-    return load_config(cl_args.config_file, [*pairs, *opts]), cl_args, unused
+    return load_config(cl_args.config_file, [*pairs, *opts], reads=method_keys), cl_args, unused
 
 
 def resolve_config(args: argparse.Namespace):
@@ -157,9 +159,9 @@ def resolve_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     cfg, cl_args, unused = _load(args.argv)
-    from casdap.config.validate import validate
+    from casdap.continual.methods import check_config
 
-    validate(cfg)
+    check_config(cfg)
     if unused:
         print(f"casdap cl: accepted with no effect on a frozen-backbone continual run: {', '.join(unused)}",
               file=sys.stderr)

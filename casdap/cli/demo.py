@@ -48,7 +48,7 @@ def _minutes(seconds: float) -> str:
 
 
 def _methods(text: str) -> list[str]:
-    from casdap.config.validate import METHOD_NAMES as METHODS
+    from casdap.continual.methods import METHOD_NAMES as METHODS
 
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]

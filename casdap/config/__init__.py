@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import difflib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ import yaml
 from yacs.config import CfgNode
 
 from casdap.config.defaults import get_defaults
+from casdap.config.schema import MethodKeys, drop_unread, flat_settings, refuse_unread
 from casdap.errors import CasdapError, yaml_problem
 
-__all__ = ["CfgNode", "load_config", "config_keys", "resolve_config_file", "shipped_config", "shipped_config_dir",
-           "shipped_configs"]
+__all__ = ["CfgNode", "load_config", "config_file_settings", "config_keys", "resolve_config_file", "shipped_config",
+           "shipped_config_dir", "shipped_configs"]
 
 BASE_KEY = "_BASE_"
 
@@ -96,8 +97,14 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> CfgNode:
-    """Defaults, then the YAML file (after its ``_BASE_`` chain), then ``KEY VALUE`` pairs; frozen."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                reads: Callable[[str], MethodKeys] | None = None) -> CfgNode:
+    """Defaults, then the YAML file (after its ``_BASE_`` chain), then ``KEY VALUE`` pairs; frozen.
+
+    ``reads`` (``casdap cl`` gives :func:`casdap.continual.methods.method_keys`) names the keys the
+    method of ``MODEL.TRANSFER_TYPE`` reads: a ``KEY VALUE`` pair it does not read is refused, and
+    a key the file sets that it does not read is named in one notice and left at its default
+    (:mod:`casdap.config.schema`)."""
     cfg = get_defaults()
     if path is not None:
         for file, data in _read_yaml(resolve_config_file(path)):
@@ -117,6 +124,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if parts[-1] not in node or isinstance(node[parts[-1]], CfgNode):
             raise _unknown_key(key, "the command line")
         node[parts[-1]] = _coerce(_parse_value(text), node[parts[-1]], key, "the command line")
+    if reads is not None:
+        keys = reads(cfg.MODEL.TRANSFER_TYPE)
+        refuse_unread(overrides[0::2], keys.method, keys.reads | COMPAT_KEYS, keys.own)
+        drop_unread(cfg, keys.method, keys.reads, COMPAT_KEYS, f"'{path}'")
     resolve_reference_defaults(cfg)
     ignored = ignored_settings(cfg)
     if ignored:
@@ -124,6 +135,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
               file=sys.stderr, flush=True)
     cfg.freeze()
     return cfg
+
+
+def config_file_settings(path: str | Path) -> dict[str, Path]:
+    """Every key that a config file or one of its ``_BASE_`` ancestors sets, with the file that sets it last."""
+    return {key: file for file, data in _read_yaml(resolve_config_file(path)) for key in flat_settings(data)}
 
 
 # Keys of DAP's (ViT) config layout that CAS-DAP accepts, so that DAP's YAML files load unchanged,

@@ -345,7 +345,7 @@ def build_discriminant(cfg, classifier: type[_DiscriminantClassifier], backbone:
                        num_classes: int) -> _DiscriminantClassifier:
     """``classifier`` with ``BASELINES.<NAME>_SHRINKAGE`` (None: the classifier's default; auto: chosen)."""
     key = f"{classifier.name.upper()}_SHRINKAGE"
-    value = {"slda": cfg.BASELINES.SLDA_SHRINKAGE, "fecam": cfg.BASELINES.FECAM_SHRINKAGE}[classifier.name]
+    value = cfg.BASELINES.SLDA_SHRINKAGE if classifier.name == "slda" else cfg.BASELINES.FECAM_SHRINKAGE
     if value is None:
         value = classifier.default_shrinkage
     if value is None or (isinstance(value, str) and value.lower() == "auto"):

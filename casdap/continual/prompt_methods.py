@@ -188,6 +188,9 @@ class PromptMethod(Method):
     model_class: str = ""  # casdap.models.prompt_pools attribute
     strategy_class: type[PromptStrategy] = PromptStrategy
     has_task = False  # a task per image (DualPrompt's E-prompt): its selection accuracy is recorded
+    # the loss weights of MODEL.PROMPT the method has a term for (PULL_LAMBDA, ORTHO_LAMBDA); the
+    # other weight multiplies a term that is 0 for this model, so it is not read
+    loss_weights: tuple[str, ...] = ()
 
     def model_options(self, cfg) -> dict[str, Any]:
         raise NotImplementedError
@@ -208,8 +211,10 @@ class PromptMethod(Method):
 
     def build_strategy(self, cfg, model, optimizer, plugins, **common):
         p = cfg.MODEL.PROMPT
-        return self.strategy_class(model=model, optimizer=optimizer, plugins=plugins, pull_lambda=p.PULL_LAMBDA,
-                                   ortho_lambda=p.ORTHO_LAMBDA, selection=cfg.MODEL.DAP.SELECTION.lower(), **common)
+        pull = p.PULL_LAMBDA if "PULL_LAMBDA" in self.loss_weights else 0.0
+        ortho = p.ORTHO_LAMBDA if "ORTHO_LAMBDA" in self.loss_weights else 0.0
+        return self.strategy_class(model=model, optimizer=optimizer, plugins=plugins, pull_lambda=pull,
+                                   ortho_lambda=ortho, selection=cfg.MODEL.DAP.SELECTION.lower(), **common)
 
     def protocol_notes(self, cfg):
         selection = cfg.MODEL.DAP.SELECTION.lower()

@@ -21,7 +21,7 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,15 +362,17 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def settings_changed(saved_cfg: str, cfg: CfgNode) -> list[str]:
-    """``KEY: old -> new`` for every setting that changes results and differs from the saved run."""
+def settings_changed(saved_cfg: str, cfg: CfgNode, reads: Collection[str] | None = None) -> list[str]:
+    """``KEY: old -> new`` for every setting that changes results and differs from the saved run.
+    ``reads``: the keys the run's method reads (a saved ``config.yaml`` states only these; an older
+    one may state more, which took no effect); None compares every key."""
     from casdap.config import get_defaults
 
     defaults = _flat(get_defaults())
     saved, now = _flat(CfgNode.load_cfg(saved_cfg)), _flat(cfg)
     changed = []
     for key in sorted(set(saved) | set(now)):
-        if key in RESULT_NEUTRAL_KEYS:
+        if key in RESULT_NEUTRAL_KEYS or (reads is not None and key not in reads):
             continue
         old, new = saved.get(key, defaults.get(key)), now.get(key, defaults.get(key))
         if key in _PATH_KEYS and old and new:
@@ -384,9 +386,10 @@ def settings_changed(saved_cfg: str, cfg: CfgNode) -> list[str]:
     return changed
 
 
-def check_compatible(saved_cfg: str, cfg: CfgNode, out: Path) -> None:
-    """Refuse to resume ``out`` under settings that would relabel its results."""
-    changed = settings_changed(saved_cfg, cfg)
+def check_compatible(saved_cfg: str, cfg: CfgNode, out: Path, reads: Collection[str] | None = None) -> None:
+    """Refuse to resume ``out`` under settings that would relabel its results (``reads``: as
+    :func:`settings_changed`)."""
+    changed = settings_changed(saved_cfg, cfg, reads)
     if changed:
         raise CasdapError(
             f"cannot resume '{out}': it was made with other settings, and resuming would label its results "

@@ -22,9 +22,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from yacs.config import CfgNode
 
-from casdap.config.validate import METHOD_NAMES, validate
+from casdap.config import COMPAT_KEYS
+from casdap.config.schema import MethodKeys, drop_unread, dump_read, unread_settings
 from casdap.continual.benchmarks import build_benchmark
-from casdap.continual.methods import get_method
+from casdap.continual.methods import METHOD_NAMES, check_config, get_method
 from casdap.continual.methods.base import Method
 from casdap.continual.plugins import (
     AutocastPlugin,
@@ -91,7 +92,7 @@ def output_dir_of(cfg: CfgNode) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- methods
-# Settings that name something: compared in lower case everywhere (as casdap.config.validate does).
+# Settings that name something: compared in lower case everywhere (as the config checks do).
 _NAME_KEYS = (("MODEL", "TRANSFER_TYPE"), ("MODEL.DAP", "SELECTION"), ("MODEL.DAP", "INJECTION"),
               ("SOLVER", "OPTIMIZER"), ("SOLVER", "SCHEDULER"))
 
@@ -232,13 +233,28 @@ def _set_cudnn(cfg: CfgNode, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
 
 
+def _read_only(cfg: CfgNode, keys: MethodKeys) -> CfgNode:
+    """``cfg`` with every setting its method does not read back at its default, named in one notice
+    (``casdap cl`` has done so when loading; a config built in Python may still carry some)."""
+    if not unread_settings(cfg, keys.reads, COMPAT_KEYS):
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    drop_unread(cfg, keys.method, keys.reads, COMPAT_KEYS, "the config given to the run")
+    cfg.freeze()
+    return cfg
+
+
 def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     """Run the experiment described by ``cfg`` (frozen, from :func:`casdap.config.load_config`).
 
-    An embedded benchmark's backbone file must exist (or ``MODEL.RANDOM_INIT`` be set): commands
-    make it first with :func:`prepare_backbone`.
+    A setting the method does not read is named in a notice and takes no effect; the saved
+    ``config.yaml`` states only the settings the method reads. An embedded benchmark's backbone
+    file must exist (or ``MODEL.RANDOM_INIT`` be set): commands make it first with
+    :func:`prepare_backbone`.
     """
-    validate(cfg)
+    keys = check_config(cfg)
+    cfg = _read_only(cfg, keys)
     method = get_method(cfg.MODEL.TRANSFER_TYPE).for_config(cfg)
     device = _device(cfg)
     set_threads("casdap cl", int(cfg.DATA.CROPSIZE), device.type)
@@ -262,14 +278,15 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     seed_everything(seed)
     bench = build_benchmark(cfg, rank, world)
     cfg = _resolved(cfg, bench.num_classes, out)
+    config_text = dump_read(cfg, keys.reads)  # what the run reads: its config.yaml and checkpoints
     if finished is not None:
-        check_compatible((out / "config.yaml").read_text(), cfg, out)
+        check_compatible((out / "config.yaml").read_text(), cfg, out, keys.reads)
         if is_main:
             print(f"casdap cl: '{out}' holds a finished run ({finished['tasks_done']}/{finished['n_tasks']} tasks, "
                   f"final accuracy {finished['final_acc']:.4f}); nothing to do, its files are left as they are")
         return RunResult(finished, out)
     if resume is not None:
-        check_compatible(resume[1]["config"], cfg, out)
+        check_compatible(resume[1]["config"], cfg, out, keys.reads)
     model = method.build_model(cfg, bench.num_classes)
     # what the backbone really is (a weight file wins over MODEL.RANDOM_INIT when both exist)
     random_backbone = bool(getattr(getattr(model, "backbone", model), "random_init", cfg.MODEL.RANDOM_INIT))
@@ -289,7 +306,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     notes = [*method.protocol_notes(cfg),
              *(["Backbone: randomly initialised (MODEL.RANDOM_INIT True)"] if random_backbone else [])]
     run_dir = RunDirectoryPlugin(
-        out, bench.n_tasks, config_text=cfg.dump(), notes=notes,
+        out, bench.n_tasks, config_text=config_text, notes=notes,
         info={"method": method.name, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
               **fields, "random_init_backbone": random_backbone, "trainable_params": trainable,
               "total_params": total},
@@ -312,7 +329,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", cfg.dump())
+        write_text(out / "config.yaml", config_text)
         label = f" [{selection} key selection]" if selection else ""
         print(f"casdap cl: {method.name}{label} on {bench.dataset} ({bench.num_classes} classes, {bench.n_tasks} "
               f"tasks of {[len(c) for c in bench.task_classes]}), backbone {cfg.MODEL.BACKBONE}, seed {seed}, "

@@ -8,6 +8,7 @@ from casdap.continual.prompt_methods import CODAPromptStrategy, PromptMethod
 class CODAPrompt(PromptMethod):
     name = "coda_prompt"
     model_class = "CODAPrompts"
+    loss_weights = ("ORTHO_LAMBDA",)
     strategy_class = CODAPromptStrategy
 
     def model_options(self, cfg):

@@ -23,7 +23,7 @@ class DAP(Method):
     def build_strategy(self, cfg, model, optimizer, plugins, **common):
         from casdap.continual.strategies import DAPStrategy
 
-        d = cfg.MODEL.DAP  # settings checked by casdap.config.validate
+        d = cfg.MODEL.DAP  # settings checked by casdap.continual.methods.checks.check_dap
         if d.REPLAY_MEM_SIZE > 0:  # replayed samples are trained under their own task's key and classes
             from casdap.continual.methods.replay import replay_plugins
 

@@ -8,6 +8,7 @@ from casdap.continual.prompt_methods import DualPromptStrategy, PromptMethod
 class DualPrompt(PromptMethod):
     name = "dualprompt"
     model_class = "DualPromptPrompts"
+    loss_weights = ("PULL_LAMBDA",)
     strategy_class = DualPromptStrategy
     has_task = True
 

@@ -8,6 +8,7 @@ from casdap.continual.prompt_methods import L2PStrategy, PromptMethod
 class L2P(PromptMethod):
     name = "l2p"
     model_class = "L2PPrompts"
+    loss_weights = ("PULL_LAMBDA",)
     strategy_class = L2PStrategy
 
     def model_options(self, cfg):
