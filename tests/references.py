@@ -63,11 +63,12 @@ def check_reference(request, name: str, record: dict, results: dict) -> None:
         assert value == stored[key], f"{key} of {name} moved from {path.name}{where}:\n{value}\n!=\n{stored[key]}"
 
 
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 of a state dict's names, dtypes, shapes and values (independent of the file format)."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's tensors (dtype, shape, values), in an order that does not depend on
+    their names: a change of any weight shows, a module renamed by a refactor does not."""
+    parts = []
+    for t in state.values():
+        t = t.detach().cpu().contiguous()
+        body = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        parts.append(hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + body).hexdigest())
+    return hashlib.sha256("".join(sorted(parts)).encode()).hexdigest()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from references import check_reference, state_digest
+from references import check_reference, weights_digest
 
 from casdap.config import load_config
 from casdap.continual.runner import run_continual
@@ -62,7 +62,7 @@ def test_demo_backbone_is_pinned(request, demo_pretraining):
     weights every time, so a moved matrix below is the method's doing, not the pretraining's."""
     state = torch.load(demo_backbone(demo_pretraining), map_location="cpu", weights_only=True)["model"]
     record = {"command": "casdap demo --pretrain-epochs 1 --methods ncm SOLVER.TOTAL_EPOCH 1 DATA.PERCENTAGE 0.1"}
-    check_reference(request, "demo_backbone", record, {"state_sha256": state_digest(state)})
+    check_reference(request, "demo_backbone", record, {"weights_sha256": weights_digest(state)})
 
 
 @pytest.mark.slow  # 11 runs, about 60 CPU seconds in all
