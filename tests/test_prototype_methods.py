@@ -250,15 +250,34 @@ def test_fecam_scores_are_mahalanobis_distances_under_normalised_shrunk_covarian
     logits = model(x[:5])
     assert (logits[:, 3] < logits[:, :3].amin(1)).all()  # never trained: never wins
     for c in range(3):
-        xc = x[y == c].double()
+        xc = F.normalize(x[y == c].double(), dim=-1)  # the statistics of the normalised features
         cov = torch.cov(xc.t())  # unbiased, as np.cov
         off = ~torch.eye(6, dtype=torch.bool)
         shrunk = cov + 0.5 * (cov.diagonal().mean() * torch.eye(6) + cov[off].mean() * off)
         sd = shrunk.diagonal().sqrt()
         precision = torch.linalg.inv(shrunk / (sd[:, None] * sd[None]))
-        diff = F.normalize(x[:5].double(), dim=-1) - F.normalize(xc.mean(0), dim=-1)
+        diff = F.normalize(x[:5].double(), dim=-1) - xc.mean(0)
         want = -((diff @ precision) * diff).sum(-1)
         assert torch.allclose(logits[:, c].double(), want, rtol=1e-4, atol=1e-4), c
+
+
+def test_fecam_depends_only_on_the_directions_of_the_training_features():
+    """FeCAM scores L2-normalised features, so its class statistics must be those of normalised
+    features too: rescaling training images' features changes nothing. (Statistics of the raw
+    features, scored against normalised ones, cost 12 points on embedded_shift.)"""
+    from casdap.continual.discriminants import FeCAMClassifier
+
+    x, y = _features(n=90)
+    scale = 0.2 + 5 * torch.rand(len(x), 1, generator=torch.Generator().manual_seed(1))
+    logits = []
+    for feats in (x, x * scale):
+        model = FeCAMClassifier(_Pooled(6), 3)
+        moments = model.empty_moments()
+        model.add_moments(moments, feats, y)
+        model.add_statistics(*moments)
+        model.fit(0.5)
+        logits.append(model(x[:10]))
+    assert torch.allclose(logits[0], logits[1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["slda", "fecam"])

@@ -13,13 +13,17 @@ statistics add over ``torchrun`` ranks, and they are buffers of the model (check
 ``weights_only``, resuming continues the same sums).
 
 ``fecam`` (FeCAM, Goswami et al., NeurIPS 2023; Avalanche's :class:`avalanche.models.FeCAMClassifier`):
-one covariance per class, ``Sigma_k`` (unbiased, as ``np.cov``), shrunk as
-``Sigma_k + gamma (V1 I + V2 (1 - I))`` (``V1``, ``V2``: the mean diagonal and off-diagonal entries
-of ``Sigma_k``), normalised to a correlation matrix (FeCAM's covariance normalisation), and the
-squared Mahalanobis distance of the L2-normalised feature to the L2-normalised class mean under it;
-logits are minus the distance. FeCAM's Tukey power transform ``x ** 0.5`` is not applied: it needs
-non-negative (post-ReLU) features and CAS-ViT's pooled features follow a BatchNorm, so they take
-negative values.
+every feature is L2-normalised first; per class, the mean ``mu_k`` and covariance ``Sigma_k``
+(unbiased, as ``np.cov``) of the normalised features, shrunk as ``Sigma_k + gamma (V1 I + V2 (1 - I))``
+(``V1``, ``V2``: the mean diagonal and off-diagonal entries of ``Sigma_k``) and normalised to a
+correlation matrix (FeCAM's covariance normalisation); logits are minus the squared Mahalanobis
+distance of the normalised feature to ``mu_k`` under it. The statistics are those of the features
+as they are scored, as FeCAM's code for pretrained ViT features does; its ResNet code and
+Avalanche's port take them from the raw features and normalise only the scored feature and mean,
+a mismatch that cost 12 points on ``embedded_shift`` (docs/prototype_baselines.md). FeCAM's Tukey
+power transform ``x ** 0.5`` is not applied: it needs non-negative (post-ReLU) features and
+CAS-ViT's pooled features follow a BatchNorm, so they take negative values (FeCAM's ViT code does
+without it too).
 
 The shrinkage (``BASELINES.SLDA_SHRINKAGE``: chosen by default; ``FECAM_SHRINKAGE``: FeCAM's 1 by
 default, chosen with ``auto``) is chosen after every task on held-out training images of that task,
@@ -204,7 +208,8 @@ class SLDAClassifier(_DiscriminantClassifier):
 
 
 class FeCAMClassifier(_DiscriminantClassifier):
-    """FeCAM: per-class shrunk, correlation-normalised covariances and Mahalanobis scoring (module docstring)."""
+    """FeCAM: per-class shrunk, correlation-normalised covariances of the L2-normalised features and
+    Mahalanobis scoring (module docstring)."""
 
     name = "fecam"
     grid = FECAM_GRID
@@ -220,8 +225,9 @@ class FeCAMClassifier(_DiscriminantClassifier):
         return (k, d, d)
 
     def add_moments(self, moments: Moments, feats: torch.Tensor, y: torch.Tensor) -> None:
+        """The moments of the L2-normalised features: those the scores measure distances between."""
         sums, counts, second = moments
-        f = feats.double()
+        f = F.normalize(feats.double(), dim=-1)
         sums.index_add_(0, y, f)
         counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
         second.index_add_(0, y, f.unsqueeze(2) * f.unsqueeze(1))
@@ -242,7 +248,7 @@ class FeCAMClassifier(_DiscriminantClassifier):
             cov = cov + shrinkage * (v1[:, None, None] * eye + v2[:, None, None] * (1 - eye))
             sd = torch.diagonal(cov, dim1=1, dim2=2).clamp(min=1e-12).sqrt()
             corr = cov / (sd.unsqueeze(2) * sd.unsqueeze(1))
-            means[seen] = F.normalize(mu, dim=-1)
+            means[seen] = mu
             precisions[seen] = torch.linalg.pinv(corr, hermitian=True)
         return {"means": means.float(), "precisions": precisions.float()}
 
