@@ -22,9 +22,9 @@ from avalanche.training.templates import SupervisedTemplate
 from casdap import dap_defaults as D
 from casdap.dap_registry import PREDICTION_NAMES, checked
 from casdap.errors import CasdapError
+from casdap.models.class_statistics import add_moments, sum_over_ranks
 from casdap.models.dap import SELECTIONS, DAPOutput, restrict_logits
 from casdap.models.logit_mask import MASKED_LOGIT, mask_logits
-from casdap.models.task_inference import add_moments, sum_over_ranks
 
 __all__ = [
     "SELECTIONS",

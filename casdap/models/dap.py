@@ -42,18 +42,16 @@ from casdap.dap_registry import (
 from casdap.dap_registry import SELECTIONS as SELECTION_REDUCERS
 from casdap.errors import CasdapError
 from casdap.models.casvit import AdditiveBlock, CASViT, MixerPrompts
-from casdap.models.logit_mask import MASKED_LOGIT, mask_logits, task_class_masks
-from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator, PromptSource
-from casdap.models.task_inference import (
+from casdap.models.class_statistics import (
     ClassStatistics,
-    TaskPredictor,
     check_shrinkage,
     fit_linear_on_gaussians,
     lda_classifier,
-    oracle,
     statistics_from_moments,
-    task_index,
 )
+from casdap.models.logit_mask import MASKED_LOGIT, mask_logits, task_class_masks
+from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator, PromptSource
+from casdap.models.task_inference import TaskPredictor, oracle, task_index
 
 __all__ = [
     "INJECTIONS",
