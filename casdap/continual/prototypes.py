@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -32,8 +31,10 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
+from casdap.continual.first_session import FirstSessionTraining
 from casdap.continual.strategies import GradientFreeStrategy, add_class_means
 from casdap.errors import CasdapError
+from casdap.models.first_session import FirstSessionModel
 from casdap.models.logit_mask import mask_logits
 
 __all__ = [
@@ -274,10 +275,11 @@ class RanPACStrategy(GradientFreeStrategy):
             tqdm.write(f"ranpac: task {task + 1}: ridge lambda {lam:g}, {how}")
 
 
-class FirstSessionMixin:
+class FirstSessionMixin(FirstSessionModel):
     """Model mixin: the backbone (``self.backbone``) and a linear ``head`` over all classes are trained on
-    the first task, then frozen for good (APER's first-session adaptation; ``aper`` and every classifier
-    run with ``BASELINES.FIRST_SESSION``).
+    the first task, then frozen for good (APER's first-session adaptation,
+    :class:`~casdap.models.first_session.FirstSessionModel`; ``aper`` and every classifier run with
+    ``BASELINES.FIRST_SESSION``).
 
     ``adapted`` is a buffer, so checkpoints and resuming keep it. Until it is set, the model's output is
     the head's logits of the backbone's pooled features; after, the classifier's own ``forward``. Put
@@ -289,17 +291,14 @@ class FirstSessionMixin:
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.register_buffer("adapted", torch.zeros((), dtype=torch.bool))
+        self._adapting = False
+
+    def adaptation_modules(self) -> tuple[nn.Module, nn.Module]:
+        return self.backbone, self.head
 
     @property
     def is_adapted(self) -> bool:
         return bool(self.adapted)
-
-    def freeze_adapted(self) -> None:
-        """End of the adaptation: the adapted backbone and the head are frozen for good."""
-        self.adapted.fill_(True)
-        self.backbone.requires_grad_(False)
-        self.head.requires_grad_(False)
-        self.train(self.training)
 
     def train(self, mode: bool = True):
         super().train(mode)  # the classifier's own: its frozen parts in eval mode
@@ -308,7 +307,7 @@ class FirstSessionMixin:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.is_adapted:  # first task: the backbone and its linear head are being trained
-            return self.head(self.backbone.forward_pooled(x))
+            return self.adaptation_logits(x)
         return super().forward(x)
 
 
@@ -365,15 +364,15 @@ class APERClassifier(FirstSessionMixin, _APERPrototypes):
         return self
 
 
-class FirstSessionAdaptation:
+class FirstSessionAdaptation(FirstSessionTraining):
     """Strategy mixin: APER's first session before a statistics-only classifier.
 
     First experience: ``train_epochs`` epochs of the template's gradient training of the model's
-    backbone and head (the optimizer's parameters), then they are frozen (under ``torchrun`` rank 0's
-    BatchNorm statistics are broadcast so every rank holds the same model) and one more pass, the
-    classifier's own statistics pass (:meth:`_accumulate`), follows. Every later experience is that
-    pass only (no gradient step). Put the mixin before the statistics strategy in the bases; by
-    default :meth:`_accumulate` is that strategy's ``training_epoch`` with the model in eval mode.
+    backbone and head (the optimizer's parameters; :class:`~casdap.continual.first_session.
+    FirstSessionTraining`), then they are frozen and one more pass, the classifier's own statistics
+    pass (:meth:`_accumulate`), follows. Every later experience is that pass only (no gradient step).
+    Put the mixin before the statistics strategy in the bases; by default :meth:`_accumulate` is that
+    strategy's ``training_epoch`` with the model in eval mode.
     """
 
     def __init__(self, *, train_epochs: int = 1, **kwargs) -> None:
@@ -381,30 +380,26 @@ class FirstSessionAdaptation:
         self.adapt_epochs = int(train_epochs)
 
     def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
-        """The optimizer keeps the runner's groups (the adapted backbone, the head). Avalanche's default
-        would put every model parameter, a frozen pretrained backbone's too, into one of them."""
-        if reset_optimizer_state:
-            self.optimizer.state = defaultdict(dict)
-        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if not n.startswith("pretrained.")}
+        """The runner's groups (the adapted backbone, the head) are kept: Avalanche's default would put
+        every model parameter, a frozen pretrained backbone's too, into one of them."""
+        named = {n: p for n, p in self.model.named_parameters() if not n.startswith("pretrained.")}
+        self.keep_optimizer_groups(named, reset_optimizer_state)
 
     def _before_training_exp(self, **kwargs):
         if self.model.is_adapted:
-            self.model.freeze_adapted()  # also after resuming: the loaded backbone stays frozen
+            self.model.finish_adaptation()  # also after resuming: the loaded backbone stays frozen
         self.train_epochs = 1 if self.model.is_adapted else self.adapt_epochs
         super()._before_training_exp(**kwargs)
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
-        adapting = not self.model.is_adapted
-        super()._train_exp(experience, eval_streams, **kwargs)
-        if adapting:
-            self.model.freeze_adapted()
-            if dist.is_available() and dist.is_initialized():
-                for b in self.model.backbone.buffers():
-                    dist.broadcast(b, src=0)
-            self._accumulate(**kwargs)
+        if not self.model.needs_adaptation:
+            return super()._train_exp(experience, eval_streams, **kwargs)
+        self.adapt_first_session(lambda: super(FirstSessionAdaptation, self)._train_exp(
+            experience, eval_streams, **kwargs))
+        self._accumulate(**kwargs)
 
     def training_epoch(self, **kwargs):
-        if not self.model.is_adapted:
+        if self.adapting:
             return SupervisedTemplate.training_epoch(self, **kwargs)  # the gradient epoch
         self._accumulate(**kwargs)
 

@@ -3,7 +3,6 @@ the backbone + linear-head model the other baselines train, and the task-selecti
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -20,6 +19,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from casdap import dap_defaults as D
+from casdap.continual.first_session import FirstSessionTraining
 from casdap.dap_registry import PREDICTION_NAMES, checked
 from casdap.errors import CasdapError
 from casdap.models.class_statistics import add_moments, sum_over_ranks
@@ -193,7 +193,7 @@ class NCMClassifier(nn.Module):
         return self.logits_from(self.features(x), self.class_sums, self.class_counts)
 
 
-class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
+class DAPStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate):
     """Domain-adaptive prompting (Jung et al., ICCV 2023) as an Avalanche strategy.
 
     Training: every sample is trained under its own task, read from its label (``class_to_task``,
@@ -287,7 +287,6 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         self.mb_true_task: torch.Tensor | None = None
         self._tables: tuple[dict[int, int], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._one_task_batches = False
-        self._adapting = False
 
     # -- experience bookkeeping ------------------------------------------------------------
     @property
@@ -372,42 +371,26 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         super()._train_exp(experience, eval_streams, **kwargs)
 
     def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
-        """Avalanche's, except with the query's backbone copy: Avalanche finds a parameter's group by
-        its name and cannot tell ``query_backbone.x`` from ``backbone.x``, so the runner's groups are
-        kept as they are (no parameter is added while a run trains)."""
+        """Avalanche's, except with the query's backbone copy, whose parameters Avalanche cannot tell
+        from the backbone's: then the runner's groups are kept (:meth:`keep_optimizer_groups`)."""
         if getattr(self.model, "query_backbone", None) is None:
             return super().make_optimizer(reset_optimizer_state=reset_optimizer_state, **kwargs)
-        if reset_optimizer_state:
-            self.optimizer.state = defaultdict(dict)
-        self.optimized_param_id = dict(self.model.named_parameters())
+        self.keep_optimizer_groups(self.model.named_parameters(), reset_optimizer_state)
 
     def adapt_query(self, experience, eval_streams=None, **kwargs) -> None:
-        """APER's first session for the query: the template's gradient epochs over the experience with
-        the query's backbone and linear head as the only trained parts (cross-entropy on the labels),
-        then they are frozen; under ``torchrun`` rank 0's BatchNorm statistics are broadcast so every
-        rank holds the same query. The learning-rate schedule restarts for DAP's epochs."""
+        """APER's first session for the query (:meth:`adapt_first_session`): the template's gradient
+        epochs over the experience with the query's backbone and linear head as the only trained parts
+        (cross-entropy on the labels). The learning-rate schedule restarts for DAP's epochs."""
         from casdap.continual.plugins import LRSchedulePlugin
 
-        self.model.start_adaptation()
-        self._adapting = True
-        try:
-            super()._train_exp(experience, eval_streams, **kwargs)
-        except BaseException:
-            self.model.cancel_adaptation()
-            raise
-        finally:
-            self._adapting = False
-        self.model.finish_adaptation()
-        if dist.is_available() and dist.is_initialized():
-            for b in self.model.query_net.buffers():
-                dist.broadcast(b, src=0)
+        self.adapt_first_session(lambda: SupervisedTemplate._train_exp(self, experience, eval_streams, **kwargs))
         schedule = self.find_plugin(LRSchedulePlugin)
         if schedule is not None:
             schedule.before_training_exp(self)
 
     # -- forward and loss ------------------------------------------------------------------
     def forward(self):
-        if self.is_training and self._adapting:
+        if self.is_training and self.adapting:
             return self.model.adaptation_logits(self.mb_x)
         if self.is_training:
             task = self.true_task(self.mb_y)
@@ -515,7 +498,7 @@ class DAPStrategy(CasdapStrategyMixin, SupervisedTemplate):
         return mask_logits(logits, keep)
 
     def criterion(self):
-        if self.is_training and self._adapting:
+        if self.is_training and self.adapting:
             return F.cross_entropy(self.mb_output.float(), self.mb_y)
         if self.is_training:
             ce = F.cross_entropy(self.mb_output.float(), self.mb_y)

@@ -49,6 +49,7 @@ from casdap.models.class_statistics import (
     lda_classifier,
     statistics_from_moments,
 )
+from casdap.models.first_session import FirstSessionModel
 from casdap.models.logit_mask import MASKED_LOGIT, mask_logits, task_class_masks
 from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator, PromptSource
 from casdap.models.task_inference import TaskPredictor, oracle, task_index
@@ -210,7 +211,7 @@ def restrict_logits(
     return mask_logits(logits, keep[key_idx.to(logits.device)])
 
 
-class CASDAP(nn.Module):
+class CASDAP(FirstSessionModel, nn.Module):
     """Frozen CAS-ViT + task predictor, task embeddings, per-block prompt sources and a linear head.
 
     The backbone is frozen and always in eval mode (its BatchNorm statistics never change, even
@@ -356,42 +357,16 @@ class CASDAP(nn.Module):
         """The query is to be adapted and has not been yet (one read of a buffer)."""
         return self.query_mode == "adapted" and not bool(self.adapted)
 
+    def adaptation_modules(self) -> tuple[nn.Module, nn.Module]:
+        """The first session's parts (:class:`~casdap.models.first_session.FirstSessionModel`): the
+        query's backbone and its linear head."""
+        return self.query_net, self.adapt_head
+
     def adaptation_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone, linear head) parameters the first-task adaptation trains; none without it."""
         if self.query_mode != "adapted":
             return [], []
         return list(self.query_net.parameters()), list(self.adapt_head.parameters())
-
-    def start_adaptation(self) -> None:
-        """The query's backbone and its linear head train (the backbone in train mode) until
-        :meth:`finish_adaptation`; nothing else of the model does meanwhile."""
-        if not self.needs_adaptation:
-            raise CasdapError("this model's query is not to be adapted (query 'frozen', or adapted already)")
-        self._adapting = True
-        for p in (*self.query_net.parameters(), *self.adapt_head.parameters()):
-            p.requires_grad_(True)
-        self.train(self.training)
-
-    def finish_adaptation(self) -> None:
-        """Freeze the adapted backbone and its head for good (``adapted`` is saved with the model)."""
-        self._stop_adaptation()
-        self.adapted.fill_(True)
-
-    def cancel_adaptation(self) -> None:
-        """Freeze the query again after an adaptation that did not complete (an error, Ctrl-C): the
-        model is not marked adapted, so the next first-task training adapts it anew."""
-        self._stop_adaptation()
-
-    def _stop_adaptation(self) -> None:
-        self._adapting = False
-        for p in (*self.query_net.parameters(), *self.adapt_head.parameters()):
-            p.requires_grad_(False)
-            p.grad = None
-        self.train(self.training)
-
-    def adaptation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The adapting backbone's pooled features through its linear head (first-task training)."""
-        return self.adapt_head(self.query_net.forward_pooled(x))
 
     # -- task predictor ----------------------------------------------------------------------
     @property
