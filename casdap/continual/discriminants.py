@@ -43,8 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from casdap.continual.gradient_free import GradientFreeStrategy
 from casdap.continual.prototypes import HOLDOUT_EVERY, held_out_mask, holdout_offsets
-from casdap.continual.strategies import GradientFreeStrategy
 from casdap.errors import CasdapError
 from casdap.models.class_statistics import add_moments, lda, shrink, sum_over_ranks
 from casdap.models.logit_mask import MASKED_LOGIT

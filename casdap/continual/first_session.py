@@ -9,8 +9,9 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import torch.distributed as dist
+from avalanche.training.templates import SupervisedTemplate
 
-__all__ = ["FirstSessionTraining"]
+__all__ = ["FirstSessionAdaptation", "FirstSessionTraining", "with_first_session_strategy"]
 
 
 class FirstSessionTraining:
@@ -51,3 +52,54 @@ class FirstSessionTraining:
         if reset_optimizer_state:
             self.optimizer.state = defaultdict(dict)
         self.optimized_param_id = dict(named_parameters)
+
+
+class FirstSessionAdaptation(FirstSessionTraining):
+    """Strategy mixin: APER's first session before a statistics-only classifier.
+
+    First experience: ``train_epochs`` epochs of the template's gradient training of the model's
+    backbone and head (the optimizer's parameters; :class:`~casdap.continual.first_session.
+    FirstSessionTraining`), then they are frozen and one more pass, the classifier's own statistics
+    pass (:meth:`_accumulate`), follows. Every later experience is that pass only (no gradient step).
+    Put the mixin before the statistics strategy in the bases; by default :meth:`_accumulate` is that
+    strategy's ``training_epoch`` with the model in eval mode.
+    """
+
+    def __init__(self, *, train_epochs: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.adapt_epochs = int(train_epochs)
+
+    def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
+        """The runner's groups (the adapted backbone, the head) are kept: Avalanche's default would put
+        every model parameter, a frozen pretrained backbone's too, into one of them."""
+        named = {n: p for n, p in self.model.named_parameters() if not n.startswith("pretrained.")}
+        self.keep_optimizer_groups(named, reset_optimizer_state)
+
+    def _before_training_exp(self, **kwargs):
+        if self.model.is_adapted:
+            self.model.finish_adaptation()  # also after resuming: the loaded backbone stays frozen
+        self.train_epochs = 1 if self.model.is_adapted else self.adapt_epochs
+        super()._before_training_exp(**kwargs)
+
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        if not self.model.needs_adaptation:
+            return super()._train_exp(experience, eval_streams, **kwargs)
+        self.adapt_first_session(lambda: super(FirstSessionAdaptation, self)._train_exp(
+            experience, eval_streams, **kwargs))
+        self._accumulate(**kwargs)
+
+    def training_epoch(self, **kwargs):
+        if self.adapting:
+            return SupervisedTemplate.training_epoch(self, **kwargs)  # the gradient epoch
+        self._accumulate(**kwargs)
+
+    def _accumulate(self, **kwargs):
+        self.model.eval()
+        super().training_epoch(**kwargs)
+
+
+def with_first_session_strategy(strategy: type) -> type:
+    """``strategy`` (a statistics-only one) after APER's first session (:class:`FirstSessionAdaptation`)."""
+    cls = type(f"FirstSession{strategy.__name__}", (FirstSessionAdaptation, strategy), {})
+    cls.__qualname__ = cls.__name__
+    return cls

@@ -1,7 +1,7 @@
 """The model side of a first-session adaptation (APER's): a backbone and a linear head trained on the
-first task, then frozen for good. CAS-DAP's adapted query, ``aper`` and every classifier run with
-``BASELINES.FIRST_SESSION`` mix it in; the training itself is
-:class:`casdap.continual.first_session.FirstSessionTraining`.
+first task, then frozen for good. CAS-DAP's adapted query mixes in :class:`FirstSessionModel`;
+``aper`` and every classifier run with ``BASELINES.FIRST_SESSION`` mix in :class:`FirstSessionMixin`
+(:func:`with_first_session`). The training itself is :mod:`casdap.continual.first_session`.
 
 A model that mixes in :class:`FirstSessionModel` holds an ``adapted`` buffer (saved with it, so a
 resumed run neither adapts twice nor forgets that it did), sets ``_adapting = False`` in its
@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from casdap.errors import CasdapError
 
-__all__ = ["FirstSessionModel"]
+__all__ = ["FirstSessionMixin", "FirstSessionModel", "with_first_session"]
 
 
 class FirstSessionModel:
@@ -69,3 +69,53 @@ class FirstSessionModel:
         """The adapting backbone's pooled features through its linear head (first-task training)."""
         backbone, head = self.adaptation_modules()
         return head(backbone.forward_pooled(x))
+
+
+class FirstSessionMixin(FirstSessionModel):
+    """Model mixin: the backbone (``self.backbone``) and a linear ``head`` over all classes are trained on
+    the first task, then frozen for good (APER's first-session adaptation,
+    :class:`~casdap.models.first_session.FirstSessionModel`; ``aper`` and every classifier run with
+    ``BASELINES.FIRST_SESSION``).
+
+    ``adapted`` is a buffer, so checkpoints and resuming keep it. Until it is set, the model's output is
+    the head's logits of the backbone's pooled features; after, the classifier's own ``forward``. Put
+    the mixin before the classifier in the bases; its ``__init__`` calls :meth:`_init_adaptation`.
+    """
+
+    def _init_adaptation(self, num_features: int, num_classes: int) -> None:
+        self.head = nn.Linear(num_features, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("adapted", torch.zeros((), dtype=torch.bool))
+        self._adapting = False
+
+    def adaptation_modules(self) -> tuple[nn.Module, nn.Module]:
+        return self.backbone, self.head
+
+    @property
+    def is_adapted(self) -> bool:
+        return bool(self.adapted)
+
+    def train(self, mode: bool = True):
+        super().train(mode)  # the classifier's own: its frozen parts in eval mode
+        self.backbone.train(mode and not self.is_adapted)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_adapted:  # first task: the backbone and its linear head are being trained
+            return self.adaptation_logits(x)
+        return super().forward(x)
+
+
+def with_first_session(classifier: type[nn.Module]) -> type[nn.Module]:
+    """``classifier`` (built as ``classifier(backbone, num_classes, ...)``) on a backbone that is first
+    adapted on the first task (:class:`FirstSessionMixin`); the classifier's statistics start after."""
+
+    class FirstSession(FirstSessionMixin, classifier):
+        def __init__(self, backbone: nn.Module, num_classes: int, *args, **kwargs) -> None:
+            super().__init__(backbone, num_classes, *args, **kwargs)
+            self.backbone.requires_grad_(True)
+            self._init_adaptation(backbone.num_features, num_classes)
+
+    FirstSession.__name__ = FirstSession.__qualname__ = f"FirstSession{classifier.__name__}"
+    return FirstSession
