@@ -10,7 +10,7 @@ each is named, so a method's results stay what they were.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,16 +19,21 @@ import torch.nn.functional as F
 from casdap.errors import CasdapError
 
 __all__ = [
+    "ALL_CLASS_HEADS",
     "MASKED_SCORE",
     "SHRINKAGE_FORMS",
     "ClassStatistics",
+    "KeptStatistics",
     "add_moments",
+    "add_to_moments",
     "check_shrinkage",
     "fit_linear_on_gaussians",
     "gaussian_log_likelihood",
     "gaussian_parameters",
+    "kept_moments",
     "lda",
     "lda_classifier",
+    "register_moments",
     "shrink",
     "shrunk_covariance",
     "statistics_from_moments",
@@ -87,6 +92,25 @@ def add_moments(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor,
         outer += f.t() @ f
     else:
         outer.index_add_(0, labels, f[:, :, None] * f[:, None, :])
+
+
+def register_moments(module: torch.nn.Module, name: str, num_classes: int, dim: int) -> None:
+    """Give ``module`` the buffers ``<name>_count`` ``[K]``, ``<name>_sum`` ``[K, C]`` and ``<name>_outer``
+    ``[K, C, C]`` (float64, zero): per-class moments saved with the model, so a resumed run has them."""
+    module.register_buffer(f"{name}_count", torch.zeros(num_classes, dtype=torch.float64))
+    module.register_buffer(f"{name}_sum", torch.zeros(num_classes, dim, dtype=torch.float64))
+    module.register_buffer(f"{name}_outer", torch.zeros(num_classes, dim, dim, dtype=torch.float64))
+
+
+def kept_moments(module: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (count, sum, outer) buffers that :func:`register_moments` gave ``module``."""
+    return getattr(module, f"{name}_count"), getattr(module, f"{name}_sum"), getattr(module, f"{name}_outer")
+
+
+def add_to_moments(kept: tuple[torch.Tensor, ...], moments: tuple[torch.Tensor, ...]) -> None:
+    """Add ``moments`` (count, sum, outer; from any device) to the ``kept`` ones, in place."""
+    for mine, more in zip(kept, moments):
+        mine += more.to(mine)
 
 
 def sum_over_ranks(tensors: list[torch.Tensor], all_reduce=None) -> None:
@@ -240,3 +264,66 @@ def fit_linear_on_gaussians(stats: ClassStatistics, num_classes: int, shrinkage:
         weight[stats.classes] = w / sd
         bias[stats.classes] = b - (w / sd) @ mu
     return weight, bias
+
+
+# CAS-DAP's all-class heads (MODEL.DAP.ALL_CLASS_HEAD): (stats, num_classes, shrinkage) -> (weight, bias)
+ALL_CLASS_HEADS = {"lda": lda_classifier, "pseudo": fit_linear_on_gaussians}
+
+
+# -- statistics kept by a model -----------------------------------------------------------------
+
+
+class KeptStatistics:
+    """Model mixin (before ``nn.Module``): per-class moments of the query and of prompted features,
+    kept as buffers (saved with the model, so a resumed run has them), and what is refitted from them
+    at each task end: the task predictor from the query's (:meth:`fit_task_predictor`), the head over
+    every seen class from the prompted features' (``ALL_CLASS_HEADS[self.all_class_head]``)."""
+
+    num_classes: int
+    all_class_head: str
+
+    def keep_statistics(self, num_classes: int, dim: int, *, query: bool, prompted: bool, shrinkage: float) -> None:
+        """Register the buffers: each class's task (-1: unseen), the moments of the features kept
+        (``query`` / ``prompted``) and the all-class head's weight and bias."""
+        self.query_statistics, self.prompted_statistics, self.shrinkage = query, prompted, shrinkage
+        if query or prompted:
+            self.register_buffer("class_task", torch.full((num_classes,), -1, dtype=torch.long))
+        for name, wanted in (("query", query), ("prompted", prompted)):
+            if wanted:
+                register_moments(self, name, num_classes, dim)
+        if prompted:
+            self.register_buffer("all_weight", torch.zeros(num_classes, dim))
+            self.register_buffer("all_bias", torch.zeros(num_classes))
+
+    def statistics_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The statistics this model keeps: ``{"query" | "prompted": (count, sum, outer)}``."""
+        names = [n for n, on in (("query", self.query_statistics), ("prompted", self.prompted_statistics)) if on]
+        return {n: kept_moments(self, n) for n in names}
+
+    def fit_task_predictor(self, stats: ClassStatistics) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def add_statistics(self, moments: dict[str, tuple[torch.Tensor, ...]], classes: Sequence[int], task: int) -> None:
+        """Add moments (of the model's ``statistics_features``, summed over ranks) of task ``task``'s
+        ``classes`` to the kept statistics, and refit what is estimated from them: the task predictor
+        from the query statistics, the all-class head from the prompted ones."""
+        self.class_task[torch.as_tensor(list(classes), dtype=torch.long, device=self.class_task.device)] = int(task)
+        kept = self.statistics_moments()
+        for name, bufs in kept.items():
+            add_to_moments(bufs, moments[name])
+        if self.query_statistics:
+            self.fit_task_predictor(statistics_from_moments(*kept["query"], self.class_task))
+        if self.prompted_statistics:
+            stats = statistics_from_moments(*kept["prompted"], self.class_task)
+            weight, bias = ALL_CLASS_HEADS[self.all_class_head](stats, self.num_classes, self.shrinkage)
+            self.all_weight.copy_(weight.to(self.all_weight))
+            self.all_bias.copy_(bias.to(self.all_bias))
+
+    def all_class_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits over every class seen so far from prompted features (the head re-aligned on class
+        statistics; unseen classes stay at a very low bias)."""
+        if not self.prompted_statistics:
+            raise CasdapError("this model keeps no statistics of prompted features "
+                              "(build it with prompted_statistics=True)")
+        return feats.float() @ self.all_weight.t() + self.all_bias
