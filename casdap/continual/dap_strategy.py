@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
@@ -25,6 +26,19 @@ from casdap.models.dap import SELECTIONS
 from casdap.models.logit_mask import mask_logits
 
 __all__ = ["DAPStrategy"]
+
+
+class _DAPCallbacks(SupervisedPlugin):
+    """DAP's own callbacks, first among its strategy's plugins: the experience's bookkeeping at the
+    first callback of its set-up (before its data loader and optimizer are made), the statistics
+    pass at the end of its training (before any other plugin's ``after_training_exp``)."""
+
+    def before_train_dataset_adaptation(self, strategy, *args, **kwargs):
+        strategy.start_task()
+
+    def after_training_exp(self, strategy, *args, **kwargs):
+        if strategy.keeps_statistics:
+            strategy.statistics_pass()
 
 
 class DAPStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate):
@@ -111,13 +125,17 @@ class DAPStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate)
         self.mb_true_task: torch.Tensor | None = None
         self._tables: tuple[dict[int, int], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._one_task_batches = False
+        self.plugins.insert(0, _DAPCallbacks())  # first: before every other plugin's callbacks
 
     # -- experience bookkeeping ------------------------------------------------------------
     @property
     def current_task(self) -> int:
         return int(self.experience.current_experience)
 
-    def _before_training_exp(self, **kwargs):
+    def start_task(self) -> None:
+        """The experience's bookkeeping, before anything of it is set up (:class:`_DAPCallbacks`): its
+        classes join the class-to-task map, its task becomes selectable, earlier tasks' shared parts
+        stop training, and its keys wait for the first batch to seed them."""
         t = self.current_task
         if t >= getattr(self.model, "num_tasks", t + 1):
             raise CasdapError(
@@ -137,7 +155,6 @@ class DAPStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate)
         if t >= 1:
             self.model.freeze_token_axis()
         self._keys_seeded = False
-        super()._before_training_exp(**kwargs)
 
     def _refresh_tables(self) -> None:
         """The class-to-task map as device tensors: the task of every label (-1: never trained), the
@@ -237,10 +254,9 @@ class DAPStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate)
         return logits
 
     # -- class statistics ------------------------------------------------------------------
-    def _after_training_exp(self, **kwargs):
-        if getattr(self.model, "query_statistics", False) or getattr(self.model, "prompted_statistics", False):
-            self.statistics_pass()
-        super()._after_training_exp(**kwargs)
+    @property
+    def keeps_statistics(self) -> bool:
+        return bool(getattr(self.model, "query_statistics", False) or getattr(self.model, "prompted_statistics", False))
 
     @torch.no_grad()
     def statistics_pass(self) -> None:

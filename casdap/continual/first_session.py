@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import torch.distributed as dist
+from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 __all__ = ["FirstSessionAdaptation", "FirstSessionTraining", "with_first_session_strategy"]
@@ -54,6 +55,14 @@ class FirstSessionTraining:
         self.optimized_param_id = dict(named_parameters)
 
 
+class _FirstSessionCallbacks(SupervisedPlugin):
+    """:class:`FirstSessionAdaptation`'s own callback, first among its strategy's plugins: the
+    experience's epochs are set at the first callback of its set-up."""
+
+    def before_train_dataset_adaptation(self, strategy, *args, **kwargs):
+        strategy.start_task()
+
+
 class FirstSessionAdaptation(FirstSessionTraining):
     """Strategy mixin: APER's first session before a statistics-only classifier.
 
@@ -68,6 +77,7 @@ class FirstSessionAdaptation(FirstSessionTraining):
     def __init__(self, *, train_epochs: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
         self.adapt_epochs = int(train_epochs)
+        self.plugins.insert(0, _FirstSessionCallbacks())  # first: before every other plugin's callbacks
 
     def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
         """The runner's groups (the adapted backbone, the head) are kept: Avalanche's default would put
@@ -75,11 +85,12 @@ class FirstSessionAdaptation(FirstSessionTraining):
         named = {n: p for n, p in self.model.named_parameters() if not n.startswith("pretrained.")}
         self.keep_optimizer_groups(named, reset_optimizer_state)
 
-    def _before_training_exp(self, **kwargs):
+    def start_task(self) -> None:
+        """Before the experience is set up (:class:`_FirstSessionCallbacks`): its epochs, the adaptation's
+        or the one statistics pass; an adapted model stays frozen (also after resuming)."""
         if self.model.is_adapted:
-            self.model.finish_adaptation()  # also after resuming: the loaded backbone stays frozen
+            self.model.finish_adaptation()
         self.train_epochs = 1 if self.model.is_adapted else self.adapt_epochs
-        super()._before_training_exp(**kwargs)
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         if not self.model.needs_adaptation:
