@@ -26,7 +26,7 @@ from casdap.config import load_config
 from casdap.continual.benchmarks import build_benchmark, clean_training_views
 from casdap.dap_registry import TASK_PREDICTORS, load
 from casdap.models.build import build_backbone
-from casdap.models.task_inference import add_moments, statistics_from_moments
+from casdap.models.class_statistics import add_moments, statistics_from_moments
 
 GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 

@@ -103,6 +103,35 @@ def test_an_adaptation_cut_short_leaves_the_query_frozen_and_not_adapted(tmp_pat
     assert training and not any(n.startswith(("backbone.", "query_backbone.", "adapt_head.")) for n in training)
 
 
+@pytest.mark.parametrize("method, extra", [("aper", []), ("ncm", ["BASELINES.FIRST_SESSION", "True"])])
+def test_a_first_session_cut_short_leaves_the_backbone_frozen_and_not_adapted(tmp_path, cifar, monkeypatch,
+                                                                             method, extra):
+    """aper and BASELINES.FIRST_SESSION share DAP's first-session component: an error (or Ctrl-C) while
+    adapting freezes the backbone and its head again and leaves the model not adapted."""
+    from avalanche.training.templates import SupervisedTemplate
+
+    from casdap.continual.runner import run_continual
+    from casdap.models.first_session import FirstSessionModel
+
+    def boom(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SupervisedTemplate, "_train_exp", boom)
+    captured = {}
+    real_cancel = FirstSessionModel.cancel_adaptation
+
+    def cancel(model):
+        real_cancel(model)
+        captured["model"] = model
+
+    monkeypatch.setattr(FirstSessionModel, "cancel_adaptation", cancel)
+    with pytest.raises(KeyboardInterrupt):
+        run_continual(tiny_cifar_cfg(cifar, tmp_path / method, method, *extra), progress=False)
+    model = captured["model"]
+    assert not model._adapting and not bool(model.adapted) and model.needs_adaptation
+    assert not any(p.requires_grad for p in (*model.backbone.parameters(), *model.head.parameters()))
+
+
 def test_dap_reference_model_is_built_as_before():
     torch.manual_seed(0)
     plain = CASDAP(rcvit_xs(num_classes=0), num_classes=4, num_tasks=2).state_dict()

@@ -55,7 +55,7 @@ def test_dap_run_directory_contract(tmp_path, cifar):
 
 
 def test_dap_training_forces_keys_masks_classes_and_freezes_token_axis(tmp_path, cifar):
-    from casdap.continual.strategies import DAPStrategy
+    from casdap.continual.dap_strategy import DAPStrategy
 
     cfg = tiny_cifar_cfg(cifar, tmp_path / "run")
     seen = []

@@ -272,7 +272,7 @@ def test_continual_dap_on_cuda_matches_the_cpu_run(cl_data, tmp_path, exact_fp32
 def test_continual_dap_bf16_on_cuda(cl_data, tmp_path, monkeypatch):
     """USE_AMP True: the forward passes run in bf16 on the GPU (AutocastPlugin), the loss in fp32,
     and the matrix stays within three test images of the fp32 run."""
-    from casdap.continual.strategies import DAPStrategy
+    from casdap.continual.dap_strategy import DAPStrategy
 
     dtypes = set()
     original = DAPStrategy.forward

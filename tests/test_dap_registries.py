@@ -97,9 +97,9 @@ def test_model_errors_name_arguments_and_build_names_config_keys():
     with pytest.raises(casdap.CasdapError, match="^injection must be one of kv, pool, attn, got 'prefix'"):
         _small(injection="prefix")
     with pytest.raises(casdap.CasdapError, match="task predictor KeyTaskPredictor does not take shrink"):
-        from casdap.models.dap import _build
+        from casdap.models.injection import build_checked
         from casdap.models.task_inference import KeyTaskPredictor
-        _build("task predictor", KeyTaskPredictor, (2, 8), {"shrink": 0.1})
+        build_checked("task predictor", KeyTaskPredictor, (2, 8), {"shrink": 0.1})
     base = ["MODEL.RANDOM_INIT", "True", "MODEL.MODEL_ROOT", "/nonexistent", "DATA.NUMBER_CLASSES", "4",
             "CONTINUAL.N_TASKS", "2", "MODEL.DAP.PROMPT_POOL", "2", "MODEL.DAP.NUM_TASKS_FOR_EMB", "2"]
     for key, value in (("MODEL.DAP.TASK_EMB", "0"), ("MODEL.DAP.NUM_DAP_TOKENS", "-1"), ("MODEL.DAP.STAGES", "[5]")):

@@ -150,7 +150,7 @@ def _run_dap(replay: bool):
     from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
     from avalanche.training.storage_policy import ClassBalancedBuffer
 
-    from casdap.continual.strategies import DAPStrategy
+    from casdap.continual.dap_strategy import DAPStrategy
 
     class KeySpy(SupervisedPlugin):
         def __init__(self):
@@ -260,7 +260,7 @@ def test_dap_training_steps_after_the_first_read_nothing_back_from_the_device(mo
     from avalanche.core import SupervisedPlugin
     from avalanche.training.plugins import EvaluationPlugin
 
-    from casdap.continual.strategies import DAPStrategy
+    from casdap.continual.dap_strategy import DAPStrategy
 
     reads = [0]
     for name in ("item", "__bool__", "__int__", "__index__", "__float__", "tolist", "unique", "nonzero"):
@@ -304,7 +304,7 @@ def test_strategy_defaults_are_the_configs():
     import inspect
 
     from casdap.config import load_config
-    from casdap.continual.strategies import DAPStrategy
+    from casdap.continual.dap_strategy import DAPStrategy
 
     d = load_config().MODEL.DAP  # the defaults, resolved as a run resolves them
     p = inspect.signature(DAPStrategy.__init__).parameters
@@ -318,7 +318,7 @@ def test_loader_workers_are_capped_at_the_batches_without_changing_a_batch():
     once, not at every epoch), and its epochs repeat exactly under the same seed."""
     from torch.utils.data import DataLoader, Dataset
 
-    from casdap.continual.strategies import CasdapStrategyMixin, _workers_for
+    from casdap.continual.strategy_mixin import CasdapStrategyMixin, _workers_for
 
     class Augmented(Dataset):  # a random augmentation, drawn in the worker that loads the item
         def __len__(self):

@@ -125,7 +125,7 @@ def _strategy(selection: str = "per_image"):
     from avalanche.training.plugins import EvaluationPlugin
 
     import casdap
-    from casdap.continual.strategies import DAPStrategy
+    from casdap.continual.dap_strategy import DAPStrategy
     from casdap.models.dap import CASDAP
 
     bench, calibration = _benchmark()

@@ -12,18 +12,16 @@ from cl_support import DIGITS_YAML, resume_after_interrupt, tiny_cifar_cfg, writ
 from casdap.config import load_config
 from casdap.continual.methods import check_config
 from casdap.errors import CasdapError
-from casdap.models.task_inference import (
+from casdap.models.class_statistics import (
     MASKED_SCORE,
     ClassStatistics,
-    GaussianTaskPredictor,
-    HeadTaskPredictor,
-    LDATaskPredictor,
     add_moments,
     lda_classifier,
     shrunk_covariance,
     statistics_from_moments,
     sum_over_ranks,
 )
+from casdap.models.task_inference import GaussianTaskPredictor, HeadTaskPredictor, LDATaskPredictor
 
 
 @pytest.fixture
@@ -108,8 +106,8 @@ def test_lda_scores_are_shared_covariance_gaussian_log_likelihoods_up_to_a_const
 @pytest.mark.parametrize("head", ["pseudo", "lda"])
 def test_all_class_head_is_refitted_from_the_prompted_statistics(head):
     from casdap.models.casvit import rcvit_xs
+    from casdap.models.class_statistics import fit_linear_on_gaussians
     from casdap.models.dap import CASDAP
-    from casdap.models.task_inference import fit_linear_on_gaussians
 
     torch.manual_seed(0)
     model = CASDAP(rcvit_xs(num_classes=0), num_classes=4, num_tasks=2, prompted_statistics=True, shrinkage=0.5,

@@ -47,10 +47,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from casdap.continual.gradient_free import GradientFreeStrategy
 from casdap.continual.prototypes import HOLDOUT_EVERY, held_out_mask, holdout_offsets
-from casdap.continual.strategies import GradientFreeStrategy
 from casdap.errors import CasdapError
-from casdap.models.dap import MASKED_LOGIT
+from casdap.models.class_statistics import add_moments, lda, shrink, sum_over_ranks
+from casdap.models.logit_mask import MASKED_LOGIT
 
 __all__ = ["FECAM_GRID", "SLDA_GRID", "DiscriminantStrategy", "FeCAMClassifier", "SLDAClassifier",
            "check_finite_features"]
@@ -122,8 +123,10 @@ class _DiscriminantClassifier(nn.Module):
         raise NotImplementedError
 
     def add_moments(self, moments: Moments, feats: torch.Tensor, y: torch.Tensor) -> None:
-        """Add the batch's class sums, counts and second moment to ``moments`` (in place, float64)."""
-        raise NotImplementedError
+        """Add the batch's class sums, counts and second moment (per class, or shared: its shape) to
+        ``moments`` (in place, float64)."""
+        sums, counts, second = moments
+        add_moments(counts, sums, second, feats, y)
 
     def solve(self, sums: torch.Tensor, counts: torch.Tensor, second: torch.Tensor, shrinkage: float) -> dict:
         """The classifier's parameters fitted from the statistics, under ``shrinkage``."""
@@ -183,22 +186,13 @@ class SLDAClassifier(_DiscriminantClassifier):
     def second_shape(self, k: int, d: int) -> tuple[int, ...]:
         return (d, d)
 
-    def add_moments(self, moments: Moments, feats: torch.Tensor, y: torch.Tensor) -> None:
-        sums, counts, second = moments
-        f = feats.double()
-        sums.index_add_(0, y, f)
-        counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
-        second += f.t() @ f
-
     def solve(self, sums, counts, second, shrinkage):
         means = sums / counts.clamp(min=1).unsqueeze(1)
         n = float(counts.sum())
         # pooled within-class covariance: sum x x^T - sum_k n_k mu_k mu_k^T, over all images
         sigma = (second - means.t() @ sums) / max(n, 1.0)
-        eye = torch.eye(sigma.shape[0], dtype=sigma.dtype, device=sigma.device)
-        precision = torch.linalg.pinv((1.0 - shrinkage) * sigma + shrinkage * eye, hermitian=True)
-        w = precision @ means.t()
-        return {"weights": w, "bias": -0.5 * (means.t() * w).sum(0)}
+        weight, bias = lda(means, sigma, shrinkage, "convex")
+        return {"weights": weight.t(), "bias": bias}
 
     def fitted(self) -> dict:
         return {"weights": self.weights, "bias": self.bias}
@@ -227,10 +221,7 @@ class FeCAMClassifier(_DiscriminantClassifier):
     def add_moments(self, moments: Moments, feats: torch.Tensor, y: torch.Tensor) -> None:
         """The moments of the L2-normalised features: those the scores measure distances between."""
         sums, counts, second = moments
-        f = F.normalize(feats.double(), dim=-1)
-        sums.index_add_(0, y, f)
-        counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
-        second.index_add_(0, y, f.unsqueeze(2) * f.unsqueeze(1))
+        add_moments(counts, sums, second, F.normalize(feats.double(), dim=-1), y)
 
     def solve(self, sums, counts, second, shrinkage):
         k, d = sums.shape
@@ -241,11 +232,7 @@ class FeCAMClassifier(_DiscriminantClassifier):
             n = counts[seen]
             mu = sums[seen] / n.unsqueeze(1)
             cov = (second[seen] - n[:, None, None] * mu.unsqueeze(2) * mu.unsqueeze(1))
-            cov = cov / (n - 1).clamp(min=1)[:, None, None]
-            eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-            v1 = torch.diagonal(cov, dim1=1, dim2=2).mean(1)
-            v2 = (cov * (1 - eye)).sum((1, 2)) / (d * (d - 1))
-            cov = cov + shrinkage * (v1[:, None, None] * eye + v2[:, None, None] * (1 - eye))
+            cov = shrink(cov / (n - 1).clamp(min=1)[:, None, None], shrinkage, "fecam")
             sd = torch.diagonal(cov, dim1=1, dim2=2).clamp(min=1e-12).sqrt()
             corr = cov / (sd.unsqueeze(2) * sd.unsqueeze(1))
             means[seen] = mu
@@ -269,12 +256,6 @@ def _mask_unseen(logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         return torch.full_like(logits, MASKED_LOGIT)
     floor = logits[:, ~unseen].amin(1, keepdim=True).clamp(max=MASKED_LOGIT + 1) - 1
     return torch.where(unseen, floor, logits)
-
-
-def _all_reduce(*tensors: torch.Tensor) -> None:
-    if dist.is_available() and dist.is_initialized():
-        for t in tensors:
-            dist.all_reduce(t)
 
 
 class DiscriminantStrategy(GradientFreeStrategy):
@@ -311,7 +292,7 @@ class DiscriminantStrategy(GradientFreeStrategy):
             held_feats.append(feats[held])
             held_y.append(y[held])
             self.mb_output = model.logits_from(feats)
-        _all_reduce(*stats, *val)
+        sum_over_ranks([*stats, *val])
         model.add_statistics(*stats)
         shrinkage, acc, n_val = self._choose(val, held_feats, held_y)
         model.fit(shrinkage, acc)
@@ -342,7 +323,7 @@ class DiscriminantStrategy(GradientFreeStrategy):
         for i, s in enumerate(grid):
             params = model.solve(*fit, s)
             hits[i] = (model.scores(feats, params, fit[1]).argmax(1) == y).sum()
-        _all_reduce(hits)
+        sum_over_ranks([hits])
         best = min(range(len(grid)), key=lambda i: (-float(hits[i]), i))
         return float(grid[best]), float(hits[best]) / n_val, n_val
 

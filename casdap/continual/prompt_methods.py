@@ -19,7 +19,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from casdap.continual.methods.base import Method
-from casdap.continual.strategies import CasdapStrategyMixin
+from casdap.continual.strategy_mixin import CasdapStrategyMixin
 from casdap.errors import CasdapError
 from casdap.models.logit_mask import class_mask, mask_logits
 
@@ -232,7 +232,7 @@ class PromptMethod(Method):
     def eval_metrics(self):
         if not self.has_task:
             return []
-        from casdap.continual.strategies import TaskSelectionAccuracy
+        from casdap.continual.task_selection import TaskSelectionAccuracy
 
         return [TaskSelectionAccuracy()]
 

@@ -22,26 +22,24 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
-from casdap.continual.strategies import GradientFreeStrategy, add_class_means
+from casdap.continual.first_session import FirstSessionAdaptation
+from casdap.continual.gradient_free import GradientFreeStrategy, add_class_means
 from casdap.errors import CasdapError
+from casdap.models.first_session import FirstSessionMixin
 from casdap.models.logit_mask import mask_logits
 
 __all__ = [
     "HOLDOUT_EVERY",
     "APERClassifier",
     "APERStrategy",
-    "FirstSessionAdaptation",
-    "FirstSessionMixin",
     "RIDGE_GRID",
     "RanPACClassifier",
     "RanPACStrategy",
@@ -51,8 +49,6 @@ __all__ = [
     "choose_ridge",
     "ridge_solve",
     "validation_sse",
-    "with_first_session",
-    "with_first_session_strategy",
 ]
 
 # Ridge strengths tried (RanPAC's grid): 1e-8 ... 1e8, one per decade.
@@ -274,58 +270,6 @@ class RanPACStrategy(GradientFreeStrategy):
             tqdm.write(f"ranpac: task {task + 1}: ridge lambda {lam:g}, {how}")
 
 
-class FirstSessionMixin:
-    """Model mixin: the backbone (``self.backbone``) and a linear ``head`` over all classes are trained on
-    the first task, then frozen for good (APER's first-session adaptation; ``aper`` and every classifier
-    run with ``BASELINES.FIRST_SESSION``).
-
-    ``adapted`` is a buffer, so checkpoints and resuming keep it. Until it is set, the model's output is
-    the head's logits of the backbone's pooled features; after, the classifier's own ``forward``. Put
-    the mixin before the classifier in the bases; its ``__init__`` calls :meth:`_init_adaptation`.
-    """
-
-    def _init_adaptation(self, num_features: int, num_classes: int) -> None:
-        self.head = nn.Linear(num_features, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
-        self.register_buffer("adapted", torch.zeros((), dtype=torch.bool))
-
-    @property
-    def is_adapted(self) -> bool:
-        return bool(self.adapted)
-
-    def freeze_adapted(self) -> None:
-        """End of the adaptation: the adapted backbone and the head are frozen for good."""
-        self.adapted.fill_(True)
-        self.backbone.requires_grad_(False)
-        self.head.requires_grad_(False)
-        self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)  # the classifier's own: its frozen parts in eval mode
-        self.backbone.train(mode and not self.is_adapted)
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.is_adapted:  # first task: the backbone and its linear head are being trained
-            return self.head(self.backbone.forward_pooled(x))
-        return super().forward(x)
-
-
-def with_first_session(classifier: type[nn.Module]) -> type[nn.Module]:
-    """``classifier`` (built as ``classifier(backbone, num_classes, ...)``) on a backbone that is first
-    adapted on the first task (:class:`FirstSessionMixin`); the classifier's statistics start after."""
-
-    class FirstSession(FirstSessionMixin, classifier):
-        def __init__(self, backbone: nn.Module, num_classes: int, *args, **kwargs) -> None:
-            super().__init__(backbone, num_classes, *args, **kwargs)
-            self.backbone.requires_grad_(True)
-            self._init_adaptation(backbone.num_features, num_classes)
-
-    FirstSession.__name__ = FirstSession.__qualname__ = f"FirstSession{classifier.__name__}"
-    return FirstSession
-
-
 class _APERPrototypes(nn.Module):
     """Cosine similarity of the pretrained and adapted features to their class means."""
 
@@ -363,61 +307,6 @@ class APERClassifier(FirstSessionMixin, _APERPrototypes):
         super().train(mode)
         self.pretrained.eval()
         return self
-
-
-class FirstSessionAdaptation:
-    """Strategy mixin: APER's first session before a statistics-only classifier.
-
-    First experience: ``train_epochs`` epochs of the template's gradient training of the model's
-    backbone and head (the optimizer's parameters), then they are frozen (under ``torchrun`` rank 0's
-    BatchNorm statistics are broadcast so every rank holds the same model) and one more pass, the
-    classifier's own statistics pass (:meth:`_accumulate`), follows. Every later experience is that
-    pass only (no gradient step). Put the mixin before the statistics strategy in the bases; by
-    default :meth:`_accumulate` is that strategy's ``training_epoch`` with the model in eval mode.
-    """
-
-    def __init__(self, *, train_epochs: int = 1, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.adapt_epochs = int(train_epochs)
-
-    def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
-        """The optimizer keeps the runner's groups (the adapted backbone, the head). Avalanche's default
-        would put every model parameter, a frozen pretrained backbone's too, into one of them."""
-        if reset_optimizer_state:
-            self.optimizer.state = defaultdict(dict)
-        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if not n.startswith("pretrained.")}
-
-    def _before_training_exp(self, **kwargs):
-        if self.model.is_adapted:
-            self.model.freeze_adapted()  # also after resuming: the loaded backbone stays frozen
-        self.train_epochs = 1 if self.model.is_adapted else self.adapt_epochs
-        super()._before_training_exp(**kwargs)
-
-    def _train_exp(self, experience, eval_streams=None, **kwargs):
-        adapting = not self.model.is_adapted
-        super()._train_exp(experience, eval_streams, **kwargs)
-        if adapting:
-            self.model.freeze_adapted()
-            if dist.is_available() and dist.is_initialized():
-                for b in self.model.backbone.buffers():
-                    dist.broadcast(b, src=0)
-            self._accumulate(**kwargs)
-
-    def training_epoch(self, **kwargs):
-        if not self.model.is_adapted:
-            return SupervisedTemplate.training_epoch(self, **kwargs)  # the gradient epoch
-        self._accumulate(**kwargs)
-
-    def _accumulate(self, **kwargs):
-        self.model.eval()
-        super().training_epoch(**kwargs)
-
-
-def with_first_session_strategy(strategy: type) -> type:
-    """``strategy`` (a statistics-only one) after APER's first session (:class:`FirstSessionAdaptation`)."""
-    cls = type(f"FirstSession{strategy.__name__}", (FirstSessionAdaptation, strategy), {})
-    cls.__qualname__ = cls.__name__
-    return cls
 
 
 class APERStrategy(FirstSessionAdaptation, GradientFreeStrategy):

@@ -79,7 +79,7 @@ def mixed_stream_accuracy(strategy, datasets: Sequence, row: list[float | None],
     other protocol predicts each image alone, so the mixed stream's accuracy is the image-weighted
     mean of the per-task accuracies in ``row`` and needs no second pass over the test data. The pass
     predicts through the strategy's ``predict(x, y)`` where it is one of this package's
-    (:class:`~casdap.continual.strategies.CasdapStrategyMixin`); another strategy's model sees
+    (:class:`~casdap.continual.strategy_mixin.CasdapStrategyMixin`); another strategy's model sees
     the images alone.
     """
     from torch.utils.data import ConcatDataset, DataLoader
@@ -89,7 +89,7 @@ def mixed_stream_accuracy(strategy, datasets: Sequence, row: list[float | None],
         return sum(acc * n for acc, n in zip(row, sizes)) / sum(sizes)
     loader = DataLoader(ConcatDataset(list(datasets)), batch_size=batch, shuffle=True, num_workers=workers,
                         pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed * 1000 + len(datasets)))
-    from casdap.continual.strategies import CasdapStrategyMixin
+    from casdap.continual.strategy_mixin import CasdapStrategyMixin
 
     own = isinstance(strategy, CasdapStrategyMixin)  # other strategies' predict methods mean other things
     strategy.model.eval()
@@ -108,7 +108,7 @@ class TaskDecomposition:
     For every evaluated image: TII counts whether its inferred task is its own, WTP whether the
     logits under its own task (DAP: an oracle pass with the true task's prompts), restricted to its
     task's classes, pick its class. Both come from the strategy's ``task_decomposition`` (any
-    :class:`~casdap.continual.strategies.CasdapStrategyMixin`; another strategy gets the task its
+    :class:`~casdap.continual.strategy_mixin.CasdapStrategyMixin`; another strategy gets the task its
     predicted class implies and its logits). Class-incremental accuracy (CIL) is the accuracy matrix.
     """
 
@@ -124,7 +124,7 @@ class TaskDecomposition:
 
     def add(self, strategy) -> None:
         """Count the strategy's last evaluation batch (``mb_x``, ``mb_y``, ``mb_output``)."""
-        from casdap.continual.strategies import CasdapStrategyMixin
+        from casdap.continual.strategy_mixin import CasdapStrategyMixin
 
         y, logits = strategy.mb_y, strategy.mb_output.detach()
         if self._on != logits.device:

@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from casdap import dap_defaults as D
 from casdap.dap_registry import (
     ALL_CLASS_HEAD_NAMES,
-    INJECTION_NAMES,
     PROMPT_BACKBONE_NAMES,
-    PROMPT_SOURCES,
     QUERY_NAMES,
     SELECTION_NAMES,
     TASK_PREDICTORS,
@@ -41,19 +38,13 @@ from casdap.dap_registry import (
 )
 from casdap.dap_registry import SELECTIONS as SELECTION_REDUCERS
 from casdap.errors import CasdapError
-from casdap.models.casvit import AdditiveBlock, CASViT, MixerPrompts
+from casdap.models.casvit import CASViT
+from casdap.models.class_statistics import ClassStatistics, KeptStatistics, check_shrinkage
+from casdap.models.first_session import FirstSessionModel
+from casdap.models.injection import INJECTIONS, PromptedBlock, PromptInjection, build_checked
 from casdap.models.logit_mask import MASKED_LOGIT, mask_logits, task_class_masks
-from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator, PromptSource
-from casdap.models.task_inference import (
-    ClassStatistics,
-    TaskPredictor,
-    check_shrinkage,
-    fit_linear_on_gaussians,
-    lda_classifier,
-    oracle,
-    statistics_from_moments,
-    task_index,
-)
+from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator
+from casdap.models.task_inference import TaskPredictor, oracle, task_index
 
 __all__ = [
     "INJECTIONS",
@@ -68,7 +59,6 @@ __all__ = [
     "restrict_logits",
 ]
 
-INJECTIONS = INJECTION_NAMES
 SELECTIONS = SELECTION_NAMES
 
 
@@ -80,123 +70,6 @@ class DAPOutput:
     key_idx: torch.Tensor  # [B] long: the selected task (its keys' group = its task-embedding row) per image
     pull: torch.Tensor  # scalar: the task predictor's pull term (keys: mean cosine to the selected task's nearest key)
     feats: torch.Tensor | None = None  # [B, C] the prompted features the logits come from
-
-
-def _build(kind: str, cls: type, args: tuple, options: Mapping[str, Any]) -> Any:
-    """``cls(*args, **options)``; an option the class does not take is one clear error, never ignored."""
-    params = inspect.signature(cls).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(k for k in options if k not in params)
-        if unknown:
-            raise CasdapError(f"{kind} {cls.__name__} does not take {', '.join(unknown)}")
-    return cls(*args, **options)
-
-
-class PromptInjection(nn.Module):
-    """How prompt tokens enter one :class:`AdditiveBlock` of the frozen backbone: the injection's
-    zero-initialised per-channel gates, the normalisation of the tokens and the hand-over to the
-    block's mixer (:class:`~casdap.models.casvit.MixerPrompts`). :class:`PromptedBlock` adds DAP's
-    prompt source; the learned-prompt methods (:mod:`casdap.models.prompt_pools`) give their own
-    tokens to :meth:`forward_tokens`. Injections are described in :class:`PromptedBlock`.
-    """
-
-    def __init__(self, dim: int, injection: str = D.INJECTION) -> None:
-        super().__init__()
-        self.injection = checked("injection", injection, INJECTIONS)
-        self._add_gates(dim)
-
-    def _add_gates(self, dim: int) -> None:
-        # kv: keys; pool: query context; attn reads prompts through one gate only
-        self.gate_a = nn.Parameter(torch.zeros(dim, 1, 1)) if self.injection != "attn" else None
-        self.gate_b = nn.Parameter(torch.zeros(dim, 1, 1))  # kv, attn: values; pool: key context
-
-    def mixer_prompts(self, tokens: torch.Tensor) -> MixerPrompts:
-        """Normalised prompt tokens ``[B, N, C]`` in the roles of this block's injection."""
-        if self.injection == "kv":
-            return MixerPrompts(tokens, key_gate=self.gate_a, value_gate=self.gate_b)
-        if self.injection == "attn":
-            return MixerPrompts(tokens, read_gate=self.gate_b)
-        return MixerPrompts(tokens, q_context_gate=self.gate_a, k_context_gate=self.gate_b)
-
-    @staticmethod
-    def normalize_prompts(norm: nn.BatchNorm2d, prompts: torch.Tensor) -> torch.Tensor:
-        """Prompt tokens ``[B, C, N]`` -> normalised tokens ``[B, N, C]`` for the block's mixer.
-
-        In DAP the FiLM output (unit-norm gamma and beta, so tiny per element) is inserted before
-        the block's LayerNorm, which brings each prompt to the scale of the other tokens. CAS-ViT's
-        norm is a BatchNorm with fixed statistics that would leave the prompts tiny, so each prompt
-        is standardised over channels here and then given the frozen norm's affine (weight, bias),
-        the same ``LN(p) * w + b`` a ViT block applies to its prompts.
-        """
-        tokens = F.layer_norm(prompts.transpose(1, 2), prompts.shape[1:2], eps=1e-6)  # [B, N, C]
-        return tokens * norm.weight + norm.bias
-
-    def forward_tokens(self, block: AdditiveBlock, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """``block``'s output with given raw prompt tokens ``[B, N, C]`` (the same for every position)
-        normalised and injected into its mixer."""
-        mixer = self.mixer_prompts(self.normalize_prompts(block.norm1, tokens.transpose(1, 2)))
-        return block(x, prompts=lambda h: mixer)
-
-    def gates(self) -> list[nn.Parameter]:
-        return [g for g in (self.gate_a, self.gate_b) if g is not None]
-
-
-class PromptedBlock(PromptInjection):
-    """Prompt source and injection for one :class:`AdditiveBlock` of the frozen backbone.
-
-    The backbone block is passed to :meth:`forward` rather than held, so its weights stay owned
-    (and saved) by the backbone alone, and the block runs its own forward: this module only hands
-    it the prompts (:class:`~casdap.models.casvit.MixerPrompts`). The prompts are generated from the
-    stream that enters the mixer's residual branch (after local integration), like DAP's prompts
-    are generated from the tokens that enter attention. Each prompt is normalised like a ViT token
-    (see :meth:`normalize_prompts`) and projected by the block's frozen ``qkv`` as a one-pixel map
-    with no neighbours. Injections (``gate_*`` are zero-initialised per-channel gates):
-
-    - ``kv`` (default): prompts act as extra keys and values. The prompt keys, processed by the
-      block's own key operator as one-pixel maps, shift the additive attention map; the prompt
-      values are added to every position's value, so each position reads them in proportion to
-      its own attention map: ``proj(dwc(q' + k' + gk * mean k'_p) * (v + gv * mean v_p))``.
-    - ``attn``: prompts are extra keys and values read through a softmax over the image's prompt
-      tokens, as a ViT position reads DAP's prepended prompts: each position's query scores every
-      prompt key, and the weighted sum of prompt values is added, gated, to the mixer's output,
-      ``proj(dwc(q' + k') * v + gv * softmax_n(q . k_n / sqrt(C)) v_n)``. Every token counts
-      (``kv`` and ``pool`` average them first).
-    - ``pool``: prompts join the global context of the channel operator ``C`` of q and k (the
-      mixer's only global interaction): the pooled context becomes
-      ``ctx + g * (mean S(q_p) - ctx)``, i.e. a learned share ``g`` of the context comes from
-      the prompt tokens instead of the image positions.
-    """
-
-    def __init__(
-        self, dim: int, num_tokens: int, task_emb_dim: int, injection: str = D.INJECTION,
-        channel_mix: bool = D.CHANNEL_MIX, task_maps: int = 0, source: str = D.PROMPT_SOURCE,
-    ) -> None:
-        nn.Module.__init__(self)  # the source is registered before the gates (parameter order as before)
-        self.injection = checked("injection", injection, INJECTIONS)
-        options: dict[str, Any] = {}
-        if channel_mix:
-            options["channel_mix"] = True
-        if task_maps > 0:
-            options["task_maps"] = int(task_maps)
-        source_cls = load("prompt_source", PROMPT_SOURCES, source)
-        self.generator: PromptSource = _build("prompt source", source_cls, (dim, num_tokens, task_emb_dim), options)
-        self._add_gates(dim)
-
-    def forward(self, block: AdditiveBlock, x: torch.Tensor, task_emb: torch.Tensor,
-                task_idx: int | torch.Tensor | None = None) -> torch.Tensor:
-        """``block``'s output with this block's prompts (from ``task_emb``, ``task_idx``) in its mixer."""
-
-        def prompts(h: torch.Tensor) -> MixerPrompts:
-            tokens = self.generator(h, task_emb, task_idx)  # [B, C, N]
-            return self.mixer_prompts(self.normalize_prompts(block.norm1, tokens))
-
-        return block(x, prompts=prompts)
-
-    def structure_parameters(self) -> list[nn.Parameter]:
-        """Task-agnostic parameters trained on the first task only: the source's (DAP: the shared
-        token-axis and channel maps, none with per-task maps) and the gates."""
-        gates = [g for g in (self.gate_a, self.gate_b) if g is not None]
-        return [*self.generator.structure_parameters(), *gates]
 
 
 def restrict_logits(
@@ -212,7 +85,7 @@ def restrict_logits(
     return mask_logits(logits, keep[key_idx.to(logits.device)])
 
 
-class CASDAP(nn.Module):
+class CASDAP(FirstSessionModel, KeptStatistics, nn.Module):
     """Frozen CAS-ViT + task predictor, task embeddings, per-block prompt sources and a linear head.
 
     The backbone is frozen and always in eval mode (its BatchNorm statistics never change, even
@@ -309,29 +182,18 @@ class CASDAP(nn.Module):
             options["num_classes"] = int(num_classes)
         if shrinkage is not None and "shrinkage" in takes:  # else it is the all-class head's alone
             options["shrinkage"] = check_shrinkage(shrinkage)
-        self.dap_task_predictor: TaskPredictor = _build(
+        self.dap_task_predictor: TaskPredictor = build_checked(
             "task predictor", predictor_cls, (num_tasks, self.num_features), options)
         self.dap_task_emb = nn.Embedding(num_task_embeddings, task_emb_dim)
         self.head = nn.Linear(self.num_features, num_classes)
         trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
-        # Per-class statistics (count, sum, sum of outer products; float64) of the query, for a
-        # predictor estimated from them, and of the true task's prompted features, for the head over
-        # every seen class (prediction "all"). Buffers: saved with the model, so a resumed run has them.
-        self.query_statistics = bool(getattr(self.dap_task_predictor, "needs_statistics", False))
-        self.prompted_statistics = bool(prompted_statistics)
-        self.shrinkage = 1.0 if shrinkage is None else check_shrinkage(shrinkage)
-        if self.query_statistics or self.prompted_statistics:
-            self.register_buffer("class_task", torch.full((num_classes,), -1, dtype=torch.long))
-        for name, wanted in (("query", self.query_statistics), ("prompted", self.prompted_statistics)):
-            if wanted:
-                c = self.num_features
-                self.register_buffer(f"{name}_count", torch.zeros(num_classes, dtype=torch.float64))
-                self.register_buffer(f"{name}_sum", torch.zeros(num_classes, c, dtype=torch.float64))
-                self.register_buffer(f"{name}_outer", torch.zeros(num_classes, c, c, dtype=torch.float64))
-        if self.prompted_statistics:
-            self.register_buffer("all_weight", torch.zeros(num_classes, self.num_features))
-            self.register_buffer("all_bias", torch.zeros(num_classes))
+        # Class statistics of the query, for a predictor estimated from them, and of the true task's
+        # prompted features, for the head over every seen class (prediction "all").
+        self.keep_statistics(num_classes, self.num_features,
+                             query=bool(getattr(self.dap_task_predictor, "needs_statistics", False)),
+                             prompted=bool(prompted_statistics),
+                             shrinkage=1.0 if shrinkage is None else check_shrinkage(shrinkage))
         # An adapted query (APER's first session): a backbone trained with a linear head on the first
         # task, then frozen for good; a copy when the prompted pass stays on the pretrained backbone.
         # Built last, so DAP's own random draws are the same with or without it.
@@ -358,42 +220,16 @@ class CASDAP(nn.Module):
         """The query is to be adapted and has not been yet (one read of a buffer)."""
         return self.query_mode == "adapted" and not bool(self.adapted)
 
+    def adaptation_modules(self) -> tuple[nn.Module, nn.Module]:
+        """The first session's parts (:class:`~casdap.models.first_session.FirstSessionModel`): the
+        query's backbone and its linear head."""
+        return self.query_net, self.adapt_head
+
     def adaptation_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone, linear head) parameters the first-task adaptation trains; none without it."""
         if self.query_mode != "adapted":
             return [], []
         return list(self.query_net.parameters()), list(self.adapt_head.parameters())
-
-    def start_adaptation(self) -> None:
-        """The query's backbone and its linear head train (the backbone in train mode) until
-        :meth:`finish_adaptation`; nothing else of the model does meanwhile."""
-        if not self.needs_adaptation:
-            raise CasdapError("this model's query is not to be adapted (query 'frozen', or adapted already)")
-        self._adapting = True
-        for p in (*self.query_net.parameters(), *self.adapt_head.parameters()):
-            p.requires_grad_(True)
-        self.train(self.training)
-
-    def finish_adaptation(self) -> None:
-        """Freeze the adapted backbone and its head for good (``adapted`` is saved with the model)."""
-        self._stop_adaptation()
-        self.adapted.fill_(True)
-
-    def cancel_adaptation(self) -> None:
-        """Freeze the query again after an adaptation that did not complete (an error, Ctrl-C): the
-        model is not marked adapted, so the next first-task training adapts it anew."""
-        self._stop_adaptation()
-
-    def _stop_adaptation(self) -> None:
-        self._adapting = False
-        for p in (*self.query_net.parameters(), *self.adapt_head.parameters()):
-            p.requires_grad_(False)
-            p.grad = None
-        self.train(self.training)
-
-    def adaptation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The adapting backbone's pooled features through its linear head (first-task training)."""
-        return self.adapt_head(self.query_net.forward_pooled(x))
 
     # -- task predictor ----------------------------------------------------------------------
     @property
@@ -426,12 +262,7 @@ class CASDAP(nn.Module):
         """Hand per-class query statistics to the task predictor (:meth:`TaskPredictor.fit`)."""
         self.dap_task_predictor.fit(stats)
 
-    # -- class statistics -------------------------------------------------------------------
-    def statistics_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The statistics this model keeps: ``{"query" | "prompted": (count, sum, outer)}``."""
-        names = [n for n, on in (("query", self.query_statistics), ("prompted", self.prompted_statistics)) if on]
-        return {n: (getattr(self, f"{n}_count"), getattr(self, f"{n}_sum"), getattr(self, f"{n}_outer")) for n in names}
-
+    # -- class statistics (the rest: casdap.models.class_statistics.KeptStatistics) -----------
     @torch.no_grad()
     def statistics_features(self, x: torch.Tensor, task: int) -> dict[str, torch.Tensor]:
         """The features each kept statistic is over, for images ``x`` of task ``task``: the query, and
@@ -444,34 +275,6 @@ class CASDAP(nn.Module):
             idx = task_index(task, h.shape[0], self.num_tasks, h.device)
             out["prompted"] = self._prompted_from(h, idx, int(task))
         return out
-
-    @torch.no_grad()
-    def add_statistics(self, moments: dict[str, tuple[torch.Tensor, ...]], classes: Sequence[int], task: int) -> None:
-        """Add moments (from :meth:`statistics_features`, summed over ranks) of task ``task``'s
-        ``classes`` to the kept statistics, and refit what is estimated from them: the task predictor
-        from the query statistics, the all-class head from the prompted ones."""
-        self.class_task[torch.as_tensor(list(classes), dtype=torch.long, device=self.class_task.device)] = int(task)
-        for name, (count, total, outer) in self.statistics_moments().items():
-            c, s, o = moments[name]
-            count += c.to(count)
-            total += s.to(total)
-            outer += o.to(outer)
-        if self.query_statistics:
-            self.dap_task_predictor.fit(statistics_from_moments(*self.statistics_moments()["query"], self.class_task))
-        if self.prompted_statistics:
-            stats = statistics_from_moments(*self.statistics_moments()["prompted"], self.class_task)
-            fit = lda_classifier if self.all_class_head == "lda" else fit_linear_on_gaussians
-            weight, bias = fit(stats, self.num_classes, self.shrinkage)
-            self.all_weight.copy_(weight.to(self.all_weight))
-            self.all_bias.copy_(bias.to(self.all_bias))
-
-    def all_class_logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """Logits over every class seen so far from prompted features (the head re-aligned on class
-        statistics; unseen classes stay at a very low bias)."""
-        if not self.prompted_statistics:
-            raise CasdapError("this model keeps no statistics of prompted features "
-                              "(build it with prompted_statistics=True)")
-        return feats.float() @ self.all_weight.t() + self.all_bias
 
     @torch.no_grad()
     def forward_top_tasks(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

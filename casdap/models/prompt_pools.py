@@ -4,7 +4,7 @@ Unlike DAP's prompts (generated from each image's own block input), these prompt
 parameters: a prompt of length ``L`` for a block of ``C`` channels is ``L`` tokens of ``C``. Each
 method picks or composes them per image from the query (the frozen backbone's pooled, un-prompted
 features, as CAS-DAP's query) by its own rule, and they enter the blocks of the prompted stages
-(``MODEL.DAP.STAGES``) through the same injections as DAP's (:class:`casdap.models.dap.PromptInjection`:
+(``MODEL.DAP.STAGES``) through the same injections as DAP's (:class:`casdap.models.injection.PromptInjection`:
 ``kv``, ``attn``, ``pool``, behind zero-initialised gates, so the untrained model is the frozen
 backbone). Stages before the first prompted one are computed once for the query and the prompted
 pass. The gates are shared by all tasks and train on the first task only (as DAP's).
@@ -41,7 +41,7 @@ from casdap import dap_defaults as D
 from casdap.dap_registry import INJECTION_NAMES, checked
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
-from casdap.models.dap import PromptInjection
+from casdap.models.injection import PromptInjection
 from casdap.models.task_inference import batch_majority, per_image
 
 __all__ = ["CODAPrompts", "DualPromptPrompts", "L2PPrompts", "PromptOutput", "PromptPoolModel",

@@ -4,15 +4,15 @@ A *task predictor* (registered by name in :data:`casdap.dap_registry.TASK_PREDIC
 query of each image to per-task scores; a *selection* (:data:`casdap.dap_registry.SELECTIONS`)
 reduces the scores to one task index per image. DAP's key pool (:class:`KeyTaskPredictor`, name
 ``"keys"``) is the first predictor; ``per_image``, ``batch_majority`` and ``oracle`` are the
-selections.
+selections. The predictors estimated from class statistics (``gaussian``, ``lda``, ``head``) take
+their estimates from :mod:`casdap.models.class_statistics`.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,15 @@ import torch.nn.functional as F
 
 from casdap.dap_defaults import KEYS_PER_TASK
 from casdap.errors import CasdapError
+from casdap.models.class_statistics import (
+    MASKED_SCORE,
+    ClassStatistics,
+    check_shrinkage,
+    fit_linear_on_gaussians,
+    gaussian_log_likelihood,
+    gaussian_parameters,
+    lda_classifier,
+)
 
 __all__ = [
     "MASKED_SCORE",
@@ -29,48 +38,13 @@ __all__ = [
     "KeyTaskPredictor",
     "LDATaskPredictor",
     "TaskPredictor",
-    "add_moments",
     "batch_majority",
     "mask_untrained",
-    "fit_linear_on_gaussians",
-    "statistics_from_moments",
-    "sum_over_ranks",
     "task_scores",
     "oracle",
     "per_image",
     "task_index",
 ]
-
-
-@dataclass
-class ClassStatistics:
-    """Per-class statistics of the query features, what :meth:`TaskPredictor.fit` learns from.
-
-    ``tasks[k]`` is the task of class ``classes[k]``; ``count``, ``mean`` and (optionally) the
-    ``covariance`` are over that class's queries.
-    """
-
-    classes: torch.Tensor  # [K] long
-    tasks: torch.Tensor  # [K] long
-    count: torch.Tensor  # [K]
-    mean: torch.Tensor  # [K, C]
-    covariance: torch.Tensor | None = None  # [K, C, C]
-
-    @classmethod
-    @torch.no_grad()
-    def from_queries(cls, query: torch.Tensor, labels: torch.Tensor, task_of_class: Mapping[int, int],
-                     covariance: bool = False) -> ClassStatistics:
-        """Statistics of queries ``[M, C]`` with class ``labels`` ``[M]``; ``task_of_class`` maps every
-        label to its task."""
-        classes = sorted({int(c) for c in labels.tolist()})
-        query = query.detach().float()
-        rows = [query[labels == c] for c in classes]
-        mean = torch.stack([r.mean(0) for r in rows])
-        cov = None
-        if covariance:
-            cov = torch.stack([torch.cov(r.t(), correction=0).reshape(query.shape[1], -1) for r in rows])
-        return cls(classes=torch.tensor(classes), tasks=torch.tensor([int(task_of_class[c]) for c in classes]),
-                   count=torch.tensor([len(r) for r in rows]), mean=mean, covariance=cov)
 
 
 class TaskPredictor(nn.Module):
@@ -240,95 +214,6 @@ def oracle(scores: torch.Tensor, task: int | torch.Tensor | None = None) -> torc
     return task_index(task, scores.shape[0], scores.shape[1], scores.device)
 
 
-# Score of a class or task that cannot be chosen: far below any real score, finite in float16.
-MASKED_SCORE = -1e4
-
-
-# -- class statistics: count, sum and sum of outer products per class ---------------------------
-
-
-def add_moments(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor,
-                feats: torch.Tensor, labels: torch.Tensor) -> None:
-    """Add the features ``[M, C]`` of classes ``labels`` ``[M]`` to the per-class count ``[K]``, sum
-    ``[K, C]`` and sum of outer products ``[K, C, C]`` (in place, in the buffers' dtype: float64
-    keeps ``E[xx^T] - mu mu^T`` free of cancellation)."""
-    f = feats.detach().to(total.dtype)
-    labels = labels.to(total.device)
-    count.index_add_(0, labels, torch.ones(len(labels), dtype=count.dtype, device=count.device))
-    total.index_add_(0, labels, f)
-    outer.index_add_(0, labels, f[:, :, None] * f[:, None, :])
-
-
-def sum_over_ranks(tensors: list[torch.Tensor], all_reduce=None) -> None:
-    """Sum ``tensors`` over the ``torchrun`` ranks in place (nothing in a single process).
-    ``all_reduce``: the reduce to use (default :func:`torch.distributed.all_reduce` when a process
-    group is up), so the sum can be checked without a launch."""
-    if all_reduce is None:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        all_reduce = dist.all_reduce
-    for t in tensors:
-        all_reduce(t)
-
-
-def statistics_from_moments(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor,
-                            class_task: torch.Tensor) -> ClassStatistics:
-    """:class:`ClassStatistics` (with population covariance) of every class with a count."""
-    classes = torch.nonzero(count > 0).flatten().cpu()
-    n = count[classes].to(total.dtype)
-    mean = total[classes] / n[:, None]
-    cov = outer[classes] / n[:, None, None] - mean[:, :, None] * mean[:, None, :]
-    return ClassStatistics(classes=classes, tasks=class_task[classes].cpu(), count=n.cpu(),
-                           mean=mean.float().cpu(), covariance=cov.float().cpu())
-
-
-def shrunk_covariance(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
-    """``cov + shrinkage * (trace / C) * I`` per class (``[K, C, C]``): full rank for any class size."""
-    dim = cov.shape[-1]
-    scale = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-    return cov + shrinkage * scale[:, None, None] * torch.eye(dim, dtype=cov.dtype, device=cov.device)
-
-
-def check_shrinkage(shrinkage: float) -> float:
-    if not float(shrinkage) > 0:
-        raise CasdapError(f"shrinkage must be above 0 (it keeps every class covariance invertible), got {shrinkage}")
-    return float(shrinkage)
-
-
-@torch.enable_grad()
-def fit_linear_on_gaussians(stats: ClassStatistics, num_classes: int, shrinkage: float, *, samples: int = 64,
-                            steps: int = 100, lr: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A linear softmax classifier ``(weight [num_classes, C], bias [num_classes])`` over the classes of
-    ``stats``, trained on ``samples`` pseudo-features per class drawn from each class's shrunk Gaussian
-    (HiDe-Prompt's re-alignment: no stored image or feature). Classes without statistics get zero
-    weight and a very low bias. Draws come from a private generator seeded by ``seed`` and the
-    number of classes, so every rank and a resumed run fit the same classifier."""
-    cov = shrunk_covariance(stats.covariance.double(), shrinkage)
-    chol = torch.linalg.cholesky(cov)
-    gen = torch.Generator().manual_seed(int(seed) * 1000 + len(stats.classes))
-    k, dim = stats.mean.shape
-    z = torch.randn(k, samples, dim, generator=gen, dtype=torch.float64)
-    x = (stats.mean.double()[:, None, :] + z @ chol.transpose(1, 2)).reshape(-1, dim).float()
-    y = torch.arange(k).repeat_interleave(samples)
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    xs = (x - mu) / sd
-    w = torch.zeros(k, dim, requires_grad=True)
-    b = torch.zeros(k, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(xs @ w.t() + b, y).backward()
-        opt.step()
-    weight = torch.zeros(num_classes, dim)
-    bias = torch.full((num_classes,), MASKED_SCORE)
-    with torch.no_grad():
-        weight[stats.classes] = w / sd
-        bias[stats.classes] = b - (w / sd) @ mu
-    return weight, bias
-
-
 def task_scores(class_scores: torch.Tensor, class_task: torch.Tensor, num_tasks: int) -> torch.Tensor:
     """Per-task log-sum-exp of class scores ``[B, K]`` (classes of task ``class_task[k]``; -1: unseen):
     a task is as likely as its classes together. A task with no class scores :data:`MASKED_SCORE`."""
@@ -370,35 +255,16 @@ class GaussianTaskPredictor(_StatisticsPredictor):
 
     @torch.no_grad()
     def fit(self, stats: ClassStatistics) -> None:
-        cov = shrunk_covariance(stats.covariance.double(), self.shrinkage)
+        precisions, logdets = gaussian_parameters(stats, self.shrinkage)
         idx = stats.classes.to(self.means.device)
         self.means[idx] = stats.mean.to(self.means)
-        self.precisions[idx] = torch.linalg.inv(cov).to(self.precisions)
-        self.logdets[idx] = torch.linalg.slogdet(cov)[1].to(self.logdets)
+        self.precisions[idx] = precisions.to(self.precisions)
+        self.logdets[idx] = logdets.to(self.logdets)
         self.class_task[idx] = stats.tasks.to(self.class_task)
 
     def class_scores(self, query: torch.Tensor) -> torch.Tensor:
-        diff = query[:, None, :] - self.means[None]  # [B, K, C]
-        maha = torch.einsum("bkc,kcd,bkd->bk", diff, self.precisions, diff)
-        return (-0.5 * (maha + self.logdets[None])).masked_fill(self.class_task[None] < 0, float("-inf"))
-
-
-def lda_classifier(stats: ClassStatistics, num_classes: int, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear discriminant ``(weight [num_classes, C], bias [num_classes])`` of the classes of ``stats``:
-    one covariance shared by all (the count-weighted mean of the class covariances, ``shrinkage``
-    times its mean variance added to the diagonal) and equal priors, so class ``k`` scores
-    ``x' P mu_k - mu_k' P mu_k / 2`` (Streaming LDA's rule). Classes without statistics get zero
-    weight and a very low bias."""
-    n = stats.count.double()
-    pooled = (stats.covariance.double() * n[:, None, None]).sum(0) / n.sum()
-    precision = torch.linalg.inv(shrunk_covariance(pooled[None], shrinkage)[0])
-    mean = stats.mean.double()
-    w = mean @ precision
-    weight = torch.zeros(num_classes, mean.shape[1])
-    bias = torch.full((num_classes,), MASKED_SCORE)
-    weight[stats.classes] = w.float()
-    bias[stats.classes] = (-0.5 * (w * mean).sum(1)).float()
-    return weight, bias
+        scores = gaussian_log_likelihood(query, self.means, self.precisions, self.logdets)
+        return scores.masked_fill(self.class_task[None] < 0, float("-inf"))
 
 
 class _LinearStatisticsPredictor(_StatisticsPredictor):

@@ -36,7 +36,7 @@ Adding a method ``mymethod``:
 2. One entry in :data:`METHODS` below: ``"mymethod": MethodSchema(reads=(BACKBONE_LR,))``.
 
 A strategy keeps its own state for resuming (``state_dict`` / ``load_state_dict`` of
-:class:`casdap.continual.strategies.CasdapStrategyMixin`); the run directory, checkpoints,
+:class:`casdap.continual.strategy_mixin.CasdapStrategyMixin`); the run directory, checkpoints,
 resume and ``casdap compare`` then work with no other change.
 """
 

@@ -14,7 +14,8 @@ import torch.nn as nn
 from avalanche.training import Naive
 from yacs.config import CfgNode
 
-from casdap.continual.strategies import BackboneClassifier, CasdapStrategyMixin
+from casdap.continual.strategy_mixin import CasdapStrategyMixin
+from casdap.models.classifiers import BackboneClassifier
 
 __all__ = ["FrozenFeatureMethod", "Method", "ResumableNaive"]
 
@@ -85,7 +86,7 @@ class FrozenFeatureMethod(Method):
 
     A subclass names its classifier and statistics strategy (:meth:`classifier`, :meth:`strategy`).
     With ``BASELINES.FIRST_SESSION`` the backbone and a linear head are first trained on the first
-    task as ``aper`` does (:func:`casdap.continual.prototypes.with_first_session`: its epochs,
+    task as ``aper`` does (:func:`casdap.models.first_session.with_first_session`: its epochs,
     optimizer and ``BACKBONE_LR_SCALE``), then frozen, and the classifier is built on its features.
     """
 
@@ -111,8 +112,8 @@ class FrozenFeatureMethod(Method):
         raise NotImplementedError
 
     def build_model(self, cfg: CfgNode, num_classes: int) -> nn.Module:
-        from casdap.continual.prototypes import with_first_session
         from casdap.models.build import build_backbone
+        from casdap.models.first_session import with_first_session
 
         cls = self.classifier(cfg)
         if cfg.BASELINES.FIRST_SESSION:
@@ -120,7 +121,7 @@ class FrozenFeatureMethod(Method):
         return self.make_classifier(cfg, cls, build_backbone(cfg, num_classes=0), num_classes)
 
     def build_strategy(self, cfg, model, optimizer, plugins, **common):
-        from casdap.continual.prototypes import with_first_session_strategy
+        from casdap.continual.first_session import with_first_session_strategy
 
         cls, own = self.strategy(cfg)
         if cfg.BASELINES.FIRST_SESSION:

@@ -1,4 +1,4 @@
-"""``dap``: domain-adaptive prompts on the frozen CAS-ViT (:class:`casdap.continual.strategies.DAPStrategy`),
+"""``dap``: domain-adaptive prompts on the frozen CAS-ViT (:class:`casdap.continual.dap_strategy.DAPStrategy`),
 optionally with a class-balanced replay buffer (``MODEL.DAP.REPLAY_MEM_SIZE``)."""
 
 from casdap.continual.methods.base import Method
@@ -21,7 +21,7 @@ class DAP(Method):
         return groups
 
     def build_strategy(self, cfg, model, optimizer, plugins, **common):
-        from casdap.continual.strategies import DAPStrategy
+        from casdap.continual.dap_strategy import DAPStrategy
 
         d = cfg.MODEL.DAP  # settings checked by casdap.continual.methods.checks.check_dap
         if d.REPLAY_MEM_SIZE > 0:  # replayed samples are trained under their own task's key and classes
@@ -71,7 +71,7 @@ class DAP(Method):
         return fields
 
     def eval_metrics(self):
-        from casdap.continual.strategies import TaskSelectionAccuracy
+        from casdap.continual.task_selection import TaskSelectionAccuracy
 
         return [TaskSelectionAccuracy()]
 

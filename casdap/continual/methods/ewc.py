@@ -8,7 +8,7 @@ from avalanche.training import EWC
 from avalanche.training.plugins import EWCPlugin
 
 from casdap.continual.methods.base import Method
-from casdap.continual.strategies import CasdapStrategyMixin
+from casdap.continual.strategy_mixin import CasdapStrategyMixin
 
 
 class EWCStrategy(CasdapStrategyMixin, EWC):

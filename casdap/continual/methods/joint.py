@@ -4,7 +4,7 @@ one row of the accuracy matrix."""
 from avalanche.training import JointTraining
 
 from casdap.continual.methods.base import Method
-from casdap.continual.strategies import CasdapStrategyMixin
+from casdap.continual.strategy_mixin import CasdapStrategyMixin
 
 
 class JointStrategy(CasdapStrategyMixin, JointTraining):

@@ -8,8 +8,8 @@ class Linear(Method):
     name = "linear"
 
     def build_model(self, cfg, num_classes):
-        from casdap.continual.strategies import BackboneClassifier
         from casdap.models.build import build_backbone
+        from casdap.models.classifiers import BackboneClassifier
 
         return BackboneClassifier(build_backbone(cfg, num_classes=0), num_classes, freeze_backbone=True)
 

@@ -10,7 +10,7 @@ from avalanche.training import LwF
 from avalanche.training.plugins import LwFPlugin
 
 from casdap.continual.methods.base import Method
-from casdap.continual.strategies import CasdapStrategyMixin
+from casdap.continual.strategy_mixin import CasdapStrategyMixin
 
 
 class LwFStrategy(CasdapStrategyMixin, LwF):

@@ -8,12 +8,12 @@ class NCM(FrozenFeatureMethod):
     name = "ncm"
 
     def classifier(self, cfg):
-        from casdap.continual.strategies import NCMClassifier
+        from casdap.models.classifiers import NCMClassifier
 
         return NCMClassifier
 
     def strategy(self, cfg):
-        from casdap.continual.strategies import NCMStrategy
+        from casdap.continual.gradient_free import NCMStrategy
 
         return NCMStrategy, {}
 
