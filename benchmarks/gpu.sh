@@ -21,8 +21,8 @@
 # (CAS-ViT classification/model/rcvit.py) is taken from --reference, $CASVIT_REFERENCE or
 # dist/reference/rcvit.py, whichever is given first.
 # Exit code: 0 when the install, every CUDA test and every measurement succeeded.
-# --cpu-smoke: check this script's flow on a machine without a GPU (the CUDA tests skip, tiny CPU
-# measurements); it proves nothing about CUDA.
+# --cpu-smoke: check this script's flow on a machine without a GPU (the CUDA tests skip, the installed
+# command line's tests run in their place, tiny CPU measurements); it proves nothing about CUDA.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -72,9 +72,11 @@ if ! "$VPY" -c "import pytest" 2>/dev/null; then
     log "pytest is not installed: make the wheel folder with --add pytest"; exit 2
 fi
 
-# 2. the CUDA tests
-log "pytest -m cuda"
-PYTHONUNBUFFERED=1 "$VPY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider --junitxml "$OUT/cuda_tests.xml" \
+# 2. the CUDA tests (with no GPU they skip: the smoke run adds the installed command line's tests, which run)
+TESTS=(-m cuda tests/test_cuda.py)
+[ $SMOKE -eq 1 ] && TESTS=(tests/test_cuda.py tests/test_cli.py)
+log "pytest ${TESTS[*]}"
+PYTHONUNBUFFERED=1 "$VPY" -m pytest "${TESTS[@]}" -q -rs -p no:cacheprovider --junitxml "$OUT/cuda_tests.xml" \
     > "$OUT/cuda_tests.log" 2>&1
 tests=$?
 tail -n 1 "$OUT/cuda_tests.log"

@@ -27,6 +27,7 @@
 #                   benchmarks/gpu_node_packages.txt lists the GPU machine this project is measured on.
 #   --extras NAMES  casdap extras to include, e.g. export (onnx, onnxscript, onnxruntime)
 #   --add REQ       a further requirement to include (e.g. --add pytest for a node without it)
+#   --casdap-wheel FILE  ship this casdap wheel (built from the same tree) instead of building one
 # Environment: PYTHON (the interpreter whose pip resolves and downloads; default python3).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,7 +35,7 @@ PY="${PYTHON:-python3}"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-DIR="" TARGET_PY="" GLIBC="" ARCH="" HAVE="" EXTRAS=""
+DIR="" TARGET_PY="" GLIBC="" ARCH="" HAVE="" EXTRAS="" GIVEN_WHEEL=""
 PLATFORMS=() ADDS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -46,6 +47,7 @@ while [ $# -gt 0 ]; do
         --have) HAVE="$2"; shift 2 ;;
         --extras) EXTRAS="$2"; shift 2 ;;
         --add) ADDS+=("$2"); shift 2 ;;
+        --casdap-wheel) GIVEN_WHEEL="$2"; shift 2 ;;
         -*) echo "wheelhouse.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
         *) if [ -n "$DIR" ]; then echo "wheelhouse.sh: one DIR only (got '$DIR' and '$1')" >&2; exit 2; fi
            DIR="$1"; shift ;;
@@ -53,6 +55,9 @@ while [ $# -gt 0 ]; do
 done
 if [ -z "$DIR" ]; then echo "usage: bash scripts/wheelhouse.sh DIR [options] (see --help)" >&2; exit 2; fi
 if [ -n "$HAVE" ] && [ ! -f "$HAVE" ]; then echo "wheelhouse.sh: --have file '$HAVE' does not exist" >&2; exit 2; fi
+if [ -n "$GIVEN_WHEEL" ] && [[ ! -f "$GIVEN_WHEEL" || "$(basename "$GIVEN_WHEEL")" != casdap-*.whl ]]; then
+    echo "wheelhouse.sh: --casdap-wheel '$GIVEN_WHEEL' is not a casdap-*.whl file" >&2; exit 2
+fi
 [ -n "$TARGET_PY" ] || TARGET_PY="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 [ -n "$ARCH" ] || ARCH="$(uname -m)"
 if [ -z "$GLIBC" ]; then
@@ -84,13 +89,17 @@ echo "[wheelhouse] target: Python $TARGET_PY, ${PLATFORMS[0]} .. ${PLATFORMS[-1]
 
 # 1. casdap itself, built from a copy of the working tree (no build/ or egg-info left in the checkout)
 mkdir -p "$WORK/src" "$WORK/local"
-cp -r "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/casdap" "$ROOT/configs" "$WORK/src/"
-find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
-"${PIP[@]}" wheel --quiet --no-deps -w "$WORK/local" "$WORK/src" >/dev/null
+if [ -n "$GIVEN_WHEEL" ]; then
+    cp "$GIVEN_WHEEL" "$WORK/local/"
+else
+    cp -r "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/casdap" "$ROOT/configs" "$WORK/src/"
+    find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
+    "${PIP[@]}" wheel --quiet --no-deps -w "$WORK/local" "$WORK/src" >/dev/null
+fi
 CASDAP_WHL="$(ls "$WORK/local"/casdap-*.whl)"
 # pure-Python dependencies published only as source archives: built into wheels here
 "${PIP[@]}" wheel --quiet --no-deps -w "$WORK/local" "gputil==1.4.0" >/dev/null
-echo "[wheelhouse] built $(basename "$CASDAP_WHL") and the GPUtil wheel"
+echo "[wheelhouse] $([ -n "$GIVEN_WHEEL" ] && echo took || echo built) $(basename "$CASDAP_WHL"), built the GPUtil wheel"
 
 # 2. resolve (metadata only; torch is resolved but never downloaded)
 grep -v -E '^\s*(torch|torchvision)\s*[=<>!~]' "$ROOT/constraints.txt" > "$WORK/constraints.txt"

@@ -1,6 +1,7 @@
 import os
 import pickle
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -99,3 +100,47 @@ def _demo_pretraining(tmp: Path) -> tuple[Path, str]:
 def copy_demo_backbone(demo: Path, to: Path) -> None:
     """The pretrained backbone and its sidecar, where ``casdap demo --out TO --pretrain-epochs 1`` reuses them."""
     shutil.copytree(demo / "model", to / "model")
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory):
+    """casdap's wheel, built once for the session from a copy of the checkout, and installed (not
+    editable) into a fresh venv that sees this interpreter's packages (torch and the rest) through a
+    plain .pth path line: that line does not run the editable install's hook, so the checkout's casdap
+    is not importable there. ``{"wheel", "venv", "env", "work"}``: tests/test_packaging.py runs the
+    installed package (and benchmarks/gpu.sh's smoke run on it), tests/test_wheelhouse.py ships the
+    same wheel in its wheel folder."""
+    return once_per_session(tmp_path_factory, "installed_wheel", _install_wheel)
+
+
+def _install_wheel(tmp: Path) -> dict:
+    src = tmp / "src"
+    src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("casdap", "configs"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "--disable-pip-version-check", "-w", str(tmp / "dist"), str(src)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    (wheel,) = (tmp / "dist").glob("casdap-*.whl")
+
+    venv = tmp / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    here = sorted({p for p in sys.path if p.endswith("site-packages")})
+    Path(site, "outer.pth").write_text("\n".join(here) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME") and not k.startswith("PIP_")}
+    env["OMP_NUM_THREADS"] = "1"
+    # --ignore-installed: the outer environment's casdap is visible to pip here, and must stay untouched
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                              "--no-index", "--ignore-installed", "--disable-pip-version-check", str(wheel)],
+                             capture_output=True, text=True, env=env)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    work = tmp / "work"
+    work.mkdir()
+    return {"wheel": wheel, "venv": venv, "env": env, "work": work}

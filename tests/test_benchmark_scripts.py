@@ -68,7 +68,13 @@ def test_embedded_shift_probe(tmp_path):
     out = _run("embedded_shift_probe.py", "--random-init", "--seeds", "0", "--train-per-class", "3",
                "--test-per-class", "2", "--out", str(tmp_path / "probe.jsonl"), cwd=tmp_path)
     row = json.loads((tmp_path / "probe.jsonl").read_text())
-    assert row["backbone"] == "random init" and 0 <= row["oracle_linear_within_task"] <= 1
+    assert row["backbone"] == "random init" and (row["train_per_class"], row["test_per_class"]) == (3, 2)
+    # the oracle within-task figure is the mean over the 10 tasks of a probe's hits on each task's 20 test
+    # images (10 classes of 2); the class-incremental one hits over all 200
+    per_task = row["oracle_linear_per_task"]
+    assert len(per_task) == 10 and all(v * 20 == pytest.approx(round(v * 20)) for v in per_task)
+    assert row["oracle_linear_within_task"] == pytest.approx(sum(per_task) / 10, abs=5e-4)  # per task: 3 decimals
+    assert row["ncm_class_incremental"] * 200 == pytest.approx(round(row["ncm_class_incremental"] * 200))
     assert "domain_probe" in out
 
 

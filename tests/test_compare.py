@@ -303,3 +303,28 @@ def test_runs_in_folders_of_the_same_name_get_distinct_names(tmp_path, capsys):
     assert comp.skipped == [(str(results[0].parent), f"{results[0].parent}: given twice; compared once")]
     [group] = comp.groups  # two seeds of the same DAP configuration
     assert group.stats("final_acc")[1] is not None and [r.seed for r in group.runs] == [42, 43]
+
+
+def test_a_seed_run_twice_counts_once_with_a_notice_naming_both_folders(tmp_path, capsys):
+    a = write_cl_run(tmp_path, "a", seed=0, matrix=make_matrix(0.95, 0.02))
+    b = write_cl_run(tmp_path, "b", seed=1, matrix=make_matrix(0.90, 0.02))
+    copy = write_cl_run(tmp_path, "copy", seed=0, matrix=make_matrix(0.95, 0.02))  # the same run, copied
+    rerun = write_cl_run(tmp_path, "rerun", seed=1, matrix=make_matrix(0.80, 0.02))  # seed 1 again, other result
+    other_lr = write_cl_run(tmp_path, "other_lr", seed=0, lr=0.02)  # another configuration: its own seed 0
+    comp = compare.load_runs([a, b, copy, rerun, other_lr])
+    assert [r.path for r in comp.runs] == [a, b, other_lr]
+    assert comp.skipped == [
+        (str(copy), f"{copy}: seed 0 of dap again ({a} holds it, final accuracy the same); a seed counts once, "
+                    "so it is left out"),
+        (str(rerun), f"{rerun}: seed 1 of dap again ({b} holds it, final accuracy 76.00% vs 86.00%); a seed counts "
+                     "once, so it is left out"),
+    ]
+    two, one = comp.groups
+    assert [r.seed for r in two.runs] == [0, 1] and [r.path for r in one.runs] == [other_lr]
+    finals = [statistics.fmean(make_matrix(d, 0.02)[-1]) for d in (0.95, 0.90)]
+    assert two.stats("final_acc") == pytest.approx((statistics.fmean(finals), statistics.stdev(finals)))
+    # the command says so and counts two seeds
+    assert main(["compare", str(a), str(b), str(copy), "--out", str(tmp_path / "cmp")]) == 0
+    err = capsys.readouterr().err
+    assert f"casdap compare: skipped {copy}: seed 0 of dap again ({a} holds it" in err
+    assert len(list(csv.DictReader(open(tmp_path / "cmp" / "runs.csv")))) == 2

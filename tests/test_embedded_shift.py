@@ -155,3 +155,36 @@ def test_the_command_pretrains_a_missing_backbone_and_run_continual_never_does(t
     assert main(["cl", "--config-file", str(digits), "--output_dir", str(tmp_path / "b"),
                  "MODEL.MODEL_ROOT", str(root)]) == 2
     assert made == [root / "rcvit_xs.pth"]
+
+
+def test_a_cas_dap_run_folder_stays_within_what_it_must_hold(tmp_path, tiny_stream):
+    """The shipped CAS-DAP setting on the stream (2 tasks of 50 classes, 4 training images a class,
+    1 epoch: the stored tensors' shapes are set by the 100 classes, not by the data or the epochs)
+    keeps each checkpoint within what resuming needs, so growth shows here, not as a full disk.
+
+    A checkpoint holds, with K = 100 classes and C = 220 pooled features (rcvit_xs):
+      the query's and the prompted features' class statistics: second moments 2 x K x C x C float64
+        = 77.44 MB (the bulk) and sums 2 x K x C float64 = 0.35 MB;
+      the Gaussian task predictor's per-class precisions, K x C x C float32 = 19.36 MB;
+      every parameter once, in float32: 4 x total_params (metrics.json; 3.14 M here, 12.5 MB);
+      1 MB for the rest: BatchNorm statistics, counts, the random states, the zip records of ~600 tensors.
+    Measured 110.16 MB of a 110.71 MB budget. The shipped run (10 tasks of 10 classes, 4.34 M
+    parameters) keeps 10 checkpoints of 115.0 MB by the same count: 1.15 GB."""
+    from casdap.continual.runner import run_continual
+
+    out = tmp_path / "run"
+    cfg = load_config(SHIFT_YAML, [
+        "MODEL.RANDOM_INIT", "True", "MODEL.MODEL_ROOT", str(tmp_path / "none"), "DEVICE", "cpu",
+        "OUTPUT_DIR", str(out), "SOLVER.TOTAL_EPOCH", "1", "CONTINUAL.INITIAL", "50", "CONTINUAL.INCREMENT", "50",
+        "CONTINUAL.N_TASKS", "2", "MODEL.DAP.NUM_TASKS_FOR_EMB", "2", "MODEL.DAP.PROMPT_POOL", "2",
+    ])
+    metrics = run_continual(cfg, progress=False).metrics
+    k, c, mb = 100, 220, 1_000_000
+    checkpoint_budget = 2 * k * c * c * 8 + 2 * k * c * 8 + k * c * c * 4 + 4 * metrics["total_params"] + 1 * mb
+    checkpoints = sorted((out / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["task_000.pth", "task_001.pth"]
+    sizes = [p.stat().st_size for p in checkpoints]
+    assert max(sizes) <= checkpoint_budget, (sizes, checkpoint_budget)
+    # everything else (config, metrics, accuracy matrix, final results, TensorBoard events): under 1 MB
+    folder = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert folder <= len(checkpoints) * checkpoint_budget + 1 * mb, (folder, checkpoint_budget)

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import re
 import subprocess
 import sys
 import time
@@ -57,56 +56,18 @@ def test_unknown_config_names_what_ships(tmp_path, monkeypatch):
         resolve_config_file("../digits.yaml")
 
 
-# -- the wheel, installed into a fresh environment --------------------------------------------------
+# -- the wheel, installed into a fresh environment (the installed_wheel fixture of conftest.py) --------
 
 
-def _site_packages(python: Path) -> Path:
-    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True)
-    return Path(out.stdout.strip())
-
-
-@pytest.fixture(scope="module")
-def wheel_env(tmp_path_factory):
-    """A wheel built from a copy of the checkout, installed (not editable) into a fresh venv that sees
-    this interpreter's packages (torch and the rest) through a plain .pth path line: that line does not
-    run the editable install's hook, so the checkout's casdap is not importable there."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"
-    src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    for name in ("casdap", "configs"):
-        shutil.copytree(ROOT / name, src / name, ignore=ignore)
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "--disable-pip-version-check", "-w", str(tmp / "dist"), str(src)],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
-    (wheel,) = (tmp / "dist").glob("casdap-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+@pytest.mark.slow  # the session's wheel build and install
+def test_the_wheel_ships_every_config(installed_wheel):
+    names = zipfile.ZipFile(installed_wheel["wheel"]).namelist()
     assert all(f"casdap/configs/{n}" in names for n in SHIPPED)
 
-    venv = tmp / "env"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    here = sorted({p for p in sys.path if p.endswith("site-packages")})
-    (_site_packages(python) / "outer.pth").write_text("\n".join(here) + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME") and not k.startswith("PIP_")}
-    env["OMP_NUM_THREADS"] = "1"
-    # --ignore-installed: the outer environment's casdap is visible to pip here, and must stay untouched
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                              "--no-index", "--ignore-installed", "--disable-pip-version-check", str(wheel)],
-                             capture_output=True, text=True, env=env)
-    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
-    work = tmp / "work"
-    work.mkdir()
-    return venv, env, work
 
-
-@pytest.mark.slow  # about 25 s: the wheel's build and install, then a 2-task run
-def test_wheel_installs_and_runs_outside_the_checkout(wheel_env):
-    venv, env, work = wheel_env
+@pytest.mark.slow  # about 25 s: the wheel's build and install (once a session), then a 2-task run
+def test_wheel_installs_and_runs_outside_the_checkout(installed_wheel):
+    venv, env, work = (installed_wheel[k] for k in ("venv", "env", "work"))
     start = time.perf_counter()
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import casdap; print(casdap.__file__)"],
                            cwd=work, env=env, check=True, capture_output=True, text=True).stdout.strip()
@@ -129,11 +90,12 @@ def test_wheel_installs_and_runs_outside_the_checkout(wheel_env):
     print(f"installed wheel: --help x2 and a 2-task digits run in {time.perf_counter() - start:.1f} s")
 
 
-@pytest.mark.slow  # about a minute: the CUDA tests (all skipped on CPU) and two tiny casdap bench runs
-def test_gpu_procedure_runs_on_the_installed_wheel(wheel_env, tmp_path):
-    """benchmarks/gpu.sh --cpu-smoke on the wheel's environment: its flow and its casdap bench command
-    lines work (the offline install is tests/test_wheelhouse.py's; here it is a stand-in)."""
-    venv, env, _ = wheel_env
+@pytest.mark.slow  # about a minute: the CUDA tests (all skipped on CPU), the CLI tests, two tiny casdap bench runs
+def test_gpu_procedure_runs_on_the_installed_wheel(installed_wheel, tmp_path):
+    """benchmarks/gpu.sh --cpu-smoke on the wheel's environment: its flow, its test step (the CUDA tests
+    skip, the command line's tests run on the installed package) and its casdap bench command lines
+    work (the offline install is tests/test_wheelhouse.py's; here it is a stand-in)."""
+    venv, env = installed_wheel["venv"], installed_wheel["env"]
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     (wheels / "install.py").write_text("print('casdap is installed already')\n")
@@ -143,6 +105,8 @@ def test_gpu_procedure_runs_on_the_installed_wheel(wheel_env, tmp_path):
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + "".join(
         f"\n--- {p.name}\n" + p.read_text()[-2000:] for p in sorted(out.glob("*.log")))
+    tests = (out / "cuda_tests.log").read_text()
+    assert re.search(r"\b1 passed, \d+ skipped\b", tests), tests[-2000:]  # tests/test_cli.py ran, on CPU
     result = json.loads((out / "bench.json").read_text())
     variants = {(r["mode"], r["variant"]) for r in result["results"]}
     assert {("train", "amp_bf16"), ("infer", "amp_bf16"), ("infer", "casdap_fast"), ("train", "cl")} <= variants

@@ -6,8 +6,10 @@ import json
 import shlex
 
 import pytest
+import torch
 from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
 
+from casdap.checkpoint import read_checkpoint
 from casdap.cli import main
 from casdap.cli.cl import flag_overrides, parse_cl_args
 from casdap.config import load_config
@@ -44,10 +46,22 @@ def test_resume_with_a_changed_learning_rate_is_refused_naming_old_and_new(tmp_p
     assert "SOLVER.BASE_LR: 0.01 -> 0.02" in message and "SOLVER.TOTAL_EPOCH: 1 -> 2" in message
     assert "cannot resume" in message and "\n" not in message
     assert _files(killed) == before  # nothing written
-    # settings that cannot change results may differ
+    # the number of loader workers changes the augmentations drawn, so the training images: refused too
+    workers = tiny_cifar_cfg(cifar, killed, "linear", "SOLVER.AUTO_RESUME", "True", "DATA.NUM_WORKERS", "1")
+    with pytest.raises(Exception, match=r"DATA.NUM_WORKERS: 0 -> 1"):
+        run_continual(workers, progress=False)
+    assert _files(killed) == before
+    # settings that cannot change results may differ: the resumed run ends as the uninterrupted one,
+    # to the bit (the same metrics but for the clock, the same weights)
     resumed = run_continual(tiny_cifar_cfg(cifar, killed, "linear", "SOLVER.AUTO_RESUME", "True",
-                                           "DATA.NUM_WORKERS", "1", "SOLVER.LOG_EVERY_N", "7"), progress=False)
+                                           "SOLVER.LOG_EVERY_N", "7", "DATA.PIN_MEMORY", "False"), progress=False)
+    full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "linear"), progress=False)
+    timing = ("wall_time_s", "train_images_per_s")
+    assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
+        k: v for k, v in full.metrics.items() if k not in timing}
     assert resumed.metrics["finished"] and resumed.metrics["tasks_done"] == 2
+    weights = [read_checkpoint(run / "checkpoints" / "task_001.pth")["model"] for run in (killed, tmp_path / "full")]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_settings_changed_ignores_paths_spelled_differently(tmp_path, cifar):

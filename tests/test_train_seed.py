@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -10,14 +11,21 @@ import time
 
 import pytest
 import torch
-from train_helpers import ROOT, env, write_tiny_cifar
+from train_helpers import ROOT, env, readme_seed_lines, write_tiny_cifar
 
 from casdap.checkpoint import read_checkpoint
 
-SEED_CMD = (
-    "--data_set CIFAR --output_dir ./output --model rcvit_xs --lr 6e-3 --batch_size 128 --epochs 10 --drop_path 0.1 "
-    "--model_ema False --use_amp False --input_size 32 --num_workers 1 --warmup_steps 1950 --print_verbose 1"
-).split()
+
+def _seed_command() -> list[str]:
+    """main.py's flags in the README's first seed line (supervised CIFAR-100), read from the README so
+    that this test runs the line as written; its output redirection is left to the shell."""
+    words = shlex.split(readme_seed_lines()[0])
+    assert words[:6] == ["python", "-m", "torch.distributed.run", "--nproc_per_node", "1", "main.py"], words
+    assert words[-2:] == [">", "casdap2_res.txt"] and "--config-file" not in words, words
+    return words[6:-2]
+
+
+SEED_CMD = _seed_command()
 
 
 def _free_port() -> str:
@@ -34,7 +42,8 @@ def _launcher_env() -> dict:
 
 @pytest.mark.slow  # a torchrun launch of the README command (about 20 s)
 def test_seed_command_as_written_runs_first_epoch(tmp_path):
-    """`python -m torch.distributed.run --nproc_per_node 1 main.py <flags>` exactly as in the README, with
+    """`python -m torch.distributed.run --nproc_per_node 1 main.py <flags>` exactly as in the README's
+    first seed line (tests/test_seed_lines.py runs the other two), with
     CIFAR-100 under ./data: 256 training images make one optimizer step of 2 x 128 per epoch. The
     run is stopped once epoch 0 is logged and checkpointed (10 epochs would take minutes here)."""
     write_tiny_cifar(tmp_path / "data", n_train=256, n_test=40, n_classes=100)

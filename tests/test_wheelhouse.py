@@ -102,10 +102,14 @@ def _emulated_node(root: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def test_offline_install_onto_an_existing_torch_runs_a_continual_experiment(tmp_path, registry):
+def test_offline_install_onto_an_existing_torch_runs_a_continual_experiment(tmp_path, registry, installed_wheel):
     whl = tmp_path / "wheels"
-    proc = _wheelhouse(whl, "--have", str(NODE_LIST))
+    # the session's casdap wheel (conftest.installed_wheel): built once for this test and the packaging
+    # tests; the folder for Python 3.12 below builds its own, as a user's run of the script does
+    proc = _wheelhouse(whl, "--have", str(NODE_LIST), "--casdap-wheel", str(installed_wheel["wheel"]))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "took casdap-" in proc.stdout
+    assert (whl / installed_wheel["wheel"].name).read_bytes() == installed_wheel["wheel"].read_bytes()
     info = json.loads((whl / "wheelhouse.json").read_text())
     names = {_canon(n.split("-")[0]) for n in info["wheels"]}
     assert {"casdap", "avalanche-lib", "yacs"} <= names
@@ -151,6 +155,7 @@ def test_wheel_folder_for_the_gpu_machine_fits_what_travels_with_the_tree(tmp_pa
     whl = tmp_path / "wheels312"
     proc = _wheelhouse(whl, "--python", "3.12", "--arch", "x86_64", "--glibc", "2.28", "--have", str(NODE_LIST))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "built casdap-" in proc.stdout
     info = json.loads((whl / "wheelhouse.json").read_text())
     on_disk = sum(p.stat().st_size for p in whl.iterdir())
     print(f"py3.12 wheel folder for the GPU machine: {on_disk / 2**20:.1f} MiB, {len(info['wheels'])} wheels")

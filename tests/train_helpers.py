@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,14 @@ from layouts import write_cifar
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_seed_lines() -> list[str]:
+    """The README's copy of the seed's command lines (its ``<!-- seed-lines -->`` block)."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- seed-lines -->\s*```bash\n(.*?)```", text, re.S)
+    assert block, "README.md lost its <!-- seed-lines --> block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
 
 
 def class_images(n: int, n_classes: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

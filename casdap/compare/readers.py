@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from casdap.compare.records import Comparison, RunError, RunRecord, group_runs, unique_names
+from casdap.compare.records import Comparison, RunError, RunRecord, group_runs, set_aside_repeated_seeds, unique_names
 from casdap.errors import yaml_problem
 from casdap.run_metrics import METRICS_FIELDS, Matrix, metrics_value, summarize
 
@@ -390,7 +390,8 @@ def load_runs(paths: list[str | Path]) -> Comparison:
 
     Continual-learning runs must share one task split: runs whose task count differs from the
     most common one (the first run's on a tie) are set aside, since their accuracies are not
-    comparable."""
+    comparable. A second run of one configuration and seed (another folder) is set aside too: a
+    group's statistics are over seeds."""
     runs: list[RunRecord] = []
     skipped: list[tuple[str, str]] = []
     seen: set[Path] = set()
@@ -423,6 +424,9 @@ def load_runs(paths: list[str | Path]) -> Comparison:
             else:
                 kept.append(r)
         runs = kept
+
+    runs, repeats = set_aside_repeated_seeds(runs)
+    skipped += repeats
 
     unique_names(runs)
     return Comparison(runs=runs, groups=group_runs(runs), skipped=skipped)

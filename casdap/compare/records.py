@@ -155,6 +155,29 @@ def _config_key(r: RunRecord) -> str:
     return json.dumps([facts, cfg], sort_keys=True, default=str)
 
 
+def set_aside_repeated_seeds(runs: list[RunRecord]) -> tuple[list[RunRecord], list[tuple[str, str]]]:
+    """The runs without a second run of one configuration and seed, and ``(path, reason)`` for each
+    one left out (every run after the first given of its configuration and seed).
+
+    Seeds are what a group's mean and spread are taken over: a seed run twice (a copied folder, a
+    rerun elsewhere) counted twice would narrow the spread without a new sample."""
+    first: dict[tuple[str, int], RunRecord] = {}
+    kept, left_out = [], []
+    for r in runs:
+        held = r if r.seed is None else first.setdefault((_config_key(r), r.seed), r)
+        if held is r:
+            kept.append(r)
+            continue
+        same = "the same" if r.final_acc == held.final_acc else f"{_pct(r.final_acc)} vs {_pct(held.final_acc)}"
+        left_out.append((str(r.path), f"{r.path}: seed {r.seed} of {r.label} again ({held.path} holds it, final "
+                                      f"accuracy {same}); a seed counts once, so it is left out"))
+    return kept, left_out
+
+
+def _pct(v: float | None) -> str:
+    return "none" if v is None else f"{100 * v:.2f}%"
+
+
 def group_runs(runs: list[RunRecord]) -> list[RunGroup]:
     """Runs that share method, backbone, data, split, protocol and configuration (seed aside)."""
     by_key: dict[str, RunGroup] = {}

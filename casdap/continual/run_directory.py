@@ -347,10 +347,12 @@ def finished_metrics(out: Path) -> dict[str, Any] | None:
 
 
 # Settings that cannot change a run's results: they may differ between a run and its resumption.
+# DATA.NUM_WORKERS is not one: loader workers draw the training augmentations from their own seeds,
+# so the number of workers changes the images a run trains on.
 RESULT_NEUTRAL_KEYS = frozenset({
     "OUTPUT_DIR", "DEVICE", "CUDNN_BENCHMARK", "NUM_GPUS", "NUM_SHARDS", "DIST_BACKEND", "DIST_INIT_PATH",
     "DIST_INIT_FILE", "DBG", "RUN_N_TIMES", "SOLVER.AUTO_RESUME", "SOLVER.LOG_EVERY_N", "SOLVER.DBG_TRAINABLE",
-    "MODEL.SAVE_CKPT", "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.DATAPATH",
+    "MODEL.SAVE_CKPT", "DATA.PIN_MEMORY", "DATA.DATAPATH",
 })
 # Paths compared by the file they name, not by their spelling.
 _PATH_KEYS = frozenset({"MODEL.WEIGHT_PATH", "MODEL.MODEL_ROOT"})

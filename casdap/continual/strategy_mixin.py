@@ -83,6 +83,14 @@ class CasdapStrategyMixin:
         capped = _workers_for(self.dataloader, num_workers)
         if capped != num_workers:
             super().make_eval_dataloader(num_workers=capped, **kwargs)
+        if getattr(self.dataloader, "distributed_sampling", False):
+            # under torchrun Avalanche hands each rank its share of the test set, but rank 0 evaluates
+            # alone: it must see every test image
+            from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader
+
+            loader = self.dataloader
+            self.dataloader = SingleDatasetDataLoader(loader.datasets[0], loader.batch_sizes[0],
+                                                      distributed_sampling=False, **loader.loader_kwargs)
 
     def find_plugin(self, kind: type):
         """The strategy's first plugin of type ``kind``, or None."""
