@@ -48,8 +48,8 @@ def test_every_entry_loads_and_follows_its_contract():
     with pytest.raises(casdap.CasdapError,
                        match="task_predictor must be one of keys, gaussian, head, lda, got 'gauss'"):
         _small(task_predictor="gauss")
-    with pytest.raises(casdap.CasdapError, match="prompt_source must be one of dap"):
-        _small(prompt_source="static")
+    with pytest.raises(casdap.CasdapError, match="prompt_source must be one of dap, static, none, got 'pool'"):
+        _small(prompt_source="pool")
 
 
 def test_one_place_for_the_defaults():

@@ -15,6 +15,7 @@ from casdap.dap_registry import (
     INJECTION_NAMES,
     PREDICTION_NAMES,
     PROMPT_BACKBONE_NAMES,
+    PROMPT_SOURCES,
     QUERY_NAMES,
     SELECTION_NAMES,
     TASK_PREDICTOR_NAMES,
@@ -102,6 +103,7 @@ def _validate_dap(cfg: CfgNode) -> None:
     _one_of("MODEL.DAP.SELECTION", d.SELECTION, SELECTION_NAMES)
     _validate_task_inference(cfg)
     _at_least("MODEL.DAP.NUM_DAP_TOKENS", d.NUM_DAP_TOKENS, 0)
+    _validate_prompt_source(cfg)
     _at_least("MODEL.DAP.KEYS_PER_TASK", d.KEYS_PER_TASK, 1)
     _at_least("MODEL.DAP.PROMPT_POOL", d.PROMPT_POOL, 1)
     _at_least("MODEL.DAP.TASK_EMB", d.TASK_EMB, 1)
@@ -116,6 +118,24 @@ def _validate_dap(cfg: CfgNode) -> None:
     stages = list(d.STAGES)
     if not stages or any(not 0 <= int(s) < CASVIT_STAGES for s in stages):
         raise CasdapError(f"MODEL.DAP.STAGES must name stages 0..{CASVIT_STAGES - 1}, got {stages}")
+
+
+def _validate_prompt_source(cfg: CfgNode) -> None:
+    """``MODEL.DAP.PROMPT_SOURCE`` and the settings that only some sources read."""
+    d = cfg.MODEL.DAP
+    source = str(d.PROMPT_SOURCE).strip().lower()
+    if source not in PROMPT_SOURCES:  # the registry itself: a source added there is accepted here
+        raise CasdapError(f"unknown MODEL.DAP.PROMPT_SOURCE '{d.PROMPT_SOURCE}' "
+                          f"(use one of {', '.join(PROMPT_SOURCES)})")
+    if source not in ("static", "none"):  # dap, and a source of one's own: the model checks its options
+        return
+    for key in ("CHANNEL_MIX", "TASK_GENERATORS"):
+        if d[key]:
+            raise CasdapError(f"MODEL.DAP.{key} is an option of DAP's generator (MODEL.DAP.PROMPT_SOURCE dap), "
+                              f"not of PROMPT_SOURCE {source}: set it False")
+    if source == "static" and int(d.NUM_DAP_TOKENS) == 0:
+        raise CasdapError(f"MODEL.DAP.NUM_DAP_TOKENS 0 makes no prompt: with MODEL.DAP.PROMPT_SOURCE {source} set "
+                          "it to 1 or more, or set PROMPT_SOURCE none for no prompt")
 
 
 def _validate_prompt_method(cfg: CfgNode, method: str) -> None:

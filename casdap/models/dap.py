@@ -170,6 +170,7 @@ class PromptedBlock(PromptInjection):
     def __init__(
         self, dim: int, num_tokens: int, task_emb_dim: int, injection: str = D.INJECTION,
         channel_mix: bool = D.CHANNEL_MIX, task_maps: int = 0, source: str = D.PROMPT_SOURCE,
+        num_tasks: int | None = None,
     ) -> None:
         nn.Module.__init__(self)  # the source is registered before the gates (parameter order as before)
         self.injection = checked("injection", injection, INJECTIONS)
@@ -179,6 +180,8 @@ class PromptedBlock(PromptInjection):
         if task_maps > 0:
             options["task_maps"] = int(task_maps)
         source_cls = load("prompt_source", PROMPT_SOURCES, source)
+        if num_tasks is not None and "num_tasks" in inspect.signature(source_cls).parameters:
+            options["num_tasks"] = int(num_tasks)  # sources with per-task parameters
         self.generator: PromptSource = _build("prompt source", source_cls, (dim, num_tokens, task_emb_dim), options)
         self._add_gates(dim)
 
@@ -288,13 +291,21 @@ class CASDAP(nn.Module):
         # and head train as usual, and the features are the frozen backbone's.
         last = n_stages - 1
         self.prompt_last_block = bool(prompt_last_block)
+        # A source that makes no prompts (none) is the prompts-off ablation: no block is prompted.
+        self.prompt_source = checked("prompt_source", prompt_source, PROMPT_SOURCES)
+        makes_prompts = load("prompt_source", PROMPT_SOURCES, prompt_source).makes_prompts
+        if not makes_prompts and (channel_mix or task_generators):
+            raise CasdapError(f"prompt source {self.prompt_source} makes no prompts: channel_mix and "
+                              "task_generators are options of a generator (prompt source dap)")
+        num_tokens = num_tokens if makes_prompts else 0
         self.num_tokens = int(num_tokens)
         self.task_generators = bool(task_generators) and num_tokens > 0
         self.dap_blocks = nn.ModuleDict(
             {
                 str(s): nn.ModuleList(
                     PromptedBlock(backbone.embed_dims[s], num_tokens, task_emb_dim, injection, channel_mix,
-                                  task_maps=num_tasks if task_generators else 0, source=prompt_source)
+                                  task_maps=num_tasks if task_generators else 0, source=prompt_source,
+                                  num_tasks=num_tasks)
                     for _ in range(backbone.layers[s] - (s == last and not self.prompt_last_block))
                 )
                 for s in self.stages
