@@ -45,7 +45,7 @@ def _settings(source: str, query: str, inference: str, prediction: str) -> tuple
     return ("MODEL.DAP.PROMPT_SOURCE", source, "MODEL.DAP.QUERY", query, "MODEL.DAP.TASK_INFERENCE", inference,
             "MODEL.DAP.PREDICTION", prediction, "MODEL.DAP.KEYS_PER_TASK", "1", "MODEL.DAP.SHRINKAGE", "0.5",
             "MODEL.DAP.STAGES", "[3]", "MODEL.DAP.NUM_DAP_TOKENS", "2", "SOLVER.OPTIMIZER", "adamw",
-            "SOLVER.WEIGHT_DECAY", "0.05", "DATA.PERCENTAGE", "1.0")
+            "SOLVER.WEIGHT_DECAY", "0.05", "DATA.BATCH_SIZE", "4")  # two steps a task: the second opens the gates
 
 
 def _metrics(out) -> dict:
@@ -115,9 +115,9 @@ def test_every_combination_resumes_ignores_the_eval_batch_and_keeps_finished_tas
         before_t1, after_t1 = (after[t][name] if rows is None else after[t][name][rows] for t in (0, 1))
         assert torch.equal(before_t1, after_t1), f"{name}: task 0's part moved while task 1 trained"
     assert not torch.equal(after[0]["head.weight"][2:], after[1]["head.weight"][2:])  # task 1 trained
-    if source == "static":
+    if source == "static":  # task 0's tokens trained (so decay would move them), then task 1's
         tokens = [k for k in after[1] if k.endswith(".generator.tokens")]
-        assert all(not torch.equal(after[0][k][1], after[1][k][1]) for k in tokens)  # task 1's own tokens trained
+        assert all(after[0][k][0].abs().sum() > 0 and not torch.equal(after[0][k][1], after[1][k][1]) for k in tokens)
     if source == "none":
         assert not any(k.startswith("dap_blocks.") for k in after[1])
 
