@@ -52,6 +52,13 @@ def _metrics(out) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def _test_images(cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    from casdap.continual.benchmarks import build_benchmark
+
+    data = [e.dataset.eval()[i] for e in build_benchmark(cfg).scenario.test_stream for i in range(len(e.dataset))]
+    return torch.stack([d[0] for d in data]), torch.tensor([int(d[1]) for d in data])
+
+
 def _stop_as_task_1_starts(monkeypatch) -> None:
     from casdap.continual.strategies import DAPStrategy
 
@@ -94,7 +101,19 @@ def test_every_combination_resumes_ignores_the_eval_batch_and_keeps_finished_tas
         tmp_path, cifar, monkeypatch, source, query, inference, prediction):
     settings = _settings(source, query, inference, prediction)
     full = tmp_path / "full"
-    run_continual(tiny_cifar_cfg(cifar, full, "dap", *settings, "DATA.EVAL_BATCH_SIZE", "100"), progress=False)
+    cfg = tiny_cifar_cfg(cifar, full, "dap", *settings, "DATA.EVAL_BATCH_SIZE", "100")
+    strategy = run_continual(cfg, progress=False).strategy
+    # finer than the matrices (in a tiny run the prompts move features, rarely a prediction): the test
+    # images of both tasks in one batch and each alone get the same inferred task and the same prompted
+    # features (float noise between batch sizes: < 5e-7 at a feature scale of ~1)
+    x, y = _test_images(cfg)
+    tasks = strategy.predict(x, y)[1]
+    assert torch.equal(tasks, torch.cat([strategy.predict(x[i:i + 1], y[i:i + 1])[1] for i in range(len(y))]))
+    model = strategy.model.eval()
+    with torch.no_grad():
+        together = model.forward_prompted(x, tasks)
+        alone = torch.cat([model.forward_prompted(x[i:i + 1], tasks[i:i + 1]) for i in range(len(y))])
+    assert torch.allclose(together, alone, rtol=0, atol=5e-6)
     stopped = tmp_path / "stopped"
     with monkeypatch.context() as mp:
         _stop_as_task_1_starts(mp)
@@ -164,6 +183,7 @@ def test_static_prompts_start_as_the_frozen_backbone_and_do_not_depend_on_the_im
         assert torch.equal(one[0], one[1]) and torch.equal(one[0], one[2])  # same task: same prompts
         assert torch.equal(one, generator(torch.randn_like(h), emb, torch.tensor([1, 1, 1])))  # image ignored
         assert not torch.equal(one, generator(h, model.dap_task_emb(torch.tensor([0, 0, 0])), 0))
+        assert not torch.equal(one, generator(h, model.dap_task_emb(torch.tensor([0, 0, 0])), 1))  # FiLM by e_t
         assert not torch.equal(model(x, task_id=0).feats, model(x, task_id=1).feats)  # prompts reach the features
     dap = _model("dap").dap_blocks["3"][0].generator
     with torch.no_grad():
