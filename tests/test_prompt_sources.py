@@ -6,9 +6,11 @@ inference meets every source, every query and every prediction at least once (18
 of the four choices; the 72 of the full product cost about 3 CPU seconds each). Each is two tiny
 runs (2 tasks of 2 classes, 1 epoch, AdamW with weight decay 0.05): one uninterrupted with
 evaluation batches of 100, one stopped as task 1 starts and resumed, with evaluation batches of 1.
-Their matrices must be equal (resume and evaluation batch size change nothing), and in the
-uninterrupted run every part of task 0 (head rows, task embedding, keys, the static source's
-tokens, the adapted query) must be bit-identical before and after task 1.
+Their matrices must be equal (resume and evaluation batch size change nothing), and so must every
+trained parameter after task 1; a mixed batch of test images and each image alone must get the
+same inferred task and prompted features; and in the uninterrupted run every part of task 0 (head
+rows, task embedding, keys, the static source's tokens, the adapted query) must be bit-identical
+before and after task 1.
 """
 
 from __future__ import annotations
