@@ -11,7 +11,7 @@ from __future__ import annotations
 NUM_TASKS = 10  # MODEL.DAP.PROMPT_POOL: key groups, one per task
 NUM_TASK_EMBEDDINGS = 10  # MODEL.DAP.NUM_TASKS_FOR_EMB: rows of the task-embedding table (CASDAP: None = num_tasks)
 KEYS_PER_TASK = 1  # MODEL.DAP.KEYS_PER_TASK: keys per task; the nearest speaks for its task (DAP: one)
-NUM_TOKENS = 3  # MODEL.DAP.NUM_DAP_TOKENS: prompt tokens per prompted block (0: prompts off)
+NUM_TOKENS = 3  # MODEL.DAP.NUM_DAP_TOKENS: prompt tokens per prompted block (0: prompts off, as source none)
 TASK_EMB_DIM = 64  # MODEL.DAP.TASK_EMB: task-embedding width (FiLM input)
 STAGES = (2, 3)  # MODEL.DAP.STAGES: CAS-ViT stages whose blocks are prompted (docs/dap_on_casvit.md)
 INJECTION = "kv"  # MODEL.DAP.INJECTION: kv | attn | pool
@@ -19,7 +19,7 @@ CHANNEL_MIX = False  # MODEL.DAP.CHANNEL_MIX: the generator also mixes channels
 TASK_GENERATORS = False  # MODEL.DAP.TASK_GENERATORS: every task its own generator maps
 PROMPT_LAST_BLOCK = True  # prompts in the backbone's very last block (the config's None follows DATA.NAME)
 SELECTION = "per_image"  # MODEL.DAP.SELECTION: per_image | batch_majority | oracle
-PROMPT_SOURCE = "dap"  # prompt-source registry entry (casdap.dap_registry.PROMPT_SOURCES)
+PROMPT_SOURCE = "dap"  # MODEL.DAP.PROMPT_SOURCE: prompt-source registry entry (casdap.dap_registry.PROMPT_SOURCES)
 TASK_PREDICTOR = "keys"  # task-predictor registry entry (casdap.dap_registry.TASK_PREDICTORS)
 QUERY = "frozen"  # MODEL.DAP.QUERY: frozen (DAP's) | adapted (a backbone trained on the first task, then frozen)
 ALL_CLASS_HEAD = "pseudo"  # MODEL.DAP.ALL_CLASS_HEAD: pseudo (HiDe: trained on pseudo-features) | lda (closed form)

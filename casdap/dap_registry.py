@@ -31,10 +31,13 @@ __all__ = [
     "normalize",
 ]
 
-# Prompt sources: the block's input map and the task embedding (and index) -> prompt tokens [B, C, N].
-# Contract: casdap.models.prompt_sources.PromptSource.
+# Prompt sources (MODEL.DAP.PROMPT_SOURCE): the block's input map and the task embedding (and index) ->
+# prompt tokens [B, C, N]. Contract: casdap.models.prompt_sources.PromptSource. dap: DAP's instance-level
+# generator; static: learned tokens per task (DAP without the instance-level part); none: no prompt.
 PROMPT_SOURCES: dict[str, str] = {
-    "dap": "casdap.models.prompt_sources:PromptGenerator",
+    "dap": "casdap.models.prompt_sources.dap:PromptGenerator",
+    "static": "casdap.models.prompt_sources.static:StaticPrompts",
+    "none": "casdap.models.prompt_sources.none:NoPrompts",
 }
 
 # Task predictors: the query [B, C] -> per-task scores [B, T]. Contract: casdap.models.task_inference.TaskPredictor.

@@ -49,8 +49,8 @@ def test_every_entry_loads_and_follows_its_contract():
     with pytest.raises(casdap.CasdapError,
                        match="task_predictor must be one of keys, gaussian, head, lda, got 'gauss'"):
         _small(task_predictor="gauss")
-    with pytest.raises(casdap.CasdapError, match="prompt_source must be one of dap"):
-        _small(prompt_source="static")
+    with pytest.raises(casdap.CasdapError, match="prompt_source must be one of dap, static, none, got 'pool'"):
+        _small(prompt_source="pool")
 
 
 def test_one_place_for_the_defaults():
@@ -199,25 +199,26 @@ class NearestTaskMean(TaskPredictor):
         return scores.scatter_reduce(1, self.tasks.expand_as(sim), sim, "amax")
 
 
-class TaskTokens(PromptSource):
-    """Learned prompt tokens per task, the same for every image of the task (L2P/DualPrompt style)."""
+class SharedTokens(PromptSource):
+    """Learned prompt tokens, the same for every task and image, trained on the first task only."""
 
-    def __init__(self, dim: int, num_tokens: int, task_emb_dim: int, num_tasks: int = 16) -> None:
+    def __init__(self, dim: int, num_tokens: int, task_emb_dim: int) -> None:
         super().__init__()
-        self.tokens = nn.Parameter(torch.zeros(num_tasks, dim, num_tokens))
+        self.tokens = nn.Parameter(0.02 * torch.randn(dim, num_tokens))
 
     def forward(self, x, task_emb, task_idx=None):
-        if not torch.is_tensor(task_idx):  # one task for the whole batch
-            return self.tokens[task_idx].expand(len(x), -1, -1)
-        return self.tokens[task_idx]
+        return self.tokens.expand(len(x), -1, -1)
+
+    def structure_parameters(self):
+        return [self.tokens]  # frozen after the first task, like DAP's token-axis map
 
 
 def test_worked_examples_plug_in(monkeypatch):
     monkeypatch.setitem(R.TASK_PREDICTORS, "task_mean", f"{__name__}:NearestTaskMean")
-    monkeypatch.setitem(R.PROMPT_SOURCES, "task_tokens", f"{__name__}:TaskTokens")
-    model = _small(task_predictor="task_mean", prompt_source="task_tokens")
+    monkeypatch.setitem(R.PROMPT_SOURCES, "shared_tokens", f"{__name__}:SharedTokens")
+    model = _small(task_predictor="task_mean", prompt_source="shared_tokens")
     assert isinstance(model.dap_task_predictor, NearestTaskMean)
-    assert all(isinstance(b.generator, TaskTokens) for b in model._prompted_blocks())
+    assert all(isinstance(b.generator, SharedTokens) for b in model._prompted_blocks())
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     model.fit_task_predictor(ClassStatistics.from_queries(model.forward_query(x), labels, {0: 0, 1: 0, 2: 1, 3: 1}))
@@ -229,7 +230,31 @@ def test_worked_examples_plug_in(monkeypatch):
             block.gate_b.fill_(0.5)
     out = model.train()(x, task_id=1)
     out.logits.sum().backward()
-    assert model.dap_blocks["3"][0].generator.tokens.grad[1].abs().sum() > 0
+    assert model.dap_blocks["3"][0].generator.tokens.grad.abs().sum() > 0
+    model.freeze_token_axis()  # its structure parameters: the tokens stop training after the first task
+    assert not any(b.generator.tokens.requires_grad for b in model._prompted_blocks())
     assert not hasattr(model, "dap_keys")  # no key pool in this predictor
-    with pytest.raises(casdap.CasdapError, match="prompt source TaskTokens does not take channel_mix"):
-        _small(prompt_source="task_tokens", channel_mix=True)
+    with pytest.raises(casdap.CasdapError, match="prompt source SharedTokens does not take channel_mix"):
+        _small(prompt_source="shared_tokens", channel_mix=True)
+
+
+def test_a_new_prompt_source_runs_from_a_config_with_casdap_cl(tmp_path, monkeypatch):
+    """docs/architecture.md: one class and one registry line, then ``casdap cl`` runs it by name."""
+    from cl_support import run_casdap, tiny_cifar_cfg, write_tiny_cifar
+
+    monkeypatch.setitem(R.PROMPT_SOURCES, "shared_tokens", f"{__name__}:SharedTokens")
+    cifar = write_tiny_cifar(tmp_path / "cifar")  # two steps a task: the tokens train once the gates open
+    out = tmp_path / "run"
+    yaml = tmp_path / "shared.yaml"
+    yaml.write_text(tiny_cifar_cfg(cifar, out, "dap", "MODEL.DAP.STAGES", "[3]").dump())
+    cmd = [sys.executable, "-m", "casdap", "cl", "--config-file", yaml, "MODEL.DAP.PROMPT_SOURCE", "shared_tokens"]
+    proc = run_casdap(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PROMPT_SOURCE: shared_tokens" in (out / "config.yaml").read_text()
+    after = [torch.load(out / "checkpoints" / f"task_{t:03d}.pth", weights_only=False)["model"] for t in (0, 1)]
+    tokens = [k for k in after[1] if k.endswith(".generator.tokens")]
+    assert len(tokens) == 2 and all(torch.equal(after[0][k], after[1][k]) for k in tokens)  # frozen after task 0
+    assert not torch.equal(after[0]["head.weight"][2:], after[1]["head.weight"][2:])  # task 1 did train
+    proc = run_casdap([*cmd[:-1], "shared_token"], tmp_path)
+    assert proc.returncode != 0
+    assert "unknown MODEL.DAP.PROMPT_SOURCE 'shared_token' (use one of dap, static, none, shared_tokens)" in proc.stderr

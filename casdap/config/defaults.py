@@ -59,7 +59,10 @@ _C.MODEL.DAP.DROPOUT = 0.3  # accepted from DAP's layout; unused
 _C.MODEL.DAP.INIT = None  # accepted from DAP's layout; unused
 _C.MODEL.DAP.CURRENT_LAMBDA = D.CURRENT_LAMBDA  # weight of the masked cross-entropy
 _C.MODEL.DAP.SIM_LAMBDA = D.SIM_LAMBDA  # weight of the key-query pull term
-_C.MODEL.DAP.NUM_DAP_TOKENS = D.NUM_TOKENS  # prompt tokens generated per prompted block
+_C.MODEL.DAP.NUM_DAP_TOKENS = D.NUM_TOKENS  # prompt tokens generated per prompted block (0: as PROMPT_SOURCE none)
+# Prompt source (casdap.dap_registry.PROMPT_SOURCES): dap (DAP's instance-level generator) | static
+# (learned tokens per task, DAP without the instance-level part) | none (no prompt: the prompts-off ablation)
+_C.MODEL.DAP.PROMPT_SOURCE = D.PROMPT_SOURCE
 _C.MODEL.DAP.TASK_EMB = D.TASK_EMB_DIM  # task-embedding width (FiLM input)
 _C.MODEL.DAP.NUM_TASKS_FOR_EMB = D.NUM_TASK_EMBEDDINGS  # rows of the task-embedding table
 _C.MODEL.DAP.PROMPT_POOL = D.NUM_TASKS  # number of key groups, one per task (DAP: one key each)

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from casdap import dap_defaults as D
-from casdap.dap_registry import INJECTION_NAMES, SELECTION_NAMES, normalize
+from casdap.dap_registry import INJECTION_NAMES, PROMPT_SOURCES, SELECTION_NAMES, normalize
 from casdap.errors import CasdapError
 from casdap.models.casvit import VARIANTS, CASViT
 from casdap.models.dap import CASDAP
@@ -88,6 +88,7 @@ def dap_settings(cfg) -> dict:
         prompt_last_block=dap.PROMPT_LAST_BLOCK is not False,
         channel_mix=bool(dap.CHANNEL_MIX),
         task_generators=bool(dap.TASK_GENERATORS),
+        prompt_source=normalize(dap.PROMPT_SOURCE),
         **task_inference_settings(cfg),
     )
 
@@ -121,6 +122,9 @@ def check_dap_settings(cfg) -> None:
     dap = cfg.MODEL.DAP
     if normalize(dap.INJECTION) not in INJECTION_NAMES:
         raise CasdapError(f"MODEL.DAP.INJECTION must be one of {', '.join(INJECTION_NAMES)}, got '{dap.INJECTION}'")
+    if normalize(dap.PROMPT_SOURCE) not in PROMPT_SOURCES:
+        raise CasdapError(f"MODEL.DAP.PROMPT_SOURCE must be one of {', '.join(PROMPT_SOURCES)}, "
+                          f"got '{dap.PROMPT_SOURCE}'")
     if normalize(dap.SELECTION) not in SELECTION_NAMES:
         raise CasdapError(f"MODEL.DAP.SELECTION must be one of {', '.join(SELECTION_NAMES)}, got '{dap.SELECTION}'")
     if int(cfg.DATA.NUMBER_CLASSES) < 1:

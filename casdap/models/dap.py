@@ -30,6 +30,7 @@ from casdap import dap_defaults as D
 from casdap.dap_registry import (
     ALL_CLASS_HEAD_NAMES,
     PROMPT_BACKBONE_NAMES,
+    PROMPT_SOURCES,
     QUERY_NAMES,
     SELECTION_NAMES,
     TASK_PREDICTORS,
@@ -161,13 +162,21 @@ class CASDAP(FirstSessionModel, KeptStatistics, nn.Module):
         # and head train as usual, and the features are the frozen backbone's.
         last = n_stages - 1
         self.prompt_last_block = bool(prompt_last_block)
+        # A source that makes no prompts (none) is the prompts-off ablation: no block is prompted.
+        self.prompt_source = checked("prompt_source", prompt_source, PROMPT_SOURCES)
+        makes_prompts = load("prompt_source", PROMPT_SOURCES, prompt_source).makes_prompts
+        if not makes_prompts and (channel_mix or task_generators):
+            raise CasdapError(f"prompt source {self.prompt_source} makes no prompts: channel_mix and "
+                              "task_generators are options of a generator (prompt source dap)")
+        num_tokens = num_tokens if makes_prompts else 0
         self.num_tokens = int(num_tokens)
         self.task_generators = bool(task_generators) and num_tokens > 0
         self.dap_blocks = nn.ModuleDict(
             {
                 str(s): nn.ModuleList(
                     PromptedBlock(backbone.embed_dims[s], num_tokens, task_emb_dim, injection, channel_mix,
-                                  task_maps=num_tasks if task_generators else 0, source=prompt_source)
+                                  task_maps=num_tasks if task_generators else 0, source=prompt_source,
+                                  num_tasks=num_tasks)
                     for _ in range(backbone.layers[s] - (s == last and not self.prompt_last_block))
                 )
                 for s in self.stages

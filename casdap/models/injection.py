@@ -112,6 +112,7 @@ class PromptedBlock(PromptInjection):
     def __init__(
         self, dim: int, num_tokens: int, task_emb_dim: int, injection: str = D.INJECTION,
         channel_mix: bool = D.CHANNEL_MIX, task_maps: int = 0, source: str = D.PROMPT_SOURCE,
+        num_tasks: int | None = None,
     ) -> None:
         nn.Module.__init__(self)  # the source is registered before the gates (parameter order as before)
         self.injection = checked("injection", injection, INJECTIONS)
@@ -121,6 +122,8 @@ class PromptedBlock(PromptInjection):
         if task_maps > 0:
             options["task_maps"] = int(task_maps)
         source_cls = load("prompt_source", PROMPT_SOURCES, source)
+        if num_tasks is not None and "num_tasks" in inspect.signature(source_cls).parameters:
+            options["num_tasks"] = int(num_tasks)  # sources with per-task parameters
         self.generator: PromptSource = build_checked("prompt source", source_cls, (dim, num_tokens, task_emb_dim),
                                                      options)
         self._add_gates(dim)

@@ -16,6 +16,7 @@ from casdap.dap_registry import (
     INJECTION_NAMES,
     PREDICTION_NAMES,
     PROMPT_BACKBONE_NAMES,
+    PROMPT_SOURCES,
     QUERY_NAMES,
     SELECTION_NAMES,
     TASK_PREDICTOR_NAMES,
@@ -74,6 +75,7 @@ def check_dap(cfg: CfgNode) -> None:
     one_of("MODEL.DAP.SELECTION", d.SELECTION, SELECTION_NAMES)
     _task_inference(cfg)
     at_least("MODEL.DAP.NUM_DAP_TOKENS", d.NUM_DAP_TOKENS, 0)
+    _prompt_source(cfg)
     at_least("MODEL.DAP.KEYS_PER_TASK", d.KEYS_PER_TASK, 1)
     at_least("MODEL.DAP.PROMPT_POOL", d.PROMPT_POOL, 1)
     at_least("MODEL.DAP.TASK_EMB", d.TASK_EMB, 1)
@@ -86,6 +88,24 @@ def check_dap(cfg: CfgNode) -> None:
         raise CasdapError(f"MODEL.DAP.PROMPT_POOL ({d.PROMPT_POOL}) is smaller than CONTINUAL.N_TASKS "
                           f"({cfg.CONTINUAL.N_TASKS}): DAP needs one key per task")
     _stages(cfg)
+
+
+def _prompt_source(cfg: CfgNode) -> None:
+    """``MODEL.DAP.PROMPT_SOURCE`` and the settings that only some sources read."""
+    d = cfg.MODEL.DAP
+    source = str(d.PROMPT_SOURCE).strip().lower()
+    if source not in PROMPT_SOURCES:  # the registry itself: a source added there is accepted here
+        raise CasdapError(f"unknown MODEL.DAP.PROMPT_SOURCE '{d.PROMPT_SOURCE}' "
+                          f"(use one of {', '.join(PROMPT_SOURCES)})")
+    if source not in ("static", "none"):  # dap, and a source of one's own: the model checks its options
+        return
+    for key in ("CHANNEL_MIX", "TASK_GENERATORS"):
+        if d[key]:
+            raise CasdapError(f"MODEL.DAP.{key} is an option of DAP's generator (MODEL.DAP.PROMPT_SOURCE dap), "
+                              f"not of PROMPT_SOURCE {source}: set it False")
+    if source == "static" and int(d.NUM_DAP_TOKENS) == 0:
+        raise CasdapError(f"MODEL.DAP.NUM_DAP_TOKENS 0 makes no prompt: with MODEL.DAP.PROMPT_SOURCE {source} set "
+                          "it to 1 or more, or set PROMPT_SOURCE none for no prompt")
 
 
 def _task_inference(cfg: CfgNode) -> None:

@@ -40,6 +40,11 @@ class DAP(Method):
             notes.append(f"Key selection: {selection}" + (
                 " (reference protocol: each test batch holds one task and votes on its key)"
                 if selection == "batch_majority" else " (oracle task identity: a diagnostic, not a result)"))
+        source = cfg.MODEL.DAP.PROMPT_SOURCE.lower()
+        if source != "dap":
+            notes.append(f"Prompt source: {source}" + {
+                "static": " (learned tokens per task, no instance-level generation)",
+                "none": " (no prompt: the backbone's own features)"}.get(source, ""))
         if cfg.MODEL.DAP.RESTRICT_TO_TASK:
             notes.append("Logits restricted to the selected key's task classes")
         inference = cfg.MODEL.DAP.TASK_INFERENCE.lower()
@@ -61,6 +66,8 @@ class DAP(Method):
 
     def run_fields(self, cfg):
         fields = {"selection": cfg.MODEL.DAP.SELECTION.lower()}
+        if cfg.MODEL.DAP.PROMPT_SOURCE.lower() != "dap":
+            fields["prompt_source"] = cfg.MODEL.DAP.PROMPT_SOURCE.lower()
         if cfg.MODEL.DAP.TASK_INFERENCE.lower() != "keys":
             fields["task_inference"] = cfg.MODEL.DAP.TASK_INFERENCE.lower()
         if cfg.MODEL.DAP.PREDICTION:

@@ -1,9 +1,4 @@
-"""Prompt sources: what turns a prompted block's input into prompt tokens.
-
-A source is registered by name in :data:`casdap.dap_registry.PROMPT_SOURCES`; every
-:class:`~casdap.models.dap.PromptedBlock` builds its own from that name. DAP's instance-level
-generator (:class:`PromptGenerator`, name ``"dap"``) is the first entry.
-"""
+"""``dap``: DAP's instance-level prompt generator (:class:`PromptGenerator`)."""
 
 from __future__ import annotations
 
@@ -14,46 +9,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from casdap.errors import CasdapError
+from casdap.models.prompt_sources.base import PromptSource, film, one_task
 
-__all__ = ["TOKEN_GRID", "PromptGenerator", "PromptSource"]
+__all__ = ["TOKEN_GRID", "PromptGenerator"]
 
 # Side of the fixed grid the token axis is pooled to before the learned token-axis map: the
 # 7x7 map of the last stage at 224 px, so the prompted stages lose little layout at that size.
 TOKEN_GRID = 7
-
-
-class PromptSource(nn.Module):
-    """The contract of a prompt source (subclass it and register the class by name).
-
-    Built once per prompted block as ``Source(dim, num_tokens, task_emb_dim, **options)``: ``dim``
-    is the block's channel count, ``num_tokens`` the prompts per image, ``task_emb_dim`` the width
-    of a task embedding; ``options`` holds only the generator options a user set (``channel_mix``,
-    ``task_maps``), so a source that does not take one fails when the model is built rather than
-    ignoring it.
-
-    ``forward(x, task_emb, task_idx)`` gets the block's input map ``x`` ``[B, C, H, W]`` (the stream
-    that enters the token mixer, after the block's local integration), the selected task's
-    embedding per image ``task_emb`` ``[B, task_emb_dim]`` and the selected task ``task_idx``: a
-    Python int when the caller gave one task for the whole batch, else a ``[B]`` long tensor (or a
-    0-d tensor, when DAP's per-task maps found the batch to be one task). It returns the prompt
-    tokens ``[B, C, N]``; the block normalises them and lets them take part in its mixer (the
-    injection), so a source never touches the backbone.
-
-    :meth:`structure_parameters` lists the parameters that train on the first task only
-    (``CASDAP.freeze_token_axis`` freezes them after it); none by default.
-    """
-
-    def forward(self, x: torch.Tensor, task_emb: torch.Tensor,
-                task_idx: int | torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def structure_parameters(self) -> list[nn.Parameter]:
-        return []
-
-    def task_rows(self, tasks: Sequence[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        """(parameter, rows along its first axis) that belong to ``tasks`` alone (per-task maps);
-        none by default. Rows of finished tasks are kept as they are while later tasks train."""
-        return []
 
 
 class PromptGenerator(PromptSource):
@@ -118,15 +80,12 @@ class PromptGenerator(PromptSource):
             raw = self.token_map(tokens)  # [B, C, N]
             if self.channel_mix is not None:
                 raw = self.channel_mix(raw.transpose(1, 2)).transpose(1, 2)
-        gamma, beta = self.film(task_emb).chunk(2, dim=1)
-        gamma = gamma / gamma.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
-        beta = beta / beta.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
-        return gamma.unsqueeze(-1) * raw + beta.unsqueeze(-1)
+        return film(self.film, task_emb, raw)
 
     def _task_maps(self, tokens: torch.Tensor, task_idx: int | torch.Tensor) -> torch.Tensor:
         """Raw prompts ``[B, C, N]`` through each image's own task maps."""
         (tw, tb), mix = self.task_token_map, self.task_channel_mix
-        if not torch.is_tensor(task_idx) or task_idx.dim() == 0:  # one task: its maps once
+        if one_task(task_idx):  # one task: its maps once
             t = task_idx
             raw = tokens @ tw[t].t() + tb[t]
             return raw if mix is None else torch.einsum("bcn,dc->bdn", raw, mix[0][t]) + mix[1][t][:, None]
