@@ -7,6 +7,11 @@ The runs are deterministic on one thread: the same matrix in a fresh process, an
 pytest-xdist as scripts/test.sh runs the suite. No tolerance is allowed: a prediction that moves
 anywhere moves a cell. A change that moves them on purpose regenerates the files with
 ``bash scripts/update_references.sh`` and says why in its commit.
+
+What a pin cannot see is a change that moves no prediction. On a tenth of the digits each task
+trains a single step, so a training term that only nudges the prompt keys (the sign of L2P's and
+DualPrompt's key pull, of CODA-Prompt's orthogonality penalty) leaves every selection as it was
+and these matrices unchanged (measured).
 """
 
 import json
