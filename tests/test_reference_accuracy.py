@@ -9,9 +9,10 @@ anywhere moves a cell. A change that moves them on purpose regenerates the files
 ``bash scripts/update_references.sh`` and says why in its commit.
 
 What a pin cannot see is a change that moves no prediction. On a tenth of the digits each task
-trains a single step, so a training term that only nudges the prompt keys (the sign of L2P's and
-DualPrompt's key pull, of CODA-Prompt's orthogonality penalty) leaves every selection as it was
-and these matrices unchanged (measured).
+trains a single step, so the prompts stay near their start and L2P's and DualPrompt's rows come
+from their heads: measured, their matrices are unchanged when the key pull changes sign, and
+even when every image takes its farthest prompts instead of its nearest. The sign of
+CODA-Prompt's orthogonality penalty leaves its matrix unchanged too.
 """
 
 import json
