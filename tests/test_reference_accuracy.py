@@ -11,8 +11,9 @@ anywhere moves a cell. A change that moves them on purpose regenerates the files
 What a pin cannot see is a change that moves no prediction. On a tenth of the digits each task
 trains a single step, so the prompts stay near their start and L2P's and DualPrompt's rows come
 from their heads: measured, their matrices are unchanged when the key pull changes sign, and
-even when every image takes its farthest prompts instead of its nearest. The sign of
-CODA-Prompt's orthogonality penalty leaves its matrix unchanged too.
+even when every image takes its farthest prompts instead of its nearest. CODA-Prompt's matrix
+does not move with the sign of its orthogonality penalty or of its component weights, nor the
+reduced embedded_shift run's with the sign of its task Gaussians' log-determinant.
 """
 
 import json
