@@ -72,7 +72,7 @@ def test_demo_backbone_is_pinned(request, demo_pretraining):
     check_reference(request, "demo_backbone", record, {"weights_sha256": weights_digest(state)})
 
 
-@pytest.mark.slow  # 11 runs, about 60 CPU seconds in all
+@pytest.mark.slow  # 11 runs, 70 CPU seconds in all (the first embedded_shift run renders the stream: 5 s)
 @pytest.mark.parametrize("name", list(RUNS))
 def test_accuracy_matrix_is_pinned(request, tmp_path, demo_pretraining, name):
     config, overrides = RUNS[name]
