@@ -309,6 +309,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         restore_rng_state(ckpt["rng"])
         if is_main:
             print(f"casdap cl: resuming {out} after task {start}/{bench.n_tasks}")
+            if start >= bench.n_tasks:  # killed after its last checkpoint, before its result files
+                run_dir.write_results(strategy, finished=True)
 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
