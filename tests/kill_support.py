@@ -6,8 +6,9 @@ as a script) that has made those imports once, and has made nothing else: every 
 new process would, runs ``casdap.cli.main(["cl", ...])`` with its output in a log file, and is
 killed like any other process (SIGKILL to its pid; its loader workers, in its process group, are
 left to notice on their own, as after an OOM kill). The server may render the embedded_shift stream
-before it forks (``render_shift``): a pure function of the seed that the package caches per process,
-so a child finds the tensors it would have rendered.
+before it forks (``render_shift``, with fewer images a class than the shipped 80 / 20): a pure
+function of the seed and the counts that the package caches per process, so a child finds the
+tensors it would have rendered.
 
 The kill point is found in the child's log: with ``--no-progress`` and ``SOLVER.LOG_EVERY_N 1`` a
 run prints a line after every training iteration and after every task (:func:`progress_keys`). A
@@ -110,13 +111,13 @@ def serve() -> None:
                 _child(req["argv"], req["log"], req["cwd"], req.get("trap"))
             reply = {"pid": pid}
         elif req["op"] == "wait":
-            _, status = os.waitpid(req["pid"], 0)
-            reply = {"code": os.waitstatus_to_exitcode(status)}
+            _, status, usage = os.wait4(req["pid"], 0)
+            reply = {"code": os.waitstatus_to_exitcode(status), "cpu_s": usage.ru_utime + usage.ru_stime}
         elif req["op"] == "render_shift":
             from casdap.data import glyph_stream
 
-            glyph_stream.render_shift_stream(req["seed"], glyph_stream.TRAIN_PER_CLASS, glyph_stream.TEST_PER_CLASS,
-                                             req["size"])
+            glyph_stream.TRAIN_PER_CLASS, glyph_stream.TEST_PER_CLASS = req["train"], req["test"]
+            glyph_stream.render_shift_stream(req["seed"], req["train"], req["test"], req["size"])
             reply = {}
         else:
             reply = {"error": f"unknown op {req['op']}"}
@@ -142,6 +143,7 @@ class ChildRuns:
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                "OMP_NUM_THREADS": "1"}
         self.cwd = cwd
+        self.cpu_s = 0.0  # CPU seconds of the children reaped so far (their reaped loader workers included)
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
@@ -154,8 +156,10 @@ class ChildRuns:
         assert "error" not in reply, reply["error"]
         return reply
 
-    def render_shift(self, seed: int = 0, size: int = 32) -> None:
-        self._ask(op="render_shift", seed=seed, size=size)
+    def render_shift(self, train: int, test: int, seed: int = 0, size: int = 32) -> None:
+        """Render the embedded_shift stream with ``train`` / ``test`` images a class, which every
+        later child then reads (the package's own per-class counts, set in the server)."""
+        self._ask(op="render_shift", train=train, test=test, seed=seed, size=size)
 
     def start(self, argv: list[str], log: Path, trap: str | None = None) -> int:
         Path(str(log) + DONE_SUFFIX).unlink(missing_ok=True)
@@ -165,7 +169,9 @@ class ChildRuns:
     def wait(self, pid: int) -> int:
         """Reap the child; its exit code (negative: the signal that ended it). Its process group
         (loader workers that outlived it) is ended too."""
-        code = self._ask(op="wait", pid=pid)["code"]
+        reply = self._ask(op="wait", pid=pid)
+        code = reply["code"]
+        self.cpu_s += reply["cpu_s"]
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:

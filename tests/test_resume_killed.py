@@ -28,13 +28,16 @@ from kill_support import ChildRuns
 KILL_SEED = int(os.environ.get("CASDAP_KILL_SEED") or random.SystemRandom().randrange(2**31))
 SHIFT_YAML = ROOT / "configs" / "dap" / "embedded_shift.yaml"
 DIGITS_YAML = ROOT / "configs" / "dap" / "digits.yaml"
-# embedded_shift as shipped (adapted query, Gaussian task inference, LDA head over all classes),
-# on a twentieth of the training renders, 2 epochs, 2 tasks of 50 classes (the test renders whole)
-SHIFT = ["DATA.PERCENTAGE", "0.05", "SOLVER.TOTAL_EPOCH", "2", "CONTINUAL.N_TASKS", "2", "CONTINUAL.INITIAL", "50",
+# embedded_shift as shipped (adapted query, Gaussian task inference, LDA head over all classes), 2
+# tasks of 50 classes, 2 epochs, on a stream rendered with 20 training and 5 test images a class (the
+# shipped 80 / 20 render 4 times longer, and evaluating 2000 test images would be most of the
+# module's time), of which a fifth of the training images: 4 a class, as a twentieth of 80
+SHIFT_RENDERS = (20, 5)
+SHIFT = ["DATA.PERCENTAGE", "0.2", "SOLVER.TOTAL_EPOCH", "2", "CONTINUAL.N_TASKS", "2", "CONTINUAL.INITIAL", "50",
          "CONTINUAL.INCREMENT", "50"]
-# digits.yaml's DAP (16 keys a task, restricted logits) on half the training images, 1 epoch, 3 batches
-# a task, read by 2 loader workers
-DIGITS = ["DATA.PERCENTAGE", "0.5", "SOLVER.TOTAL_EPOCH", "1", "DATA.NUM_WORKERS", "2"]
+# digits.yaml's DAP (16 keys a task, restricted logits) on 30% of the training images, 1 epoch, 2
+# batches a task, read by 2 loader workers
+DIGITS = ["DATA.PERCENTAGE", "0.3", "SOLVER.TOTAL_EPOCH", "1", "DATA.NUM_WORKERS", "2"]
 # streaming LDA after APER's first-session adaptation of the backbone (prototypes.FirstSessionAdaptation)
 SLDA = ["MODEL.TRANSFER_TYPE", "slda", "BASELINES.FIRST_SESSION", "True", "DATA.PERCENTAGE", "0.5",
         "SOLVER.TOTAL_EPOCH", "2"]
@@ -64,6 +67,7 @@ def children(tmp_path_factory):
     runs = ChildRuns(tmp_path_factory.mktemp("children"))
     yield runs
     runs.close()
+    print(f"\ntest_resume_killed: the killed, resumed and reference runs used {runs.cpu_s:.1f} CPU s")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,7 @@ def _reference(children: ChildRuns, where: Path, argv: list[str]) -> Reference:
 
 @pytest.fixture(scope="module")
 def shift_reference(children, backbone, tmp_path_factory):
-    children.render_shift()  # every child of the module finds the stream rendered
+    children.render_shift(*SHIFT_RENDERS)  # every later child of the module finds the stream rendered
     return _reference(children, tmp_path_factory.mktemp("shift"), _argv(SHIFT_YAML, backbone, SHIFT))
 
 
@@ -303,3 +307,16 @@ def test_a_run_stopped_right_after_its_finished_metrics_has_every_result_file(ti
             _tiny_run(cifar, out)
     _tiny_run(cifar, out)  # "holds a finished run": nothing is written
     assert_same_run(out, ref, "stopped after the finished metrics.json")
+
+
+def test_stale_temporaries_of_killed_writes_are_removed_and_nothing_else(tmp_path):
+    from casdap.files import atomic_path, remove_stale_temporaries
+
+    with atomic_path(tmp_path / "task_000.pth") as tmp:  # what a write killed before its rename leaves
+        left = tmp.with_name(tmp.name.replace(".task_000", ".task_001"))
+        left.write_bytes(b"half")
+    keep = [tmp_path / n for n in ("task_000.pth", ".hidden", "notes.tmp", ".config.yaml")]
+    for p in keep[1:]:
+        p.write_text("x")
+    assert remove_stale_temporaries(tmp_path, tmp_path / "absent") == [left]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
