@@ -178,7 +178,7 @@ class ChildRuns:
             pass
         return code
 
-    def run(self, argv: list[str], log: Path, timeout: float = 600.0) -> tuple[int, list[tuple[str, float]]]:
+    def run(self, argv: list[str], log: Path, timeout: float = 900.0) -> tuple[int, list[tuple[str, float]]]:
         """Run to the end: the exit code and every progress line with the time it appeared."""
         pid = self.start(argv, log)
         seen: list[tuple[str, float]] = []
@@ -195,18 +195,20 @@ class ChildRuns:
             time.sleep(0.01)
         return self.wait(pid), seen
 
-    def kill_after(self, argv: list[str], log: Path, key: str, delay: float, timeout: float = 600.0) -> Landed:
-        """Start a run, wait for its progress line ``key``, sleep ``delay`` seconds, SIGKILL it."""
+    def kill_after(self, argv: list[str], log: Path, keys: list[str], delay: float, timeout: float = 900.0) -> Landed:
+        """Start a run, wait for a progress line of ``keys`` (a line and those after it: a resumed run
+        prints only the lines of the tasks it has left), sleep ``delay`` seconds, SIGKILL it."""
         pid = self.start(argv, log)
         done = Path(str(log) + DONE_SUFFIX)
         deadline = time.monotonic() + timeout
-        while key not in progress_keys(log.read_text(errors="replace")) and not done.exists():
-            assert time.monotonic() < deadline, f"'{key}' never came; log tail:\n{log.read_text()[-2000:]}"
+        wanted = set(keys)
+        while not wanted & set(progress_keys(log.read_text(errors="replace"))) and not done.exists():
+            assert time.monotonic() < deadline, f"'{keys[0]}' never came; log tail:\n{log.read_text()[-2000:]}"
             time.sleep(0.005)
         time.sleep(delay)
         os.kill(pid, signal.SIGKILL)  # a child that ended already is a zombie until reaped: no error
         code = self.wait(pid)
-        return Landed(progress_keys(log.read_text(errors="replace")), code, f"'{key}' + {delay:.3f}s")
+        return Landed(progress_keys(log.read_text(errors="replace")), code, f"'{keys[0]}' + {delay:.3f}s")
 
     def trapped(self, argv: list[str], log: Path, trap: str) -> Landed:
         """Run until the trap kills the child."""

@@ -136,7 +136,7 @@ class Chain:
             when = start + share * self.rng.random() * (end - start)
             anchor = max(i for i in range(first, last) if lines[i][1] <= when)
             landed = self.children.kill_after([*self.ref.argv, "--output_dir", self.out], self._log(),
-                                              lines[anchor][0], when - lines[anchor][1])
+                                              self.ref.keys()[anchor:], when - lines[anchor][1])
             inside = landed.code == -9 and lines[last][0] not in landed.keys
             what = (f"{phase}: after '{lines[anchor][0]}' + {when - lines[anchor][1]:.2f}s, last line printed "
                     f"'{landed.keys[-1] if landed.keys else '-'}', exit code {landed.code}")
@@ -220,7 +220,7 @@ def test_embedded_shift_killed_in_the_adaptation_in_task_0_and_in_the_last_task(
 def test_digits_dap_with_loader_workers_killed_in_task_0_and_after_several_tasks(children, digits_reference,
                                                                                tmp_path):
     """digits.yaml's DAP with 2 loader workers: killed in task 1 of 5, then in task 4 or 5 (three or
-    four checkpoints written); the loader workers outlive the killed process."""
+    four checkpoints written)."""
     ref = digits_reference
     chain = Chain(children, ref, tmp_path / "run", "digits")
     chain.kill_within("task 1 of 5", 0, ref.index("after task 1/5"))
