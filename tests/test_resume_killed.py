@@ -200,7 +200,7 @@ def assert_same_run(out: Path, ref: Path, context: str) -> None:
 
 
 # -------------------------------------------------------------------------------------- tests
-@pytest.mark.slow  # four embedded_shift runs of two tasks (about 30 CPU s)
+@pytest.mark.slow  # an embedded_shift run of two tasks, then three killed and one resumed (34 CPU s in all)
 def test_embedded_shift_killed_in_the_adaptation_in_task_0_and_in_the_last_task(children, shift_reference, tmp_path):
     """The shipped embedded_shift DAP: killed while the query is adapted (the start of task 0),
     while DAP trains task 0 on the adapted query, and in task 2 of 2 (training, class statistics,
@@ -216,7 +216,7 @@ def test_embedded_shift_killed_in_the_adaptation_in_task_0_and_in_the_last_task(
     chain.finish()
 
 
-@pytest.mark.slow  # three digits DAP runs of five tasks (about 20 CPU s)
+@pytest.mark.slow  # a digits DAP run of five tasks, then two killed and one resumed
 def test_digits_dap_with_loader_workers_killed_in_task_0_and_after_several_tasks(children, digits_reference,
                                                                                tmp_path):
     """digits.yaml's DAP with 2 loader workers: killed in task 1 of 5, then in task 4 or 5 (three or
@@ -228,7 +228,7 @@ def test_digits_dap_with_loader_workers_killed_in_task_0_and_after_several_tasks
     chain.finish()
 
 
-@pytest.mark.slow  # slda runs of five tasks on the digits (about 15 CPU s)
+@pytest.mark.slow  # an slda run of five tasks on the digits, then six killed and one resumed
 def test_first_session_slda_killed_in_the_adaptation_and_around_every_file_write(children, slda_reference, tmp_path):
     """Streaming LDA after the first-session adaptation: killed while the backbone is adapted, then
     around the writes of the run folder: with task_000.pth written under its temporary name, right
