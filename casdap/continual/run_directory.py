@@ -291,7 +291,6 @@ class RunDirectoryPlugin(SupervisedPlugin):
                         w.add_scalar(f"final/{k}", metrics[k], self.n_tasks - 1)
                 w.flush()
 
-
     def write_results(self, strategy, finished: bool) -> dict[str, Any]:
         """Write the result files of the rows recorded so far; ``metrics.json`` last, as it is what
         says the run finished: a run killed before it is resumed and writes them all again."""
