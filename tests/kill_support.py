@@ -36,8 +36,15 @@ DONE_SUFFIX = ".exit"  # beside the log: the exit code of a child that ended on 
 
 
 def progress_keys(text: str) -> list[str]:
-    """The progress lines of a log (their part before the first colon), in order."""
-    return [m.group(1) for line in text.splitlines() if (m := _PROGRESS.match(line))]
+    """The progress lines of a log (their part before the first colon), in order; a line seen before
+    gets `` #2``, `` #3``... (an epoch's lines may repeat: the query's adaptation, then DAP's epochs)."""
+    keys: list[str] = []
+    seen: dict[str, int] = {}
+    for line in text.splitlines():
+        if m := _PROGRESS.match(line):
+            seen[m.group(1)] = seen.get(m.group(1), 0) + 1
+            keys.append(m.group(1) + (f" #{seen[m.group(1)]}" if seen[m.group(1)] > 1 else ""))
+    return keys
 
 
 # ---------------------------------------------------------------------------------- child side

@@ -84,8 +84,6 @@ def _reference(children: ChildRuns, where: Path, argv: list[str]) -> Reference:
     out = where / "reference"
     code, lines = children.run([*argv, "--output_dir", out], where / "reference.log")
     assert code == 0, (where / "reference.log").read_text()[-3000:]
-    keys = [k for k, _ in lines]
-    assert len(set(keys)) == len(keys), f"progress lines repeat, so they cannot mark a point: {keys}"
     return Reference(out, argv, [(k, t - lines[0][1]) for k, t in lines])
 
 
@@ -208,7 +206,7 @@ def test_embedded_shift_killed_in_the_adaptation_in_task_0_and_in_the_last_task(
     ref = shift_reference
     per_epoch = int(ref.keys()[0].split("/")[-1])  # "... iteration 1/N"
     adapt_end = 2 * per_epoch - 1  # SHIFT's 2 adaptation epochs, then DAP's own 2
-    assert ref.keys()[adapt_end + 1].startswith("task 1/2 epoch 3/")
+    assert ref.index("after task 1/2") == 4 * per_epoch, ref.keys()
     chain = Chain(children, ref, tmp_path / "run", "shift")
     chain.kill_within("the query's adaptation", 0, adapt_end)
     chain.kill_within("DAP's training of task 0", adapt_end + 1, ref.index("after task 1/2"))
