@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "write_text"]
+__all__ = ["atomic_path", "remove_stale_temporaries", "write_json", "write_text"]
+
+# what atomic_path names its temporary files: ".<final name>.<random>.tmp"
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
 def _default_mode() -> int:
@@ -51,3 +55,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of atomic writes in ``folders`` that were never renamed: what a
+    write leaves when its process is killed (SIGKILL runs no clean-up). Call it only where no other
+    process is writing (a run folder when its run starts); returns what it deleted."""
+    stale = [p for folder in map(Path, folders) if folder.is_dir() for p in folder.iterdir()
+             if _TEMPORARY.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -260,18 +260,13 @@ class RunDirectoryPlugin(SupervisedPlugin):
         finished = t == self.n_tasks - 1
         if not self.write:
             return
-        metrics = self.metrics(finished)
         if self.keep_final_checkpoint or not finished:
             save_checkpoint({
                 "format": CHECKPOINT_FORMAT, "tasks_done": t + 1, "config": self.config_text,
                 "model": strategy.model.state_dict(), "state": vars(s), "strategy": strategy_state(strategy),
                 "rng": capture_rng_state(),
             }, self.out / CHECKPOINT_DIR / f"task_{t:03d}.pth")
-        write_json(self.out / "metrics.json", metrics)
-        record = getattr(strategy.model, "run_record", None)
-        if callable(record):  # a model's own choices, in <method>.json (RanPAC: the ridge strength of every task)
-            write_json(self.out / f"{self.info['method']}.json", record())
-        write_acc_matrix_csv(self.out / "acc_matrix.csv", s.acc_matrix, self.n_tasks)
+        metrics = self.write_results(strategy, finished)
         writers = _tensorboard_writers(strategy)
         for w in writers:
             done = [v for v in row if v is not None]
@@ -290,13 +285,26 @@ class RunDirectoryPlugin(SupervisedPlugin):
             tqdm.write(f"after task {t + 1}/{self.n_tasks}: acc per task [{shown}]{extra} "
                        f"(elapsed {s.wall_time_s:.1f}s)")
         if finished:
-            write_final_results(self.out / "final_results.txt", self.config_text, s.acc_matrix, self.n_tasks,
-                                self.notes)
             for w in writers:
                 for k in ("final_acc", "forgetting", "learning_acc", "bwt", "wtp", "tii"):
                     if metrics[k] is not None:
                         w.add_scalar(f"final/{k}", metrics[k], self.n_tasks - 1)
                 w.flush()
+
+    def write_results(self, strategy, finished: bool) -> dict[str, Any]:
+        """Write the result files of the rows recorded so far; ``metrics.json`` last, as it is what
+        says the run finished: a run killed before it is resumed and writes them all again."""
+        s = self.state
+        metrics = self.metrics(finished)
+        record = getattr(strategy.model, "run_record", None)
+        if callable(record):  # a model's own choices, in <method>.json (RanPAC: the ridge strength of every task)
+            write_json(self.out / f"{self.info['method']}.json", record())
+        write_acc_matrix_csv(self.out / "acc_matrix.csv", s.acc_matrix, self.n_tasks)
+        if finished:
+            write_final_results(self.out / "final_results.txt", self.config_text, s.acc_matrix, self.n_tasks,
+                                self.notes)
+        write_json(self.out / "metrics.json", metrics)
+        return metrics
 
 
 def _tensorboard_writers(strategy) -> list:

@@ -37,6 +37,7 @@ from casdap.continual.plugins import (
 )
 from casdap.continual.results import format_summary_table, write_text
 from casdap.continual.run_directory import (
+    CHECKPOINT_DIR,
     RunDirectoryPlugin,
     RunState,
     check_compatible,
@@ -47,6 +48,7 @@ from casdap.engine.optim_factory import build_group_optimizer
 from casdap.engine.seeding import restore_rng_state, seed_everything
 from casdap.engine.threads import set_threads
 from casdap.errors import CasdapError
+from casdap.files import remove_stale_temporaries
 
 __all__ = ["METHODS", "run_continual", "RunResult", "ensure_embedded_backbone", "prepare_backbone"]
 
@@ -287,6 +289,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         return RunResult(finished, out)
     if resume is not None:
         check_compatible(resume[1]["config"], cfg, out, keys.reads)
+    if is_main:  # what the writes of a killed run left half done
+        remove_stale_temporaries(out, out / CHECKPOINT_DIR)
     model = method.build_model(cfg, bench.num_classes)
     # what the backbone really is (a weight file wins over MODEL.RANDOM_INIT when both exist)
     random_backbone = bool(getattr(getattr(model, "backbone", model), "random_init", cfg.MODEL.RANDOM_INIT))
@@ -326,6 +330,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         restore_rng_state(ckpt["rng"])
         if is_main:
             print(f"casdap cl: resuming {out} after task {start}/{bench.n_tasks}")
+            if start >= bench.n_tasks:  # killed after its last checkpoint, before its result files
+                run_dir.write_results(strategy, finished=True)
 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
