@@ -24,7 +24,7 @@ import torch
 from cl_support import tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
-from casdap.config import validate as v
+from casdap.continual.methods import check_config
 from casdap.continual.runner import run_continual
 from casdap.errors import CasdapError
 
@@ -230,7 +230,7 @@ def test_forbidden_prompt_source_settings_are_one_clear_error(overrides, message
     cfg = load_config(None, ["DATA.NAME", "digits", "CONTINUAL.N_TASKS", "2", "MODEL.DAP.PROMPT_POOL", "2",
                              "MODEL.DAP.NUM_TASKS_FOR_EMB", "2", *overrides])
     with pytest.raises(CasdapError, match=f"^{re.escape(message)}$"):
-        v.validate(cfg)
+        check_config(cfg)
 
 
 def test_the_model_refuses_generator_options_for_sources_without_a_generator():
