@@ -8,12 +8,14 @@ pytest-xdist as scripts/test.sh runs the suite. No tolerance is allowed: a predi
 anywhere moves a cell. A change that moves them on purpose regenerates the files with
 ``bash scripts/update_references.sh`` and says why in its commit.
 
-What a pin cannot see is a change that moves no prediction. On a tenth of the digits each task
+A matrix alone cannot see a change that moves no prediction. On a tenth of the digits each task
 trains a single step, so the prompts stay near their start and L2P's and DualPrompt's rows come
 from their heads: measured, their matrices are unchanged when the key pull changes sign, and
 even when every image takes its farthest prompts instead of its nearest. CODA-Prompt's matrix
 does not move with the sign of its orthogonality penalty or of its component weights, nor the
-reduced embedded_shift run's with the sign of its task Gaussians' log-determinant.
+reduced embedded_shift run's with the sign of its task Gaussians' log-determinant. So every run
+also pins the sha256 of its final checkpoint's weights (every tensor of the model's state dict):
+a change anywhere in what is trained or kept moves it.
 """
 
 import json
@@ -24,6 +26,7 @@ import torch
 from conftest import ROOT
 from references import check_reference, weights_digest
 
+from casdap.checkpoint import read_checkpoint
 from casdap.config import load_config
 from casdap.continual.runner import run_continual
 
@@ -82,5 +85,9 @@ def test_accuracy_matrix_is_pinned(request, tmp_path, demo_pretraining, name):
     run_continual(cfg, progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["finished"] and metrics["seed"] == SEED
+    # the final weights too: at this size a change on the prompt side can leave every prediction as it
+    # was (the module docstring lists the breaks the matrices alone missed), never every weight
+    final = out / "checkpoints" / f"task_{len(metrics['acc_matrix']) - 1:03d}.pth"
+    weights = weights_digest(read_checkpoint(final)["model"])
     record = {"config": config, "overrides": overrides, "seed": SEED, "backbone": BACKBONE}
-    check_reference(request, name, record, {"acc_matrix": metrics["acc_matrix"]})
+    check_reference(request, name, record, {"acc_matrix": metrics["acc_matrix"], "weights_sha256": weights})
