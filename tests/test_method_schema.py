@@ -163,14 +163,20 @@ def test_a_config_built_in_python_gets_the_notice_from_the_run(tmp_path, capsys)
 
 
 def test_a_run_saved_before_the_schema_resumes_though_it_states_unread_keys():
-    """An l2p run's config.yaml written before (every key, QUERY adapted from the DAP file) resumes
-    under the same l2p settings: only the keys l2p reads are compared."""
+    """An l2p run's config.yaml written before (every key, QUERY adapted from the DAP file) is compared
+    on the keys l2p reads only. Of DAP's settings it states, l2p now reads the prediction's (it can
+    predict over every seen class), which that run never applied: those, and only those, are named."""
     now = load_config(shipped_config("dap/l2p_embedded_shift.yaml"), reads=method_keys)
     old = load_config(shipped_config("dap/embedded_shift.yaml"), ["MODEL.TRANSFER_TYPE", "l2p"])
     old_text = old.dump()  # as a run saved it then: every key
+    assert settings_changed(old_text, now, method_keys("l2p").reads) == [
+        "MODEL.DAP.ALL_CLASS_HEAD: 'lda' -> 'pseudo'", "MODEL.DAP.PREDICTION: 'all' -> None",
+        "MODEL.DAP.SHRINKAGE: 0.003 -> 1.0"]
+    pipeline = ["MODEL.DAP.ALL_CLASS_HEAD", "lda", "MODEL.DAP.PREDICTION", "all", "MODEL.DAP.SHRINKAGE", "0.003"]
+    now = load_config(shipped_config("dap/l2p_embedded_shift.yaml"), pipeline, reads=method_keys)
     assert settings_changed(old_text, now, method_keys("l2p").reads) == []
     assert "MODEL.DAP.QUERY" in [c.split(":")[0] for c in settings_changed(old_text, now)]
-    changed = load_config(shipped_config("dap/l2p_embedded_shift.yaml"), ["MODEL.PROMPT.TOP_N", "4"],
+    changed = load_config(shipped_config("dap/l2p_embedded_shift.yaml"), [*pipeline, "MODEL.PROMPT.TOP_N", "4"],
                           reads=method_keys)
     assert settings_changed(old_text, changed, method_keys("l2p").reads) == ["MODEL.PROMPT.TOP_N: 5 -> 4"]
 
@@ -206,7 +212,8 @@ ADAPTED = ["MODEL.DAP.QUERY", "adapted", "MODEL.DAP.PROMPT_BACKBONE", "adapted",
            "8"]
 VARIANTS = [(m, []) for m in METHOD_NAMES] + [
     (m, ["BASELINES.FIRST_SESSION", "True"]) for m in ("ncm", "ranpac", "slda", "fecam")] + [
-    ("dap", ADAPTED), ("dap", ["MODEL.DAP.PREDICTION", "soft"]), ("dap", ["MODEL.DAP.PREDICTION", "restrict"])]
+    ("dap", ADAPTED), ("dap", ["MODEL.DAP.PREDICTION", "soft"]), ("dap", ["MODEL.DAP.PREDICTION", "restrict"])] + [
+    (m, ["MODEL.DAP.PREDICTION", "all"]) for m in ("l2p", "dualprompt", "coda_prompt")]
 
 
 def _build(cfg: CfgNode) -> None:

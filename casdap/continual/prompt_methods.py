@@ -19,11 +19,18 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from casdap.continual.methods.base import Method
+from casdap.continual.prediction import prediction_mode
+from casdap.continual.statistics_pass import StatisticsPassPlugin
 from casdap.continual.strategy_mixin import CasdapStrategyMixin
 from casdap.errors import CasdapError
 from casdap.models.logit_mask import class_mask, mask_logits
 
-__all__ = ["CODAPromptStrategy", "DualPromptStrategy", "L2PStrategy", "PromptMethod", "PromptStrategy"]
+__all__ = ["PROMPT_PREDICTIONS", "CODAPromptStrategy", "DualPromptStrategy", "L2PStrategy", "PromptMethod",
+           "PromptStrategy"]
+
+# the prediction modes a learned-prompt method has (casdap.continual.prediction): the trained head, or
+# the head over every seen class on class statistics of the prompted features
+PROMPT_PREDICTIONS: tuple[str | None, ...] = (None, "all")
 
 
 class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
@@ -34,17 +41,27 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
     penalty. Evaluation: logits over the classes trained so far (others masked); ``selection``
     (``per_image``; ``batch_majority`` or ``oracle`` where the model has them) says how the model
     chooses its prompts. The training batches must hold the current task only (no replay).
+
+    ``prediction``: None scores with the trained head; ``all`` with the head over every seen class
+    that the model refits on class statistics of its prompted features (``prompted_statistics``),
+    which one pass over each task's training images adds at the task's end
+    (:mod:`casdap.continual.statistics_pass`).
     """
 
     def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, train_mb_size: int = 128,
                  train_epochs: int = 5, eval_mb_size: int | None = None, device: str | torch.device = "cpu",
                  plugins: Sequence | None = None, evaluator: EvaluationPlugin | None = None,
                  pull_lambda: float = 0.1, ortho_lambda: float = 0.0, selection: str = "per_image",
-                 eval_every: int = -1) -> None:
+                 prediction: str | None = None, eval_every: int = -1) -> None:
         selection = str(selection).lower()
         if selection not in model.selections:
             raise CasdapError(f"{type(self).__name__}: selection must be one of {', '.join(model.selections)}, "
                               f"got '{selection}'")
+        mode = prediction_mode(prediction)
+        if mode.name not in PROMPT_PREDICTIONS:
+            raise CasdapError(f"{type(self).__name__}: prediction must be None (the trained head) or all, "
+                              f"got '{prediction}'")
+        mode.check(model, selection, 1)
         kwargs = {} if evaluator is None else {"evaluator": evaluator}
         super().__init__(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
                          train_mb_size=train_mb_size, train_epochs=train_epochs,
@@ -54,6 +71,8 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
         self.class_to_task: dict[int, int] = {}
         self.mb_dap = None  # the model's output of the last minibatch (key_idx: TaskSelectionAccuracy reads it)
         self.mb_true_task: torch.Tensor | None = None
+        self.prediction_mode = mode  # casdap.continual.prediction: its head scores the prompted features
+        self.plugins.insert(0, StatisticsPassPlugin())  # first: before every other plugin's callbacks
 
     @property
     def current_task(self) -> int:
@@ -91,6 +110,16 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
         """Logits over the classes trained so far (others :data:`~casdap.models.logit_mask.MASKED_LOGIT`)."""
         return mask_logits(logits, self._keep(list(self.class_to_task), logits.shape[1], logits.device))
 
+    @property
+    def keeps_statistics(self) -> bool:
+        return bool(getattr(self.model, "prompted_statistics", False) or getattr(self.model, "query_statistics",
+                                                                                 False))
+
+    def scores(self, out) -> torch.Tensor:
+        """Class scores of a model output under the prediction mode: the trained head's logits, or the
+        head over every seen class on the prompted features."""
+        return out.logits if self.prediction_mode.name is None else self.prediction_mode.head(self.model)(out.feats)
+
     # -- forward and loss ----------------------------------------------------------------------
     def forward(self):
         if self.is_training:
@@ -100,7 +129,7 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
             return mask_logits(out.logits, keep)
         self.mb_true_task = self.true_task(self.mb_y)
         self.mb_dap = self._output(self.mb_x, self.mb_true_task)
-        return self.seen_logits(self.mb_dap.logits)
+        return self.seen_logits(self.scores(self.mb_dap))
 
     def _output(self, x: torch.Tensor, true_task: torch.Tensor):
         if self.selection == "oracle":
@@ -120,7 +149,7 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.model.eval()
         out = self._output(x, self.true_task(y))
-        return self.seen_logits(out.logits), out.key_idx
+        return self.seen_logits(self.scores(out)), out.key_idx
 
     # -- weight decay on what is frozen --------------------------------------------------------
     def optimizer_step(self):
@@ -173,11 +202,12 @@ class DualPromptStrategy(PromptStrategy):
         for the images whose task was missed)."""
         out = self.mb_dap
         task = true_task.to(out.key_idx.device)
-        within = out.logits.float().clone()
+        within = self.scores(out).float().clone()
         missed = ((out.key_idx != task) & (task >= 0)).nonzero().squeeze(1)
         if len(missed):
             x = self.mb_x[missed.to(self.mb_x.device)]
-            within[missed.to(within.device)] = self.model(x, task=task[missed]).logits.float().to(within.device)
+            own = self.scores(self.model(x, task=task[missed]))
+            within[missed.to(within.device)] = own.float().to(within.device)
         return out.key_idx, within
 
 
@@ -204,7 +234,19 @@ class PromptMethod(Method):
         cls = getattr(prompt_pools, self.model_class)
         return cls(build_backbone(cfg, num_classes=0), int(num_classes), num_tasks=int(cfg.CONTINUAL.N_TASKS),
                    stages=list(d.STAGES), injection=normalize(d.INJECTION),
-                   prompt_last_block=d.PROMPT_LAST_BLOCK is not False, **self.model_options(cfg))
+                   prompt_last_block=d.PROMPT_LAST_BLOCK is not False, **self.model_options(cfg),
+                   **self.pipeline_options(cfg))
+
+    def pipeline_options(self, cfg) -> dict[str, Any]:
+        """The shared pipeline's settings the model takes (none at the defaults, so the model is built
+        exactly as before): class statistics of the prompted features for prediction ``all``."""
+        from casdap.dap_registry import normalize
+
+        d = cfg.MODEL.DAP
+        if d.PREDICTION is None or normalize(d.PREDICTION) != "all":
+            return {}
+        return {"prompted_statistics": True, "all_class_head": normalize(d.ALL_CLASS_HEAD),
+                "shrinkage": float(d.SHRINKAGE)}
 
     def param_groups(self, cfg, model):
         return [{"params": model.trainable_parameters(), "lr": cfg.SOLVER.BASE_LR}]
@@ -214,20 +256,28 @@ class PromptMethod(Method):
         pull = p.PULL_LAMBDA if "PULL_LAMBDA" in self.loss_weights else 0.0
         ortho = p.ORTHO_LAMBDA if "ORTHO_LAMBDA" in self.loss_weights else 0.0
         return self.strategy_class(model=model, optimizer=optimizer, plugins=plugins, pull_lambda=pull,
-                                   ortho_lambda=ortho, selection=cfg.MODEL.DAP.SELECTION.lower(), **common)
+                                   ortho_lambda=ortho, selection=cfg.MODEL.DAP.SELECTION.lower(),
+                                   prediction=cfg.MODEL.DAP.PREDICTION, **common)
 
     def protocol_notes(self, cfg):
         selection = cfg.MODEL.DAP.SELECTION.lower()
+        notes = []
         if selection == "batch_majority":
             what = "prompts" if not self.has_task else "E-prompt task"
-            return [f"Prompt selection: batch_majority (reference protocol: each test batch holds one task and "
-                    f"votes on its {what})"]
-        if selection == "oracle":
-            return ["Prompt selection: oracle (the true task's E-prompt: a diagnostic, not a result)"]
-        return []
+            notes.append(f"Prompt selection: batch_majority (reference protocol: each test batch holds one task and "
+                         f"votes on its {what})")
+        elif selection == "oracle":
+            notes.append("Prompt selection: oracle (the true task's E-prompt: a diagnostic, not a result)")
+        if cfg.MODEL.DAP.PREDICTION == "all":
+            notes.append(f"Prediction over every seen class ({cfg.MODEL.DAP.ALL_CLASS_HEAD} head on prompted-feature "
+                         f"statistics, shrinkage {cfg.MODEL.DAP.SHRINKAGE})")
+        return notes
 
     def run_fields(self, cfg):
-        return {"selection": cfg.MODEL.DAP.SELECTION.lower()}
+        fields = {"selection": cfg.MODEL.DAP.SELECTION.lower()}
+        if cfg.MODEL.DAP.PREDICTION:
+            fields["prediction"] = cfg.MODEL.DAP.PREDICTION.lower()
+        return fields
 
     def eval_metrics(self):
         if not self.has_task:

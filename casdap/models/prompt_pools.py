@@ -41,6 +41,7 @@ from casdap import dap_defaults as D
 from casdap.dap_registry import INJECTION_NAMES, checked
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
+from casdap.models.class_statistics import ALL_CLASS_HEADS, KeptStatistics, check_shrinkage
 from casdap.models.injection import PromptInjection
 from casdap.models.task_inference import batch_majority, per_image
 
@@ -57,6 +58,7 @@ class PromptOutput:
     pull: torch.Tensor  # scalar: the key-pull term the loss subtracts (0 for CODA)
     penalty: torch.Tensor  # scalar: the orthogonality penalty the loss adds (CODA; 0 otherwise)
     selected: torch.Tensor | None = None  # [B, N] L2P's selected prompts
+    feats: torch.Tensor | None = None  # [B, C] the prompted features the logits come from
 
 
 def batch_majority_top_n(top: torch.Tensor, pool_size: int) -> torch.Tensor:
@@ -74,8 +76,12 @@ def _ortho(x: torch.Tensor) -> torch.Tensor:
     return ((gram - torch.eye(len(x), device=x.device, dtype=x.dtype)) ** 2).mean()
 
 
-class PromptPoolModel(nn.Module):
+class PromptPoolModel(KeptStatistics, nn.Module):
     """The frozen backbone, one :class:`PromptInjection` per prompted block and a linear head.
+
+    ``prompted_statistics``: keep class statistics of the prompted features (each training image under
+    the prompts the model chooses for it; DualPrompt: its true task's E-prompt) and refit the head
+    over every seen class ``all_class_head`` on them (``shrinkage``), for prediction ``all``.
 
     A subclass turns the query (and the task, where it has one) into raw prompt tokens ``[B, N, C]``
     for every prompted block (:meth:`block_tokens`) and says which of its rows belong to which task
@@ -83,7 +89,8 @@ class PromptPoolModel(nn.Module):
     """
 
     def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, stages: Sequence[int] = D.STAGES,
-                 injection: str = D.INJECTION, prompt_last_block: bool = True) -> None:
+                 injection: str = D.INJECTION, prompt_last_block: bool = True, prompted_statistics: bool = False,
+                 all_class_head: str = "lda", shrinkage: float = 1.0) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
         n_stages = len(backbone.layers)
@@ -110,6 +117,9 @@ class PromptPoolModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         # which tasks have started training (a buffer: saved with the model, so resumed runs have it)
         self.register_buffer("trained", torch.zeros(num_tasks, dtype=torch.bool))
+        self.all_class_head = checked("all_class_head", all_class_head, ALL_CLASS_HEADS)
+        self.keep_statistics(num_classes, self.num_features, query=False, prompted=bool(prompted_statistics),
+                             shrinkage=check_shrinkage(shrinkage))
 
     # -- what a subclass defines -------------------------------------------------------------
     def block_tokens(self, query: torch.Tensor, task: int | torch.Tensor | None, selection: str) -> tuple[
@@ -176,7 +186,18 @@ class PromptPoolModel(nn.Module):
             h = self._prefix(x)
             query = self._query_from(h)
         tokens, key_idx, pull, penalty, selected = self.block_tokens(query, task, selection)
-        return PromptOutput(self.head(self._prompted_from(h, tokens)), key_idx, pull, penalty, selected)
+        feats = self._prompted_from(h, tokens)
+        return PromptOutput(self.head(feats), key_idx, pull, penalty, selected, feats)
+
+    # -- class statistics (the rest: casdap.models.class_statistics.KeptStatistics) -----------
+    @torch.no_grad()
+    def statistics_features(self, x: torch.Tensor, task: int) -> dict[str, torch.Tensor]:
+        """The features each kept statistic is over, for training images ``x`` of task ``task``: the
+        pooled features under the prompts the model chooses for them (per image; a method with a task
+        variable takes the true task's)."""
+        h = self._prefix(x)
+        tokens = self.block_tokens(self._query_from(h), int(task), "per_image")[0]
+        return {"prompted": self._prompted_from(h, tokens)} if self.prompted_statistics else {}
 
     def forward_with_task(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Logits of every image under the prompts of a given task ``[B]`` (DualPrompt's oracle pass)."""

@@ -122,8 +122,23 @@ def _prompt_method(cfg: CfgNode, method: str) -> None:
                           f"(use one of {', '.join(allowed)})")
     one_of("MODEL.DAP.INJECTION", d.INJECTION, INJECTION_NAMES)
     _stages(cfg)
+    _prompt_prediction(cfg, method)
     if p.LENGTH < 1:
         raise CasdapError(f"MODEL.PROMPT.LENGTH (prompt length) must be at least 1, got {p.LENGTH}")
+
+
+def _prompt_prediction(cfg: CfgNode, method: str) -> None:
+    """``MODEL.DAP.PREDICTION`` of a learned-prompt method: unset (its trained head) or ``all``."""
+    d = cfg.MODEL.DAP
+    if d.PREDICTION is None:
+        return
+    if str(d.PREDICTION).strip().lower() != "all":
+        raise CasdapError(f"MODEL.DAP.PREDICTION '{d.PREDICTION}' is not available for {method} (use all, or leave "
+                          "it unset for the trained head over the classes seen so far)")
+    one_of("MODEL.DAP.ALL_CLASS_HEAD", d.ALL_CLASS_HEAD, ALL_CLASS_HEAD_NAMES)
+    if not float(d.SHRINKAGE) > 0:
+        raise CasdapError(f"MODEL.DAP.SHRINKAGE must be above 0 (it keeps every class covariance invertible), "
+                          f"got {d.SHRINKAGE}")
 
 
 def _weight(cfg: CfgNode, key: str) -> None:

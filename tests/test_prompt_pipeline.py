@@ -1,0 +1,130 @@
+"""The shared pipeline's options on L2P, DualPrompt and CODA-Prompt (docs/prompt_methods.md): prediction
+over every seen class from class statistics of the prompted features, an adapted query, and DualPrompt's
+task inference from class statistics of the query. Each option end to end on tiny data: the run is per
+image (evaluation batches of 1 and 100 give the same matrices), resume gives the same matrix and
+checkpoint, and finished tasks' parts stay bit-identical under AdamW with weight decay 0.05."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from cl_support import CIFAR_YAML, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
+
+from casdap.config import load_config
+from casdap.continual.methods import check_config, method_keys
+from casdap.continual.runner import run_continual
+from casdap.errors import CasdapError
+
+DECAY = ("SOLVER.OPTIMIZER", "adamw", "SOLVER.WEIGHT_DECAY", "0.05", "MODEL.PROMPT.COMPONENTS", "4")
+ALL = ("MODEL.DAP.PREDICTION", "all", "MODEL.DAP.ALL_CLASS_HEAD", "lda")
+# (method, the pipeline's settings): every test below runs each
+CASES = [
+    ("l2p", ALL),
+    ("dualprompt", ALL),
+    ("coda_prompt", ALL),
+]
+# what must not move after task 0 (2 classes, 4 CODA components: 2 per task), the kept statistics included
+FROZEN_AFTER_TASK0 = {
+    "l2p": {"head.weight": [0, 1], "head.bias": [0, 1]},
+    "dualprompt": {"head.weight": [0, 1], "head.bias": [0, 1], "keys": [0], "e_prompts.": [0]},
+    "coda_prompt": {"head.weight": [0, 1], "head.bias": [0, 1], "keys": [0, 1], "attention": [0, 1],
+                    "prompts.": [0, 1]},
+}
+STATISTICS = ("prompted_count", "prompted_sum", "prompted_outer")
+
+
+def _id(case) -> str:
+    method, extra = case
+    return method + "-" + "-".join(v for v in extra[1::2])
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    return write_tiny_cifar(tmp_path_factory.mktemp("prompt_pipeline") / "cifar")
+
+
+@pytest.fixture(scope="module")
+def full_runs(cifar, tmp_path_factory):
+    """One uninterrupted run of every case under weight decay (``<where>/full``)."""
+    runs = {}
+    for case in CASES:
+        method, extra = case
+        where = tmp_path_factory.mktemp(_id(case))
+        runs[_id(case)] = (where, run_continual(tiny_cifar_cfg(cifar, where / "full", method, *DECAY, *extra),
+                                                progress=False))
+    return runs
+
+
+def _metrics(out) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_the_all_class_head_is_fitted_on_every_seen_class_and_predicts(full_runs, case):
+    where, result = full_runs[_id(case)]
+    strategy, model = result.strategy, result.strategy.model
+    assert "Prediction over every seen class (lda head" in (where / "full" / "final_results.txt").read_text()
+    # one statistics pass per task over its 8 training images per class, with the evaluation transform
+    assert model.prompted_count.tolist() == [8.0] * 4 and model.class_task.tolist() == [0, 0, 1, 1]
+    assert bool((model.all_weight.abs().sum(1) > 0).all())
+    x = torch.randn(5, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    logits, _ = strategy.predict(x, y)
+    out = model.eval()(x, selection="per_image")
+    assert torch.equal(logits, out.feats.float() @ model.all_weight.t() + model.all_bias)  # not the trained head
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_results_do_not_depend_on_the_evaluation_batch_size(full_runs, tmp_path, cifar, case):
+    method, extra = case
+    metrics = []
+    for size in ("1", "100"):
+        out = tmp_path / f"eval{size}"
+        run_continual(tiny_cifar_cfg(cifar, out, method, *DECAY, *extra, "DATA.EVAL_BATCH_SIZE", size),
+                      progress=False)
+        metrics.append(_metrics(out))
+    for key in ("acc_matrix", "wtp_matrix", "tii_matrix", "task_selection_acc", "mixed_stream_acc"):
+        assert metrics[0][key] == metrics[1][key] == _metrics(full_runs[_id(case)][0] / "full")[key], key
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_resume_after_an_interrupt_equals_the_uninterrupted_run(full_runs, cifar, monkeypatch, case):
+    method, extra = case
+    where, _ = full_runs[_id(case)]
+    resume_after_interrupt(monkeypatch, cifar, where, _metrics(where / "full"), *DECAY, *extra, method=method)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_parts_of_finished_tasks_stay_bit_identical_under_weight_decay(full_runs, case):
+    method, _ = case
+    out = full_runs[_id(case)][0] / "full"
+    after = [torch.load(out / "checkpoints" / f"task_{t:03d}.pth", weights_only=False)["model"] for t in (0, 1)]
+    names = list(after[0])
+    frozen = {**FROZEN_AFTER_TASK0[method], **{n: [0, 1] for n in STATISTICS if n in names}}
+    checked = 0
+    for prefix, rows in frozen.items():
+        for name in [n for n in names if n == prefix or (prefix.endswith(".") and n.startswith(prefix))]:
+            assert torch.equal(after[0][name][rows], after[1][name][rows]), f"{name}: rows of task 0 moved"
+            checked += 1
+    assert checked >= len(frozen)
+    for name in [n for n in names if ".gate_" in n]:  # the injection gates train on the first task only
+        assert torch.equal(after[0][name], after[1][name]), name
+    assert not torch.equal(after[0]["head.weight"][2:], after[1]["head.weight"][2:])  # task 1 trained
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["MODEL.TRANSFER_TYPE", "l2p", "MODEL.DAP.PREDICTION", "soft"],
+     "MODEL.DAP.PREDICTION 'soft' is not available for l2p (use all, or leave it unset"),
+    (["MODEL.TRANSFER_TYPE", "dualprompt", "MODEL.DAP.PREDICTION", "restrict"],
+     "MODEL.DAP.PREDICTION 'restrict' is not available for dualprompt"),
+    (["MODEL.TRANSFER_TYPE", "coda_prompt", "MODEL.DAP.PREDICTION", "all", "MODEL.DAP.ALL_CLASS_HEAD", "mean"],
+     "unknown MODEL.DAP.ALL_CLASS_HEAD 'mean' (use one of pseudo, lda)"),
+    (["MODEL.TRANSFER_TYPE", "l2p", "MODEL.DAP.PREDICTION", "all", "MODEL.DAP.SHRINKAGE", "0"],
+     "MODEL.DAP.SHRINKAGE must be above 0"),
+])
+def test_bad_pipeline_settings_are_one_clear_error(overrides, message):
+    with pytest.raises(CasdapError, match=re.escape(message)):
+        check_config(load_config(CIFAR_YAML, overrides, reads=method_keys))
