@@ -17,7 +17,7 @@ REF="MODEL.DAP.QUERY frozen MODEL.DAP.PROMPT_BACKBONE pretrained MODEL.DAP.TASK_
 OFF="MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False"
 # The learned-prompt methods read the shared pipeline's options too (docs/prompt_methods.md); their
 # rows keep them at the defaults they were measured with (this file's DAP settings would apply)
-PROMPTS_AS_MEASURED="MODEL.DAP.PREDICTION None MODEL.DAP.ALL_CLASS_HEAD pseudo MODEL.DAP.SHRINKAGE 1.0"
+PROMPTS_AS_MEASURED="MODEL.DAP.QUERY frozen MODEL.DAP.PROMPT_BACKBONE pretrained MODEL.DAP.PREDICTION None MODEL.DAP.ALL_CLASS_HEAD pseudo MODEL.DAP.SHRINKAGE 1.0"
 
 # name | KEY VALUE overrides (empty: the config's DAP)
 ROWS=(

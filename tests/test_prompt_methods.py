@@ -63,7 +63,7 @@ def test_each_method_runs_end_to_end_with_its_decomposition(full_runs, method):
     # the saved config states what the method read: its prompts, not DAP's keys (the tiny config sets
     # MODEL.DAP.PROMPT_POOL for every method), nor the others' MODEL.PROMPT keys
     saved = (where / "full" / "config.yaml").read_text()
-    assert "PROMPT_POOL" not in saved and "QUERY" not in saved and "LENGTH" in saved
+    assert "PROMPT_POOL" not in saved and "KEYS_PER_TASK" not in saved and "LENGTH" in saved
     assert ("TOP_N" in saved) == (method == "l2p") and ("COMPONENTS" in saved) == (method == "coda_prompt")
     # the untouched model: prompts behind zero gates on the first task only; gates frozen after it
     model = result.strategy.model

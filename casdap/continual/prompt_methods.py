@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
+from casdap.continual.first_session import FirstSessionTraining
 from casdap.continual.methods.base import Method
 from casdap.continual.prediction import prediction_mode
 from casdap.continual.statistics_pass import StatisticsPassPlugin
@@ -33,7 +34,7 @@ __all__ = ["PROMPT_PREDICTIONS", "CODAPromptStrategy", "DualPromptStrategy", "L2
 PROMPT_PREDICTIONS: tuple[str | None, ...] = (None, "all")
 
 
-class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
+class PromptStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate):
     """A learned-prompt model (:class:`casdap.models.prompt_pools.PromptPoolModel`) as an Avalanche strategy.
 
     Loss in training: cross-entropy over the current task's classes (others masked), minus
@@ -46,6 +47,11 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
     that the model refits on class statistics of its prompted features (``prompted_statistics``),
     which one pass over each task's training images adds at the task's end
     (:mod:`casdap.continual.statistics_pass`).
+
+    With an adapted query (the model's ``query_mode``) the first experience begins with the first
+    session, as CAS-DAP's: ``train_epochs`` epochs of the query's backbone and a linear head on the
+    task's labels (the optimizer's adaptation groups; the schedule restarted after), then that backbone
+    is frozen for good and the method's own training of the task follows.
     """
 
     def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, train_mb_size: int = 128,
@@ -94,6 +100,23 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
         self.model.start_task(t)
         super()._before_training_exp(**kwargs)
 
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        if getattr(self.model, "needs_adaptation", False):
+            from casdap.continual.plugins import LRSchedulePlugin
+
+            self.adapt_first_session(lambda: SupervisedTemplate._train_exp(self, experience, eval_streams, **kwargs))
+            schedule = self.find_plugin(LRSchedulePlugin)
+            if schedule is not None:
+                schedule.before_training_exp(self)
+        super()._train_exp(experience, eval_streams, **kwargs)
+
+    def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
+        """Avalanche's, except with an adapted query: then the runner's groups are kept (the backbone's
+        at its own rate; :meth:`keep_optimizer_groups`)."""
+        if getattr(self.model, "query_mode", "frozen") != "adapted":
+            return super().make_optimizer(reset_optimizer_state=reset_optimizer_state, **kwargs)
+        self.keep_optimizer_groups(self.model.named_parameters(), reset_optimizer_state)
+
     # -- tables --------------------------------------------------------------------------------
     def _keep(self, classes, width: int, device) -> torch.Tensor:
         return class_mask(classes, width).to(device) if classes else torch.zeros(width, dtype=torch.bool, device=device)
@@ -122,6 +145,8 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
 
     # -- forward and loss ----------------------------------------------------------------------
     def forward(self):
+        if self.is_training and self.adapting:
+            return self.model.adaptation_logits(self.mb_x)
         if self.is_training:
             out = self.model(self.mb_x, task=self.current_task)
             self.mb_dap = out
@@ -140,7 +165,7 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
 
     def criterion(self):
         ce = F.cross_entropy(self.mb_output.float(), self.mb_y)
-        if not self.is_training:
+        if not self.is_training or self.adapting:
             return ce
         out = self.mb_dap
         return ce - self.pull_lambda * out.pull + self.ortho_lambda * out.penalty
@@ -243,13 +268,21 @@ class PromptMethod(Method):
         from casdap.dap_registry import normalize
 
         d = cfg.MODEL.DAP
-        if d.PREDICTION is None or normalize(d.PREDICTION) != "all":
-            return {}
-        return {"prompted_statistics": True, "all_class_head": normalize(d.ALL_CLASS_HEAD),
-                "shrinkage": float(d.SHRINKAGE)}
+        out: dict[str, Any] = {}
+        if d.PREDICTION is not None and normalize(d.PREDICTION) == "all":
+            out.update(prompted_statistics=True, all_class_head=normalize(d.ALL_CLASS_HEAD),
+                       shrinkage=float(d.SHRINKAGE))
+        if normalize(d.QUERY) != "frozen":
+            out.update(query=normalize(d.QUERY), prompt_backbone=normalize(d.PROMPT_BACKBONE))
+        return out
 
     def param_groups(self, cfg, model):
-        return [{"params": model.trainable_parameters(), "lr": cfg.SOLVER.BASE_LR}]
+        lr = cfg.SOLVER.BASE_LR
+        groups = [{"params": model.trainable_parameters(), "lr": lr}]
+        backbone, head = model.adaptation_parameters()  # an adapted query: aper's first-session groups
+        if backbone:
+            groups += [{"params": backbone, "lr": lr * cfg.BASELINES.BACKBONE_LR_SCALE}, {"params": head, "lr": lr}]
+        return groups
 
     def build_strategy(self, cfg, model, optimizer, plugins, **common):
         p = cfg.MODEL.PROMPT
@@ -268,6 +301,12 @@ class PromptMethod(Method):
                          f"votes on its {what})")
         elif selection == "oracle":
             notes.append("Prompt selection: oracle (the true task's E-prompt: a diagnostic, not a result)")
+        if cfg.MODEL.DAP.QUERY.lower() == "adapted":
+            on = "the adapted backbone" if cfg.MODEL.DAP.PROMPT_BACKBONE.lower() == "adapted" else \
+                "the pretrained backbone"
+            notes.append(f"Query adapted: a backbone copy and a linear head trained on the first task for "
+                         f"{cfg.SOLVER.TOTAL_EPOCH} epochs (backbone lr {cfg.SOLVER.BASE_LR} x "
+                         f"{cfg.BASELINES.BACKBONE_LR_SCALE}), then frozen; prompts run on {on}")
         if cfg.MODEL.DAP.PREDICTION == "all":
             notes.append(f"Prediction over every seen class ({cfg.MODEL.DAP.ALL_CLASS_HEAD} head on prompted-feature "
                          f"statistics, shrinkage {cfg.MODEL.DAP.SHRINKAGE})")

@@ -29,6 +29,7 @@ Every model returns :class:`PromptOutput`; the strategies are in :mod:`casdap.co
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,10 +39,11 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from casdap import dap_defaults as D
-from casdap.dap_registry import INJECTION_NAMES, checked
+from casdap.dap_registry import INJECTION_NAMES, PROMPT_BACKBONE_NAMES, QUERY_NAMES, checked
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
 from casdap.models.class_statistics import ALL_CLASS_HEADS, KeptStatistics, check_shrinkage
+from casdap.models.first_session import FirstSessionModel
 from casdap.models.injection import PromptInjection
 from casdap.models.task_inference import batch_majority, per_image
 
@@ -76,12 +78,16 @@ def _ortho(x: torch.Tensor) -> torch.Tensor:
     return ((gram - torch.eye(len(x), device=x.device, dtype=x.dtype)) ** 2).mean()
 
 
-class PromptPoolModel(KeptStatistics, nn.Module):
+class PromptPoolModel(FirstSessionModel, KeptStatistics, nn.Module):
     """The frozen backbone, one :class:`PromptInjection` per prompted block and a linear head.
 
     ``prompted_statistics``: keep class statistics of the prompted features (each training image under
     the prompts the model chooses for it; DualPrompt: its true task's E-prompt) and refit the head
     over every seen class ``all_class_head`` on them (``shrinkage``), for prediction ``all``.
+    ``query="adapted"``: the query comes from a backbone trained with a linear head on the first task,
+    then frozen for good (:class:`~casdap.models.first_session.FirstSessionModel`, as CAS-DAP's); a
+    copy of the backbone unless ``prompt_backbone="adapted"`` runs the prompted pass on it too.
+    A subclass calls :meth:`_init_query` last in its ``__init__``.
 
     A subclass turns the query (and the task, where it has one) into raw prompt tokens ``[B, N, C]``
     for every prompted block (:meth:`block_tokens`) and says which of its rows belong to which task
@@ -90,7 +96,8 @@ class PromptPoolModel(KeptStatistics, nn.Module):
 
     def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, stages: Sequence[int] = D.STAGES,
                  injection: str = D.INJECTION, prompt_last_block: bool = True, prompted_statistics: bool = False,
-                 all_class_head: str = "lda", shrinkage: float = 1.0) -> None:
+                 all_class_head: str = "lda", shrinkage: float = 1.0, query: str = D.QUERY,
+                 prompt_backbone: str = D.PROMPT_BACKBONE) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
         n_stages = len(backbone.layers)
@@ -120,6 +127,45 @@ class PromptPoolModel(KeptStatistics, nn.Module):
         self.all_class_head = checked("all_class_head", all_class_head, ALL_CLASS_HEADS)
         self.keep_statistics(num_classes, self.num_features, query=False, prompted=bool(prompted_statistics),
                              shrinkage=check_shrinkage(shrinkage))
+        self.query_mode = checked("query", query, QUERY_NAMES)
+        self.prompt_backbone = checked("prompt_backbone", prompt_backbone, PROMPT_BACKBONE_NAMES)
+        if self.prompt_backbone == "adapted" and self.query_mode != "adapted":
+            raise CasdapError("prompt_backbone 'adapted' runs the prompts on the query's adapted backbone: "
+                              "it needs query 'adapted'")
+        self.query_backbone: nn.Module | None = None
+        self._adapting = False
+
+    def _init_query(self) -> None:
+        """The adapted query's parts, built last, so the method's own random draws are the same with or
+        without them: the backbone copy (unless the prompts run on the adapted backbone), the linear
+        head of the first session and the saved ``adapted`` flag."""
+        if self.query_mode != "adapted":
+            return
+        if self.prompt_backbone == "pretrained":
+            self.query_backbone = copy.deepcopy(self.backbone)
+        self.adapt_head = nn.Linear(self.num_features, self.num_classes).requires_grad_(False)
+        trunc_normal_(self.adapt_head.weight, std=0.02)
+        nn.init.zeros_(self.adapt_head.bias)
+        self.register_buffer("adapted", torch.zeros((), dtype=torch.bool))
+
+    # -- the adapted query --------------------------------------------------------------------
+    @property
+    def query_net(self) -> nn.Module:
+        """The backbone the query comes from (the adapted copy, else the backbone)."""
+        return self.backbone if self.query_backbone is None else self.query_backbone
+
+    @property
+    def needs_adaptation(self) -> bool:
+        return self.query_mode == "adapted" and not bool(self.adapted)
+
+    def adaptation_modules(self) -> tuple[nn.Module, nn.Module]:
+        return self.query_net, self.adapt_head
+
+    def adaptation_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone, linear head) parameters the first session trains; none with a frozen query."""
+        if self.query_mode != "adapted":
+            return [], []
+        return list(self.query_net.parameters()), list(self.adapt_head.parameters())
 
     # -- what a subclass defines -------------------------------------------------------------
     def block_tokens(self, query: torch.Tensor, task: int | torch.Tensor | None, selection: str) -> tuple[
@@ -152,10 +198,16 @@ class PromptPoolModel(KeptStatistics, nn.Module):
     def train(self, mode: bool = True) -> PromptPoolModel:
         super().train(mode)
         self.backbone.eval()
+        if self.query_backbone is not None:
+            self.query_backbone.eval()
+        if self._adapting:
+            self.query_net.train(mode)
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        """The method's own trainable parameters (never a backbone's, nor the first session's head)."""
+        skip = ("backbone.", "query_backbone.", "adapt_head.")
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(skip)]
 
     # -- passes -----------------------------------------------------------------------------
     def _prefix(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,6 +215,11 @@ class PromptPoolModel(KeptStatistics, nn.Module):
 
     def _query_from(self, h: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_from_stage(h, self.stages[0])
+
+    def _query(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The query of images ``x`` whose prefix ``h`` the backbone computed (reused when the query
+        comes from the same backbone)."""
+        return self._query_from(h) if self.query_backbone is None else self.query_backbone.forward_pooled(x)
 
     def _prompted_from(self, h: torch.Tensor, tokens: list[torch.Tensor]) -> torch.Tensor:
         position = {where: j for j, where in enumerate(self.blocks)}
@@ -174,17 +231,19 @@ class PromptPoolModel(KeptStatistics, nn.Module):
         return self.backbone.forward_from_stage(h, self.stages[0], run_block)
 
     def forward_query(self, x: torch.Tensor) -> torch.Tensor:
-        """The query alone: pooled un-prompted features of the frozen backbone ``[B, C]``."""
+        """The query alone: pooled un-prompted features of the frozen (or adapted) backbone ``[B, C]``."""
         with torch.no_grad():
-            return self.backbone.forward_pooled(x)
+            return self.query_net.forward_pooled(x)
 
     def forward(self, x: torch.Tensor, task: int | torch.Tensor | None = None,
                 selection: str = D.SELECTION) -> PromptOutput:
-        if self.backbone.training:
-            self.backbone.eval()
+        if self.backbone.training or (self.query_backbone is not None and self.query_backbone.training):
+            self.backbone.eval()  # its BatchNorm statistics must not move
+            if self.query_backbone is not None:
+                self.query_backbone.eval()
         with torch.no_grad():
             h = self._prefix(x)
-            query = self._query_from(h)
+            query = self._query(x, h)
         tokens, key_idx, pull, penalty, selected = self.block_tokens(query, task, selection)
         feats = self._prompted_from(h, tokens)
         return PromptOutput(self.head(feats), key_idx, pull, penalty, selected, feats)
@@ -196,7 +255,7 @@ class PromptPoolModel(KeptStatistics, nn.Module):
         pooled features under the prompts the model chooses for them (per image; a method with a task
         variable takes the true task's)."""
         h = self._prefix(x)
-        tokens = self.block_tokens(self._query_from(h), int(task), "per_image")[0]
+        tokens = self.block_tokens(self._query(x, h), int(task), "per_image")[0]
         return {"prompted": self._prompted_from(h, tokens)} if self.prompted_statistics else {}
 
     def forward_with_task(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -223,6 +282,7 @@ class L2PPrompts(PromptPoolModel):
         self.pool_size, self.top_n, self.length = int(pool_size), int(top_n), int(length)
         self.keys = _uniform(pool_size, self.num_features)
         self.prompts = nn.ParameterList(_uniform(pool_size, length, c) for c in self.block_dims)
+        self._init_query()
 
     def block_tokens(self, query, task, selection):
         sim = F.normalize(query, dim=1) @ F.normalize(self.keys, dim=1).t()  # [B, M]
@@ -253,6 +313,7 @@ class DualPromptPrompts(PromptPoolModel):
         self.g_prompts = nn.ParameterList(_uniform(g_length, c) for c in self.block_dims[:g_blocks])
         self.e_prompts = nn.ParameterList(_uniform(num_tasks, length, c) for c in self.block_dims[g_blocks:])
         self.keys = _uniform(num_tasks, self.num_features)
+        self._init_query()
 
     def task_scores(self, query: torch.Tensor) -> torch.Tensor:
         """Cosine of each query to every task's key; tasks not trained yet score below any cosine."""
@@ -303,6 +364,7 @@ class CODAPrompts(PromptPoolModel):
             nn.Parameter(nn.init.orthogonal_(torch.empty(components, length * c)).reshape(components, length, c))
             for c in self.block_dims)
         self.current = -1  # the task being trained (its slice trains, earlier ones are detached)
+        self._init_query()
 
     def start_task(self, task: int) -> None:
         super().start_task(task)

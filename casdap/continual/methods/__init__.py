@@ -90,7 +90,8 @@ FIRST_SESSION = ("BASELINES.FIRST_SESSION", BACKBONE_LR)
 # a learned-prompt method's prompted blocks and prompt selection (models.prompt_pools), and the shared
 # pipeline's prediction over every seen class (continual.prompt_methods)
 PROMPTED = ("MODEL.DAP.STAGES", "MODEL.DAP.INJECTION", "MODEL.DAP.PROMPT_LAST_BLOCK", "MODEL.DAP.SELECTION",
-            "MODEL.PROMPT.LENGTH", "MODEL.DAP.PREDICTION", "MODEL.DAP.ALL_CLASS_HEAD", "MODEL.DAP.SHRINKAGE")
+            "MODEL.PROMPT.LENGTH", "MODEL.DAP.PREDICTION", "MODEL.DAP.ALL_CLASS_HEAD", "MODEL.DAP.SHRINKAGE",
+            "MODEL.DAP.QUERY", "MODEL.DAP.PROMPT_BACKBONE", BACKBONE_LR)
 
 # name (MODEL.TRANSFER_TYPE, lower case) -> what it reads
 METHODS: dict[str, MethodSchema] = {

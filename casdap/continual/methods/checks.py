@@ -128,8 +128,14 @@ def _prompt_method(cfg: CfgNode, method: str) -> None:
 
 
 def _prompt_prediction(cfg: CfgNode, method: str) -> None:
-    """``MODEL.DAP.PREDICTION`` of a learned-prompt method: unset (its trained head) or ``all``."""
+    """``MODEL.DAP.PREDICTION`` of a learned-prompt method: unset (its trained head) or ``all``; and
+    its query (``QUERY``, ``PROMPT_BACKBONE``) as CAS-DAP's."""
     d = cfg.MODEL.DAP
+    one_of("MODEL.DAP.QUERY", d.QUERY, QUERY_NAMES)
+    one_of("MODEL.DAP.PROMPT_BACKBONE", d.PROMPT_BACKBONE, PROMPT_BACKBONE_NAMES)
+    if str(d.PROMPT_BACKBONE).strip().lower() == "adapted" and str(d.QUERY).strip().lower() != "adapted":
+        raise CasdapError("MODEL.DAP.PROMPT_BACKBONE adapted runs the prompts on the query's adapted backbone: "
+                          "set MODEL.DAP.QUERY adapted too")
     if d.PREDICTION is None:
         return
     if str(d.PREDICTION).strip().lower() != "all":
