@@ -218,7 +218,9 @@ ADAPTED = ["MODEL.DAP.QUERY", "adapted", "MODEL.DAP.PROMPT_BACKBONE", "adapted",
 VARIANTS = [(m, []) for m in METHOD_NAMES] + [
     (m, ["BASELINES.FIRST_SESSION", "True"]) for m in ("ncm", "ranpac", "slda", "fecam")] + [
     ("dap", ADAPTED), ("dap", ["MODEL.DAP.PREDICTION", "soft"]), ("dap", ["MODEL.DAP.PREDICTION", "restrict"])] + [
-    (m, ["MODEL.DAP.PREDICTION", "all", "MODEL.DAP.QUERY", "adapted"]) for m in ("l2p", "dualprompt", "coda_prompt")]
+    (m, ["MODEL.DAP.PREDICTION", "all", "MODEL.DAP.QUERY", "adapted"])
+    for m in ("l2p", "dualprompt", "coda_prompt")] + [
+    ("dualprompt", ["MODEL.DAP.TASK_INFERENCE", "gaussian"])]
 
 
 def _build(cfg: CfgNode) -> None:

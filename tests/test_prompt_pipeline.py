@@ -29,8 +29,9 @@ CASES = [
     ("dualprompt", ALL),
     ("coda_prompt", ALL),
     ("l2p", ADAPTED_COPY),
-    ("dualprompt", (*ADAPTED, *ALL)),
+    ("dualprompt", (*ADAPTED, "MODEL.DAP.TASK_INFERENCE", "gaussian", *ALL)),  # CAS-DAP's shipped pipeline
     ("coda_prompt", ADAPTED),
+    ("dualprompt", ("MODEL.DAP.TASK_INFERENCE", "lda")),
 ]
 # what must not move after task 0 (2 classes, 4 CODA components: 2 per task), the kept statistics included
 FROZEN_AFTER_TASK0 = {
@@ -129,7 +130,28 @@ def test_parts_of_finished_tasks_stay_bit_identical_under_weight_decay(full_runs
     assert not torch.equal(after[0]["head.weight"][2:], after[1]["head.weight"][2:])  # task 1 trained
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if _on(c[1], "MODEL.DAP.TASK_INFERENCE")], ids=_id)
+def test_dualprompts_task_is_inferred_from_class_statistics_of_the_query(full_runs, case):
+    where, result = full_runs[_id(case)]
+    model = result.strategy.model
+    predictor = model.task_predictor
+    assert type(predictor).__name__ == {"gaussian": "GaussianTaskPredictor", "lda": "LDATaskPredictor"}[
+        _on(case[1], "MODEL.DAP.TASK_INFERENCE")]
+    assert predictor.class_task.tolist() == [0, 0, 1, 1] and model.query_count.tolist() == [8.0] * 4
+    m = _metrics(where / "full")
+    assert m["tii"] == pytest.approx(m["task_selection_acc"])  # the E-prompt's task is the inferred task
+    assert "Task inference: " in (where / "full" / "final_results.txt").read_text()
+    x = torch.randn(6, 3, 32, 32)
+    out = model.eval()(x, selection="per_image")
+    query = model.forward_query(x)
+    assert torch.equal(out.key_idx, predictor.selectable(predictor(query)).argmax(1))  # not the keys
+
+
 @pytest.mark.parametrize("overrides, message", [
+    (["MODEL.TRANSFER_TYPE", "dualprompt", "MODEL.DAP.TASK_INFERENCE", "vote"],
+     "MODEL.DAP.TASK_INFERENCE"),
+    (["MODEL.TRANSFER_TYPE", "dualprompt", "MODEL.DAP.TASK_INFERENCE", "gaussian", "MODEL.DAP.SHRINKAGE", "0"],
+     "MODEL.DAP.SHRINKAGE must be above 0"),
     (["MODEL.TRANSFER_TYPE", "l2p", "MODEL.DAP.PREDICTION", "soft"],
      "MODEL.DAP.PREDICTION 'soft' is not available for l2p (use all, or leave it unset"),
     (["MODEL.TRANSFER_TYPE", "dualprompt", "MODEL.DAP.PREDICTION", "restrict"],
@@ -142,3 +164,12 @@ def test_parts_of_finished_tasks_stay_bit_identical_under_weight_decay(full_runs
 def test_bad_pipeline_settings_are_one_clear_error(overrides, message):
     with pytest.raises(CasdapError, match=re.escape(message)):
         check_config(load_config(CIFAR_YAML, overrides, reads=method_keys))
+
+
+@pytest.mark.parametrize("method", ["l2p", "coda_prompt"])
+def test_task_inference_is_refused_for_the_methods_without_a_task(method):
+    """L2P and CODA-Prompt have no task variable: MODEL.DAP.TASK_INFERENCE is not theirs to read."""
+    with pytest.raises(CasdapError, match=rf"^MODEL\.DAP\.TASK_INFERENCE is not read by method {method} \(it "
+                                          r"reads: .*MODEL\.DAP\.\{ALL_CLASS_HEAD, .*QUERY"):
+        load_config(CIFAR_YAML, ["MODEL.TRANSFER_TYPE", method, "MODEL.DAP.TASK_INFERENCE", "gaussian"],
+                    reads=method_keys)

@@ -259,8 +259,8 @@ class PromptMethod(Method):
         cls = getattr(prompt_pools, self.model_class)
         return cls(build_backbone(cfg, num_classes=0), int(num_classes), num_tasks=int(cfg.CONTINUAL.N_TASKS),
                    stages=list(d.STAGES), injection=normalize(d.INJECTION),
-                   prompt_last_block=d.PROMPT_LAST_BLOCK is not False, **self.model_options(cfg),
-                   **self.pipeline_options(cfg))
+                   prompt_last_block=d.PROMPT_LAST_BLOCK is not False,
+                   **{**self.model_options(cfg), **self.pipeline_options(cfg)})
 
     def pipeline_options(self, cfg) -> dict[str, Any]:
         """The shared pipeline's settings the model takes (none at the defaults, so the model is built

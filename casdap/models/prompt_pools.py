@@ -29,7 +29,6 @@ Every model returns :class:`PromptOutput`; the strategies are in :mod:`casdap.co
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,12 +38,12 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from casdap import dap_defaults as D
-from casdap.dap_registry import INJECTION_NAMES, PROMPT_BACKBONE_NAMES, QUERY_NAMES, checked
+from casdap.dap_registry import INJECTION_NAMES, PROMPT_BACKBONE_NAMES, QUERY_NAMES, TASK_PREDICTORS, checked, load
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
 from casdap.models.class_statistics import ALL_CLASS_HEADS, KeptStatistics, check_shrinkage
-from casdap.models.first_session import FirstSessionModel
 from casdap.models.injection import PromptInjection
+from casdap.models.prompt_query import AdaptableQuery
 from casdap.models.task_inference import batch_majority, per_image
 
 __all__ = ["CODAPrompts", "DualPromptPrompts", "L2PPrompts", "PromptOutput", "PromptPoolModel",
@@ -78,7 +77,7 @@ def _ortho(x: torch.Tensor) -> torch.Tensor:
     return ((gram - torch.eye(len(x), device=x.device, dtype=x.dtype)) ** 2).mean()
 
 
-class PromptPoolModel(FirstSessionModel, KeptStatistics, nn.Module):
+class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
     """The frozen backbone, one :class:`PromptInjection` per prompted block and a linear head.
 
     ``prompted_statistics``: keep class statistics of the prompted features (each training image under
@@ -97,7 +96,7 @@ class PromptPoolModel(FirstSessionModel, KeptStatistics, nn.Module):
     def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, stages: Sequence[int] = D.STAGES,
                  injection: str = D.INJECTION, prompt_last_block: bool = True, prompted_statistics: bool = False,
                  all_class_head: str = "lda", shrinkage: float = 1.0, query: str = D.QUERY,
-                 prompt_backbone: str = D.PROMPT_BACKBONE) -> None:
+                 prompt_backbone: str = D.PROMPT_BACKBONE, query_statistics: bool = False) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
         n_stages = len(backbone.layers)
@@ -125,7 +124,7 @@ class PromptPoolModel(FirstSessionModel, KeptStatistics, nn.Module):
         # which tasks have started training (a buffer: saved with the model, so resumed runs have it)
         self.register_buffer("trained", torch.zeros(num_tasks, dtype=torch.bool))
         self.all_class_head = checked("all_class_head", all_class_head, ALL_CLASS_HEADS)
-        self.keep_statistics(num_classes, self.num_features, query=False, prompted=bool(prompted_statistics),
+        self.keep_statistics(num_classes, self.num_features, query=query_statistics, prompted=bool(prompted_statistics),
                              shrinkage=check_shrinkage(shrinkage))
         self.query_mode = checked("query", query, QUERY_NAMES)
         self.prompt_backbone = checked("prompt_backbone", prompt_backbone, PROMPT_BACKBONE_NAMES)
@@ -134,38 +133,6 @@ class PromptPoolModel(FirstSessionModel, KeptStatistics, nn.Module):
                               "it needs query 'adapted'")
         self.query_backbone: nn.Module | None = None
         self._adapting = False
-
-    def _init_query(self) -> None:
-        """The adapted query's parts, built last, so the method's own random draws are the same with or
-        without them: the backbone copy (unless the prompts run on the adapted backbone), the linear
-        head of the first session and the saved ``adapted`` flag."""
-        if self.query_mode != "adapted":
-            return
-        if self.prompt_backbone == "pretrained":
-            self.query_backbone = copy.deepcopy(self.backbone)
-        self.adapt_head = nn.Linear(self.num_features, self.num_classes).requires_grad_(False)
-        trunc_normal_(self.adapt_head.weight, std=0.02)
-        nn.init.zeros_(self.adapt_head.bias)
-        self.register_buffer("adapted", torch.zeros((), dtype=torch.bool))
-
-    # -- the adapted query --------------------------------------------------------------------
-    @property
-    def query_net(self) -> nn.Module:
-        """The backbone the query comes from (the adapted copy, else the backbone)."""
-        return self.backbone if self.query_backbone is None else self.query_backbone
-
-    @property
-    def needs_adaptation(self) -> bool:
-        return self.query_mode == "adapted" and not bool(self.adapted)
-
-    def adaptation_modules(self) -> tuple[nn.Module, nn.Module]:
-        return self.query_net, self.adapt_head
-
-    def adaptation_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(backbone, linear head) parameters the first session trains; none with a frozen query."""
-        if self.query_mode != "adapted":
-            return [], []
-        return list(self.query_net.parameters()), list(self.adapt_head.parameters())
 
     # -- what a subclass defines -------------------------------------------------------------
     def block_tokens(self, query: torch.Tensor, task: int | torch.Tensor | None, selection: str) -> tuple[
@@ -216,11 +183,6 @@ class PromptPoolModel(FirstSessionModel, KeptStatistics, nn.Module):
     def _query_from(self, h: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_from_stage(h, self.stages[0])
 
-    def _query(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """The query of images ``x`` whose prefix ``h`` the backbone computed (reused when the query
-        comes from the same backbone)."""
-        return self._query_from(h) if self.query_backbone is None else self.query_backbone.forward_pooled(x)
-
     def _prompted_from(self, h: torch.Tensor, tokens: list[torch.Tensor]) -> torch.Tensor:
         position = {where: j for j, where in enumerate(self.blocks)}
 
@@ -255,8 +217,11 @@ class PromptPoolModel(FirstSessionModel, KeptStatistics, nn.Module):
         pooled features under the prompts the model chooses for them (per image; a method with a task
         variable takes the true task's)."""
         h = self._prefix(x)
-        tokens = self.block_tokens(self._query(x, h), int(task), "per_image")[0]
-        return {"prompted": self._prompted_from(h, tokens)} if self.prompted_statistics else {}
+        query = self._query(x, h)
+        out = {"query": query} if self.query_statistics else {}
+        if self.prompted_statistics:
+            out["prompted"] = self._prompted_from(h, self.block_tokens(query, int(task), "per_image")[0])
+        return out
 
     def forward_with_task(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Logits of every image under the prompts of a given task ``[B]`` (DualPrompt's oracle pass)."""
@@ -297,15 +262,21 @@ class L2PPrompts(PromptPoolModel):
 
 class DualPromptPrompts(PromptPoolModel):
     """DualPrompt: shared G-prompts in the first ``g_blocks`` prompted blocks, the selected task's
-    E-prompt in the others (see the module)."""
+    E-prompt in the others (see the module).
+
+    ``task_predictor``: how the test-time task is inferred: ``keys`` (DualPrompt's, the nearest key)
+    or a predictor of :data:`casdap.dap_registry.TASK_PREDICTORS` estimated from class statistics of
+    the query (``gaussian``, ``lda``, ``head``; refitted after each task, ``shrinkage`` as the all-class
+    head's), which then replaces the keys (no pull: they stay as built)."""
 
     selections = ("per_image", "batch_majority", "oracle")
 
     def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, length: int = 5, g_length: int = 5,
-                 g_blocks: int = 2, **kwargs) -> None:
+                 g_blocks: int = 2, task_predictor: str = D.TASK_PREDICTOR, **kwargs) -> None:
         if length < 1 or g_length < 1:
             raise CasdapError(f"the prompt lengths must be at least 1, got E {length}, G {g_length}")
-        super().__init__(backbone, num_classes, num_tasks=num_tasks, **kwargs)
+        predictor = checked("task_predictor", task_predictor, TASK_PREDICTORS)
+        super().__init__(backbone, num_classes, num_tasks=num_tasks, query_statistics=predictor != "keys", **kwargs)
         if not 0 <= g_blocks < len(self.blocks):
             raise CasdapError(f"g_blocks must leave at least one of the {len(self.blocks)} prompted blocks for the "
                               f"E-prompts (0..{len(self.blocks) - 1}), got {g_blocks}")
@@ -313,10 +284,25 @@ class DualPromptPrompts(PromptPoolModel):
         self.g_prompts = nn.ParameterList(_uniform(g_length, c) for c in self.block_dims[:g_blocks])
         self.e_prompts = nn.ParameterList(_uniform(num_tasks, length, c) for c in self.block_dims[g_blocks:])
         self.keys = _uniform(num_tasks, self.num_features)
+        self.task_predictor = None
+        if predictor != "keys":
+            self.task_predictor = load("task_predictor", TASK_PREDICTORS, predictor)(
+                num_tasks, self.num_features, num_classes=self.num_classes, shrinkage=self.shrinkage)
         self._init_query()
 
+    def mark_trained(self, task: int) -> None:
+        super().mark_trained(task)
+        if self.task_predictor is not None:
+            self.task_predictor.mark_trained(task)
+
+    def fit_task_predictor(self, stats) -> None:
+        self.task_predictor.fit(stats)
+
     def task_scores(self, query: torch.Tensor) -> torch.Tensor:
-        """Cosine of each query to every task's key; tasks not trained yet score below any cosine."""
+        """Each task's score for each query (keys: the cosine to its key); tasks not trained yet score
+        below any other."""
+        if self.task_predictor is not None:
+            return self.task_predictor.selectable(self.task_predictor(query))
         sim = F.normalize(query, dim=1) @ F.normalize(self.keys, dim=1).t()
         return sim.masked_fill(~self.trained, -2.0)
 
@@ -327,13 +313,16 @@ class DualPromptPrompts(PromptPoolModel):
             selection = checked("selection", selection, self.selections)
             if selection == "oracle":
                 raise CasdapError("oracle selection needs the true task of every image")
-            scores = sim.detach().masked_fill(~self.trained, -2.0)
+            if self.task_predictor is None:
+                scores = sim.detach().masked_fill(~self.trained, -2.0)
+            else:
+                scores = self.task_scores(query)
             idx = batch_majority(scores) if selection == "batch_majority" else per_image(scores)
         elif torch.is_tensor(task):
             idx = task.to(query.device).long()
         else:
             idx = torch.full((b,), int(task), dtype=torch.long, device=query.device)
-        pull = sim.gather(1, idx[:, None]).mean()
+        pull = sim.gather(1, idx[:, None]).mean() if self.task_predictor is None else sim.new_zeros(())
         tokens = [g.expand(b, -1, -1) for g in self.g_prompts] + [e[idx] for e in self.e_prompts]
         return tokens, idx, pull, sim.new_zeros(()), None
 

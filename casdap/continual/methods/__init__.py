@@ -111,7 +111,7 @@ METHODS: dict[str, MethodSchema] = {
     "l2p": MethodSchema((*PROMPTED, "MODEL.PROMPT.POOL_SIZE", "MODEL.PROMPT.TOP_N", "MODEL.PROMPT.PULL_LAMBDA"),
                         checks.check_l2p),
     "dualprompt": MethodSchema((*PROMPTED, "MODEL.PROMPT.G_LENGTH", "MODEL.PROMPT.G_BLOCKS",
-                                "MODEL.PROMPT.PULL_LAMBDA"), checks.check_dualprompt),
+                                "MODEL.PROMPT.PULL_LAMBDA", "MODEL.DAP.TASK_INFERENCE"), checks.check_dualprompt),
     "coda_prompt": MethodSchema((*PROMPTED, "MODEL.PROMPT.COMPONENTS", "MODEL.PROMPT.ORTHO_LAMBDA"),
                                 checks.check_coda_prompt),
 }

@@ -165,6 +165,11 @@ def check_l2p(cfg: CfgNode) -> None:
 
 def check_dualprompt(cfg: CfgNode) -> None:
     _prompt_method(cfg, "dualprompt")
+    d = cfg.MODEL.DAP
+    one_of("MODEL.DAP.TASK_INFERENCE", d.TASK_INFERENCE, TASK_PREDICTOR_NAMES)
+    if str(d.TASK_INFERENCE).strip().lower() != "keys" and not float(d.SHRINKAGE) > 0:
+        raise CasdapError(f"MODEL.DAP.SHRINKAGE must be above 0 (it keeps every class covariance invertible), "
+                          f"got {d.SHRINKAGE}")
     _weight(cfg, "PULL_LAMBDA")
     p = cfg.MODEL.PROMPT
     if p.G_LENGTH < 1:
