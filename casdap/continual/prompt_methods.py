@@ -264,7 +264,9 @@ class PromptMethod(Method):
 
     def pipeline_options(self, cfg) -> dict[str, Any]:
         """The shared pipeline's settings the model takes (none at the defaults, so the model is built
-        exactly as before): class statistics of the prompted features for prediction ``all``."""
+        exactly as before): class statistics of the prompted features for prediction ``all``, and the
+        adapted query (``MODEL.DAP.QUERY``, ``PROMPT_BACKBONE``). DualPrompt's task inference is its own
+        (:meth:`model_options`)."""
         from casdap.dap_registry import normalize
 
         d = cfg.MODEL.DAP
