@@ -173,3 +173,29 @@ def test_task_inference_is_refused_for_the_methods_without_a_task(method):
                                           r"reads: .*MODEL\.DAP\.\{ALL_CLASS_HEAD, .*QUERY"):
         load_config(CIFAR_YAML, ["MODEL.TRANSFER_TYPE", method, "MODEL.DAP.TASK_INFERENCE", "gaussian"],
                     reads=method_keys)
+
+
+def test_the_pseudo_head_and_the_head_task_predictor_are_fitted_from_the_kept_statistics():
+    """The registry's other choices, from statistics added as the statistics pass adds them: the
+    all-class head trained on pseudo-features (ALL_CLASS_HEAD pseudo) and DualPrompt's task predictor
+    ``head``; each scores the seen classes (and tasks) only."""
+    from casdap.models import create_model
+    from casdap.models.class_statistics import add_moments
+    from casdap.models.prompt_pools import DualPromptPrompts
+
+    torch.manual_seed(0)
+    model = DualPromptPrompts(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2,
+                              stages=[3], g_blocks=1, task_predictor="head", prompted_statistics=True,
+                              all_class_head="pseudo").eval()
+    x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    model.mark_trained(0)
+    feats = model.statistics_features(x, 0)
+    assert sorted(feats) == ["prompted", "query"]
+    moments = {n: tuple(torch.zeros_like(b) for b in bufs) for n, bufs in model.statistics_moments().items()}
+    for name, f in feats.items():
+        add_moments(*moments[name], f, y)
+    model.add_statistics(moments, [0, 1], 0)
+    assert model.task_predictor.class_task.tolist() == [0, 0, -1, -1]
+    logits = model.all_class_logits(model(x, selection="per_image").feats)
+    assert bool((logits[:, 2:] <= -1e4).all()) and bool((logits[:, :2] > -1e3).all())
+    assert model(x, selection="per_image").key_idx.tolist() == [0] * 8  # task 1 is not trained yet
