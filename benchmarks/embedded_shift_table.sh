@@ -15,6 +15,9 @@ CFG=configs/dap/embedded_shift.yaml
 # query, logits restricted to the selected key's task
 REF="MODEL.DAP.QUERY frozen MODEL.DAP.PROMPT_BACKBONE pretrained MODEL.DAP.TASK_INFERENCE keys MODEL.DAP.KEYS_PER_TASK 16 MODEL.DAP.PREDICTION None MODEL.DAP.RESTRICT_TO_TASK True"
 OFF="MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False"
+# The learned-prompt methods read the shared pipeline's options too (docs/prompt_methods.md); their
+# rows keep them at the defaults they were measured with (this file's DAP settings would apply)
+PROMPTS_AS_MEASURED="MODEL.DAP.QUERY frozen MODEL.DAP.PROMPT_BACKBONE pretrained MODEL.DAP.PREDICTION None MODEL.DAP.ALL_CLASS_HEAD pseudo MODEL.DAP.SHRINKAGE 1.0"
 
 # name | KEY VALUE overrides (empty: the config's DAP)
 ROWS=(
@@ -44,9 +47,9 @@ ROWS=(
     "joint|MODEL.TRANSFER_TYPE joint"
     # the learned-prompt methods with their configs' settings (configs/dap/<method>_embedded_shift.yaml;
     # docs/prompt_methods.md)
-    "l2p|MODEL.TRANSFER_TYPE l2p MODEL.PROMPT.POOL_SIZE 10 MODEL.PROMPT.TOP_N 5 MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 0.1"
-    "dualprompt|MODEL.TRANSFER_TYPE dualprompt MODEL.PROMPT.G_LENGTH 5 MODEL.PROMPT.G_BLOCKS 2 MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 1.0"
-    "coda_prompt|MODEL.TRANSFER_TYPE coda_prompt MODEL.PROMPT.COMPONENTS 100 MODEL.PROMPT.LENGTH 8 MODEL.PROMPT.ORTHO_LAMBDA 0.1"
+    "l2p|MODEL.TRANSFER_TYPE l2p MODEL.PROMPT.POOL_SIZE 10 MODEL.PROMPT.TOP_N 5 MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 0.1 $PROMPTS_AS_MEASURED"
+    "dualprompt|MODEL.TRANSFER_TYPE dualprompt MODEL.PROMPT.G_LENGTH 5 MODEL.PROMPT.G_BLOCKS 2 MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 1.0 $PROMPTS_AS_MEASURED MODEL.DAP.TASK_INFERENCE keys"
+    "coda_prompt|MODEL.TRANSFER_TYPE coda_prompt MODEL.PROMPT.COMPONENTS 100 MODEL.PROMPT.LENGTH 8 MODEL.PROMPT.ORTHO_LAMBDA 0.1 $PROMPTS_AS_MEASURED"
     "dap-reference-batch-majority|$REF MODEL.DAP.SELECTION batch_majority"
     "dap-reference-prompts-off-batch-majority|$REF MODEL.DAP.NUM_DAP_TOKENS 0 MODEL.DAP.TASK_GENERATORS False MODEL.DAP.SELECTION batch_majority"
     # the generator maps shared by all tasks and frozen after the first (the setting before

@@ -45,20 +45,22 @@ def test_config_needs_nothing_from_continual():
 
 
 def test_a_key_the_method_does_not_read_is_refused_on_the_command_line():
-    argv = ["cl", "--config-file", str(DIGITS_YAML), "MODEL.TRANSFER_TYPE", "l2p", "MODEL.DAP.QUERY", "adapted"]
+    argv = ["cl", "--config-file", str(DIGITS_YAML), "MODEL.TRANSFER_TYPE", "l2p", "MODEL.DAP.TASK_INFERENCE",
+            "gaussian"]
     code = "import sys; from casdap.cli import main; sys.exit(main(sys.argv[1:]))"
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
     assert out.returncode == 2 and out.stdout == ""
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
-    assert lines[0].startswith("casdap: error: MODEL.DAP.QUERY is not read by method l2p (it reads: ")
+    assert lines[0].startswith("casdap: error: MODEL.DAP.TASK_INFERENCE is not read by method l2p (it reads: ")
     assert "MODEL.PROMPT.{LENGTH, POOL_SIZE, PULL_LAMBDA, TOP_N}" in lines[0]
 
 
 @pytest.mark.parametrize("method, key, value", [
     ("ncm", "MODEL.PROMPT.LENGTH", "7"), ("dap", "BASELINES.FIRST_SESSION", "True"),
     ("linear", "BASELINES.BACKBONE_LR_SCALE", "0.5"), ("coda_prompt", "MODEL.PROMPT.PULL_LAMBDA", "1.0"),
-    ("l2p", "MODEL.DAP.QUERY", "frozen"),  # refused even at its default: it would say something untrue
+    ("l2p", "MODEL.DAP.TASK_INFERENCE", "keys"),  # refused even at its default: l2p has no task to infer
+    ("coda_prompt", "MODEL.DAP.TASK_INFERENCE", "gaussian"),
 ])
 def test_every_unread_key_on_the_command_line_is_one_error(method, key, value):
     with pytest.raises(CasdapError, match=rf"^{key} is not read by method {method} \(it reads: "):
@@ -163,14 +165,23 @@ def test_a_config_built_in_python_gets_the_notice_from_the_run(tmp_path, capsys)
 
 
 def test_a_run_saved_before_the_schema_resumes_though_it_states_unread_keys():
-    """An l2p run's config.yaml written before (every key, QUERY adapted from the DAP file) resumes
-    under the same l2p settings: only the keys l2p reads are compared."""
+    """An l2p run's config.yaml written before (every key, QUERY adapted from the DAP file) is compared
+    on the keys l2p reads only. Of DAP's settings it states, l2p now reads the query's and the
+    prediction's (the shared pipeline's options), which that run never applied: those, and only those,
+    are named."""
     now = load_config(shipped_config("dap/l2p_embedded_shift.yaml"), reads=method_keys)
     old = load_config(shipped_config("dap/embedded_shift.yaml"), ["MODEL.TRANSFER_TYPE", "l2p"])
     old_text = old.dump()  # as a run saved it then: every key
+    assert settings_changed(old_text, now, method_keys("l2p").reads) == [
+        "MODEL.DAP.ALL_CLASS_HEAD: 'lda' -> 'pseudo'", "MODEL.DAP.PREDICTION: 'all' -> None",
+        "MODEL.DAP.PROMPT_BACKBONE: 'adapted' -> 'pretrained'", "MODEL.DAP.QUERY: 'adapted' -> 'frozen'",
+        "MODEL.DAP.SHRINKAGE: 0.003 -> 1.0"]
+    pipeline = ["MODEL.DAP.ALL_CLASS_HEAD", "lda", "MODEL.DAP.PREDICTION", "all", "MODEL.DAP.SHRINKAGE", "0.003",
+                "MODEL.DAP.QUERY", "adapted", "MODEL.DAP.PROMPT_BACKBONE", "adapted"]
+    now = load_config(shipped_config("dap/l2p_embedded_shift.yaml"), pipeline, reads=method_keys)
     assert settings_changed(old_text, now, method_keys("l2p").reads) == []
-    assert "MODEL.DAP.QUERY" in [c.split(":")[0] for c in settings_changed(old_text, now)]
-    changed = load_config(shipped_config("dap/l2p_embedded_shift.yaml"), ["MODEL.PROMPT.TOP_N", "4"],
+    assert "MODEL.DAP.TASK_INFERENCE" in [c.split(":")[0] for c in settings_changed(old_text, now)]
+    changed = load_config(shipped_config("dap/l2p_embedded_shift.yaml"), [*pipeline, "MODEL.PROMPT.TOP_N", "4"],
                           reads=method_keys)
     assert settings_changed(old_text, changed, method_keys("l2p").reads) == ["MODEL.PROMPT.TOP_N: 5 -> 4"]
 
@@ -206,7 +217,10 @@ ADAPTED = ["MODEL.DAP.QUERY", "adapted", "MODEL.DAP.PROMPT_BACKBONE", "adapted",
            "8"]
 VARIANTS = [(m, []) for m in METHOD_NAMES] + [
     (m, ["BASELINES.FIRST_SESSION", "True"]) for m in ("ncm", "ranpac", "slda", "fecam")] + [
-    ("dap", ADAPTED), ("dap", ["MODEL.DAP.PREDICTION", "soft"]), ("dap", ["MODEL.DAP.PREDICTION", "restrict"])]
+    ("dap", ADAPTED), ("dap", ["MODEL.DAP.PREDICTION", "soft"]), ("dap", ["MODEL.DAP.PREDICTION", "restrict"])] + [
+    (m, ["MODEL.DAP.PREDICTION", "all", "MODEL.DAP.QUERY", "adapted"])
+    for m in ("l2p", "dualprompt", "coda_prompt")] + [
+    ("dualprompt", ["MODEL.DAP.TASK_INFERENCE", "gaussian"])]
 
 
 def _build(cfg: CfgNode) -> None:

@@ -63,7 +63,7 @@ def test_each_method_runs_end_to_end_with_its_decomposition(full_runs, method):
     # the saved config states what the method read: its prompts, not DAP's keys (the tiny config sets
     # MODEL.DAP.PROMPT_POOL for every method), nor the others' MODEL.PROMPT keys
     saved = (where / "full" / "config.yaml").read_text()
-    assert "PROMPT_POOL" not in saved and "QUERY" not in saved and "LENGTH" in saved
+    assert "PROMPT_POOL" not in saved and "KEYS_PER_TASK" not in saved and "LENGTH" in saved
     assert ("TOP_N" in saved) == (method == "l2p") and ("COMPONENTS" in saved) == (method == "coda_prompt")
     # the untouched model: prompts behind zero gates on the first task only; gates frozen after it
     model = result.strategy.model
@@ -213,6 +213,8 @@ def test_table_rows_run_the_shipped_method_configs():
     from conftest import ROOT
 
     shift = (ROOT / "benchmarks" / "embedded_shift_table.sh").read_text()
+    for name, value in re.findall(r'^(PROMPTS_AS_MEASURED)="([^"]*)"$', shift, re.M):
+        shift = shift.replace(f"${name}", value)  # the shell variable the rows use
     digits = (ROOT / "benchmarks" / "embedded_table.sh").read_text().replace("\\\n", " ")
     for method in METHODS:
         for stream, text, pattern in (

@@ -19,9 +19,9 @@ from avalanche.training.templates import SupervisedTemplate
 from casdap import dap_defaults as D
 from casdap.continual.first_session import FirstSessionTraining
 from casdap.continual.prediction import prediction_mode, task_class_mask
+from casdap.continual.statistics_pass import statistics_pass
 from casdap.continual.strategy_mixin import CasdapStrategyMixin
 from casdap.errors import CasdapError
-from casdap.models.class_statistics import add_moments, sum_over_ranks
 from casdap.models.dap import SELECTIONS
 from casdap.models.logit_mask import mask_logits
 
@@ -258,31 +258,10 @@ class DAPStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate)
     def keeps_statistics(self) -> bool:
         return bool(getattr(self.model, "query_statistics", False) or getattr(self.model, "prompted_statistics", False))
 
-    @torch.no_grad()
     def statistics_pass(self) -> None:
-        """Add the class statistics of the task just trained: one pass over its training images with
-        the evaluation transform (the images test queries look like: augmented views would widen every
-        class's covariance with variation the test set never shows), each rank over its share of the
-        training data, summed over ranks; then the model refits what it estimates from them."""
-        from torch.utils.data import DataLoader
-
-        from casdap.continual.benchmarks import clean_training_views
-
-        # under torchrun the experience holds this rank's share already (benchmarks.shard)
-        loader = DataLoader(self.experience.dataset.eval(), batch_size=self.eval_mb_size, shuffle=False,
-                            num_workers=0)
-        was_training = self.model.training
-        self.model.eval()
-        local = {n: tuple(torch.zeros_like(b) for b in bufs) for n, bufs in self.model.statistics_moments().items()}
-        with clean_training_views():
-            for batch in loader:
-                x, y = batch[0].to(self.device), batch[1].to(self.device)
-                for name, feats in self.model.statistics_features(x, self.current_task).items():
-                    add_moments(*local[name], feats, y)
-        sum_over_ranks([t for bufs in local.values() for t in bufs])
-        self.model.add_statistics(local, [int(c) for c in self.experience.classes_in_this_experience],
-                                  self.current_task)
-        self.model.train(was_training)
+        """Add the class statistics of the task just trained and refit what is estimated from them
+        (:func:`casdap.continual.statistics_pass.statistics_pass`)."""
+        statistics_pass(self, self.current_task)
 
     def oracle_task(self, true_task: torch.Tensor) -> torch.Tensor:
         """The true task of every image, for oracle selection; an image of a class no experience has

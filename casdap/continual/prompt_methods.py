@@ -18,15 +18,23 @@ import torch.nn.functional as F
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
+from casdap.continual.first_session import FirstSessionTraining
 from casdap.continual.methods.base import Method
+from casdap.continual.prediction import prediction_mode
+from casdap.continual.statistics_pass import StatisticsPassPlugin
 from casdap.continual.strategy_mixin import CasdapStrategyMixin
 from casdap.errors import CasdapError
 from casdap.models.logit_mask import class_mask, mask_logits
 
-__all__ = ["CODAPromptStrategy", "DualPromptStrategy", "L2PStrategy", "PromptMethod", "PromptStrategy"]
+__all__ = ["PROMPT_PREDICTIONS", "CODAPromptStrategy", "DualPromptStrategy", "L2PStrategy", "PromptMethod",
+           "PromptStrategy"]
+
+# the prediction modes a learned-prompt method has (casdap.continual.prediction): the trained head, or
+# the head over every seen class on class statistics of the prompted features
+PROMPT_PREDICTIONS: tuple[str | None, ...] = (None, "all")
 
 
-class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
+class PromptStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate):
     """A learned-prompt model (:class:`casdap.models.prompt_pools.PromptPoolModel`) as an Avalanche strategy.
 
     Loss in training: cross-entropy over the current task's classes (others masked), minus
@@ -34,17 +42,32 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
     penalty. Evaluation: logits over the classes trained so far (others masked); ``selection``
     (``per_image``; ``batch_majority`` or ``oracle`` where the model has them) says how the model
     chooses its prompts. The training batches must hold the current task only (no replay).
+
+    ``prediction``: None scores with the trained head; ``all`` with the head over every seen class
+    that the model refits on class statistics of its prompted features (``prompted_statistics``),
+    which one pass over each task's training images adds at the task's end
+    (:mod:`casdap.continual.statistics_pass`).
+
+    With an adapted query (the model's ``query_mode``) the first experience begins with the first
+    session, as CAS-DAP's: ``train_epochs`` epochs of the query's backbone and a linear head on the
+    task's labels (the optimizer's adaptation groups; the schedule restarted after), then that backbone
+    is frozen for good and the method's own training of the task follows.
     """
 
     def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, train_mb_size: int = 128,
                  train_epochs: int = 5, eval_mb_size: int | None = None, device: str | torch.device = "cpu",
                  plugins: Sequence | None = None, evaluator: EvaluationPlugin | None = None,
                  pull_lambda: float = 0.1, ortho_lambda: float = 0.0, selection: str = "per_image",
-                 eval_every: int = -1) -> None:
+                 prediction: str | None = None, eval_every: int = -1) -> None:
         selection = str(selection).lower()
         if selection not in model.selections:
             raise CasdapError(f"{type(self).__name__}: selection must be one of {', '.join(model.selections)}, "
                               f"got '{selection}'")
+        mode = prediction_mode(prediction)
+        if mode.name not in PROMPT_PREDICTIONS:
+            raise CasdapError(f"{type(self).__name__}: prediction must be None (the trained head) or all, "
+                              f"got '{prediction}'")
+        mode.check(model, selection, 1)
         kwargs = {} if evaluator is None else {"evaluator": evaluator}
         super().__init__(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
                          train_mb_size=train_mb_size, train_epochs=train_epochs,
@@ -54,6 +77,8 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
         self.class_to_task: dict[int, int] = {}
         self.mb_dap = None  # the model's output of the last minibatch (key_idx: TaskSelectionAccuracy reads it)
         self.mb_true_task: torch.Tensor | None = None
+        self.prediction_mode = mode  # casdap.continual.prediction: its head scores the prompted features
+        self.plugins.insert(0, StatisticsPassPlugin())  # first: before every other plugin's callbacks
 
     @property
     def current_task(self) -> int:
@@ -75,6 +100,23 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
         self.model.start_task(t)
         super()._before_training_exp(**kwargs)
 
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        if getattr(self.model, "needs_adaptation", False):
+            from casdap.continual.plugins import LRSchedulePlugin
+
+            self.adapt_first_session(lambda: SupervisedTemplate._train_exp(self, experience, eval_streams, **kwargs))
+            schedule = self.find_plugin(LRSchedulePlugin)
+            if schedule is not None:
+                schedule.before_training_exp(self)
+        super()._train_exp(experience, eval_streams, **kwargs)
+
+    def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs):
+        """Avalanche's, except with an adapted query: then the runner's groups are kept (the backbone's
+        at its own rate; :meth:`keep_optimizer_groups`)."""
+        if getattr(self.model, "query_mode", "frozen") != "adapted":
+            return super().make_optimizer(reset_optimizer_state=reset_optimizer_state, **kwargs)
+        self.keep_optimizer_groups(self.model.named_parameters(), reset_optimizer_state)
+
     # -- tables --------------------------------------------------------------------------------
     def _keep(self, classes, width: int, device) -> torch.Tensor:
         return class_mask(classes, width).to(device) if classes else torch.zeros(width, dtype=torch.bool, device=device)
@@ -91,8 +133,20 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
         """Logits over the classes trained so far (others :data:`~casdap.models.logit_mask.MASKED_LOGIT`)."""
         return mask_logits(logits, self._keep(list(self.class_to_task), logits.shape[1], logits.device))
 
+    @property
+    def keeps_statistics(self) -> bool:
+        return bool(getattr(self.model, "prompted_statistics", False) or getattr(self.model, "query_statistics",
+                                                                                 False))
+
+    def scores(self, out) -> torch.Tensor:
+        """Class scores of a model output under the prediction mode: the trained head's logits, or the
+        head over every seen class on the prompted features."""
+        return out.logits if self.prediction_mode.name is None else self.prediction_mode.head(self.model)(out.feats)
+
     # -- forward and loss ----------------------------------------------------------------------
     def forward(self):
+        if self.is_training and self.adapting:
+            return self.model.adaptation_logits(self.mb_x)
         if self.is_training:
             out = self.model(self.mb_x, task=self.current_task)
             self.mb_dap = out
@@ -100,7 +154,7 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
             return mask_logits(out.logits, keep)
         self.mb_true_task = self.true_task(self.mb_y)
         self.mb_dap = self._output(self.mb_x, self.mb_true_task)
-        return self.seen_logits(self.mb_dap.logits)
+        return self.seen_logits(self.scores(self.mb_dap))
 
     def _output(self, x: torch.Tensor, true_task: torch.Tensor):
         if self.selection == "oracle":
@@ -111,7 +165,7 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
 
     def criterion(self):
         ce = F.cross_entropy(self.mb_output.float(), self.mb_y)
-        if not self.is_training:
+        if not self.is_training or self.adapting:
             return ce
         out = self.mb_dap
         return ce - self.pull_lambda * out.pull + self.ortho_lambda * out.penalty
@@ -120,7 +174,7 @@ class PromptStrategy(CasdapStrategyMixin, SupervisedTemplate):
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.model.eval()
         out = self._output(x, self.true_task(y))
-        return self.seen_logits(out.logits), out.key_idx
+        return self.seen_logits(self.scores(out)), out.key_idx
 
     # -- weight decay on what is frozen --------------------------------------------------------
     def optimizer_step(self):
@@ -173,11 +227,12 @@ class DualPromptStrategy(PromptStrategy):
         for the images whose task was missed)."""
         out = self.mb_dap
         task = true_task.to(out.key_idx.device)
-        within = out.logits.float().clone()
+        within = self.scores(out).float().clone()
         missed = ((out.key_idx != task) & (task >= 0)).nonzero().squeeze(1)
         if len(missed):
             x = self.mb_x[missed.to(self.mb_x.device)]
-            within[missed.to(within.device)] = self.model(x, task=task[missed]).logits.float().to(within.device)
+            own = self.scores(self.model(x, task=task[missed]))
+            within[missed.to(within.device)] = own.float().to(within.device)
         return out.key_idx, within
 
 
@@ -204,30 +259,66 @@ class PromptMethod(Method):
         cls = getattr(prompt_pools, self.model_class)
         return cls(build_backbone(cfg, num_classes=0), int(num_classes), num_tasks=int(cfg.CONTINUAL.N_TASKS),
                    stages=list(d.STAGES), injection=normalize(d.INJECTION),
-                   prompt_last_block=d.PROMPT_LAST_BLOCK is not False, **self.model_options(cfg))
+                   prompt_last_block=d.PROMPT_LAST_BLOCK is not False,
+                   **{**self.model_options(cfg), **self.pipeline_options(cfg)})
+
+    def pipeline_options(self, cfg) -> dict[str, Any]:
+        """The shared pipeline's settings the model takes (none at the defaults, so the model is built
+        exactly as before): class statistics of the prompted features for prediction ``all``, and the
+        adapted query (``MODEL.DAP.QUERY``, ``PROMPT_BACKBONE``). DualPrompt's task inference is its own
+        (:meth:`model_options`)."""
+        from casdap.dap_registry import normalize
+
+        d = cfg.MODEL.DAP
+        out: dict[str, Any] = {}
+        if d.PREDICTION is not None and normalize(d.PREDICTION) == "all":
+            out.update(prompted_statistics=True, all_class_head=normalize(d.ALL_CLASS_HEAD),
+                       shrinkage=float(d.SHRINKAGE))
+        if normalize(d.QUERY) != "frozen":
+            out.update(query=normalize(d.QUERY), prompt_backbone=normalize(d.PROMPT_BACKBONE))
+        return out
 
     def param_groups(self, cfg, model):
-        return [{"params": model.trainable_parameters(), "lr": cfg.SOLVER.BASE_LR}]
+        lr = cfg.SOLVER.BASE_LR
+        groups = [{"params": model.trainable_parameters(), "lr": lr}]
+        backbone, head = model.adaptation_parameters()  # an adapted query: aper's first-session groups
+        if backbone:
+            groups += [{"params": backbone, "lr": lr * cfg.BASELINES.BACKBONE_LR_SCALE}, {"params": head, "lr": lr}]
+        return groups
 
     def build_strategy(self, cfg, model, optimizer, plugins, **common):
         p = cfg.MODEL.PROMPT
         pull = p.PULL_LAMBDA if "PULL_LAMBDA" in self.loss_weights else 0.0
         ortho = p.ORTHO_LAMBDA if "ORTHO_LAMBDA" in self.loss_weights else 0.0
         return self.strategy_class(model=model, optimizer=optimizer, plugins=plugins, pull_lambda=pull,
-                                   ortho_lambda=ortho, selection=cfg.MODEL.DAP.SELECTION.lower(), **common)
+                                   ortho_lambda=ortho, selection=cfg.MODEL.DAP.SELECTION.lower(),
+                                   prediction=cfg.MODEL.DAP.PREDICTION, **common)
 
     def protocol_notes(self, cfg):
         selection = cfg.MODEL.DAP.SELECTION.lower()
+        notes = []
         if selection == "batch_majority":
             what = "prompts" if not self.has_task else "E-prompt task"
-            return [f"Prompt selection: batch_majority (reference protocol: each test batch holds one task and "
-                    f"votes on its {what})"]
-        if selection == "oracle":
-            return ["Prompt selection: oracle (the true task's E-prompt: a diagnostic, not a result)"]
-        return []
+            notes.append(f"Prompt selection: batch_majority (reference protocol: each test batch holds one task and "
+                         f"votes on its {what})")
+        elif selection == "oracle":
+            notes.append("Prompt selection: oracle (the true task's E-prompt: a diagnostic, not a result)")
+        if cfg.MODEL.DAP.QUERY.lower() == "adapted":
+            on = "the adapted backbone" if cfg.MODEL.DAP.PROMPT_BACKBONE.lower() == "adapted" else \
+                "the pretrained backbone"
+            notes.append(f"Query adapted: a backbone copy and a linear head trained on the first task for "
+                         f"{cfg.SOLVER.TOTAL_EPOCH} epochs (backbone lr {cfg.SOLVER.BASE_LR} x "
+                         f"{cfg.BASELINES.BACKBONE_LR_SCALE}), then frozen; prompts run on {on}")
+        if cfg.MODEL.DAP.PREDICTION == "all":
+            notes.append(f"Prediction over every seen class ({cfg.MODEL.DAP.ALL_CLASS_HEAD} head on prompted-feature "
+                         f"statistics, shrinkage {cfg.MODEL.DAP.SHRINKAGE})")
+        return notes
 
     def run_fields(self, cfg):
-        return {"selection": cfg.MODEL.DAP.SELECTION.lower()}
+        fields = {"selection": cfg.MODEL.DAP.SELECTION.lower()}
+        if cfg.MODEL.DAP.PREDICTION:
+            fields["prediction"] = cfg.MODEL.DAP.PREDICTION.lower()
+        return fields
 
     def eval_metrics(self):
         if not self.has_task:

@@ -38,10 +38,12 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from casdap import dap_defaults as D
-from casdap.dap_registry import INJECTION_NAMES, checked
+from casdap.dap_registry import INJECTION_NAMES, PROMPT_BACKBONE_NAMES, QUERY_NAMES, TASK_PREDICTORS, checked, load
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
+from casdap.models.class_statistics import ALL_CLASS_HEADS, KeptStatistics, check_shrinkage
 from casdap.models.injection import PromptInjection
+from casdap.models.prompt_query import AdaptableQuery
 from casdap.models.task_inference import batch_majority, per_image
 
 __all__ = ["CODAPrompts", "DualPromptPrompts", "L2PPrompts", "PromptOutput", "PromptPoolModel",
@@ -57,6 +59,7 @@ class PromptOutput:
     pull: torch.Tensor  # scalar: the key-pull term the loss subtracts (0 for CODA)
     penalty: torch.Tensor  # scalar: the orthogonality penalty the loss adds (CODA; 0 otherwise)
     selected: torch.Tensor | None = None  # [B, N] L2P's selected prompts
+    feats: torch.Tensor | None = None  # [B, C] the prompted features the logits come from
 
 
 def batch_majority_top_n(top: torch.Tensor, pool_size: int) -> torch.Tensor:
@@ -74,8 +77,16 @@ def _ortho(x: torch.Tensor) -> torch.Tensor:
     return ((gram - torch.eye(len(x), device=x.device, dtype=x.dtype)) ** 2).mean()
 
 
-class PromptPoolModel(nn.Module):
+class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
     """The frozen backbone, one :class:`PromptInjection` per prompted block and a linear head.
+
+    ``prompted_statistics``: keep class statistics of the prompted features (each training image under
+    the prompts the model chooses for it; DualPrompt: its true task's E-prompt) and refit the head
+    over every seen class ``all_class_head`` on them (``shrinkage``), for prediction ``all``.
+    ``query="adapted"``: the query comes from a backbone trained with a linear head on the first task,
+    then frozen for good (:class:`~casdap.models.first_session.FirstSessionModel`, as CAS-DAP's); a
+    copy of the backbone unless ``prompt_backbone="adapted"`` runs the prompted pass on it too.
+    A subclass calls :meth:`_init_query` last in its ``__init__``.
 
     A subclass turns the query (and the task, where it has one) into raw prompt tokens ``[B, N, C]``
     for every prompted block (:meth:`block_tokens`) and says which of its rows belong to which task
@@ -83,7 +94,9 @@ class PromptPoolModel(nn.Module):
     """
 
     def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, stages: Sequence[int] = D.STAGES,
-                 injection: str = D.INJECTION, prompt_last_block: bool = True) -> None:
+                 injection: str = D.INJECTION, prompt_last_block: bool = True, prompted_statistics: bool = False,
+                 all_class_head: str = "lda", shrinkage: float = 1.0, query: str = D.QUERY,
+                 prompt_backbone: str = D.PROMPT_BACKBONE, query_statistics: bool = False) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
         n_stages = len(backbone.layers)
@@ -110,6 +123,16 @@ class PromptPoolModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         # which tasks have started training (a buffer: saved with the model, so resumed runs have it)
         self.register_buffer("trained", torch.zeros(num_tasks, dtype=torch.bool))
+        self.all_class_head = checked("all_class_head", all_class_head, ALL_CLASS_HEADS)
+        self.keep_statistics(num_classes, self.num_features, query=query_statistics, prompted=bool(prompted_statistics),
+                             shrinkage=check_shrinkage(shrinkage))
+        self.query_mode = checked("query", query, QUERY_NAMES)
+        self.prompt_backbone = checked("prompt_backbone", prompt_backbone, PROMPT_BACKBONE_NAMES)
+        if self.prompt_backbone == "adapted" and self.query_mode != "adapted":
+            raise CasdapError("prompt_backbone 'adapted' runs the prompts on the query's adapted backbone: "
+                              "it needs query 'adapted'")
+        self.query_backbone: nn.Module | None = None
+        self._adapting = False
 
     # -- what a subclass defines -------------------------------------------------------------
     def block_tokens(self, query: torch.Tensor, task: int | torch.Tensor | None, selection: str) -> tuple[
@@ -142,10 +165,16 @@ class PromptPoolModel(nn.Module):
     def train(self, mode: bool = True) -> PromptPoolModel:
         super().train(mode)
         self.backbone.eval()
+        if self.query_backbone is not None:
+            self.query_backbone.eval()
+        if self._adapting:
+            self.query_net.train(mode)
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        """The method's own trainable parameters (never a backbone's, nor the first session's head)."""
+        skip = ("backbone.", "query_backbone.", "adapt_head.")
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(skip)]
 
     # -- passes -----------------------------------------------------------------------------
     def _prefix(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,19 +193,35 @@ class PromptPoolModel(nn.Module):
         return self.backbone.forward_from_stage(h, self.stages[0], run_block)
 
     def forward_query(self, x: torch.Tensor) -> torch.Tensor:
-        """The query alone: pooled un-prompted features of the frozen backbone ``[B, C]``."""
+        """The query alone: pooled un-prompted features of the frozen (or adapted) backbone ``[B, C]``."""
         with torch.no_grad():
-            return self.backbone.forward_pooled(x)
+            return self.query_net.forward_pooled(x)
 
     def forward(self, x: torch.Tensor, task: int | torch.Tensor | None = None,
                 selection: str = D.SELECTION) -> PromptOutput:
-        if self.backbone.training:
-            self.backbone.eval()
+        if self.backbone.training or (self.query_backbone is not None and self.query_backbone.training):
+            self.backbone.eval()  # its BatchNorm statistics must not move
+            if self.query_backbone is not None:
+                self.query_backbone.eval()
         with torch.no_grad():
             h = self._prefix(x)
-            query = self._query_from(h)
+            query = self._query(x, h)
         tokens, key_idx, pull, penalty, selected = self.block_tokens(query, task, selection)
-        return PromptOutput(self.head(self._prompted_from(h, tokens)), key_idx, pull, penalty, selected)
+        feats = self._prompted_from(h, tokens)
+        return PromptOutput(self.head(feats), key_idx, pull, penalty, selected, feats)
+
+    # -- class statistics (the rest: casdap.models.class_statistics.KeptStatistics) -----------
+    @torch.no_grad()
+    def statistics_features(self, x: torch.Tensor, task: int) -> dict[str, torch.Tensor]:
+        """The features each kept statistic is over, for training images ``x`` of task ``task``: the
+        pooled features under the prompts the model chooses for them (per image; a method with a task
+        variable takes the true task's)."""
+        h = self._prefix(x)
+        query = self._query(x, h)
+        out = {"query": query} if self.query_statistics else {}
+        if self.prompted_statistics:
+            out["prompted"] = self._prompted_from(h, self.block_tokens(query, int(task), "per_image")[0])
+        return out
 
     def forward_with_task(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Logits of every image under the prompts of a given task ``[B]`` (DualPrompt's oracle pass)."""
@@ -202,6 +247,7 @@ class L2PPrompts(PromptPoolModel):
         self.pool_size, self.top_n, self.length = int(pool_size), int(top_n), int(length)
         self.keys = _uniform(pool_size, self.num_features)
         self.prompts = nn.ParameterList(_uniform(pool_size, length, c) for c in self.block_dims)
+        self._init_query()
 
     def block_tokens(self, query, task, selection):
         sim = F.normalize(query, dim=1) @ F.normalize(self.keys, dim=1).t()  # [B, M]
@@ -216,15 +262,21 @@ class L2PPrompts(PromptPoolModel):
 
 class DualPromptPrompts(PromptPoolModel):
     """DualPrompt: shared G-prompts in the first ``g_blocks`` prompted blocks, the selected task's
-    E-prompt in the others (see the module)."""
+    E-prompt in the others (see the module).
+
+    ``task_predictor``: how the test-time task is inferred: ``keys`` (DualPrompt's, the nearest key)
+    or a predictor of :data:`casdap.dap_registry.TASK_PREDICTORS` estimated from class statistics of
+    the query (``gaussian``, ``lda``, ``head``; refitted after each task, ``shrinkage`` as the all-class
+    head's), which then replaces the keys (no pull: they stay as built)."""
 
     selections = ("per_image", "batch_majority", "oracle")
 
     def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, length: int = 5, g_length: int = 5,
-                 g_blocks: int = 2, **kwargs) -> None:
+                 g_blocks: int = 2, task_predictor: str = D.TASK_PREDICTOR, **kwargs) -> None:
         if length < 1 or g_length < 1:
             raise CasdapError(f"the prompt lengths must be at least 1, got E {length}, G {g_length}")
-        super().__init__(backbone, num_classes, num_tasks=num_tasks, **kwargs)
+        predictor = checked("task_predictor", task_predictor, TASK_PREDICTORS)
+        super().__init__(backbone, num_classes, num_tasks=num_tasks, query_statistics=predictor != "keys", **kwargs)
         if not 0 <= g_blocks < len(self.blocks):
             raise CasdapError(f"g_blocks must leave at least one of the {len(self.blocks)} prompted blocks for the "
                               f"E-prompts (0..{len(self.blocks) - 1}), got {g_blocks}")
@@ -232,9 +284,25 @@ class DualPromptPrompts(PromptPoolModel):
         self.g_prompts = nn.ParameterList(_uniform(g_length, c) for c in self.block_dims[:g_blocks])
         self.e_prompts = nn.ParameterList(_uniform(num_tasks, length, c) for c in self.block_dims[g_blocks:])
         self.keys = _uniform(num_tasks, self.num_features)
+        self.task_predictor = None
+        if predictor != "keys":
+            self.task_predictor = load("task_predictor", TASK_PREDICTORS, predictor)(
+                num_tasks, self.num_features, num_classes=self.num_classes, shrinkage=self.shrinkage)
+        self._init_query()
+
+    def mark_trained(self, task: int) -> None:
+        super().mark_trained(task)
+        if self.task_predictor is not None:
+            self.task_predictor.mark_trained(task)
+
+    def fit_task_predictor(self, stats) -> None:
+        self.task_predictor.fit(stats)
 
     def task_scores(self, query: torch.Tensor) -> torch.Tensor:
-        """Cosine of each query to every task's key; tasks not trained yet score below any cosine."""
+        """Each task's score for each query (keys: the cosine to its key); tasks not trained yet score
+        below any other."""
+        if self.task_predictor is not None:
+            return self.task_predictor.selectable(self.task_predictor(query))
         sim = F.normalize(query, dim=1) @ F.normalize(self.keys, dim=1).t()
         return sim.masked_fill(~self.trained, -2.0)
 
@@ -245,13 +313,16 @@ class DualPromptPrompts(PromptPoolModel):
             selection = checked("selection", selection, self.selections)
             if selection == "oracle":
                 raise CasdapError("oracle selection needs the true task of every image")
-            scores = sim.detach().masked_fill(~self.trained, -2.0)
+            if self.task_predictor is None:
+                scores = sim.detach().masked_fill(~self.trained, -2.0)
+            else:
+                scores = self.task_scores(query)
             idx = batch_majority(scores) if selection == "batch_majority" else per_image(scores)
         elif torch.is_tensor(task):
             idx = task.to(query.device).long()
         else:
             idx = torch.full((b,), int(task), dtype=torch.long, device=query.device)
-        pull = sim.gather(1, idx[:, None]).mean()
+        pull = sim.gather(1, idx[:, None]).mean() if self.task_predictor is None else sim.new_zeros(())
         tokens = [g.expand(b, -1, -1) for g in self.g_prompts] + [e[idx] for e in self.e_prompts]
         return tokens, idx, pull, sim.new_zeros(()), None
 
@@ -282,6 +353,7 @@ class CODAPrompts(PromptPoolModel):
             nn.Parameter(nn.init.orthogonal_(torch.empty(components, length * c)).reshape(components, length, c))
             for c in self.block_dims)
         self.current = -1  # the task being trained (its slice trains, earlier ones are detached)
+        self._init_query()
 
     def start_task(self, task: int) -> None:
         super().start_task(task)

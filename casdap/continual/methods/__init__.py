@@ -87,9 +87,11 @@ class MethodSchema:
 BACKBONE_LR = "BASELINES.BACKBONE_LR_SCALE"  # a backbone trained at a share of the base rate
 # a frozen-feature classifier, optionally on a backbone adapted on the first task
 FIRST_SESSION = ("BASELINES.FIRST_SESSION", BACKBONE_LR)
-# a learned-prompt method's prompted blocks and prompt selection (models.prompt_pools)
+# a learned-prompt method's prompted blocks and prompt selection (models.prompt_pools), and the shared
+# pipeline's prediction over every seen class (continual.prompt_methods)
 PROMPTED = ("MODEL.DAP.STAGES", "MODEL.DAP.INJECTION", "MODEL.DAP.PROMPT_LAST_BLOCK", "MODEL.DAP.SELECTION",
-            "MODEL.PROMPT.LENGTH")
+            "MODEL.PROMPT.LENGTH", "MODEL.DAP.PREDICTION", "MODEL.DAP.ALL_CLASS_HEAD", "MODEL.DAP.SHRINKAGE",
+            "MODEL.DAP.QUERY", "MODEL.DAP.PROMPT_BACKBONE", BACKBONE_LR)
 
 # name (MODEL.TRANSFER_TYPE, lower case) -> what it reads
 METHODS: dict[str, MethodSchema] = {
@@ -109,7 +111,7 @@ METHODS: dict[str, MethodSchema] = {
     "l2p": MethodSchema((*PROMPTED, "MODEL.PROMPT.POOL_SIZE", "MODEL.PROMPT.TOP_N", "MODEL.PROMPT.PULL_LAMBDA"),
                         checks.check_l2p),
     "dualprompt": MethodSchema((*PROMPTED, "MODEL.PROMPT.G_LENGTH", "MODEL.PROMPT.G_BLOCKS",
-                                "MODEL.PROMPT.PULL_LAMBDA"), checks.check_dualprompt),
+                                "MODEL.PROMPT.PULL_LAMBDA", "MODEL.DAP.TASK_INFERENCE"), checks.check_dualprompt),
     "coda_prompt": MethodSchema((*PROMPTED, "MODEL.PROMPT.COMPONENTS", "MODEL.PROMPT.ORTHO_LAMBDA"),
                                 checks.check_coda_prompt),
 }

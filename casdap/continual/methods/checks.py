@@ -142,8 +142,29 @@ def _prompt_method(cfg: CfgNode, method: str) -> None:
                           f"(use one of {', '.join(allowed)})")
     one_of("MODEL.DAP.INJECTION", d.INJECTION, INJECTION_NAMES)
     _stages(cfg)
+    _prompt_prediction(cfg, method)
     if p.LENGTH < 1:
         raise CasdapError(f"MODEL.PROMPT.LENGTH (prompt length) must be at least 1, got {p.LENGTH}")
+
+
+def _prompt_prediction(cfg: CfgNode, method: str) -> None:
+    """``MODEL.DAP.PREDICTION`` of a learned-prompt method: unset (its trained head) or ``all``; and
+    its query (``QUERY``, ``PROMPT_BACKBONE``) as CAS-DAP's."""
+    d = cfg.MODEL.DAP
+    one_of("MODEL.DAP.QUERY", d.QUERY, QUERY_NAMES)
+    one_of("MODEL.DAP.PROMPT_BACKBONE", d.PROMPT_BACKBONE, PROMPT_BACKBONE_NAMES)
+    if str(d.PROMPT_BACKBONE).strip().lower() == "adapted" and str(d.QUERY).strip().lower() != "adapted":
+        raise CasdapError("MODEL.DAP.PROMPT_BACKBONE adapted runs the prompts on the query's adapted backbone: "
+                          "set MODEL.DAP.QUERY adapted too")
+    if d.PREDICTION is None:
+        return
+    if str(d.PREDICTION).strip().lower() != "all":
+        raise CasdapError(f"MODEL.DAP.PREDICTION '{d.PREDICTION}' is not available for {method} (use all, or leave "
+                          "it unset for the trained head over the classes seen so far)")
+    one_of("MODEL.DAP.ALL_CLASS_HEAD", d.ALL_CLASS_HEAD, ALL_CLASS_HEAD_NAMES)
+    if not float(d.SHRINKAGE) > 0:
+        raise CasdapError(f"MODEL.DAP.SHRINKAGE must be above 0 (it keeps every class covariance invertible), "
+                          f"got {d.SHRINKAGE}")
 
 
 def _weight(cfg: CfgNode, key: str) -> None:
@@ -164,6 +185,11 @@ def check_l2p(cfg: CfgNode) -> None:
 
 def check_dualprompt(cfg: CfgNode) -> None:
     _prompt_method(cfg, "dualprompt")
+    d = cfg.MODEL.DAP
+    one_of("MODEL.DAP.TASK_INFERENCE", d.TASK_INFERENCE, TASK_PREDICTOR_NAMES)
+    if str(d.TASK_INFERENCE).strip().lower() != "keys" and not float(d.SHRINKAGE) > 0:
+        raise CasdapError(f"MODEL.DAP.SHRINKAGE must be above 0 (it keeps every class covariance invertible), "
+                          f"got {d.SHRINKAGE}")
     _weight(cfg, "PULL_LAMBDA")
     p = cfg.MODEL.PROMPT
     if p.G_LENGTH < 1:

@@ -14,7 +14,19 @@ class DualPrompt(PromptMethod):
 
     def model_options(self, cfg):
         p = cfg.MODEL.PROMPT
-        return {"length": int(p.LENGTH), "g_length": int(p.G_LENGTH), "g_blocks": int(p.G_BLOCKS)}
+        options = {"length": int(p.LENGTH), "g_length": int(p.G_LENGTH), "g_blocks": int(p.G_BLOCKS)}
+        inference = str(cfg.MODEL.DAP.TASK_INFERENCE).strip().lower()
+        if inference != "keys":  # a task predictor estimated from class statistics of the query
+            options.update(task_predictor=inference, shrinkage=float(cfg.MODEL.DAP.SHRINKAGE))
+        return options
+
+    def protocol_notes(self, cfg):
+        notes = super().protocol_notes(cfg)
+        inference = str(cfg.MODEL.DAP.TASK_INFERENCE).strip().lower()
+        if inference != "keys":
+            notes.append(f"Task inference: {inference} (class statistics of the query, shrinkage "
+                         f"{cfg.MODEL.DAP.SHRINKAGE})")
+        return notes
 
 
 METHOD = DualPrompt()
