@@ -169,7 +169,8 @@ def project_scores(name: str, tx, ty, q, num_classes: int, s: float) -> torch.Te
     """Class scores ``[B, num_classes]`` of ``fecam``/``slda`` (casdap.continual.discriminants) or
     CAS-DAP's ``GaussianTaskPredictor`` fitted on ``(tx, ty)`` under shrinkage ``s``."""
     from casdap.continual.discriminants import FeCAMClassifier, SLDAClassifier
-    from casdap.models.task_inference import GaussianTaskPredictor, add_moments, statistics_from_moments
+    from casdap.models.class_statistics import add_moments, statistics_from_moments
+    from casdap.models.task_inference import GaussianTaskPredictor
 
     d = tx.shape[1]
     if name == "gaussian":

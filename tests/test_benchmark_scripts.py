@@ -125,3 +125,28 @@ def test_dap_task_inference_validation_on_an_adapted_query(tmp_path):
     with pytest.raises(SystemExit, match="not_yet.pth: no adapted query in this checkpoint"):
         _run("dap_task_inference_validation.py", *args[:6], "--query-checkpoint", str(tmp_path / "not_yet.pth"),
              *args[6:], cwd=tmp_path)
+
+
+def test_fecam_ablation(tmp_path):
+    """``fecam_ablation.py ablate`` on cached features (here drawn: 4 classes in 2 tasks): every row of
+    the factorial, and the project's fecam is the factorial's FeCAM with the statistics of the
+    normalised features (its ViT script's order), at every shrinkage it was scored with."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    centres, scale = 2 * torch.randn(4, 6, generator=gen), 0.5 + torch.rand(6, generator=gen)
+
+    def draw(n):
+        y = torch.arange(4).repeat_interleave(n)
+        return (centres[y] + torch.randn(len(y), 6, generator=gen) * scale).float(), y
+
+    (tx, ty), (qx, qy) = draw(30), draw(10)
+    torch.save({"train_x": tx, "train_y": ty, "test_x": qx, "test_y": qy, "task_classes": [[0, 1], [2, 3]],
+                "checkpoint": "drawn", "seed": 0, "first_session": False, "method": "fecam"}, tmp_path / "f.pt")
+    out = _run("fecam_ablation.py", "ablate", "f.pt", "--json", "o.json", "--sections", "table,steps", cwd=tmp_path)
+    assert "after each task: l2 stats, corr, no logdet (fecam now)" in out
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "o.json").read_text())["rows"]}
+    assert len(rows) == 3 + 3 * 2 * 2 * 3  # the three anchors and the factorial
+    ours, factorial = rows["project fecam (FeCAMClassifier), s fixed"], rows["l2 stats corr on  logdet off fecam"]
+    assert ours["test_by_s"]["1.0"] == factorial["test_by_s"]["1.0"]
+    assert ours["held_out_by_s"]["1.0"] == factorial["held_out_by_s"]["1.0"]
