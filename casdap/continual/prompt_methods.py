@@ -19,7 +19,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from casdap.continual.first_session import FirstSessionTraining
-from casdap.continual.methods.base import Method
+from casdap.continual.methods.base import Method, adapted_query_notes
 from casdap.continual.prediction import prediction_mode
 from casdap.continual.statistics_pass import StatisticsPassPlugin
 from casdap.continual.strategy_mixin import CasdapStrategyMixin
@@ -303,12 +303,7 @@ class PromptMethod(Method):
                          f"votes on its {what})")
         elif selection == "oracle":
             notes.append("Prompt selection: oracle (the true task's E-prompt: a diagnostic, not a result)")
-        if cfg.MODEL.DAP.QUERY.lower() == "adapted":
-            on = "the adapted backbone" if cfg.MODEL.DAP.PROMPT_BACKBONE.lower() == "adapted" else \
-                "the pretrained backbone"
-            notes.append(f"Query adapted: a backbone copy and a linear head trained on the first task for "
-                         f"{cfg.SOLVER.TOTAL_EPOCH} epochs (backbone lr {cfg.SOLVER.BASE_LR} x "
-                         f"{cfg.BASELINES.BACKBONE_LR_SCALE}), then frozen; prompts run on {on}")
+        notes += adapted_query_notes(cfg)
         if cfg.MODEL.DAP.PREDICTION == "all":
             notes.append(f"Prediction over every seen class ({cfg.MODEL.DAP.ALL_CLASS_HEAD} head on prompted-feature "
                          f"statistics, shrinkage {cfg.MODEL.DAP.SHRINKAGE})")

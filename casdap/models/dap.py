@@ -16,7 +16,6 @@ names are compared lower-case. Defaults are DAP's (:mod:`casdap.dap_defaults`).
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ from casdap.dap_registry import SELECTIONS as SELECTION_REDUCERS
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
 from casdap.models.class_statistics import ClassStatistics, KeptStatistics, check_shrinkage
-from casdap.models.first_session import FirstSessionModel
 from casdap.models.injection import INJECTIONS, PromptedBlock, PromptInjection, build_checked
 from casdap.models.logit_mask import MASKED_LOGIT, mask_logits, task_class_masks
+from casdap.models.prompt_query import AdaptableQuery
 from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator
 from casdap.models.task_inference import TaskPredictor, oracle, task_index
 
@@ -86,7 +85,7 @@ def restrict_logits(
     return mask_logits(logits, keep[key_idx.to(logits.device)])
 
 
-class CASDAP(FirstSessionModel, KeptStatistics, nn.Module):
+class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
     """Frozen CAS-ViT + task predictor, task embeddings, per-block prompt sources and a linear head.
 
     The backbone is frozen and always in eval mode (its BatchNorm statistics never change, even
@@ -206,39 +205,11 @@ class CASDAP(FirstSessionModel, KeptStatistics, nn.Module):
         # An adapted query (APER's first session): a backbone trained with a linear head on the first
         # task, then frozen for good; a copy when the prompted pass stays on the pretrained backbone.
         # Built last, so DAP's own random draws are the same with or without it.
-        self.query_mode = query
+        self.query_mode, self.prompt_backbone = query, prompt_backbone
         self.query_backbone: nn.Module | None = None
         self._adapting = False
-        if query == "adapted":
-            if prompt_backbone == "pretrained":
-                self.query_backbone = copy.deepcopy(backbone)
-            self.adapt_head = nn.Linear(self.num_features, num_classes).requires_grad_(False)
-            trunc_normal_(self.adapt_head.weight, std=0.02)
-            nn.init.zeros_(self.adapt_head.bias)
-            self.register_buffer("adapted", torch.zeros((), dtype=torch.bool))
+        self._init_query()
         self.register_load_state_dict_pre_hook(_rename_old_keys)
-
-    # -- the adapted query ----------------------------------------------------------------
-    @property
-    def query_net(self) -> nn.Module:
-        """The backbone the query comes from (the adapted copy, else the backbone)."""
-        return self.backbone if self.query_backbone is None else self.query_backbone
-
-    @property
-    def needs_adaptation(self) -> bool:
-        """The query is to be adapted and has not been yet (one read of a buffer)."""
-        return self.query_mode == "adapted" and not bool(self.adapted)
-
-    def adaptation_modules(self) -> tuple[nn.Module, nn.Module]:
-        """The first session's parts (:class:`~casdap.models.first_session.FirstSessionModel`): the
-        query's backbone and its linear head."""
-        return self.query_net, self.adapt_head
-
-    def adaptation_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(backbone, linear head) parameters the first-task adaptation trains; none without it."""
-        if self.query_mode != "adapted":
-            return [], []
-        return list(self.query_net.parameters()), list(self.adapt_head.parameters())
 
     # -- task predictor ----------------------------------------------------------------------
     @property
@@ -338,13 +309,6 @@ class CASDAP(FirstSessionModel, KeptStatistics, nn.Module):
     def _prefix(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and the stages (with embeddings) before the first prompted stage."""
         return self.backbone.forward_to_stage(x, self.stages[0])
-
-    def _query(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """The query of images ``x`` whose prefix ``h`` the backbone computed (reused when the query
-        comes from the same backbone)."""
-        if self.query_backbone is not None:
-            return self.query_backbone.forward_pooled(x)
-        return self._query_from(h)
 
     def _query_from(self, h: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_from_stage(h, self.stages[0])

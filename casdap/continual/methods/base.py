@@ -17,7 +17,17 @@ from yacs.config import CfgNode
 from casdap.continual.strategy_mixin import CasdapStrategyMixin
 from casdap.models.classifiers import BackboneClassifier
 
-__all__ = ["FrozenFeatureMethod", "Method", "ResumableNaive"]
+__all__ = ["FrozenFeatureMethod", "Method", "ResumableNaive", "adapted_query_notes"]
+
+
+def adapted_query_notes(cfg: CfgNode) -> list[str]:
+    """The ``final_results.txt`` line of a prompted model whose query is adapted on the first task."""
+    if cfg.MODEL.DAP.QUERY.lower() != "adapted":
+        return []
+    on = "the adapted backbone" if cfg.MODEL.DAP.PROMPT_BACKBONE.lower() == "adapted" else "the pretrained backbone"
+    return [f"Query adapted: a backbone copy and a linear head trained on the first task for "
+            f"{cfg.SOLVER.TOTAL_EPOCH} epochs (backbone lr {cfg.SOLVER.BASE_LR} x "
+            f"{cfg.BASELINES.BACKBONE_LR_SCALE}), then frozen; prompts run on {on}"]
 
 
 class ResumableNaive(CasdapStrategyMixin, Naive):

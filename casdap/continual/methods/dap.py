@@ -1,7 +1,7 @@
 """``dap``: domain-adaptive prompts on the frozen CAS-ViT (:class:`casdap.continual.dap_strategy.DAPStrategy`),
 optionally with a class-balanced replay buffer (``MODEL.DAP.REPLAY_MEM_SIZE``)."""
 
-from casdap.continual.methods.base import Method
+from casdap.continual.methods.base import Method, adapted_query_notes
 
 
 class DAP(Method):
@@ -51,12 +51,7 @@ class DAP(Method):
         if inference != "keys":
             notes.append(f"Task inference: {inference} (class statistics of the query, shrinkage "
                          f"{cfg.MODEL.DAP.SHRINKAGE})")
-        if cfg.MODEL.DAP.QUERY.lower() == "adapted":
-            on = "the adapted backbone" if cfg.MODEL.DAP.PROMPT_BACKBONE.lower() == "adapted" else \
-                "the pretrained backbone"
-            notes.append(f"Query adapted: a backbone copy and a linear head trained on the first task for "
-                         f"{cfg.SOLVER.TOTAL_EPOCH} epochs (backbone lr {cfg.SOLVER.BASE_LR} x "
-                         f"{cfg.BASELINES.BACKBONE_LR_SCALE}), then frozen; prompts run on {on}")
+        notes += adapted_query_notes(cfg)
         prediction = (cfg.MODEL.DAP.PREDICTION or "").lower()
         if prediction == "all":
             notes.append("Prediction over every seen class (head re-aligned on prompted-feature statistics)")
