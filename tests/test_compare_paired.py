@@ -84,6 +84,18 @@ def test_unknown_reference_is_one_error(tmp_path, capsys):
     assert "--reference 'l2p' names no group" in err and "Traceback" not in err
 
 
+def test_reference_by_the_folder_that_holds_a_groups_runs(tmp_path):
+    """Two groups of one method under other settings (a prompt source, say) are told apart by the
+    folder their seeds lie in, as the benchmark scripts lay runs out: <out>/<row>/seed<k>."""
+    for row, acc, rate in (("none", 0.80, 0.1), ("dap", 0.85, 0.2)):
+        for seed in (0, 1):
+            write_cl_run(tmp_path / row, f"seed{seed}", "dap", seed, one_row(acc + 0.01 * seed), 2, lr=rate)
+    comp = compare.load_runs(sorted(tmp_path.glob("*/seed*")))
+    [d] = [d for d in paired_differences(comp.groups, reference="none") if d.metric == "final_acc"]
+    assert d.b.first.folder.parent.name == "none" and d.a.first.folder.parent.name == "dap"
+    assert d.seeds == [0, 1] and d.diffs == pytest.approx([0.05, 0.05])
+
+
 def test_compare_writes_paired_tables(tmp_path, capsys):
     runs = write_groups(tmp_path / "runs", {0: 0.90, 1: 0.92, 2: 0.94}, {0: 0.88, 1: 0.91, 2: 0.90})
     out = tmp_path / "cmp"

@@ -17,8 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directory, metrics.json, log.txt or final_results.txt")
     p.add_argument("--out", default="compare", type=Path, metavar="DIR",
                    help="folder for tables and plots (default: ./compare)")
-    p.add_argument("--reference", default=None, metavar="METHOD",
-                   help="pair every other group with this one (a method name or a group label as printed); "
+    p.add_argument("--reference", default=None, metavar="GROUP",
+                   help="pair every other group with this one: a method name, a group label as printed, or the "
+                   "folder that holds the group's runs (ROW of OUT/ROW/seedK); "
                    "default: every pair of groups on the same data set and split that share seeds")
     p.set_defaults(func=run)
 

@@ -93,14 +93,23 @@ def _comparable(a: RunGroup, b: RunGroup) -> bool:
     return (fa.kind == fb.kind == "continual" and fa.dataset == fb.dataset and fa.n_tasks == fb.n_tasks)
 
 
-def paired_differences(groups: list[RunGroup], reference: str | None = None) -> list[PairedDifference]:
-    """Every pair of continual groups on the same data set and split (each against ``reference``, a
-    group label or method name, when given) that share at least one seed, for each metric both have.
+def _held_by(group: RunGroup, folder: str) -> bool:
+    """Every run of ``group`` lies in a folder named ``folder``."""
+    return all(r.folder is not None and r.folder.parent.name == folder for r in group.runs)
 
-    A ``reference`` that names no group is one error naming the labels there are."""
+
+def paired_differences(groups: list[RunGroup], reference: str | None = None) -> list[PairedDifference]:
+    """Every pair of continual groups on the same data set and split (each against ``reference``, when
+    given) that share at least one seed, for each metric both have.
+
+    ``reference`` names a group by its label, its method, or the folder that holds its runs (the
+    ``<row>`` of ``<out>/<row>/seed<k>``, as the benchmark scripts lay them out, which tells apart
+    groups of one method under other settings). One that names no group is one error naming the
+    labels there are."""
     cands = [g for g in groups if g.first.kind == "continual"]
     if reference is not None:
-        refs = [g for g in cands if g.label == reference] or [g for g in cands if g.first.method == reference]
+        refs = ([g for g in cands if g.label == reference] or [g for g in cands if g.first.method == reference]
+                or [g for g in cands if _held_by(g, reference)])
         if not refs:
             labels = ", ".join(sorted({g.label for g in cands})) or "none"
             raise CasdapError(f"--reference '{reference}' names no group of continual runs (groups: {labels})")
