@@ -36,9 +36,9 @@ CASES = [
 # what must not move after task 0 (2 classes, 4 CODA components: 2 per task), the kept statistics included
 FROZEN_AFTER_TASK0 = {
     "l2p": {"head.weight": [0, 1], "head.bias": [0, 1]},
-    "dualprompt": {"head.weight": [0, 1], "head.bias": [0, 1], "keys": [0], "e_prompts.": [0]},
-    "coda_prompt": {"head.weight": [0, 1], "head.bias": [0, 1], "keys": [0, 1], "attention": [0, 1],
-                    "prompts.": [0, 1]},
+    "dualprompt": {"head.weight": [0, 1], "head.bias": [0, 1], "source.keys": [0], "source.e_prompts.": [0]},
+    "coda_prompt": {"head.weight": [0, 1], "head.bias": [0, 1], "source.keys": [0, 1], "source.attention": [0, 1],
+                    "source.prompts.": [0, 1]},
 }
 STATISTICS = ("prompted_count", "prompted_sum", "prompted_outer")
 
@@ -181,12 +181,12 @@ def test_the_pseudo_head_and_the_head_task_predictor_are_fitted_from_the_kept_st
     ``head``; each scores the seen classes (and tasks) only."""
     from casdap.models import create_model
     from casdap.models.class_statistics import add_moments
-    from casdap.models.prompt_pools import DualPromptPrompts
+    from casdap.models.prompt_pools import PromptPoolModel
 
     torch.manual_seed(0)
-    model = DualPromptPrompts(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2,
-                              stages=[3], g_blocks=1, task_predictor="head", prompted_statistics=True,
-                              all_class_head="pseudo").eval()
+    model = PromptPoolModel(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2,
+                            source="dualprompt", stages=[3], g_blocks=1, task_predictor="head",
+                            prompted_statistics=True, all_class_head="pseudo").eval()
     x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     model.mark_trained(0)
     feats = model.statistics_features(x, 0)

@@ -247,6 +247,20 @@ def _read_only(cfg: CfgNode, keys: MethodKeys) -> CfgNode:
     return cfg
 
 
+def _load_model(model, state: dict, path: Path, out: Path) -> None:
+    """The model's state from a run's checkpoint; one made with other parts of the pipeline (an older
+    run's, whose config.yaml stated settings that took no effect then) is one clear error."""
+    from casdap.models.prompt_state import LayoutMismatch
+
+    try:
+        model.load_state_dict(state)
+    except LayoutMismatch as e:
+        raise CasdapError(
+            f"cannot resume '{out}' from {path.name}: {e.difference}. Resume it with the run's own settings "
+            f"(casdap cl --config-file {out / 'config.yaml'} --auto_resume True), or start a new run in another "
+            "OUTPUT_DIR") from None
+
+
 def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     """Run the experiment described by ``cfg`` (frozen, from :func:`casdap.config.load_config`).
 
@@ -322,7 +336,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     start = 0
     if resume is not None:
         ckpt = resume[1]
-        model.load_state_dict(ckpt["model"])
+        _load_model(model, ckpt["model"], resume[0], out)
         start = int(ckpt["tasks_done"])
         run_dir.state = RunState(**ckpt["state"])
         strategy.load_state_dict(ckpt["strategy"], train_stream=bench.scenario.train_stream,
