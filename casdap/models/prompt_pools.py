@@ -275,11 +275,15 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
         return self(x, task=task).logits
 
 
-def _checkpoint_filter(model: PromptPoolModel, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                       *args) -> None:
-    """Older layouts load (the pool's parameters at the top level move into the source slot); a
-    checkpoint made with other parts of the pipeline is one clear error
-    (:class:`casdap.models.prompt_state.LayoutMismatch`), not a list of missing keys."""
+    # -- checkpoints ----------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's, except that a checkpoint made with other parts of the pipeline (a strict load) is
+        one clear error (:class:`casdap.models.prompt_state.LayoutMismatch`), not a list of missing keys."""
+        if strict:
+            check_layout(state_dict, "", self.state_dict())
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _checkpoint_filter(model: PromptPoolModel, state_dict: dict, prefix: str, *args) -> None:
+    """Older layouts load: the pool's parameters at the model's top level move into the source slot."""
     move_into_source(state_dict, prefix, model.source.state_dict())
-    if strict:
-        check_layout(state_dict, prefix, model.state_dict())
