@@ -36,14 +36,8 @@ from casdap.continual.plugins import (
     ProgressPlugin,
 )
 from casdap.continual.results import format_summary_table, write_text
-from casdap.continual.run_directory import (
-    CHECKPOINT_DIR,
-    RunDirectoryPlugin,
-    RunState,
-    check_compatible,
-    finished_metrics,
-    read_resume_checkpoint,
-)
+from casdap.continual.run_directory import RunDirectoryPlugin, RunState
+from casdap.continual.run_reading import CHECKPOINT_DIR, check_compatible, finished_metrics, read_resume_checkpoint
 from casdap.engine.optim_factory import build_group_optimizer
 from casdap.engine.seeding import restore_rng_state, seed_everything
 from casdap.engine.threads import set_threads
