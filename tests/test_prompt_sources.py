@@ -24,7 +24,7 @@ import torch
 from cl_support import CIFAR_YAML, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
-from casdap.continual.methods import check_config
+from casdap.continual.methods import check_config, method_keys
 from casdap.continual.runner import run_continual
 from casdap.errors import CasdapError
 
@@ -263,6 +263,9 @@ def test_the_prompt_pools_are_sources_of_the_registry_each_run_by_the_method_of_
                                        "DATA.NUMBER_CLASSES", "4", "MODEL.PROMPT.COMPONENTS", "20"])
         model = get_method(pool).build_model(cfg, 4)
         assert isinstance(model, PromptPoolModel) and type(model.source) is cls and model.source_name == pool
+        with pytest.raises(CasdapError, match=f"^MODEL.DAP.PROMPT_SOURCE is not read by method {pool} "):
+            load_config(CIFAR_YAML, ["MODEL.TRANSFER_TYPE", pool, "MODEL.DAP.PROMPT_SOURCE", pool],
+                        reads=method_keys)  # the method names its source: the key is never silently ignored
     with pytest.raises(CasdapError, match="^method dap runs no prompt pool"):
         prompt_source_of("dap")
     with pytest.raises(CasdapError, match=r"^prompt_source l2p is a prompt pool, .*: build "
