@@ -250,8 +250,9 @@ class PromptMethod(Method):
     # other weight multiplies a term that is 0 for this model, so it is not read
     loss_weights: tuple[str, ...] = ()
 
-    def source_options(self, cfg) -> dict[str, Any]:
-        """The pool's own options (``MODEL.PROMPT``), and DualPrompt's task inference."""
+    def model_options(self, cfg) -> dict[str, Any]:
+        """The method's own model arguments: its pool's options (``MODEL.PROMPT``), and DualPrompt's
+        task inference."""
         raise NotImplementedError
 
     def build_model(self, cfg, num_classes):
@@ -265,13 +266,13 @@ class PromptMethod(Method):
                                num_tasks=int(cfg.CONTINUAL.N_TASKS), source=prompt_source_of(self.name),
                                stages=list(d.STAGES), injection=normalize(d.INJECTION),
                                prompt_last_block=d.PROMPT_LAST_BLOCK is not False,
-                               **{**self.source_options(cfg), **self.pipeline_options(cfg)})
+                               **{**self.model_options(cfg), **self.pipeline_options(cfg)})
 
     def pipeline_options(self, cfg) -> dict[str, Any]:
         """The shared pipeline's settings the model takes (none at the defaults, so the model is built
         exactly as before): class statistics of the prompted features for prediction ``all``, and the
         adapted query (``MODEL.DAP.QUERY``, ``PROMPT_BACKBONE``). DualPrompt's task inference is its own
-        (:meth:`source_options`)."""
+        (:meth:`model_options`)."""
         from casdap.dap_registry import normalize
 
         d = cfg.MODEL.DAP

@@ -11,7 +11,7 @@ class CODAPrompt(PromptMethod):
     loss_weights = ("ORTHO_LAMBDA",)
     strategy_class = CODAPromptStrategy
 
-    def source_options(self, cfg):
+    def model_options(self, cfg):
         p = cfg.MODEL.PROMPT
         return {"components": int(p.COMPONENTS), "length": int(p.LENGTH)}
 

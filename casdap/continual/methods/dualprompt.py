@@ -12,7 +12,7 @@ class DualPrompt(PromptMethod):
     strategy_class = DualPromptStrategy
     has_task = True
 
-    def source_options(self, cfg):
+    def model_options(self, cfg):
         p = cfg.MODEL.PROMPT
         options = {"length": int(p.LENGTH), "g_length": int(p.G_LENGTH), "g_blocks": int(p.G_BLOCKS)}
         inference = str(cfg.MODEL.DAP.TASK_INFERENCE).strip().lower()

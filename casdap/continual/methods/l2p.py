@@ -11,7 +11,7 @@ class L2P(PromptMethod):
     loss_weights = ("PULL_LAMBDA",)
     strategy_class = L2PStrategy
 
-    def source_options(self, cfg):
+    def model_options(self, cfg):
         p = cfg.MODEL.PROMPT
         return {"pool_size": int(p.POOL_SIZE), "top_n": int(p.TOP_N), "length": int(p.LENGTH)}
 
