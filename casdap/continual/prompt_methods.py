@@ -177,6 +177,24 @@ class PromptStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTempla
         out = self._output(x, self.true_task(y))
         return self.seen_logits(self.scores(out)), out.key_idx
 
+    @torch.no_grad()
+    def task_decomposition(self, logits: torch.Tensor, class_task: torch.Tensor,
+                           true_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A source with a task variable (DualPrompt's E-prompt): the selected task and the logits under
+        the true task's prompts (an oracle pass for the images whose task was missed); a source without
+        one: the task its predicted class implies (the mixin's)."""
+        if not self.model.has_task:
+            return super().task_decomposition(logits, class_task, true_task)
+        out = self.mb_dap
+        task = true_task.to(out.key_idx.device)
+        within = self.scores(out).float().clone()
+        missed = ((out.key_idx != task) & (task >= 0)).nonzero().squeeze(1)
+        if len(missed):
+            x = self.mb_x[missed.to(self.mb_x.device)]
+            own = self.scores(self.model(x, task=task[missed]))
+            within[missed.to(within.device)] = own.float().to(within.device)
+        return out.key_idx, within
+
     # -- weight decay on what is frozen --------------------------------------------------------
     def optimizer_step(self):
         """The optimizer's step with the rows of finished tasks put back as they were (weight decay
@@ -218,23 +236,8 @@ class CODAPromptStrategy(PromptStrategy):
 
 class DualPromptStrategy(PromptStrategy):
     """DualPrompt (Wang et al., ECCV 2022): G-prompts and one E-prompt per task. The E-prompt is the
-    true task's in training and the nearest key's at test time; its task is the inferred task of the
+    true task's in training and the inferred task's at test time; its task is the inferred task of the
     WTP/TII decomposition, and the E-prompts and keys of finished tasks are kept."""
-
-    @torch.no_grad()
-    def task_decomposition(self, logits: torch.Tensor, class_task: torch.Tensor,
-                           true_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The selected E-prompt's task and the logits under the true task's E-prompt (an oracle pass
-        for the images whose task was missed)."""
-        out = self.mb_dap
-        task = true_task.to(out.key_idx.device)
-        within = self.scores(out).float().clone()
-        missed = ((out.key_idx != task) & (task >= 0)).nonzero().squeeze(1)
-        if len(missed):
-            x = self.mb_x[missed.to(self.mb_x.device)]
-            own = self.scores(self.model(x, task=task[missed]))
-            within[missed.to(within.device)] = own.float().to(within.device)
-        return out.key_idx, within
 
 
 class PromptMethod(Method):
