@@ -18,6 +18,7 @@ __all__ = [
     "ALL_CLASS_HEAD_NAMES",
     "INJECTION_NAMES",
     "PREDICTION_NAMES",
+    "POOL_SOURCES",
     "PROMPT_BACKBONE_NAMES",
     "QUERY_NAMES",
     "PROMPT_SOURCES",
@@ -26,18 +27,31 @@ __all__ = [
     "TASK_PREDICTORS",
     "TASK_PREDICTOR_NAMES",
     "PROMPT_SOURCE_NAMES",
+    "block_sources",
     "checked",
     "load",
     "normalize",
+    "refuse_pool",
 ]
 
-# Prompt sources (MODEL.DAP.PROMPT_SOURCE): the block's input map and the task embedding (and index) ->
-# prompt tokens [B, C, N]. Contract: casdap.models.prompt_sources.PromptSource. dap: DAP's instance-level
-# generator; static: learned tokens per task (DAP without the instance-level part); none: no prompt.
+# Prompt pools: learned prompts chosen once per image from the query, for every prompted block at once.
+# Contract: casdap.models.prompt_sources.pool.PoolSource; the model: casdap.models.prompt_pools.PromptPoolModel.
+# Each is run by the method of its name (MODEL.TRANSFER_TYPE l2p | dualprompt | coda_prompt, which reads its
+# MODEL.PROMPT settings); under MODEL.TRANSFER_TYPE dap, MODEL.DAP.PROMPT_SOURCE refuses them.
+POOL_SOURCES: dict[str, str] = {
+    "l2p": "casdap.models.prompt_sources.l2p:L2PPool",
+    "dualprompt": "casdap.models.prompt_sources.dualprompt:DualPromptPool",
+    "coda_prompt": "casdap.models.prompt_sources.coda_prompt:CODAPool",
+}
+# Prompt sources: one registry for every source. Block sources (MODEL.DAP.PROMPT_SOURCE, CAS-DAP): the
+# block's input map and the task embedding (and index) -> prompt tokens [B, C, N]; contract:
+# casdap.models.prompt_sources.PromptSource. dap: DAP's instance-level generator; static: learned tokens per
+# task (DAP without the instance-level part); none: no prompt. Then the pools above.
 PROMPT_SOURCES: dict[str, str] = {
     "dap": "casdap.models.prompt_sources.dap:PromptGenerator",
     "static": "casdap.models.prompt_sources.static:StaticPrompts",
     "none": "casdap.models.prompt_sources.none:NoPrompts",
+    **POOL_SOURCES,
 }
 
 # Task predictors: the query [B, C] -> per-task scores [B, T]. Contract: casdap.models.task_inference.TaskPredictor.
@@ -76,6 +90,21 @@ INJECTION_NAMES: tuple[str, ...] = ("kv", "pool", "attn")
 PROMPT_SOURCE_NAMES: tuple[str, ...] = tuple(PROMPT_SOURCES)
 TASK_PREDICTOR_NAMES: tuple[str, ...] = tuple(TASK_PREDICTORS)
 SELECTION_NAMES: tuple[str, ...] = tuple(SELECTIONS)
+
+
+def block_sources() -> tuple[str, ...]:
+    """The block sources of :data:`PROMPT_SOURCES` (every entry but the pools), read when called, so
+    an entry added at run time counts."""
+    return tuple(n for n in PROMPT_SOURCES if n not in POOL_SOURCES)
+
+
+def refuse_pool(key: str, name: str, instead: str) -> None:
+    """One :class:`CasdapError` when ``name`` (the value of ``key``) is a prompt pool where a block
+    source is wanted, ending with what to do ``instead``."""
+    source = normalize(name)
+    if source in POOL_SOURCES:
+        raise CasdapError(f"{key} {source} is a prompt pool, chosen once per image from the query rather than made "
+                          f"in each prompted block: {instead}")
 
 
 def normalize(name: str) -> str:

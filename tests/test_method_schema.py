@@ -20,7 +20,7 @@ from casdap.cli.cl import _load
 from casdap.config import COMPAT_KEYS, config_file_settings, load_config, shipped_config, shipped_configs
 from casdap.config.schema import flat_settings
 from casdap.continual.methods import METHOD_NAMES, check_config, get_method, method_keys
-from casdap.continual.run_directory import settings_changed
+from casdap.continual.run_reading import settings_changed
 from casdap.errors import CasdapError
 
 NOTICE = "not read by method"

@@ -120,12 +120,12 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(full_runs, cifar
 # what must not move after task 0 (2 classes, 4 CODA components: 2 per task)
 FROZEN_AFTER_TASK0 = {
     "l2p": {"head.weight": [0, 1], "head.bias": [0, 1]},
-    "dualprompt": {"head.weight": [0, 1], "head.bias": [0, 1], "keys": [0], "e_prompts.": [0]},
-    "coda_prompt": {"head.weight": [0, 1], "head.bias": [0, 1], "keys": [0, 1], "attention": [0, 1],
-                    "prompts.": [0, 1]},
+    "dualprompt": {"head.weight": [0, 1], "head.bias": [0, 1], "source.keys": [0], "source.e_prompts.": [0]},
+    "coda_prompt": {"head.weight": [0, 1], "head.bias": [0, 1], "source.keys": [0, 1], "source.attention": [0, 1],
+                    "source.prompts.": [0, 1]},
 }
-TRAINED_IN_TASK1 = {"l2p": ("prompts.", None), "dualprompt": ("e_prompts.", [1]),
-                    "coda_prompt": ("prompts.", [2, 3])}
+TRAINED_IN_TASK1 = {"l2p": ("source.prompts.", None), "dualprompt": ("source.e_prompts.", [1]),
+                    "coda_prompt": ("source.prompts.", [2, 3])}
 
 
 @pytest.mark.parametrize("method, optimizer", [("l2p", "adamw"), ("dualprompt", "adamw"), ("coda_prompt", "adamw"),
@@ -184,11 +184,11 @@ def test_bad_prompt_settings_are_one_clear_error(overrides, message):
 
 def test_dualprompt_needs_a_block_for_its_e_prompts():
     from casdap.models import create_model
-    from casdap.models.prompt_pools import DualPromptPrompts
+    from casdap.models.prompt_pools import PromptPoolModel
 
     backbone = create_model("rcvit_xs", num_classes=0, distillation=False)
     with pytest.raises(CasdapError, match="g_blocks must leave at least one of the 2 prompted blocks"):
-        DualPromptPrompts(backbone, 4, num_tasks=2, stages=[3], g_blocks=2)
+        PromptPoolModel(backbone, 4, num_tasks=2, source="dualprompt", stages=[3], g_blocks=2)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -237,10 +237,9 @@ def test_each_strategy_runs_on_any_avalanche_benchmark_from_python(method):
 
     from casdap.continual import CODAPromptStrategy, DualPromptStrategy, L2PStrategy
     from casdap.models import create_model
-    from casdap.models.prompt_pools import CODAPrompts, DualPromptPrompts, L2PPrompts
+    from casdap.models.prompt_pools import PromptPoolModel
 
-    model_cls, strategy_cls = {"l2p": (L2PPrompts, L2PStrategy), "dualprompt": (DualPromptPrompts, DualPromptStrategy),
-                               "coda_prompt": (CODAPrompts, CODAPromptStrategy)}[method]
+    strategy_cls = {"l2p": L2PStrategy, "dualprompt": DualPromptStrategy, "coda_prompt": CODAPromptStrategy}[method]
 
     def dataset(n, seed):
         g = torch.Generator().manual_seed(seed)
@@ -253,8 +252,8 @@ def test_each_strategy_runs_on_any_avalanche_benchmark_from_python(method):
                                         num_experiences=2)
     torch.manual_seed(0)
     options = {"g_blocks": 1} if method == "dualprompt" else {}  # stage 3 of rcvit_xs has 2 blocks
-    model = model_cls(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2, stages=[3],
-                      **options)
+    model = PromptPoolModel(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2,
+                            source=method, stages=[3], **options)
     make = lambda plugins: strategy_cls(  # noqa: E731
         model=model, optimizer=torch.optim.Adam(model.trainable_parameters(), lr=0.01), train_mb_size=8,
         train_epochs=1, plugins=plugins, evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))

@@ -36,9 +36,9 @@ CASES = [
 # what must not move after task 0 (2 classes, 4 CODA components: 2 per task), the kept statistics included
 FROZEN_AFTER_TASK0 = {
     "l2p": {"head.weight": [0, 1], "head.bias": [0, 1]},
-    "dualprompt": {"head.weight": [0, 1], "head.bias": [0, 1], "keys": [0], "e_prompts.": [0]},
-    "coda_prompt": {"head.weight": [0, 1], "head.bias": [0, 1], "keys": [0, 1], "attention": [0, 1],
-                    "prompts.": [0, 1]},
+    "dualprompt": {"head.weight": [0, 1], "head.bias": [0, 1], "source.keys": [0], "source.e_prompts.": [0]},
+    "coda_prompt": {"head.weight": [0, 1], "head.bias": [0, 1], "source.keys": [0, 1], "source.attention": [0, 1],
+                    "source.prompts.": [0, 1]},
 }
 STATISTICS = ("prompted_count", "prompted_sum", "prompted_outer")
 
@@ -181,12 +181,12 @@ def test_the_pseudo_head_and_the_head_task_predictor_are_fitted_from_the_kept_st
     ``head``; each scores the seen classes (and tasks) only."""
     from casdap.models import create_model
     from casdap.models.class_statistics import add_moments
-    from casdap.models.prompt_pools import DualPromptPrompts
+    from casdap.models.prompt_pools import PromptPoolModel
 
     torch.manual_seed(0)
-    model = DualPromptPrompts(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2,
-                              stages=[3], g_blocks=1, task_predictor="head", prompted_statistics=True,
-                              all_class_head="pseudo").eval()
+    model = PromptPoolModel(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2,
+                            source="dualprompt", stages=[3], g_blocks=1, task_predictor="head",
+                            prompted_statistics=True, all_class_head="pseudo").eval()
     x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     model.mark_trained(0)
     feats = model.statistics_features(x, 0)
@@ -199,3 +199,88 @@ def test_the_pseudo_head_and_the_head_task_predictor_are_fitted_from_the_kept_st
     logits = model.all_class_logits(model(x, selection="per_image").feats)
     assert bool((logits[:, 2:] <= -1e4).all()) and bool((logits[:, :2] > -1e3).all())
     assert model(x, selection="per_image").key_idx.tolist() == [0] * 8  # task 1 is not trained yet
+
+
+def _as_older_run(out, **stated) -> None:
+    """Make ``out``'s newest checkpoint one of a run whose settings stated ``stated`` (``KEY: value``)
+    while they took no effect, as an l2p run's config did before the pools read the shared pipeline's
+    keys; the run is left unfinished after that checkpoint."""
+    from yacs.config import CfgNode
+
+    from casdap.checkpoint import save_checkpoint
+
+    (out / "metrics.json").unlink()
+    for late in sorted((out / "checkpoints").glob("task_*.pth"))[1:]:
+        late.unlink()
+    path = out / "checkpoints" / "task_000.pth"
+    ckpt = torch.load(path, weights_only=False)
+    cfg = CfgNode.load_cfg(ckpt["config"])
+    cfg.set_new_allowed(True)
+    for key, value in stated.items():
+        cfg.merge_from_list([key, value])
+    ckpt["config"] = cfg.dump()
+    save_checkpoint(ckpt, path)
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("l2p", ALL),
+    ("coda_prompt", ADAPTED),
+    ("dualprompt", ("MODEL.DAP.TASK_INFERENCE", "gaussian")),
+])
+def test_an_older_checkpoint_without_the_pipelines_parts_is_one_clear_error(tmp_path, cifar, method, extra):
+    """A checkpoint made without a part the config now turns on (an older run's, whose config stated
+    the setting while it had no effect) is refused in one line that names the part, its setting and
+    the fix, not torch's list of missing keys."""
+    out = tmp_path / "run"
+    run_continual(tiny_cifar_cfg(cifar, out, method), progress=False)
+    _as_older_run(out, **dict(zip(extra[::2], extra[1::2])))
+    with pytest.raises(CasdapError) as err:
+        run_continual(tiny_cifar_cfg(cifar, out, method, *extra, "SOLVER.AUTO_RESUME", "True"), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "Missing key" not in message
+    part = {"MODEL.DAP.PREDICTION": "class statistics of the prompted features (MODEL.DAP.PREDICTION all)",
+            "MODEL.DAP.QUERY": "adapted query (MODEL.DAP.QUERY adapted)",
+            "MODEL.DAP.TASK_INFERENCE": "class statistics of the query (MODEL.DAP.TASK_INFERENCE"}[extra[0]]
+    assert message.startswith(f"cannot resume '{out}' from task_000.pth: the checkpoint was made with other "
+                              f"settings: it lacks the {part}")
+    assert f"casdap cl --config-file {out / 'config.yaml'} --auto_resume True" in message
+    assert "another OUTPUT_DIR" in message
+
+
+def test_a_checkpoint_with_parts_the_model_lacks_names_them():
+    """The other way round, from Python: the model's own error, one line."""
+    from casdap.models import create_model
+    from casdap.models.prompt_pools import PromptPoolModel
+    from casdap.models.prompt_state import LayoutMismatch
+
+    def model(**kw):
+        return PromptPoolModel(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2,
+                               source="l2p", stages=[3], **kw)
+
+    with pytest.raises(LayoutMismatch, match=r"^the checkpoint was made with other settings: it holds the adapted "
+                                             r"query \(MODEL.DAP.QUERY adapted\) that the model's settings turn "
+                                             r"off: build the model with the checkpoint's own settings to load it$"):
+        model().load_state_dict(model(query="adapted").state_dict())
+    model(query="adapted").load_state_dict(model(query="adapted").state_dict())  # the same parts load
+    model().load_state_dict(model(query="adapted").state_dict(), strict=False)  # a partial load is the caller's
+
+
+@pytest.mark.parametrize("method, options", [("l2p", {}), ("dualprompt", {"g_blocks": 1}),
+                                             ("coda_prompt", {"components": 4})])
+def test_a_checkpoint_from_before_the_pools_were_sources_loads(method, options):
+    """The pool's parameters at the model's top level (``keys``, ``prompts.0``, ...) load into the
+    source slot (``source.keys``, ...), every tensor as it was."""
+    from casdap.models import create_model
+    from casdap.models.prompt_pools import PromptPoolModel
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return PromptPoolModel(create_model("rcvit_xs", num_classes=0, distillation=False), 4, num_tasks=2,
+                               source=method, stages=[3], **options)
+
+    new = model(1).state_dict()
+    old = {k.removeprefix("source."): v for k, v in new.items()}
+    assert any(k.startswith("source.") for k in new) and not any(k.startswith("source.") for k in old)
+    loaded = model(2)
+    loaded.load_state_dict(old)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in new.items())

@@ -10,10 +10,10 @@ import re
 
 import pytest
 import torch
-from cl_support import tiny_cifar_cfg, write_tiny_cifar
+from cl_support import CIFAR_YAML, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
-from casdap.continual.methods import check_config
+from casdap.continual.methods import check_config, method_keys
 from casdap.continual.runner import run_continual
 from casdap.errors import CasdapError
 
@@ -46,13 +46,17 @@ def test_source_none_is_the_prompts_off_ablation_bit_for_bit(tmp_path, cifar):
 
 
 # ----------------------------------------------------------------------- static: the model
-def _model(source: str, **kw):
+def _backbone():
     import casdap
+
+    return casdap.create_model("rcvit_xs", num_classes=0, distillation=False)
+
+
+def _model(source: str, **kw):
     from casdap.models.dap import CASDAP
 
     torch.manual_seed(0)
-    backbone = casdap.create_model("rcvit_xs", num_classes=0, distillation=False)
-    return CASDAP(backbone, num_classes=4, num_tasks=2, num_tokens=2, task_emb_dim=8, stages=(2, 3),
+    return CASDAP(_backbone(), num_classes=4, num_tasks=2, num_tokens=2, task_emb_dim=8, stages=(2, 3),
                   prompt_source=source, **kw)
 
 
@@ -95,6 +99,11 @@ def test_static_tokens_are_task_rows_and_train_only_the_trained_task():
 # ----------------------------------------------------------------------- forbidden settings
 @pytest.mark.parametrize("overrides, message", [
     (["MODEL.DAP.PROMPT_SOURCE", "pool"], "unknown MODEL.DAP.PROMPT_SOURCE 'pool' (use one of dap, static, none)"),
+    # the registry's pools are run by the method of their name, never as a source of CAS-DAP's blocks
+    *[(["MODEL.DAP.PROMPT_SOURCE", pool],
+       f"MODEL.DAP.PROMPT_SOURCE {pool} is a prompt pool, chosen once per image from the query rather than made in "
+       f"each prompted block: run it as MODEL.TRANSFER_TYPE {pool} (its settings are MODEL.PROMPT's), not as a "
+       "PROMPT_SOURCE of TRANSFER_TYPE dap") for pool in ("l2p", "dualprompt", "coda_prompt")],
     (["MODEL.DAP.PROMPT_SOURCE", "static", "MODEL.DAP.CHANNEL_MIX", "True"],
      "MODEL.DAP.CHANNEL_MIX is an option of DAP's generator (MODEL.DAP.PROMPT_SOURCE dap), not of "
      "PROMPT_SOURCE static: set it False"),
@@ -110,6 +119,43 @@ def test_forbidden_prompt_source_settings_are_one_clear_error(overrides, message
                              "MODEL.DAP.NUM_TASKS_FOR_EMB", "2", *overrides])
     with pytest.raises(CasdapError, match=f"^{re.escape(message)}$"):
         check_config(cfg)
+
+
+def test_the_prompt_pools_are_sources_of_the_registry_each_run_by_the_method_of_its_name():
+    """One registry of prompt sources: the block sources CAS-DAP builds per prompted block and the
+    pools the prompt-pool model builds once; MODEL.TRANSFER_TYPE l2p (dualprompt, coda_prompt) is
+    the user-facing name of the pool it puts in the model's source slot."""
+    from casdap import dap_registry as R
+    from casdap.continual.methods import METHODS, get_method, prompt_source_of
+    from casdap.models.prompt_pools import PromptPoolModel
+    from casdap.models.prompt_sources import PromptSource
+    from casdap.models.prompt_sources.pool import PoolSource
+
+    assert R.block_sources() == ("dap", "static", "none")
+    assert tuple(R.PROMPT_SOURCES) == (*R.block_sources(), *R.POOL_SOURCES) == R.PROMPT_SOURCE_NAMES
+    assert {n for n, schema in METHODS.items() if schema.prompt_source} == set(R.POOL_SOURCES)
+    for pool in R.POOL_SOURCES:
+        cls = R.load("prompt_source", R.PROMPT_SOURCES, pool)
+        assert issubclass(cls, PoolSource) and issubclass(cls, PromptSource) and not cls.per_block
+        assert prompt_source_of(pool) == pool and "MODEL.DAP.PROMPT_SOURCE" not in METHODS[pool].reads
+        cfg = load_config(CIFAR_YAML, ["MODEL.TRANSFER_TYPE", pool, "MODEL.RANDOM_INIT", "True",
+                                       "DATA.NUMBER_CLASSES", "4", "MODEL.PROMPT.COMPONENTS", "20"])
+        model = get_method(pool).build_model(cfg, 4)
+        assert isinstance(model, PromptPoolModel) and type(model.source) is cls and model.source_name == pool
+        with pytest.raises(CasdapError, match=f"^MODEL.DAP.PROMPT_SOURCE is not read by method {pool} "):
+            load_config(CIFAR_YAML, ["MODEL.TRANSFER_TYPE", pool, "MODEL.DAP.PROMPT_SOURCE", pool],
+                        reads=method_keys)  # the method names its source: the key is never silently ignored
+    with pytest.raises(CasdapError, match="^method dap runs no prompt pool"):
+        prompt_source_of("dap")
+    with pytest.raises(CasdapError, match=r"^prompt_source l2p is a prompt pool, .*: build "
+                                          r"casdap\.models\.prompt_pools\.PromptPoolModel\(\.\.\., source='l2p'\)$"):
+        _model("l2p")
+    with pytest.raises(CasdapError, match="^prompt pool source must be one of l2p, dualprompt, coda_prompt, got 'dap'"):
+        PromptPoolModel(_backbone(), 4, num_tasks=2, source="dap", stages=[3])
+    with pytest.raises(CasdapError, match="^prompt source l2p has no task variable: task inference"):
+        PromptPoolModel(_backbone(), 4, num_tasks=2, source="l2p", stages=[3], task_predictor="gaussian")
+    with pytest.raises(CasdapError, match="^prompt source l2p L2PPool does not take g_blocks"):
+        PromptPoolModel(_backbone(), 4, num_tasks=2, source="l2p", stages=[3], g_blocks=1)
 
 
 def test_the_model_refuses_generator_options_for_sources_without_a_generator():

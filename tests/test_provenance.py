@@ -13,7 +13,7 @@ from casdap.checkpoint import read_checkpoint
 from casdap.cli import main
 from casdap.cli.cl import flag_overrides, parse_cl_args
 from casdap.config import load_config
-from casdap.continual.run_directory import settings_changed
+from casdap.continual.run_reading import settings_changed
 from casdap.continual.runner import run_continual
 
 

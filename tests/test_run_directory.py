@@ -12,7 +12,8 @@ from cl_support import tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.compare.readers import load_continual_run
 from casdap.continual.benchmarks import build_benchmark
-from casdap.continual.run_directory import RUN_INFO_FIELDS, RunDirectoryPlugin, read_resume_checkpoint
+from casdap.continual.run_directory import RUN_INFO_FIELDS, RunDirectoryPlugin
+from casdap.continual.run_reading import read_resume_checkpoint
 from casdap.errors import CasdapError
 
 INFO = {"method": "my_naive", "backbone": "tiny_linear", "dataset": "cifar100", "seed": 0, "selection": None,

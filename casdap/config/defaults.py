@@ -61,7 +61,8 @@ _C.MODEL.DAP.CURRENT_LAMBDA = D.CURRENT_LAMBDA  # weight of the masked cross-ent
 _C.MODEL.DAP.SIM_LAMBDA = D.SIM_LAMBDA  # weight of the key-query pull term
 _C.MODEL.DAP.NUM_DAP_TOKENS = D.NUM_TOKENS  # prompt tokens generated per prompted block (0: as PROMPT_SOURCE none)
 # Prompt source (casdap.dap_registry.PROMPT_SOURCES): dap (DAP's instance-level generator) | static
-# (learned tokens per task, DAP without the instance-level part) | none (no prompt: the prompts-off ablation)
+# (learned tokens per task, DAP without the instance-level part) | none (no prompt: the prompts-off ablation).
+# The registry's prompt pools (l2p, dualprompt, coda_prompt) are run by MODEL.TRANSFER_TYPE of their name.
 _C.MODEL.DAP.PROMPT_SOURCE = D.PROMPT_SOURCE
 _C.MODEL.DAP.TASK_EMB = D.TASK_EMB_DIM  # task-embedding width (FiLM input)
 _C.MODEL.DAP.NUM_TASKS_FOR_EMB = D.NUM_TASK_EMBEDDINGS  # rows of the task-embedding table

@@ -1,6 +1,7 @@
 """L2P, DualPrompt and CODA-Prompt as Avalanche strategies, and the method base their modules share.
 
-The models are in :mod:`casdap.models.prompt_pools`. Each strategy trains with the logits of classes
+The model is the one prompted CAS-ViT of :mod:`casdap.models.prompt_pools` with the method's pool
+(:mod:`casdap.models.prompt_sources`) in its source slot. Each strategy trains with the logits of classes
 outside the current task masked (the papers' ``train_mask``), evaluates every image alone over the
 classes trained so far (unless the labelled ``batch_majority`` option is chosen), keeps what a
 resumed run needs (the class-to-task map) and keeps the rows of finished tasks bit-identical under
@@ -35,7 +36,7 @@ PROMPT_PREDICTIONS: tuple[str | None, ...] = (None, "all")
 
 
 class PromptStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate):
-    """A learned-prompt model (:class:`casdap.models.prompt_pools.PromptPoolModel`) as an Avalanche strategy.
+    """The prompt-pool model (:class:`casdap.models.prompt_pools.PromptPoolModel`) as an Avalanche strategy.
 
     Loss in training: cross-entropy over the current task's classes (others masked), minus
     ``pull_lambda`` times the model's key pull, plus ``ortho_lambda`` times its orthogonality
@@ -176,6 +177,24 @@ class PromptStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTempla
         out = self._output(x, self.true_task(y))
         return self.seen_logits(self.scores(out)), out.key_idx
 
+    @torch.no_grad()
+    def task_decomposition(self, logits: torch.Tensor, class_task: torch.Tensor,
+                           true_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A source with a task variable (DualPrompt's E-prompt): the selected task and the logits under
+        the true task's prompts (an oracle pass for the images whose task was missed); a source without
+        one: the task its predicted class implies (the mixin's)."""
+        if not self.model.has_task:
+            return super().task_decomposition(logits, class_task, true_task)
+        out = self.mb_dap
+        task = true_task.to(out.key_idx.device)
+        within = self.scores(out).float().clone()
+        missed = ((out.key_idx != task) & (task >= 0)).nonzero().squeeze(1)
+        if len(missed):
+            x = self.mb_x[missed.to(self.mb_x.device)]
+            own = self.scores(self.model(x, task=task[missed]))
+            within[missed.to(within.device)] = own.float().to(within.device)
+        return out.key_idx, within
+
     # -- weight decay on what is frozen --------------------------------------------------------
     def optimizer_step(self):
         """The optimizer's step with the rows of finished tasks put back as they were (weight decay
@@ -217,30 +236,17 @@ class CODAPromptStrategy(PromptStrategy):
 
 class DualPromptStrategy(PromptStrategy):
     """DualPrompt (Wang et al., ECCV 2022): G-prompts and one E-prompt per task. The E-prompt is the
-    true task's in training and the nearest key's at test time; its task is the inferred task of the
+    true task's in training and the inferred task's at test time; its task is the inferred task of the
     WTP/TII decomposition, and the E-prompts and keys of finished tasks are kept."""
-
-    @torch.no_grad()
-    def task_decomposition(self, logits: torch.Tensor, class_task: torch.Tensor,
-                           true_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The selected E-prompt's task and the logits under the true task's E-prompt (an oracle pass
-        for the images whose task was missed)."""
-        out = self.mb_dap
-        task = true_task.to(out.key_idx.device)
-        within = self.scores(out).float().clone()
-        missed = ((out.key_idx != task) & (task >= 0)).nonzero().squeeze(1)
-        if len(missed):
-            x = self.mb_x[missed.to(self.mb_x.device)]
-            own = self.scores(self.model(x, task=task[missed]))
-            within[missed.to(within.device)] = own.float().to(within.device)
-        return out.key_idx, within
 
 
 class PromptMethod(Method):
-    """What L2P, DualPrompt and CODA-Prompt share: the model from ``MODEL.PROMPT`` (and the prompted
-    stages, injection and selection of ``MODEL.DAP``), its trainable parameters at the base rate."""
+    """What L2P, DualPrompt and CODA-Prompt share: the one prompted CAS-ViT
+    (:class:`casdap.models.prompt_pools.PromptPoolModel`) with the method's prompt pool in its source
+    slot (the ``prompt_source`` of its :data:`~casdap.continual.methods.METHODS` entry), the pool's
+    options from ``MODEL.PROMPT`` (and the prompted stages, injection and selection of ``MODEL.DAP``),
+    its trainable parameters at the base rate."""
 
-    model_class: str = ""  # casdap.models.prompt_pools attribute
     strategy_class: type[PromptStrategy] = PromptStrategy
     has_task = False  # a task per image (DualPrompt's E-prompt): its selection accuracy is recorded
     # the loss weights of MODEL.PROMPT the method has a term for (PULL_LAMBDA, ORTHO_LAMBDA); the
@@ -248,19 +254,22 @@ class PromptMethod(Method):
     loss_weights: tuple[str, ...] = ()
 
     def model_options(self, cfg) -> dict[str, Any]:
+        """The method's own model arguments: its pool's options (``MODEL.PROMPT``), and DualPrompt's
+        task inference."""
         raise NotImplementedError
 
     def build_model(self, cfg, num_classes):
+        from casdap.continual.methods import prompt_source_of
         from casdap.dap_registry import normalize
-        from casdap.models import prompt_pools
         from casdap.models.build import build_backbone
+        from casdap.models.prompt_pools import PromptPoolModel
 
         d = cfg.MODEL.DAP
-        cls = getattr(prompt_pools, self.model_class)
-        return cls(build_backbone(cfg, num_classes=0), int(num_classes), num_tasks=int(cfg.CONTINUAL.N_TASKS),
-                   stages=list(d.STAGES), injection=normalize(d.INJECTION),
-                   prompt_last_block=d.PROMPT_LAST_BLOCK is not False,
-                   **{**self.model_options(cfg), **self.pipeline_options(cfg)})
+        return PromptPoolModel(build_backbone(cfg, num_classes=0), int(num_classes),
+                               num_tasks=int(cfg.CONTINUAL.N_TASKS), source=prompt_source_of(self.name),
+                               stages=list(d.STAGES), injection=normalize(d.INJECTION),
+                               prompt_last_block=d.PROMPT_LAST_BLOCK is not False,
+                               **{**self.model_options(cfg), **self.pipeline_options(cfg)})
 
     def pipeline_options(self, cfg) -> dict[str, Any]:
         """The shared pipeline's settings the model takes (none at the defaults, so the model is built

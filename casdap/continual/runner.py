@@ -36,14 +36,8 @@ from casdap.continual.plugins import (
     ProgressPlugin,
 )
 from casdap.continual.results import format_summary_table, write_text
-from casdap.continual.run_directory import (
-    CHECKPOINT_DIR,
-    RunDirectoryPlugin,
-    RunState,
-    check_compatible,
-    finished_metrics,
-    read_resume_checkpoint,
-)
+from casdap.continual.run_directory import RunDirectoryPlugin, RunState
+from casdap.continual.run_reading import CHECKPOINT_DIR, check_compatible, finished_metrics, read_resume_checkpoint
 from casdap.engine.optim_factory import build_group_optimizer
 from casdap.engine.seeding import restore_rng_state, seed_everything
 from casdap.engine.threads import set_threads
@@ -247,6 +241,20 @@ def _read_only(cfg: CfgNode, keys: MethodKeys) -> CfgNode:
     return cfg
 
 
+def _load_model(model, state: dict, path: Path, out: Path) -> None:
+    """The model's state from a run's checkpoint; one made with other parts of the pipeline (an older
+    run's, whose config.yaml stated settings that took no effect then) is one clear error."""
+    from casdap.models.prompt_state import LayoutMismatch
+
+    try:
+        model.load_state_dict(state)
+    except LayoutMismatch as e:
+        raise CasdapError(
+            f"cannot resume '{out}' from {path.name}: {e.difference}. Resume it with the run's own settings "
+            f"(casdap cl --config-file {out / 'config.yaml'} --auto_resume True), or start a new run in another "
+            "OUTPUT_DIR") from None
+
+
 def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     """Run the experiment described by ``cfg`` (frozen, from :func:`casdap.config.load_config`).
 
@@ -322,7 +330,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     start = 0
     if resume is not None:
         ckpt = resume[1]
-        model.load_state_dict(ckpt["model"])
+        _load_model(model, ckpt["model"], resume[0], out)
         start = int(ckpt["tasks_done"])
         run_dir.state = RunState(**ckpt["state"])
         strategy.load_state_dict(ckpt["strategy"], train_stream=bench.scenario.train_stream,

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from casdap import dap_defaults as D
-from casdap.dap_registry import INJECTION_NAMES, PROMPT_SOURCES, SELECTION_NAMES, normalize
+from casdap.dap_registry import INJECTION_NAMES, SELECTION_NAMES, block_sources, normalize, refuse_pool
 from casdap.errors import CasdapError
 from casdap.models.casvit import VARIANTS, CASViT
 from casdap.models.dap import CASDAP
@@ -122,8 +122,10 @@ def check_dap_settings(cfg) -> None:
     dap = cfg.MODEL.DAP
     if normalize(dap.INJECTION) not in INJECTION_NAMES:
         raise CasdapError(f"MODEL.DAP.INJECTION must be one of {', '.join(INJECTION_NAMES)}, got '{dap.INJECTION}'")
-    if normalize(dap.PROMPT_SOURCE) not in PROMPT_SOURCES:
-        raise CasdapError(f"MODEL.DAP.PROMPT_SOURCE must be one of {', '.join(PROMPT_SOURCES)}, "
+    refuse_pool("MODEL.DAP.PROMPT_SOURCE", dap.PROMPT_SOURCE, f"run it as MODEL.TRANSFER_TYPE "
+                f"{normalize(dap.PROMPT_SOURCE)}, not as a PROMPT_SOURCE of CAS-DAP")
+    if normalize(dap.PROMPT_SOURCE) not in block_sources():
+        raise CasdapError(f"MODEL.DAP.PROMPT_SOURCE must be one of {', '.join(block_sources())}, "
                           f"got '{dap.PROMPT_SOURCE}'")
     if normalize(dap.SELECTION) not in SELECTION_NAMES:
         raise CasdapError(f"MODEL.DAP.SELECTION must be one of {', '.join(SELECTION_NAMES)}, got '{dap.SELECTION}'")

@@ -33,8 +33,11 @@ from casdap.dap_registry import (
     QUERY_NAMES,
     SELECTION_NAMES,
     TASK_PREDICTORS,
+    block_sources,
     checked,
     load,
+    normalize,
+    refuse_pool,
 )
 from casdap.dap_registry import SELECTIONS as SELECTION_REDUCERS
 from casdap.errors import CasdapError
@@ -162,7 +165,9 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
         last = n_stages - 1
         self.prompt_last_block = bool(prompt_last_block)
         # A source that makes no prompts (none) is the prompts-off ablation: no block is prompted.
-        self.prompt_source = checked("prompt_source", prompt_source, PROMPT_SOURCES)
+        refuse_pool("prompt_source", prompt_source,
+                    f"build casdap.models.prompt_pools.PromptPoolModel(..., source='{normalize(prompt_source)}')")
+        self.prompt_source = checked("prompt_source", prompt_source, block_sources())
         makes_prompts = load("prompt_source", PROMPT_SOURCES, prompt_source).makes_prompts
         if not makes_prompts and (channel_mix or task_generators):
             raise CasdapError(f"prompt source {self.prompt_source} makes no prompts: channel_mix and "

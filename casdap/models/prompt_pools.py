@@ -1,30 +1,25 @@
-"""Learned-prompt continual methods on the frozen CAS-ViT: L2P, DualPrompt and CODA-Prompt.
+"""The one prompted CAS-ViT of the prompt pools: L2P, DualPrompt and CODA-Prompt are its sources.
 
-Unlike DAP's prompts (generated from each image's own block input), these prompts are learned
-parameters: a prompt of length ``L`` for a block of ``C`` channels is ``L`` tokens of ``C``. Each
-method picks or composes them per image from the query (the frozen backbone's pooled, un-prompted
-features, as CAS-DAP's query) by its own rule, and they enter the blocks of the prompted stages
-(``MODEL.DAP.STAGES``) through the same injections as DAP's (:class:`casdap.models.injection.PromptInjection`:
-``kv``, ``attn``, ``pool``, behind zero-initialised gates, so the untrained model is the frozen
-backbone). Stages before the first prompted one are computed once for the query and the prompted
-pass. The gates are shared by all tasks and train on the first task only (as DAP's).
+:class:`PromptPoolModel` runs the pipeline query -> task inference -> prompt source -> prediction
+with one source slot, a pool of :data:`casdap.dap_registry.POOL_SOURCES` (``l2p``, ``dualprompt``,
+``coda_prompt``; the contract is :class:`casdap.models.prompt_sources.pool.PoolSource`). Unlike DAP's
+prompts (generated from each block's own input), a pool's prompts are learned parameters: a prompt
+of length ``L`` for a block of ``C`` channels is ``L`` tokens of ``C``. The pool picks or composes
+them per image from the query (the frozen, or adapted, backbone's pooled un-prompted features, as
+CAS-DAP's query) by its own rule, and they enter the blocks of the prompted stages
+(``MODEL.DAP.STAGES``) through the same injections as DAP's
+(:class:`casdap.models.injection.PromptInjection`: ``kv``, ``attn``, ``pool``, behind
+zero-initialised gates, so the untrained model is the frozen backbone). Stages before the first
+prompted one are computed once for the query and the prompted pass. The gates are shared by all
+tasks and train on the first task only (as DAP's).
 
-- :class:`L2PPrompts` (Wang et al., CVPR 2022): a pool of ``pool_size`` prompts with keys; each
-  image takes the ``top_n`` prompts whose keys are nearest (cosine) to its query, and their tokens,
-  concatenated (``top_n * length``), enter every prompted block. Pull: the mean over images of the
-  sum of the selected keys' cosines. The pool is shared by all tasks: nothing is frozen by design.
-- :class:`DualPromptPrompts` (Wang et al., ECCV 2022): shared G-prompts (``g_length`` tokens) in the
-  first ``g_blocks`` prompted blocks, and one E-prompt (``length`` tokens) per task with a key in the
-  later ones; the E-prompt is the true task's in training and the nearest key's at test time. Pull:
-  the mean cosine between each query and its task's key. E-prompts and keys of past tasks are frozen.
-- :class:`CODAPrompts` (Smith et al., CVPR 2023): ``components`` prompt components ``P_m`` with
-  keys ``K_m`` and attention vectors ``A_m``; each image's prompt is ``sum_m alpha_m P_m`` with
-  ``alpha_m = cos(q * A_m, K_m)``. The components are split evenly over the tasks: task ``t`` uses
-  the slices of tasks ``0..t`` and trains only its own (earlier slices enter detached), and an
-  orthogonality penalty ``||X X^T - I||^2`` (mean) on the used rows of ``P`` (per block), ``K`` and ``A``
-  keeps the new components apart from the old ones.
+The model owns the parts every pool shares: the query, the task inference of a pool with a task
+variable (DualPrompt: its keys, or a task predictor on class statistics of the query), the
+injections, the head, the kept class statistics and the head over every seen class. Checkpoints
+from before the pools were sources (the pool's parameters at the model's top level, ``keys``,
+``prompts.0``, ...) load into the source slot (``source.keys``, ...) unchanged.
 
-Every model returns :class:`PromptOutput`; the strategies are in :mod:`casdap.continual.prompt_methods`.
+Every forward returns :class:`PromptOutput`; the strategies are in :mod:`casdap.continual.prompt_methods`.
 """
 
 from __future__ import annotations
@@ -34,20 +29,28 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from casdap import dap_defaults as D
-from casdap.dap_registry import INJECTION_NAMES, PROMPT_BACKBONE_NAMES, QUERY_NAMES, TASK_PREDICTORS, checked, load
+from casdap.dap_registry import (
+    INJECTION_NAMES,
+    POOL_SOURCES,
+    PROMPT_BACKBONE_NAMES,
+    QUERY_NAMES,
+    TASK_PREDICTORS,
+    checked,
+    load,
+)
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
 from casdap.models.class_statistics import ALL_CLASS_HEADS, KeptStatistics, check_shrinkage
-from casdap.models.injection import PromptInjection
+from casdap.models.injection import PromptInjection, build_checked
 from casdap.models.prompt_query import AdaptableQuery
+from casdap.models.prompt_sources.pool import PoolSource
+from casdap.models.prompt_state import check_layout, move_into_source
 from casdap.models.task_inference import batch_majority, per_image
 
-__all__ = ["CODAPrompts", "DualPromptPrompts", "L2PPrompts", "PromptOutput", "PromptPoolModel",
-           "batch_majority_top_n"]
+__all__ = ["PromptOutput", "PromptPoolModel"]
 
 
 @dataclass
@@ -62,41 +65,32 @@ class PromptOutput:
     feats: torch.Tensor | None = None  # [B, C] the prompted features the logits come from
 
 
-def batch_majority_top_n(top: torch.Tensor, pool_size: int) -> torch.Tensor:
-    """L2P's batch-wise prompt (``batchwise_prompt``): the ``N`` prompts chosen most often in the
-    batch's per-image top-``N`` (ties: the lower index), the same ``[B, N]`` for every image."""
-    counts = torch.bincount(top.flatten(), minlength=pool_size)
-    order = torch.sort(counts, descending=True, stable=True).indices[: top.shape[1]]
-    return order.sort().values.unsqueeze(0).expand_as(top)
-
-
-def _ortho(x: torch.Tensor) -> torch.Tensor:
-    """``mean((X X^T - I)^2)`` over the rows of ``x`` flattened to ``[M, -1]``."""
-    x = x.flatten(1)
-    gram = x @ x.t()
-    return ((gram - torch.eye(len(x), device=x.device, dtype=x.dtype)) ** 2).mean()
-
-
 class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
-    """The frozen backbone, one :class:`PromptInjection` per prompted block and a linear head.
+    """The frozen backbone, a prompt pool (``source``), one :class:`PromptInjection` per prompted block
+    and a linear head.
 
+    ``source``: a name of :data:`casdap.dap_registry.POOL_SOURCES`, built once as
+    ``Pool(block_dims, num_features, num_tasks, **source_options)`` (``l2p``: ``pool_size``,
+    ``top_n``, ``length``; ``dualprompt``: ``length``, ``g_length``, ``g_blocks``; ``coda_prompt``:
+    ``components``, ``length``). ``task_predictor``: for a pool with a task variable, how the
+    test-time task is inferred: ``keys`` (the pool's own) or a predictor of
+    :data:`casdap.dap_registry.TASK_PREDICTORS` estimated from class statistics of the query
+    (``gaussian``, ``lda``, ``head``; refitted after each task, ``shrinkage`` as the all-class head's),
+    which then replaces the keys (no pull: they stay as built).
     ``prompted_statistics``: keep class statistics of the prompted features (each training image under
-    the prompts the model chooses for it; DualPrompt: its true task's E-prompt) and refit the head
+    the prompts the model chooses for it; with a task variable, its true task's) and refit the head
     over every seen class ``all_class_head`` on them (``shrinkage``), for prediction ``all``.
     ``query="adapted"``: the query comes from a backbone trained with a linear head on the first task,
     then frozen for good (:class:`~casdap.models.first_session.FirstSessionModel`, as CAS-DAP's); a
     copy of the backbone unless ``prompt_backbone="adapted"`` runs the prompted pass on it too.
-    A subclass calls :meth:`_init_query` last in its ``__init__``.
-
-    A subclass turns the query (and the task, where it has one) into raw prompt tokens ``[B, N, C]``
-    for every prompted block (:meth:`block_tokens`) and says which of its rows belong to which task
-    (:meth:`task_rows`). ``blocks``: the prompted blocks in order, as ``(stage, index in stage)``.
+    ``blocks``: the prompted blocks in order, as ``(stage, index in stage)``.
     """
 
-    def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, stages: Sequence[int] = D.STAGES,
-                 injection: str = D.INJECTION, prompt_last_block: bool = True, prompted_statistics: bool = False,
+    def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, source: str,
+                 stages: Sequence[int] = D.STAGES, injection: str = D.INJECTION, prompt_last_block: bool = True,
+                 task_predictor: str = D.TASK_PREDICTOR, prompted_statistics: bool = False,
                  all_class_head: str = "lda", shrinkage: float = 1.0, query: str = D.QUERY,
-                 prompt_backbone: str = D.PROMPT_BACKBONE, query_statistics: bool = False) -> None:
+                 prompt_backbone: str = D.PROMPT_BACKBONE, **source_options) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
         n_stages = len(backbone.layers)
@@ -106,6 +100,12 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
             raise CasdapError(f"a prompt model needs num_tasks >= 1 and num_classes >= 1, got {num_tasks}, "
                               f"{num_classes}")
         injection = checked("injection", injection, INJECTION_NAMES)
+        self.source_name = checked("prompt pool source", source, POOL_SOURCES)
+        source_cls: type[PoolSource] = load("prompt pool source", POOL_SOURCES, source)
+        predictor = checked("task_predictor", task_predictor, TASK_PREDICTORS)
+        if predictor != "keys" and not source_cls.has_task:
+            raise CasdapError(f"prompt source {self.source_name} has no task variable: task inference "
+                              f"(task_predictor '{predictor}') is not one of its parts")
         self.backbone = backbone.requires_grad_(False)
         backbone.eval()
         self.num_classes, self.num_tasks, self.stages = int(num_classes), int(num_tasks), tuple(stages)
@@ -124,8 +124,8 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
         # which tasks have started training (a buffer: saved with the model, so resumed runs have it)
         self.register_buffer("trained", torch.zeros(num_tasks, dtype=torch.bool))
         self.all_class_head = checked("all_class_head", all_class_head, ALL_CLASS_HEADS)
-        self.keep_statistics(num_classes, self.num_features, query=query_statistics, prompted=bool(prompted_statistics),
-                             shrinkage=check_shrinkage(shrinkage))
+        self.keep_statistics(num_classes, self.num_features, query=predictor != "keys",
+                             prompted=bool(prompted_statistics), shrinkage=check_shrinkage(shrinkage))
         self.query_mode = checked("query", query, QUERY_NAMES)
         self.prompt_backbone = checked("prompt_backbone", prompt_backbone, PROMPT_BACKBONE_NAMES)
         if self.prompt_backbone == "adapted" and self.query_mode != "adapted":
@@ -133,24 +133,70 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
                               "it needs query 'adapted'")
         self.query_backbone: nn.Module | None = None
         self._adapting = False
+        # the source slot, then the task predictor, then the adapted query: the random draws in this order
+        self.source: PoolSource = build_checked(f"prompt source {self.source_name}", source_cls,
+                                                (self.block_dims, self.num_features, self.num_tasks), source_options)
+        self.task_predictor = None
+        if predictor != "keys":
+            self.task_predictor = load("task_predictor", TASK_PREDICTORS, predictor)(
+                num_tasks, self.num_features, num_classes=self.num_classes, shrinkage=self.shrinkage)
+        self._init_query()
+        self.register_load_state_dict_pre_hook(_checkpoint_filter)
 
-    # -- what a subclass defines -------------------------------------------------------------
+    @property
+    def selections(self) -> tuple[str, ...]:
+        """The prompt selections the source accepts."""
+        return self.source.selections
+
+    @property
+    def has_task(self) -> bool:
+        """Whether the source has a task variable (DualPrompt's E-prompt): a task is inferred per image."""
+        return self.source.has_task
+
+    # -- task inference -------------------------------------------------------------------------
+    def task_scores(self, query: torch.Tensor) -> torch.Tensor:
+        """Each task's score for each query (keys: the source's, the cosine to each task's key); tasks
+        not trained yet score below any other."""
+        if self.task_predictor is not None:
+            return self.task_predictor.selectable(self.task_predictor(query))
+        return self.source.task_scores(query).masked_fill(~self.trained, -2.0)
+
+    def fit_task_predictor(self, stats) -> None:
+        self.task_predictor.fit(stats)
+
+    def _task(self, query: torch.Tensor, task: int | torch.Tensor | None, selection: str) -> torch.Tensor:
+        """The task of every image ``[B]``: the given one (training, oracle), else inferred by ``selection``."""
+        if task is None:
+            if selection == "oracle":
+                raise CasdapError("oracle selection needs the true task of every image")
+            scores = self.task_scores(query).detach()
+            return batch_majority(scores) if selection == "batch_majority" else per_image(scores)
+        if torch.is_tensor(task):
+            return task.to(query.device).long()
+        return torch.full((len(query),), int(task), dtype=torch.long, device=query.device)
+
     def block_tokens(self, query: torch.Tensor, task: int | torch.Tensor | None, selection: str) -> tuple[
             list[torch.Tensor], torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Raw tokens ``[B, N_b, C_b]`` of every prompted block, the selected task ``[B]`` (or None),
         the pull term, the penalty and the selected prompts (or None). ``task``: the task of every
         image (training, oracle), else chosen by ``selection``."""
-        raise NotImplementedError
+        selection = checked("selection", selection, self.selections)
+        idx = self._task(query, task, selection) if self.has_task else None
+        out = self.source(query, idx, selection, self.trained)
+        pull = out.pull if self.task_predictor is None else query.new_zeros(())
+        return out.tokens, idx, pull, out.penalty, out.selected
 
     def task_rows(self, tasks: Sequence[int], classes: Sequence[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """(parameter, rows along its first axis) of finished ``tasks`` that must not change while
-        later tasks train: the head rows of their ``classes`` (and the method's own)."""
+        later tasks train: the head rows of their ``classes`` and the source's own."""
         cls = torch.as_tensor(list(classes), dtype=torch.long, device=self.head.weight.device)
-        return [(self.head.weight, cls), (self.head.bias, cls)]
+        return [(self.head.weight, cls), (self.head.bias, cls), *self.source.task_rows(tasks)]
 
     # -- tasks, modes, parameters -----------------------------------------------------------
     def mark_trained(self, task: int) -> None:
         self.trained[int(task)] = True
+        if self.task_predictor is not None:
+            self.task_predictor.mark_trained(task)
 
     def start_task(self, task: int) -> None:
         """Task ``task`` starts training: it can be selected from now on; after the first task the
@@ -161,6 +207,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
                 for g in inj.gates():
                     g.requires_grad_(False)
                     g.grad = None
+        self.source.start_task(task)
 
     def train(self, mode: bool = True) -> PromptPoolModel:
         super().train(mode)
@@ -228,164 +275,15 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
         return self(x, task=task).logits
 
 
-def _uniform(*shape: int) -> nn.Parameter:
-    return nn.Parameter(torch.empty(*shape).uniform_(-1.0, 1.0))
+    # -- checkpoints ----------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's, except that a checkpoint made with other parts of the pipeline (a strict load) is
+        one clear error (:class:`casdap.models.prompt_state.LayoutMismatch`), not a list of missing keys."""
+        if strict:
+            check_layout(state_dict, "", self.state_dict())
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-class L2PPrompts(PromptPoolModel):
-    """L2P: top-``top_n`` prompts of a shared pool by cosine of key and query (see the module)."""
-
-    selections = ("per_image", "batch_majority")
-
-    def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, pool_size: int = 10, top_n: int = 5,
-                 length: int = 5, **kwargs) -> None:
-        if not 1 <= top_n <= pool_size:
-            raise CasdapError(f"L2P needs 1 <= top_n <= pool_size, got top_n {top_n}, pool_size {pool_size}")
-        if length < 1:
-            raise CasdapError(f"the prompt length must be at least 1, got {length}")
-        super().__init__(backbone, num_classes, num_tasks=num_tasks, **kwargs)
-        self.pool_size, self.top_n, self.length = int(pool_size), int(top_n), int(length)
-        self.keys = _uniform(pool_size, self.num_features)
-        self.prompts = nn.ParameterList(_uniform(pool_size, length, c) for c in self.block_dims)
-        self._init_query()
-
-    def block_tokens(self, query, task, selection):
-        sim = F.normalize(query, dim=1) @ F.normalize(self.keys, dim=1).t()  # [B, M]
-        top = sim.topk(self.top_n, dim=1).indices  # [B, N]
-        if checked("selection", selection, self.selections) == "batch_majority":
-            top = batch_majority_top_n(top, self.pool_size)
-        pull = sim.gather(1, top).sum(1).mean()
-        b = len(query)
-        tokens = [p[top].reshape(b, self.top_n * self.length, -1) for p in self.prompts]
-        return tokens, None, pull, sim.new_zeros(()), top
-
-
-class DualPromptPrompts(PromptPoolModel):
-    """DualPrompt: shared G-prompts in the first ``g_blocks`` prompted blocks, the selected task's
-    E-prompt in the others (see the module).
-
-    ``task_predictor``: how the test-time task is inferred: ``keys`` (DualPrompt's, the nearest key)
-    or a predictor of :data:`casdap.dap_registry.TASK_PREDICTORS` estimated from class statistics of
-    the query (``gaussian``, ``lda``, ``head``; refitted after each task, ``shrinkage`` as the all-class
-    head's), which then replaces the keys (no pull: they stay as built)."""
-
-    selections = ("per_image", "batch_majority", "oracle")
-
-    def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, length: int = 5, g_length: int = 5,
-                 g_blocks: int = 2, task_predictor: str = D.TASK_PREDICTOR, **kwargs) -> None:
-        if length < 1 or g_length < 1:
-            raise CasdapError(f"the prompt lengths must be at least 1, got E {length}, G {g_length}")
-        predictor = checked("task_predictor", task_predictor, TASK_PREDICTORS)
-        super().__init__(backbone, num_classes, num_tasks=num_tasks, query_statistics=predictor != "keys", **kwargs)
-        if not 0 <= g_blocks < len(self.blocks):
-            raise CasdapError(f"g_blocks must leave at least one of the {len(self.blocks)} prompted blocks for the "
-                              f"E-prompts (0..{len(self.blocks) - 1}), got {g_blocks}")
-        self.g_blocks, self.length, self.g_length = int(g_blocks), int(length), int(g_length)
-        self.g_prompts = nn.ParameterList(_uniform(g_length, c) for c in self.block_dims[:g_blocks])
-        self.e_prompts = nn.ParameterList(_uniform(num_tasks, length, c) for c in self.block_dims[g_blocks:])
-        self.keys = _uniform(num_tasks, self.num_features)
-        self.task_predictor = None
-        if predictor != "keys":
-            self.task_predictor = load("task_predictor", TASK_PREDICTORS, predictor)(
-                num_tasks, self.num_features, num_classes=self.num_classes, shrinkage=self.shrinkage)
-        self._init_query()
-
-    def mark_trained(self, task: int) -> None:
-        super().mark_trained(task)
-        if self.task_predictor is not None:
-            self.task_predictor.mark_trained(task)
-
-    def fit_task_predictor(self, stats) -> None:
-        self.task_predictor.fit(stats)
-
-    def task_scores(self, query: torch.Tensor) -> torch.Tensor:
-        """Each task's score for each query (keys: the cosine to its key); tasks not trained yet score
-        below any other."""
-        if self.task_predictor is not None:
-            return self.task_predictor.selectable(self.task_predictor(query))
-        sim = F.normalize(query, dim=1) @ F.normalize(self.keys, dim=1).t()
-        return sim.masked_fill(~self.trained, -2.0)
-
-    def block_tokens(self, query, task, selection):
-        b = len(query)
-        sim = F.normalize(query, dim=1) @ F.normalize(self.keys, dim=1).t()
-        if task is None:
-            selection = checked("selection", selection, self.selections)
-            if selection == "oracle":
-                raise CasdapError("oracle selection needs the true task of every image")
-            if self.task_predictor is None:
-                scores = sim.detach().masked_fill(~self.trained, -2.0)
-            else:
-                scores = self.task_scores(query)
-            idx = batch_majority(scores) if selection == "batch_majority" else per_image(scores)
-        elif torch.is_tensor(task):
-            idx = task.to(query.device).long()
-        else:
-            idx = torch.full((b,), int(task), dtype=torch.long, device=query.device)
-        pull = sim.gather(1, idx[:, None]).mean() if self.task_predictor is None else sim.new_zeros(())
-        tokens = [g.expand(b, -1, -1) for g in self.g_prompts] + [e[idx] for e in self.e_prompts]
-        return tokens, idx, pull, sim.new_zeros(()), None
-
-    def task_rows(self, tasks, classes):
-        rows = super().task_rows(tasks, classes)
-        t = torch.as_tensor(list(tasks), dtype=torch.long, device=self.keys.device)
-        return rows + [(self.keys, t)] + [(e, t) for e in self.e_prompts]
-
-
-class CODAPrompts(PromptPoolModel):
-    """CODA-Prompt: an attention-weighted sum of prompt components per image (see the module)."""
-
-    selections = ("per_image",)
-
-    def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, components: int = 20,
-                 length: int = 8, **kwargs) -> None:
-        if length < 1:
-            raise CasdapError(f"the prompt length must be at least 1, got {length}")
-        if components < num_tasks or components % num_tasks:
-            raise CasdapError(f"CODA-Prompt splits its components evenly over the tasks: components ({components}) "
-                              f"must be a multiple of the number of tasks ({num_tasks})")
-        super().__init__(backbone, num_classes, num_tasks=num_tasks, **kwargs)
-        self.components, self.length, self.per_task = int(components), int(length), components // num_tasks
-        d = self.num_features
-        self.keys = nn.Parameter(nn.init.orthogonal_(torch.empty(components, d)))
-        self.attention = nn.Parameter(nn.init.orthogonal_(torch.empty(components, d)))
-        self.prompts = nn.ParameterList(
-            nn.Parameter(nn.init.orthogonal_(torch.empty(components, length * c)).reshape(components, length, c))
-            for c in self.block_dims)
-        self.current = -1  # the task being trained (its slice trains, earlier ones are detached)
-        self._init_query()
-
-    def start_task(self, task: int) -> None:
-        super().start_task(task)
-        self.current = int(task)
-
-    def _rows(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        """The used rows of ``x``: those of every task started so far, earlier tasks' detached in training."""
-        n_tasks = int(self.trained.sum()) if not training else self.current + 1
-        end, start = n_tasks * self.per_task, (n_tasks - 1) * self.per_task
-        if not training:
-            return x[:end]
-        return torch.cat([x[:start].detach(), x[start:end]])
-
-    def block_tokens(self, query, task, selection):
-        checked("selection", selection, self.selections)
-        training = self.training and torch.is_grad_enabled() and self.current >= 0
-        if not training and not bool(self.trained.any()):
-            raise CasdapError("CODA-Prompt has no trained components yet (train a task first)")
-        keys, att = self._rows(self.keys, training), self._rows(self.attention, training)
-        q = F.normalize(query[:, None, :] * att[None], dim=2)  # [B, M, D]
-        alpha = (q * F.normalize(keys, dim=1)[None]).sum(2)  # [B, M]
-        prompts = [self._rows(p, training) for p in self.prompts]
-        tokens = [torch.einsum("bm,mlc->blc", alpha, p) for p in prompts]
-        zero = query.new_zeros(())
-        penalty = zero
-        if training:
-            penalty = _ortho(keys) + _ortho(att) + sum(_ortho(p) for p in prompts)
-        return tokens, None, zero, penalty, None
-
-    def task_rows(self, tasks, classes):
-        rows = super().task_rows(tasks, classes)
-        device = self.keys.device
-        r = torch.as_tensor([t * self.per_task + j for t in tasks for j in range(self.per_task)], dtype=torch.long,
-                            device=device)
-        return rows + [(self.keys, r), (self.attention, r)] + [(p, r) for p in self.prompts]
+def _checkpoint_filter(model: PromptPoolModel, state_dict: dict, prefix: str, *args) -> None:
+    """Older layouts load: the pool's parameters at the model's top level move into the source slot."""
+    move_into_source(state_dict, prefix, model.source.state_dict())

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from casdap.continual.methods.base import Method
 
 __all__ = ["FIRST_SESSION_METHODS", "METHODS", "METHOD_NAMES", "PROMPT_METHOD_SELECTIONS", "SHARED_KEYS",
-           "MethodSchema", "check_config", "get_method", "method_keys"]
+           "MethodSchema", "check_config", "get_method", "method_keys", "prompt_source_of"]
 
 
 def _settings(*keys: str) -> tuple[str, ...]:
@@ -82,13 +82,18 @@ class MethodSchema:
     reads: tuple[str, ...] = ()
     check: Callable[[CfgNode], None] | None = None
     module: str = ""
+    # the prompt pool of casdap.dap_registry.POOL_SOURCES the method runs in the one prompted CAS-ViT
+    # (models.prompt_pools.PromptPoolModel): its MODEL.TRANSFER_TYPE is the user-facing name of that
+    # source, which MODEL.DAP.PROMPT_SOURCE (a key of dap alone) refuses
+    prompt_source: str = ""
 
 
 BACKBONE_LR = "BASELINES.BACKBONE_LR_SCALE"  # a backbone trained at a share of the base rate
 # a frozen-feature classifier, optionally on a backbone adapted on the first task
 FIRST_SESSION = ("BASELINES.FIRST_SESSION", BACKBONE_LR)
-# a learned-prompt method's prompted blocks and prompt selection (models.prompt_pools), and the shared
-# pipeline's prediction over every seen class (continual.prompt_methods)
+# a prompt pool's prompted blocks and prompt selection (models.prompt_pools), and the shared pipeline's
+# query and prediction over every seen class (continual.prompt_methods); MODEL.DAP.PROMPT_SOURCE is not
+# read: the method's schema names its source (prompt_source)
 PROMPTED = ("MODEL.DAP.STAGES", "MODEL.DAP.INJECTION", "MODEL.DAP.PROMPT_LAST_BLOCK", "MODEL.DAP.SELECTION",
             "MODEL.PROMPT.LENGTH", "MODEL.DAP.PREDICTION", "MODEL.DAP.ALL_CLASS_HEAD", "MODEL.DAP.SHRINKAGE",
             "MODEL.DAP.QUERY", "MODEL.DAP.PROMPT_BACKBONE", BACKBONE_LR)
@@ -109,11 +114,12 @@ METHODS: dict[str, MethodSchema] = {
     "aper": MethodSchema((BACKBONE_LR,)),
     "joint": MethodSchema((BACKBONE_LR,)),
     "l2p": MethodSchema((*PROMPTED, "MODEL.PROMPT.POOL_SIZE", "MODEL.PROMPT.TOP_N", "MODEL.PROMPT.PULL_LAMBDA"),
-                        checks.check_l2p),
+                        checks.check_l2p, prompt_source="l2p"),
     "dualprompt": MethodSchema((*PROMPTED, "MODEL.PROMPT.G_LENGTH", "MODEL.PROMPT.G_BLOCKS",
-                                "MODEL.PROMPT.PULL_LAMBDA", "MODEL.DAP.TASK_INFERENCE"), checks.check_dualprompt),
+                                "MODEL.PROMPT.PULL_LAMBDA", "MODEL.DAP.TASK_INFERENCE"), checks.check_dualprompt,
+                               prompt_source="dualprompt"),
     "coda_prompt": MethodSchema((*PROMPTED, "MODEL.PROMPT.COMPONENTS", "MODEL.PROMPT.ORTHO_LAMBDA"),
-                                checks.check_coda_prompt),
+                                checks.check_coda_prompt, prompt_source="coda_prompt"),
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 # the methods that accept BASELINES.FIRST_SESSION (a frozen-feature classifier on a backbone adapted first)
@@ -145,6 +151,15 @@ def check_config(cfg: CfgNode) -> MethodKeys:
     if schema.check is not None:
         schema.check(cfg)
     return keys
+
+
+def prompt_source_of(name: str) -> str:
+    """The prompt pool that method ``name`` runs (``l2p`` -> ``l2p``); an error for a method that runs none."""
+    source = _schema(name).prompt_source
+    if not source:
+        pools = ", ".join(n for n, s in METHODS.items() if s.prompt_source)
+        raise CasdapError(f"method {name} runs no prompt pool (these do: {pools})")
+    return source
 
 
 def get_method(name: str) -> Method:

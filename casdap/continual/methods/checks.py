@@ -20,6 +20,8 @@ from casdap.dap_registry import (
     QUERY_NAMES,
     SELECTION_NAMES,
     TASK_PREDICTOR_NAMES,
+    block_sources,
+    refuse_pool,
 )
 from casdap.errors import CasdapError
 
@@ -94,9 +96,12 @@ def _prompt_source(cfg: CfgNode) -> None:
     """``MODEL.DAP.PROMPT_SOURCE`` and the settings that only some sources read."""
     d = cfg.MODEL.DAP
     source = str(d.PROMPT_SOURCE).strip().lower()
+    # a pool is a source of the registry too, but its own method runs it (its TRANSFER_TYPE is its name)
+    refuse_pool("MODEL.DAP.PROMPT_SOURCE", source, f"run it as MODEL.TRANSFER_TYPE {source} (its settings are "
+                f"MODEL.PROMPT's), not as a PROMPT_SOURCE of TRANSFER_TYPE dap")
     if source not in PROMPT_SOURCES:  # the registry itself: a source added there is accepted here
         raise CasdapError(f"unknown MODEL.DAP.PROMPT_SOURCE '{d.PROMPT_SOURCE}' "
-                          f"(use one of {', '.join(PROMPT_SOURCES)})")
+                          f"(use one of {', '.join(block_sources())})")
     if source not in ("static", "none"):  # dap, and a source of one's own: the model checks its options
         return
     for key in ("CHANNEL_MIX", "TASK_GENERATORS"):

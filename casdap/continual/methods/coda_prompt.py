@@ -1,13 +1,13 @@
 """``coda_prompt``: CODA-Prompt (Smith et al., CVPR 2023) on the frozen CAS-ViT: each image's prompt is
 an attention-weighted sum of ``MODEL.PROMPT.COMPONENTS`` components split evenly over the tasks
-(:class:`casdap.models.prompt_pools.CODAPrompts`, :class:`casdap.continual.prompt_methods.CODAPromptStrategy`)."""
+(the prompt source :class:`casdap.models.prompt_sources.coda_prompt.CODAPool`,
+:class:`casdap.continual.prompt_methods.CODAPromptStrategy`)."""
 
 from casdap.continual.prompt_methods import CODAPromptStrategy, PromptMethod
 
 
 class CODAPrompt(PromptMethod):
     name = "coda_prompt"
-    model_class = "CODAPrompts"
     loss_weights = ("ORTHO_LAMBDA",)
     strategy_class = CODAPromptStrategy
 

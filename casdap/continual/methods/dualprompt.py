@@ -1,13 +1,13 @@
 """``dualprompt``: DualPrompt (Wang et al., ECCV 2022) on the frozen CAS-ViT: shared G-prompts in the
 first ``MODEL.PROMPT.G_BLOCKS`` prompted blocks, one E-prompt per task (with a key) in the others
-(:class:`casdap.models.prompt_pools.DualPromptPrompts`, :class:`casdap.continual.prompt_methods.DualPromptStrategy`)."""
+(the prompt source :class:`casdap.models.prompt_sources.dualprompt.DualPromptPool`,
+:class:`casdap.continual.prompt_methods.DualPromptStrategy`)."""
 
 from casdap.continual.prompt_methods import DualPromptStrategy, PromptMethod
 
 
 class DualPrompt(PromptMethod):
     name = "dualprompt"
-    model_class = "DualPromptPrompts"
     loss_weights = ("PULL_LAMBDA",)
     strategy_class = DualPromptStrategy
     has_task = True

@@ -1,13 +1,13 @@
 """``l2p``: Learning to Prompt (Wang et al., CVPR 2022) on the frozen CAS-ViT: a shared pool of
 ``MODEL.PROMPT.POOL_SIZE`` prompts with keys, each image's ``TOP_N`` nearest by cosine to its query
-(:class:`casdap.models.prompt_pools.L2PPrompts`, :class:`casdap.continual.prompt_methods.L2PStrategy`)."""
+(the prompt source :class:`casdap.models.prompt_sources.l2p.L2PPool`,
+:class:`casdap.continual.prompt_methods.L2PStrategy`)."""
 
 from casdap.continual.prompt_methods import L2PStrategy, PromptMethod
 
 
 class L2P(PromptMethod):
     name = "l2p"
-    model_class = "L2PPrompts"
     loss_weights = ("PULL_LAMBDA",)
     strategy_class = L2PStrategy
 

@@ -33,9 +33,13 @@ class PromptSource(nn.Module):
 
     ``makes_prompts`` False (the ``none`` source) builds no prompted block at all: the prompted
     pass is the backbone's own, and the source is never instantiated.
+
+    ``per_block`` False marks a prompt pool (:class:`~.pool.PoolSource`): built once per model, it
+    makes every prompted block's tokens from the query, and CAS-DAP's blocks refuse it.
     """
 
     makes_prompts: bool = True
+    per_block: bool = True
 
     def forward(self, x: torch.Tensor, task_emb: torch.Tensor,
                 task_idx: int | torch.Tensor | None = None) -> torch.Tensor:
