@@ -201,8 +201,8 @@ def test_imagenet_r_tasks_follow_daps_table_from_tfds_and_from_wordnet_folders(t
             folder.mkdir(parents=True)
             Image.fromarray(class_image(imagenet_id, k)).save(folder / "a.png")
     folders = _benchmark("imagenet_r", tmp_path / "folders", *overrides)
-    image, label = folders.scenario.train_stream[0].dataset[0][:2]
-    assert folders.class_names[0] == f"n{IMAGENET_R_IDS[0]:08d}" and label in range(20)
+    assert folders.class_names == [f"n{imagenet_id:08d}" for imagenet_id in IMAGENET_R_IDS]
+    assert {int(t) for t in folders.scenario.train_stream[0].dataset.targets} == set(range(20))
 
 
 def test_eurosat_from_image_folders(tmp_path):
@@ -216,6 +216,25 @@ def test_eurosat_from_image_folders(tmp_path):
     assert bench.train_sizes == [6] * 5 and bench.class_names[:2] == ["c0", "c1"]
     with pytest.raises(CasdapError, match="no 'isic' data under .*: set DATA.DATAPATH to the folder tensorflow"):
         _benchmark("isic", tmp_path / "train" / "c0")
+
+
+# the per-data-set settings of DAP's files: NUMBER_CLASSES, INITIAL, INCREMENT, N_TASKS
+DAP_SETTINGS = {"chestx": (6, 3, 3, 2), "cifar": (100, 10, 10, 10), "cropdisease": (35, 5, 5, 7),
+                "domainnet": (345, 23, 23, 15), "eurosat": (10, 2, 2, 5), "imagenet_r": (200, 20, 20, 10),
+                "isic": (6, 2, 2, 3), "pets": (35, 5, 5, 7), "resisc45": (45, 5, 5, 9)}
+
+
+@pytest.mark.parametrize("config", sorted(DAP_SETTINGS))
+def test_the_shipped_config_of_each_of_daps_data_sets(config):
+    from casdap.continual.methods import check_config
+
+    cfg = load_config(DIGITS_YAML.parent / f"{config}.yaml")
+    check_config(cfg)
+    c = cfg.CONTINUAL
+    assert (cfg.DATA.NUMBER_CLASSES, c.INITIAL, c.INCREMENT, c.N_TASKS) == DAP_SETTINGS[config]
+    assert cfg.DATA.NAME in DAP_DATASETS and cfg.DATA.CROPSIZE == 224 and cfg.MODEL.BACKBONE == "rcvit_xs"
+    assert cfg.MODEL.DAP.PROMPT_POOL == cfg.MODEL.DAP.NUM_TASKS_FOR_EMB == c.N_TASKS
+    assert cfg.MODEL.DAP.SIM_LAMBDA == {"resisc45": 0.5, "imagenet_r": 2.0}.get(config, 0.1)
 
 
 TINY = ("MODEL.RANDOM_INIT", "True", "DATA.CROPSIZE", "32", "SOLVER.TOTAL_EPOCH", "1", "DATA.NUM_WORKERS", "0",
