@@ -48,8 +48,10 @@ def generate(out: Path, count: int, size: int, shards: int) -> tuple[Path, Path]
     from casdap.data.tfrecord import frame_record
 
     tfds_root, folders = out / f"tfds_{count}", out / f"folders_{count}"
-    if (tfds_root / "imagenet_r").is_dir() and folders.is_dir():
+    if (tfds_root / "complete").is_file():  # written in full by an earlier --keep run
         return tfds_root, folders
+    shutil.rmtree(tfds_root, ignore_errors=True)
+    shutil.rmtree(folders, ignore_errors=True)
     labels = [IMAGENET_R_IDS[i % 200] for i in range(count)]
     folder = write_tfds(tfds_root, "imagenet_r", {"test": []}, num_classes=1000)  # info files; shards below
     for empty in folder.glob("imagenet_r-test.tfrecord-*"):
@@ -70,6 +72,7 @@ def generate(out: Path, count: int, size: int, shards: int) -> tuple[Path, Path]
     info["splits"] = [{"name": "test", "numBytes": "0", "shardLengths": [str(bounds[s + 1] - bounds[s])
                                                                           for s in range(shards)]}]
     (folder / "dataset_info.json").write_text(json.dumps(info))
+    (tfds_root / "complete").touch()
     return tfds_root, folders
 
 

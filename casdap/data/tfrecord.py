@@ -100,7 +100,10 @@ def _example_class():
     message("Example", ("features", optional, f.TYPE_MESSAGE, ".casdap.tfexample.Features"))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("casdap.tfexample.Example"))
+    descriptor = pool.FindMessageTypeByName("casdap.tfexample.Example")
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
+        return message_factory.GetMessageClass(descriptor)
+    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
 
 
 def example_class():
