@@ -166,6 +166,9 @@ def test_a_missing_split_is_one_line(tmp_path):
     _one_line(err)
     with pytest.raises(CasdapError, match="'.*imagenet_r' does not exist. Set DATA.DATAPATH"):
         read_tfds("imagenet_r", tmp_path)
+    write_tfds(tmp_path, "eurosat/all", {"train": [0, 1, 2]})  # another config of the same data set
+    with pytest.raises(CasdapError, match="'.*eurosat/rgb' does not exist. Set DATA.DATAPATH"):
+        _benchmark("eurosat/rgb", tmp_path)
 
 
 def _benchmark(name: str, root, *extra: str):

@@ -224,7 +224,7 @@ def _dap(cfg: CfgNode, name: str, seed: int, rank: int):
     from casdap.data.dap_datasets import imagenet_r_folder_labels, keep_labels, read_tfds
 
     root = Path(cfg.DATA.DATAPATH or ".")
-    if (root / name).is_dir():
+    if (root / name.split("/")[0]).is_dir():  # eurosat/ without rgb/ is a TFDS folder, not a class folder
         train_tf, test_tf = _image_transforms(cfg)
         (tr, y_tr), (te, y_te), names = read_tfds(name, root)
         train, test = LabelledDataset(tr, y_tr, train_tf), LabelledDataset(te, y_te, test_tf)
