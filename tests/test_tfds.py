@@ -120,6 +120,15 @@ def test_the_newest_prepared_version_is_read(tmp_path):
     assert set(y_train + y_test) == {1}
 
 
+@pytest.mark.parametrize("old", [False, True])
+def test_the_class_count_comes_from_features_json_of_either_tfds_form(tmp_path, old):
+    from casdap.data.tfds import read_info
+
+    folder = write_tfds(tmp_path, "oxford_iiit_pet", {"train": [0, 1]}, num_classes=37, old_features=old)
+    (folder / "label.labels.txt").unlink()  # the count then comes from features.json alone
+    assert read_info(folder).num_classes == 37
+
+
 def _one_line(err) -> str:
     message = str(err.value)
     assert "\n" not in message
