@@ -78,7 +78,8 @@ def generate(out: Path, count: int, size: int, shards: int) -> tuple[Path, Path]
 
 def measure(kind: str, root: Path, sample: int) -> dict:
     """One reader in this process: start-up pass, random-order reads, peak RSS."""
-    import torch  # noqa: F401  (both readers run inside the same torch process as a run)
+    import torch  # noqa: F401  (both readers run inside a process with what a run imports)
+    import torchvision.datasets  # noqa: F401
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
