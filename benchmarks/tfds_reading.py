@@ -112,6 +112,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="alternating runs of each reader; the best is kept")
     p.add_argument("--out", type=Path, default=Path("/tmp/tfds_bench"))
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--same-process", action="store_true",
+                   help="measure in this process (quick checks: RSS is then not each reader's own)")
     p.add_argument("--measure", nargs=2, metavar=("KIND", "ROOT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
@@ -127,9 +129,12 @@ def main() -> None:
             best: dict[str, dict] = {}
             for _ in range(args.repeats):
                 for kind, root in (("tfds", tfds_root), ("folder", folders)):
-                    r = json.loads(subprocess.run([sys.executable, __file__, "--sample", str(args.sample), "--measure",
-                                                   kind, str(root)], check=True, capture_output=True,
-                                                  text=True).stdout.splitlines()[-1])
+                    if args.same_process:
+                        r = measure(kind, root, args.sample)
+                    else:
+                        r = json.loads(subprocess.run(
+                            [sys.executable, __file__, "--sample", str(args.sample), "--measure", kind, str(root)],
+                            check=True, capture_output=True, text=True).stdout.splitlines()[-1])
                     if kind not in best or r["images_per_s"] > best[kind]["images_per_s"]:
                         best[kind] = r
                     print(json.dumps(r), flush=True)
