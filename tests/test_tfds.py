@@ -168,6 +168,13 @@ def test_a_shard_shorter_than_dataset_info_says_is_named(tmp_path):
     assert "resisc45-train.tfrecord-00000-of-00002" in _one_line(err)
 
 
+def test_labels_past_the_declared_classes_are_one_line(tmp_path):
+    write_tfds(tmp_path, "resisc45", {"train": [0, 1, 6, 2]}, num_classes=5)
+    with pytest.raises(CasdapError, match="has labels outside 0..4, the 5 classes its features.json declares") as err:
+        read_tfds("resisc45", tmp_path)
+    _one_line(err)
+
+
 def test_a_missing_split_is_one_line(tmp_path):
     write_tfds(tmp_path, "cifar100", {"train": [0, 1, 2]})
     with pytest.raises(CasdapError, match="has no split 'test' \\(it has: train\\)") as err:

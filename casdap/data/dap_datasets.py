@@ -8,7 +8,7 @@ Facts of naver-ai/dap-cl (``src/data/tf_load.py``, ``tf_dataset.py``, ``configs/
 - ImageNet-R's labels are ImageNet-1k ids, mapped to 0..199 by a fixed table
   (``casdap.data.imagenet_r_labels``).
 - Tasks take labels in natural order; labels past the last task are dropped (Pets keeps 35 of 37
-  classes, CropDiseases 35 of 38, ChestX and ISIC 6 of 7): ``DATA.NUMBER_CLASSES`` says how many.
+  classes, CropDiseases 35 of 38, ChestX and ISIC 6 each): ``DATA.NUMBER_CLASSES`` says how many.
 
 This module is torch-free at import, so the config checks can read the names.
 """
@@ -88,6 +88,9 @@ def read_tfds(name: str, data_dir: str | Path):
     else:
         seen = max(max(out[0][1], default=-1), max(out[1][1], default=-1)) + 1
         count = info.num_classes or seen
+        if seen > count or min(min(out[0][1], default=0), min(out[1][1], default=0)) < 0:
+            raise CasdapError(f"'{folder}' has labels outside 0..{count - 1}, the {count} classes its features.json "
+                              "declares: prepare the data set again")
         names = list(info.class_names or [])[:count] + [str(i) for i in range(len(info.class_names or []), count)]
     return out[0], out[1], names
 
