@@ -4,8 +4,7 @@ CRC is linear over GF(2), so a buffer's checksum is the XOR of one table entry p
 for byte ``b`` at distance ``d`` from the end is ``Z_d(T[b])``, where ``T`` is the byte table and
 ``Z_d`` advances a register over ``d`` zero bytes. Bytes are taken in blocks of ``BLOCK``: one
 gather and one XOR-reduce give every block's register, and a short loop of ``Z_BLOCK`` steps joins
-the blocks.
-That runs at a few hundred MB/s on one core, against a few MB/s for a byte loop in Python.
+the blocks. That runs 20-50 times as fast as a byte loop in Python (docs/dap_datasets.md).
 """
 
 from __future__ import annotations
