@@ -31,6 +31,9 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.64",
         "numpy>=1.24",
+        # tf.train.Example records of tensorflow-datasets folders (casdap/data/tfrecord.py); tensorboard
+        # already brings it
+        "protobuf>=3.20",
     ],
     extras_require={
         # ONNX export (casdap export): the torch.export-based exporter needs onnxscript.

@@ -150,3 +150,11 @@ def test_fecam_ablation(tmp_path):
     ours, factorial = rows["project fecam (FeCAMClassifier), s fixed"], rows["l2 stats corr on  logdet off fecam"]
     assert ours["test_by_s"]["1.0"] == factorial["test_by_s"]["1.0"]
     assert ours["held_out_by_s"]["1.0"] == factorial["held_out_by_s"]["1.0"]
+
+
+def test_tfds_reading(tmp_path):
+    out = _run("tfds_reading.py", "--images", "40", "--sample", "10", "--repeats", "1", "--size", "32",
+               "--same-process", "--out", str(tmp_path / "data"), cwd=tmp_path)
+    rows = [line for line in out.splitlines() if line.startswith("| tfds |") or line.startswith("| folder |")]
+    assert [r.split("|")[1:3] for r in rows] == [[" tfds ", " 40 "], [" folder ", " 40 "]]
+    assert not (tmp_path / "data").exists()  # the generated data is deleted

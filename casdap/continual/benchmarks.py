@@ -20,7 +20,8 @@ from casdap.errors import CasdapError
 
 __all__ = ["ContinualBenchmark", "build_benchmark", "clean_training_views", "task_split", "DATASETS"]
 
-DATASETS = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "folder")
+DATASETS = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "folder", "oxford_iiit_pet", "eurosat/rgb",
+            "resisc45", "cropdisease", "isic", "chestx", "domainnet/real")
 # The embedded digits use the input scale of the project's digits backbones (``casdap pretrain``,
 # ``casdap demo``): (x - 0.5) / 0.25 on [0, 1] images. Photos use ImageNet statistics (Model Zoo).
 DIGITS_MEAN, DIGITS_STD = 0.5, 0.25
@@ -211,6 +212,45 @@ def _folder(cfg: CfgNode, seed: int):
     )
 
 
+def _subset(ds: LabelledDataset, keep: list[int], targets: list[int] | None = None) -> LabelledDataset:
+    targets = ds.targets if targets is None else targets
+    return LabelledDataset(Subset(ds.source, keep), [targets[i] for i in keep], ds.transform)
+
+
+def _dap(cfg: CfgNode, name: str, seed: int, rank: int):
+    """One of DAP's nine names (casdap/data/dap_datasets.py): its TFDS folder under ``DATA.DATAPATH``
+    when there is one, else CIFAR's own layout (cifar100) or image folders; the labels past
+    ``DATA.NUMBER_CLASSES`` dropped, as DAP's tasks drop them."""
+    from casdap.data.dap_datasets import imagenet_r_folder_labels, keep_labels, read_tfds
+
+    root = Path(cfg.DATA.DATAPATH or ".")
+    if (root / name.split("/")[0]).is_dir():  # eurosat/ without rgb/ is a TFDS folder, not a class folder
+        train_tf, test_tf = _image_transforms(cfg)
+        (tr, y_tr), (te, y_te), names = read_tfds(name, root)
+        train, test = LabelledDataset(tr, y_tr, train_tf), LabelledDataset(te, y_te, test_tf)
+    elif name == "cifar100":
+        train, test, names = _cifar(cfg, name)
+    else:
+        if not root.is_dir() or not any(p.is_dir() for p in root.iterdir()):
+            raise CasdapError(
+                f"no '{name}' data under '{root}': set DATA.DATAPATH to the folder tensorflow-datasets prepared "
+                f"(it holds {name}/<version>/), or to image folders (train/ and test/ class folders, or one "
+                "folder of class folders)")
+        train, test, names = _folder(cfg, seed)
+        order = imagenet_r_folder_labels(names) if name == "imagenet_r" else None
+        if order is not None:  # ImageNet-R's WordNet-id folders take DAP's labels
+            train, test = (_subset(d, list(range(len(d))), [order[t] for t in d.targets]) for d in (train, test))
+            names = [names[order.index(k)] for k in range(len(order))]
+    keep = keep_labels(cfg.DATA.NAME, len(names), cfg.DATA.NUMBER_CLASSES)
+    if keep < len(names):
+        train, test = (_subset(d, [i for i, t in enumerate(d.targets) if t < keep]) for d in (train, test))
+        if rank == 0:
+            print(f"casdap cl: '{cfg.DATA.NAME}' has {len(names)} classes; DATA.NUMBER_CLASSES {keep} keeps labels "
+                  f"0-{keep - 1} (DAP's tasks) and leaves out the images of {len(names) - keep}", flush=True)
+        names = names[:keep]
+    return train, test, names
+
+
 def shard(dataset: LabelledDataset, rank: int, world: int) -> LabelledDataset:
     """This rank's equal share of every class (so every rank runs the same number of steps)."""
     by_class: dict[int, list[int]] = {}
@@ -235,10 +275,12 @@ def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBen
         train, test, names = _digits(cfg, seed)
     elif name == "embedded_shift":
         train, test, names = _embedded_shift(cfg, seed)
-    elif name in ("cifar100", "cifar10"):
+    elif name == "cifar10":
         train, test, names = _cifar(cfg, name)
-    elif name in ("imagenet_r", "imagenetr", "folder"):
+    elif name == "folder":
         train, test, names = _folder(cfg, seed)
+    elif name in DATASETS or name == "imagenetr":
+        train, test, names = _dap(cfg, "imagenet_r" if name == "imagenetr" else name, seed, rank)
     else:
         raise CasdapError(f"unknown DATA.NAME '{cfg.DATA.NAME}' (use one of {', '.join(DATASETS)})")
 

@@ -84,7 +84,8 @@ def output_dir_of(cfg: CfgNode) -> Path:
     if cfg.OUTPUT_DIR:
         return Path(cfg.OUTPUT_DIR)
     seed = 0 if cfg.SEED is None else cfg.SEED
-    return Path("output") / (cfg.DATA.NAME or "data") / cfg.MODEL.TRANSFER_TYPE.lower() / f"seed{seed}"
+    data = (cfg.DATA.NAME or "data").replace("/", "_")  # eurosat/rgb: one folder
+    return Path("output") / data / cfg.MODEL.TRANSFER_TYPE.lower() / f"seed{seed}"
 
 
 # ---------------------------------------------------------------------------------------- methods
