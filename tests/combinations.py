@@ -24,6 +24,9 @@ from cl_support import tiny_cifar_cfg
 
 DAP_SOURCES = ("dap", "static", "none")  # MODEL.TRANSFER_TYPE dap with MODEL.DAP.PROMPT_SOURCE
 POOL_SOURCES = ("l2p", "dualprompt", "coda_prompt")  # MODEL.TRANSFER_TYPE l2p | dualprompt | coda_prompt
+# adapted: the query from the backbone adapted on the first task, which the prompts then run on too (as
+# configs/dap/embedded_shift.yaml ships it; the adapted copy beside the pretrained backbone,
+# PROMPT_BACKBONE pretrained: tests/test_prompt_pipeline.py, tests/test_adapted_query.py)
 QUERIES = ("frozen", "adapted")
 TASK_INFERENCE = ("keys", "gaussian", "lda", "head")
 DAP_PREDICTIONS = ("restrict", "all", "soft")
@@ -60,6 +63,7 @@ def method(c: Combination) -> str:
 def settings(c: Combination) -> tuple[str, ...]:
     """The config overrides that select ``c`` (beyond ``tiny_cifar_cfg``'s stream)."""
     out = ["MODEL.DAP.QUERY", c.query, "MODEL.DAP.SHRINKAGE", "0.5",
+           "MODEL.DAP.PROMPT_BACKBONE", "adapted" if c.query == "adapted" else "pretrained",
            "SOLVER.OPTIMIZER", "adamw", "SOLVER.WEIGHT_DECAY", "0.05",
            "DATA.BATCH_SIZE", "4"]  # two steps a task: the second opens DAP's injection gates
     if c.inference is not None:
@@ -80,8 +84,8 @@ def task0_parts(state: dict, c: Combination) -> dict[str, list[int] | None]:
     is still checked."""
     parts: dict[str, list[int] | None] = {"head.weight": [0, 1], "head.bias": [0, 1]}
 
-    def rows(name: str, r: list[int]) -> None:  # the tensor ``name`` or every tensor under ``name.``
-        names = [k for k in state if k == name or k.startswith(name + ".") or k.endswith("." + name)]
+    def rows(name: str, r: list[int]) -> None:  # every tensor with ``name`` among its dotted parts
+        names = [k for k in state if f".{name}." in f".{k}."]
         assert names, f"{c.source} has {name}"
         parts.update({k: r for k in names})
 
