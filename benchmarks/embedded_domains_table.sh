@@ -8,11 +8,13 @@ set -euo pipefail
 OUT=${1:-runs/domains_table}
 SEEDS=${2:-0 1 2}
 CFG=configs/dap/embedded_domains.yaml
+# the prompts off: no prompt source, so none of its generator's options
+OFF="MODEL.DAP.PROMPT_SOURCE none MODEL.DAP.CHANNEL_MIX False MODEL.DAP.TASK_GENERATORS False"
 
 # name | KEY VALUE overrides (empty: the config's CAS-DAP)
 ROWS=(
     "dap|"
-    "dap-prompts-off|MODEL.DAP.PROMPT_SOURCE none"
+    "dap-prompts-off|$OFF"
     "slda|MODEL.TRANSFER_TYPE slda"
     "slda-first-session|MODEL.TRANSFER_TYPE slda BASELINES.FIRST_SESSION True"
     "ranpac-first-session|MODEL.TRANSFER_TYPE ranpac BASELINES.FIRST_SESSION True"

@@ -7,13 +7,15 @@ set -euo pipefail
 OUT=${1:-runs/domains_val}
 SEEDS=${2:-0}
 CFG=configs/dap/embedded_domains.yaml
+# the prompts off: no prompt source, so none of its generator's options
+OFF="MODEL.DAP.PROMPT_SOURCE none MODEL.DAP.CHANNEL_MIX False MODEL.DAP.TASK_GENERATORS False"
 VAL="DATA.VALIDATION 0.2"
 
 # name | KEY VALUE overrides on top of the config
 ROWS=(
     # embedded_shift's setting as it ships (prompts on the backbone adapted on the first task)
     "dap|$VAL"
-    "prompts-off|$VAL MODEL.DAP.PROMPT_SOURCE none"
+    "prompts-off|$VAL $OFF"
     # the prompts on the glyph-pretrained backbone, the query still the adapted one
     "prompts-on-pretrained|$VAL MODEL.DAP.PROMPT_BACKBONE pretrained"
 )
