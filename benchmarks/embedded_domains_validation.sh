@@ -13,11 +13,12 @@ VAL="DATA.VALIDATION 0.2"
 
 # name | KEY VALUE overrides on top of the config
 ROWS=(
-    # embedded_shift's setting as it ships (prompts on the backbone adapted on the first task)
-    "dap|$VAL"
-    "prompts-off|$VAL $OFF"
-    # the prompts on the glyph-pretrained backbone, the query still the adapted one
-    "prompts-on-pretrained|$VAL MODEL.DAP.PROMPT_BACKBONE pretrained"
+    # embedded_shift's setting as it ships (the prompts on the backbone adapted on the first task),
+    # and the same with its prompts off
+    "shift-setting|$VAL MODEL.DAP.PROMPT_BACKBONE adapted"
+    "shift-setting-prompts-off|$VAL MODEL.DAP.PROMPT_BACKBONE adapted $OFF"
+    # the prompts on the glyph-pretrained backbone, the query still the adapted one (the config's choice)
+    "prompts-on-pretrained|$VAL"
 )
 
 source "$(dirname "${BASH_SOURCE[0]}")/run_rows.sh"
