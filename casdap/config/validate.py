@@ -14,8 +14,9 @@ from casdap.errors import CasdapError
 
 __all__ = ["validate", "at_least", "check_data_shares", "one_of"]
 
-DATASET_NAMES = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "imagenetr", "folder",
-                 "oxford_iiit_pet", "eurosat/rgb", "resisc45", "cropdisease", "isic", "chestx", "domainnet/real")
+DATASET_NAMES = ("digits", "embedded_shift", "embedded_domains", "cifar100", "cifar10", "imagenet_r", "imagenetr",
+                 "folder", "oxford_iiit_pet", "eurosat/rgb", "resisc45", "cropdisease", "isic", "chestx",
+                 "domainnet/real")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("linear", "linear_decay", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")

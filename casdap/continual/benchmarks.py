@@ -20,8 +20,8 @@ from casdap.errors import CasdapError
 
 __all__ = ["ContinualBenchmark", "build_benchmark", "clean_training_views", "task_split", "DATASETS"]
 
-DATASETS = ("digits", "embedded_shift", "cifar100", "cifar10", "imagenet_r", "folder", "oxford_iiit_pet", "eurosat/rgb",
-            "resisc45", "cropdisease", "isic", "chestx", "domainnet/real")
+DATASETS = ("digits", "embedded_shift", "embedded_domains", "cifar100", "cifar10", "imagenet_r", "folder",
+            "oxford_iiit_pet", "eurosat/rgb", "resisc45", "cropdisease", "isic", "chestx", "domainnet/real")
 # The embedded digits use the input scale of the project's digits backbones (``casdap pretrain``,
 # ``casdap demo``): (x - 0.5) / 0.25 on [0, 1] images. Photos use ImageNet statistics (Model Zoo).
 DIGITS_MEAN, DIGITS_STD = 0.5, 0.25
@@ -167,6 +167,18 @@ def _embedded_shift(cfg: CfgNode, seed: int):
     return train, test, glyph_stream.shift_class_names()
 
 
+def _embedded_domains(cfg: CfgNode, seed: int):
+    """A domain per task: the real digits, then four unseen scripts each in its own look
+    (casdap/data/domain_stream.py); separate training and test images, on the digits' input scale."""
+    from casdap.data import domain_stream
+
+    x_tr, y_tr, x_te, y_te = domain_stream.render_domain_stream(
+        seed, domain_stream.TRAIN_PER_CLASS, domain_stream.TEST_PER_CLASS, int(cfg.DATA.CROPSIZE))
+    train = LabelledDataset((x_tr - DIGITS_MEAN) / DIGITS_STD, y_tr.tolist())
+    test = LabelledDataset((x_te - DIGITS_MEAN) / DIGITS_STD, y_te.tolist())
+    return train, test, domain_stream.domain_class_names()
+
+
 def _cifar(cfg: CfgNode, variant: str):
     from casdap.data.cifar import CIFARLocal
 
@@ -275,6 +287,8 @@ def build_benchmark(cfg: CfgNode, rank: int = 0, world: int = 1) -> ContinualBen
         train, test, names = _digits(cfg, seed)
     elif name == "embedded_shift":
         train, test, names = _embedded_shift(cfg, seed)
+    elif name == "embedded_domains":
+        train, test, names = _embedded_domains(cfg, seed)
     elif name == "cifar10":
         train, test, names = _cifar(cfg, name)
     elif name == "folder":

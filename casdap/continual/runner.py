@@ -149,7 +149,8 @@ def _evaluator(method: Method, tb_dir: Path | None):
 # Data sets that ship with an installed package, and the backbone their runs use by default: made
 # by the documented pretraining protocol (casdap pretrain, docs/pretraining.md) when missing, by the
 # command that starts the run (prepare_backbone), never inside run_continual.
-EMBEDDED_DATASETS = ("digits", "embedded_shift")  # embedded_shift: classes disjoint from the pretraining
+# embedded_shift, embedded_domains: classes disjoint from the pretraining
+EMBEDDED_DATASETS = ("digits", "embedded_shift", "embedded_domains")
 
 
 def ensure_embedded_backbone(cfg: CfgNode, is_main: bool = True, world: int = 1) -> Path | None:

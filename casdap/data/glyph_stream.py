@@ -46,6 +46,8 @@ from casdap.data.glyphs import (
 from casdap.errors import CasdapError
 
 __all__ = [
+    "CANVAS",
+    "RENDER",
     "SHIFT_TASKS",
     "TRAIN_PER_CLASS",
     "TEST_PER_CLASS",
@@ -53,7 +55,12 @@ __all__ = [
     "shift_class_names",
     "render_shift_stream",
     "describe_shift_stream",
+    "draw_glyphs",
+    "gaussian_blur",
+    "glyph_bank",
+    "paint_colour_on_texture",
     "shape_similarity",
+    "smooth_field",
 ]
 
 # (theme, 10 characters) per task, in stream order.
@@ -113,14 +120,13 @@ def _check_character_set() -> None:
         raise CasdapError(f"embedded_shift characters overlap the pretraining glyphs or repeat: {bad}")
 
 
-@lru_cache(maxsize=1)
-def _bank() -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[str, ...], ...]]:
+@lru_cache(maxsize=4)
+def glyph_bank(chars: tuple[str, ...], stream: str) -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[str, ...], ...]]:
     """Every (character, font) pair the bundled fonts draw, cropped and fitted to the 64 px canvas
-    (longer side 56 px). Returns ``bank`` [M, 64, 64], ``label`` [M] and the fonts of each class."""
+    (longer side 56 px). Returns ``bank`` [M, 64, 64], ``label`` [M] (index into ``chars``) and the
+    fonts of each class; a character drawn by fewer than ``MIN_FONTS`` fonts is an error naming ``stream``."""
     from matplotlib.ft2font import FT2Font
 
-    _check_character_set()
-    chars = shift_characters()
     fonts = [(f, FT2Font(str(font_dir() / f))) for f in _FONTS]
     images, labels, used = [], [], []
     for label, ch in enumerate(chars):
@@ -135,8 +141,14 @@ def _bank() -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[str, ...], ...]]:
         used.append(tuple(names))
     thin = [f"{chars[i]} (U+{ord(chars[i]):04X}): {len(u)}" for i, u in enumerate(used) if len(u) < MIN_FONTS]
     if thin:
-        raise CasdapError(f"embedded_shift: these characters render in fewer than {MIN_FONTS} bundled fonts: {thin}")
+        raise CasdapError(f"{stream}: these characters render in fewer than {MIN_FONTS} bundled fonts: {thin}")
     return torch.stack(images), torch.tensor(labels), tuple(used)
+
+
+def _bank() -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[str, ...], ...]]:
+    """The stream's glyph bank (:func:`glyph_bank` of its 100 characters)."""
+    _check_character_set()
+    return glyph_bank(tuple(shift_characters()), "embedded_shift")
 
 
 def _uniform(n: int, g: torch.Generator, lo: float, hi: float) -> torch.Tensor:
@@ -167,7 +179,7 @@ def _colours(n: int, g: torch.Generator, min_contrast: float, dark_on_light: flo
     return fg, bg
 
 
-def _smooth_field(n: int, channels: int, size: int, cells: int, g: torch.Generator) -> torch.Tensor:
+def smooth_field(n: int, channels: int, size: int, cells: int, g: torch.Generator) -> torch.Tensor:
     """Smooth random field [n, channels, size, size] in about [-1, 1]: ``cells`` x ``cells`` noise, bicubic up."""
     coarse = torch.rand(n, channels, cells, cells, generator=g) * 2 - 1
     return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp_(-1, 1)
@@ -175,7 +187,7 @@ def _smooth_field(n: int, channels: int, size: int, cells: int, g: torch.Generat
 
 def _background(n: int, bg: torch.Tensor, size: int, g: torch.Generator, amount: float) -> torch.Tensor:
     """Background colour with smooth colour noise and, on half the images, stripes."""
-    img = bg[:, :, None, None] + amount * _smooth_field(n, 3, size, 4, g)
+    img = bg[:, :, None, None] + amount * smooth_field(n, 3, size, 4, g)
     angle = _uniform(n, g, 0, math.pi)
     freq = _uniform(n, g, 0.15, 0.6)  # radians per pixel
     phase = _uniform(n, g, 0, 2 * math.pi)
@@ -212,7 +224,7 @@ def _clutter(n: int, size: int, g: torch.Generator, counts: tuple[int, int]) -> 
     return mask[:, None]
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Per-image Gaussian blur (5x5 kernel, ``sigma`` [n] in pixels; 0 leaves the image as it is)."""
     r = torch.arange(-2, 3, dtype=torch.float32)
     s = sigma.clamp(min=1e-3)[:, None]
@@ -228,10 +240,12 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape(n, c, h, w)
 
 
-def _render(labels: torch.Tensor, g: torch.Generator, size: int) -> torch.Tensor:
-    """One image per label: [n, 3, size, size] in [0, 1]."""
-    bank, bank_label, _ = _bank()
-    r = RENDER
+def draw_glyphs(labels: torch.Tensor, g: torch.Generator, bank: torch.Tensor, bank_label: torch.Tensor,
+                render: dict = RENDER) -> torch.Tensor:
+    """One glyph per label on the 64 px canvas, [n, 1, 64, 64] in [0, 1]: a random font's rendering
+    of the class (``bank``, ``bank_label`` from :func:`glyph_bank`), a random box size, affine jitter,
+    a smooth elastic displacement and a thinner, unchanged or bolder pen (``render``'s geometry)."""
+    r = render
     n = len(labels)
     picks = torch.empty_like(labels)
     for c in torch.unique(labels).tolist():
@@ -239,31 +253,43 @@ def _render(labels: torch.Tensor, g: torch.Generator, size: int) -> torch.Tensor
         sel = labels == c
         picks[sel] = rows[torch.randint(len(rows), (int(sel.sum()),), generator=g)]
     glyph = bank[picks][:, None]  # [n, 1, 64, 64], longer side 56 px
-    # geometry: random box size, affine jitter and a smooth elastic displacement, on the 64 px canvas
     box = _uniform(n, g, *r["box"]) / 56.0
     theta = random_affine(n, g, rot_deg=r["rot_deg"], scale=r["scale"], shear=r["shear"], shift=r["shift"])
     theta = theta / box[:, None, None]  # the glyph's longer side becomes box * 56 px
     grid = F.affine_grid(theta, [n, 1, CANVAS, CANVAS], align_corners=False)
-    warp = _smooth_field(n, 2, CANVAS, 3, g).permute(0, 2, 3, 1) * r["elastic"]
+    warp = smooth_field(n, 2, CANVAS, 3, g).permute(0, 2, 3, 1) * r["elastic"]
     glyph = F.grid_sample(glyph, grid + warp, mode="bilinear", padding_mode="zeros", align_corners=False)
-    # pen: thinner (erosion), as drawn, or bolder (dilation) on the 64 px canvas
     pen = torch.rand(n, generator=g)
     thin = -F.max_pool2d(-glyph, 3, 1, 1)
     bold = F.max_pool2d(glyph, 3, 1, 1)
-    glyph = torch.where((pen < 0.25)[:, None, None, None], thin,
-                        torch.where((pen > 0.7)[:, None, None, None], bold, glyph))
-    alpha = F.interpolate(glyph, size=(size, size), mode="area").clamp_(0, 1)
-    # colour: textured background, a foreground with a smooth shading, clutter strokes
+    return torch.where((pen < 0.25)[:, None, None, None], thin,
+                       torch.where((pen > 0.7)[:, None, None, None], bold, glyph))
+
+
+def paint_colour_on_texture(alpha: torch.Tensor, g: torch.Generator, render: dict = RENDER) -> torch.Tensor:
+    """The stream's look for glyph masks ``alpha`` [n, 1, S, S]: a foreground colour with a smooth
+    shading over a textured background of another colour, clutter strokes, blur and pixel noise.
+    Returns [n, 3, S, S] in [0, 1]."""
+    r = render
+    n, size = alpha.shape[0], alpha.shape[-1]
     fg, bg = _colours(n, g, r["min_contrast"], r["dark_on_light"])
     img = _background(n, bg, size, g, r["texture"])
-    fg_img = fg[:, :, None, None] + 0.15 * _smooth_field(n, 3, size, 2, g)
+    fg_img = fg[:, :, None, None] + 0.15 * smooth_field(n, 3, size, 2, g)
     clutter = _clutter(n, size, g, r["clutter"])
     clutter_colour = torch.where(torch.rand(n, 1, generator=g) < 0.5, fg, torch.rand(n, 3, generator=g))
     img = img * (1 - clutter) + clutter_colour[:, :, None, None] * clutter
     img = img * (1 - alpha) + fg_img * alpha
-    img = _gaussian_blur(img, _uniform(n, g, *r["blur"]) * size / 32)
+    img = gaussian_blur(img, _uniform(n, g, *r["blur"]) * size / 32)
     img = img + torch.randn(img.shape, generator=g) * _uniform(n, g, *r["noise"])[:, None, None, None]
     return img.clamp_(0, 1)
+
+
+def _render(labels: torch.Tensor, g: torch.Generator, size: int) -> torch.Tensor:
+    """One image per label: [n, 3, size, size] in [0, 1]."""
+    bank, bank_label, _ = _bank()
+    glyph = draw_glyphs(labels, g, bank, bank_label)
+    alpha = F.interpolate(glyph, size=(size, size), mode="area").clamp_(0, 1)
+    return paint_colour_on_texture(alpha, g)
 
 
 @lru_cache(maxsize=4)
