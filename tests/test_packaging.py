@@ -19,10 +19,11 @@ from casdap.errors import CasdapError
 
 SHIPPED = ["base-dap.yaml", "dap/chestx.yaml", "dap/cifar.yaml", "dap/coda_prompt_digits.yaml",
            "dap/coda_prompt_embedded_shift.yaml", "dap/cropdisease.yaml", "dap/digits.yaml", "dap/domainnet.yaml",
-           "dap/dualprompt_digits.yaml", "dap/dualprompt_embedded_shift.yaml", "dap/embedded_shift.yaml",
+           "dap/dualprompt_digits.yaml", "dap/dualprompt_embedded_shift.yaml", "dap/embedded_domains.yaml",
+           "dap/embedded_shift.yaml",
            "dap/eurosat.yaml", "dap/imagenet_r.yaml", "dap/isic.yaml", "dap/l2p_digits.yaml",
            "dap/l2p_embedded_shift.yaml", "dap/pets.yaml", "dap/resisc45.yaml", "streams/digits.yaml",
-           "streams/embedded_shift.yaml"]
+           "streams/embedded_domains.yaml", "streams/embedded_shift.yaml"]
 
 
 def test_every_config_of_the_checkout_is_shipped():
