@@ -21,7 +21,7 @@ import re
 
 import pytest
 import torch
-from cl_support import tiny_cifar_cfg, write_tiny_cifar
+from cl_support import KEEP, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
 from casdap.continual.methods import check_config
@@ -103,7 +103,7 @@ def test_every_combination_resumes_ignores_the_eval_batch_and_keeps_finished_tas
         tmp_path, cifar, monkeypatch, source, query, inference, prediction):
     settings = _settings(source, query, inference, prediction)
     full = tmp_path / "full"
-    cfg = tiny_cifar_cfg(cifar, full, "dap", *settings, "DATA.EVAL_BATCH_SIZE", "100")
+    cfg = tiny_cifar_cfg(cifar, full, "dap", *settings, "DATA.EVAL_BATCH_SIZE", "100", *KEEP)
     strategy = run_continual(cfg, progress=False).strategy
     # finer than the matrices (in a tiny run the prompts move features, rarely a prediction): the test
     # images of both tasks in one batch and each alone get the same inferred task and the same prompted
