@@ -191,7 +191,7 @@ def test_the_pseudo_head_and_the_head_task_predictor_are_fitted_from_the_kept_st
     model.mark_trained(0)
     feats = model.statistics_features(x, 0)
     assert sorted(feats) == ["prompted", "query"]
-    moments = {n: tuple(torch.zeros_like(b) for b in bufs) for n, bufs in model.statistics_moments().items()}
+    moments = model.new_moments()
     for name, f in feats.items():
         add_moments(*moments[name], f, y)
     model.add_statistics(moments, [0, 1], 0)

@@ -41,8 +41,9 @@ from casdap import dap_defaults as D
 from casdap.dap_registry import INJECTION_NAMES, PROMPT_BACKBONE_NAMES, QUERY_NAMES, TASK_PREDICTORS, checked, load
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
-from casdap.models.class_statistics import ALL_CLASS_HEADS, KeptStatistics, check_shrinkage
+from casdap.models.class_statistics import ALL_CLASS_HEADS, check_shrinkage
 from casdap.models.injection import PromptInjection
+from casdap.models.kept_statistics import KeptStatistics
 from casdap.models.prompt_query import AdaptableQuery
 from casdap.models.task_inference import batch_majority, per_image
 
@@ -96,7 +97,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
     def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, stages: Sequence[int] = D.STAGES,
                  injection: str = D.INJECTION, prompt_last_block: bool = True, prompted_statistics: bool = False,
                  all_class_head: str = "lda", shrinkage: float = 1.0, query: str = D.QUERY,
-                 prompt_backbone: str = D.PROMPT_BACKBONE, query_statistics: bool = False) -> None:
+                 prompt_backbone: str = D.PROMPT_BACKBONE, query_statistics: str | None = None) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
         n_stages = len(backbone.layers)
@@ -210,7 +211,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
         feats = self._prompted_from(h, tokens)
         return PromptOutput(self.head(feats), key_idx, pull, penalty, selected, feats)
 
-    # -- class statistics (the rest: casdap.models.class_statistics.KeptStatistics) -----------
+    # -- class statistics (the rest: casdap.models.kept_statistics.KeptStatistics) ------------
     @torch.no_grad()
     def statistics_features(self, x: torch.Tensor, task: int) -> dict[str, torch.Tensor]:
         """The features each kept statistic is over, for training images ``x`` of task ``task``: the
@@ -276,7 +277,8 @@ class DualPromptPrompts(PromptPoolModel):
         if length < 1 or g_length < 1:
             raise CasdapError(f"the prompt lengths must be at least 1, got E {length}, G {g_length}")
         predictor = checked("task_predictor", task_predictor, TASK_PREDICTORS)
-        super().__init__(backbone, num_classes, num_tasks=num_tasks, query_statistics=predictor != "keys", **kwargs)
+        layout = None if predictor == "keys" else load("task_predictor", TASK_PREDICTORS, predictor).second_moments
+        super().__init__(backbone, num_classes, num_tasks=num_tasks, query_statistics=layout, **kwargs)
         if not 0 <= g_blocks < len(self.blocks):
             raise CasdapError(f"g_blocks must leave at least one of the {len(self.blocks)} prompted blocks for the "
                               f"E-prompts (0..{len(self.blocks) - 1}), got {g_blocks}")
