@@ -332,8 +332,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         if is_main:
             print(f"casdap cl: resuming {out} after task {start}/{bench.n_tasks}")
             if start >= bench.n_tasks:  # killed after its last checkpoint, before its result files
+                run_dir.drop_earlier_checkpoints(bench.n_tasks - 1)  # before metrics.json says finished
                 run_dir.write_results(strategy, finished=True)
-                run_dir.drop_earlier_checkpoints(bench.n_tasks - 1)
 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
