@@ -123,3 +123,23 @@ def test_a_checkpoint_with_every_class_s_outer_products_still_loads(tmp_path):
     report = load_checkpoint(exported, path)
     assert not report.missing and not report.unexpected
     assert torch.equal(exported.prompted_scatter, pooled)
+
+
+@pytest.mark.parametrize("overrides, kept", [
+    ([], {"prompted_scatter": (220, 220), "dap_task_predictor.precisions": (100, 220, 220)}),  # as shipped
+    (["MODEL.DAP.TASK_INFERENCE", "lda"], {"query_scatter": (220, 220), "prompted_scatter": (220, 220)}),
+])
+def test_the_embedded_shift_config_keeps_no_per_class_outer_products(tmp_path, overrides, kept):
+    """configs/dap/embedded_shift.yaml (gaussian task inference, the lda head over every class), and
+    with lda task inference: only its square tensors are the ones its predictor and head read."""
+    from conftest import ROOT
+
+    from casdap.config import load_config
+    from casdap.models.build import build_dap_model
+
+    cfg = load_config(ROOT / "configs" / "dap" / "embedded_shift.yaml", [
+        "MODEL.RANDOM_INIT", "True", "MODEL.MODEL_ROOT", str(tmp_path / "none"), *overrides])
+    state = build_dap_model(cfg).state_dict()
+    statistics = {k: tuple(v.shape) for k, v in state.items() if v.dim() >= 2 and v.shape[-1] == v.shape[-2] == 220
+                  and not k.startswith(("backbone.", "query_backbone.", "dap_blocks."))}
+    assert statistics == kept
