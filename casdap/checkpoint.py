@@ -160,6 +160,9 @@ def load_checkpoint(
     sd, used = extract_state_dict(obj, key, str(path))
     report = LoadReport(str(path), used)
 
+    upgrade = getattr(model, "upgrade_state_dict", None)
+    if callable(upgrade):  # a model's older layouts (a run's checkpoint written by an earlier version)
+        upgrade(sd)
     target = model.state_dict()
     report.dropped.extend(drop_dense_only(sd, target))
     if finetune:

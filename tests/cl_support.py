@@ -20,6 +20,8 @@ from casdap.config import load_config
 DIGITS_YAML = ROOT / "configs" / "dap" / "digits.yaml"
 DIGITS_STREAM = ROOT / "configs" / "streams" / "digits.yaml"  # the digits with no method's keys
 CIFAR_YAML = ROOT / "configs" / "dap" / "cifar.yaml"
+# A run keeps only its newest task checkpoint; tests that read an earlier task's add these overrides.
+KEEP = ("CONTINUAL.KEEP_TASK_CHECKPOINTS", "True")
 
 
 def write_tiny_cifar(root: Path, n_classes: int = 4, train_per_class: int = 8, test_per_class: int = 4,

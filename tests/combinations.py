@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from cl_support import tiny_cifar_cfg
+from cl_support import KEEP, tiny_cifar_cfg
 
 DAP_SOURCES = ("dap", "static", "none")  # MODEL.TRANSFER_TYPE dap with MODEL.DAP.PROMPT_SOURCE
 POOL_SOURCES = ("l2p", "dualprompt", "coda_prompt")  # MODEL.TRANSFER_TYPE l2p | dualprompt | coda_prompt
@@ -139,7 +139,7 @@ def check_combination(c: Combination, cifar: Path, tmp_path: Path, monkeypatch) 
     from casdap.continual.runner import run_continual
 
     full = tmp_path / "full"
-    cfg = tiny_cifar_cfg(cifar, full, method(c), *settings(c), "DATA.EVAL_BATCH_SIZE", "100")
+    cfg = tiny_cifar_cfg(cifar, full, method(c), *settings(c), "DATA.EVAL_BATCH_SIZE", "100", *KEEP)
     strategy = run_continual(cfg, progress=False).strategy
     # finer than the matrices (in a tiny run the prompts move features, rarely a prediction): the test
     # images of both tasks in one batch and each alone get the same task, class and logits, up to float

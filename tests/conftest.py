@@ -56,14 +56,16 @@ def torchrun_cl_runs(tmp_path_factory):
 
 
 def _launch_cl_runs(tmp: Path) -> dict:
-    from cl_support import launch_cl_runs, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
+    from cl_support import KEEP, launch_cl_runs, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
 
     data = write_tiny_cifar(tmp / "cifar", train_per_class=8)
     # dap with several keys per task: each rank seeds the keys from its own first batch, so rank 0's
     # keys must reach the others
     runs = {
-        "finetune": tiny_cifar_cfg(data, tmp / "finetune", "finetune", "DATA.BATCH_SIZE", "4"),
-        "dap": tiny_cifar_cfg(data, tmp / "dap", "dap", "DATA.BATCH_SIZE", "4", "MODEL.DAP.KEYS_PER_TASK", "3"),
+        # test_continual_distributed reads every task's checkpoint of these (CONTINUAL.KEEP_TASK_CHECKPOINTS)
+        "finetune": tiny_cifar_cfg(data, tmp / "finetune", "finetune", "DATA.BATCH_SIZE", "4", *KEEP),
+        "dap": tiny_cifar_cfg(data, tmp / "dap", "dap", "DATA.BATCH_SIZE", "4", "MODEL.DAP.KEYS_PER_TASK", "3",
+                              *KEEP),
         # test_task_inference: each rank's query statistics summed over ranks equal one process's
         "gaussian": tiny_cifar_cfg(data, tmp / "gaussian", "dap", "DATA.BATCH_SIZE", "4",
                                    "MODEL.DAP.TASK_INFERENCE", "gaussian", "MODEL.DAP.PREDICTION", "all"),
@@ -73,7 +75,7 @@ def _launch_cl_runs(tmp: Path) -> dict:
         "slda-first-session": ranpac_digits_cfg(tmp / "slda-first-session", "MODEL.TRANSFER_TYPE", "slda",
                                                 "BASELINES.FIRST_SESSION", "True", "SOLVER.TOTAL_EPOCH", "1"),
         # the learned-prompt methods, with weight decay (finished tasks' rows are put back on every rank)
-        **{m: tiny_cifar_cfg(data, tmp / m, m, "DATA.BATCH_SIZE", "4", "SOLVER.WEIGHT_DECAY", "0.01")
+        **{m: tiny_cifar_cfg(data, tmp / m, m, "DATA.BATCH_SIZE", "4", "SOLVER.WEIGHT_DECAY", "0.01", *KEEP)
            for m in ("l2p", "dualprompt", "coda_prompt")},
     }
     return launch_cl_runs(tmp, runs)

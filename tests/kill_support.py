@@ -51,10 +51,16 @@ def progress_keys(text: str) -> list[str]:
 def install_trap(trap: str) -> None:
     """Make this process SIGKILL itself at ``trap``: ``before:NAME`` (an atomic write has the file
     complete under its temporary name and is about to rename it onto NAME), ``after:NAME`` (just
-    renamed), ``finished:metrics.json`` (just renamed a metrics.json that says the run finished)."""
+    renamed), ``finished:metrics.json`` (just renamed a metrics.json that says the run finished),
+    ``unlink:NAME`` (about to delete NAME: an earlier task's checkpoint, once a newer one is written)."""
     when, name = trap.split(":", 1)
-    assert when in ("before", "after", "finished"), trap
-    real = os.replace
+    assert when in ("before", "after", "finished", "unlink"), trap
+    real, real_unlink = os.replace, os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if when == "unlink" and Path(path).name == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_unlink(path, *args, **kwargs)
 
     def replace(src, dst, *args, **kwargs):
         hit = Path(dst).name == name and (when != "finished" or '"finished": true' in Path(src).read_text())
@@ -64,7 +70,7 @@ def install_trap(trap: str) -> None:
         if hit:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    os.replace = replace
+    os.replace, os.unlink = replace, unlink
 
 
 def _child(argv: list[str], log: str, cwd: str, trap: str | None) -> None:

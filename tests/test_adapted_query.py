@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from cl_support import DIGITS_YAML, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, KEEP, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
 from casdap.continual.methods import check_config
@@ -36,7 +36,7 @@ def test_the_query_is_adapted_on_the_first_task_then_stays_bit_identical_under_w
     run_continual(tiny_cifar_cfg(
         cifar, out, "dap", "MODEL.DAP.QUERY", "adapted", "MODEL.DAP.PROMPT_BACKBONE", prompt_backbone,
         "MODEL.DAP.TASK_INFERENCE", "lda", "MODEL.DAP.KEYS_PER_TASK", "1", "MODEL.DAP.SHRINKAGE", "0.5",
-        "SOLVER.OPTIMIZER", "adamw", "SOLVER.WEIGHT_DECAY", "0.05"), progress=False)
+        "SOLVER.OPTIMIZER", "adamw", "SOLVER.WEIGHT_DECAY", "0.05", *KEEP), progress=False)
     after = [torch.load(out / "checkpoints" / f"task_{t:03d}.pth", weights_only=False)["model"] for t in (0, 1)]
     adapted = "backbone." if prompt_backbone == "adapted" else "query_backbone."
     assert bool(after[0]["adapted"]) and bool(after[1]["adapted"])

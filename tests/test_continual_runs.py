@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, KEEP, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.cli import main
 from casdap.config import load_config
@@ -53,7 +53,7 @@ def test_dap_run_directory_contract(tmp_path, cifar):
     assert "TRANSFER_TYPE: dap" in text and f"Final test Accuracy: {m['final_acc']:.5f}" in text
     assert "Final test Forget:" in text and "Final test LA:" in text
     assert "randomly initialised" in text
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["task_000.pth", "task_001.pth"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["task_001.pth"]  # the newest only
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     assert "TRANSFER_TYPE: dap" in (out / "config.yaml").read_text()
 
@@ -61,7 +61,7 @@ def test_dap_run_directory_contract(tmp_path, cifar):
 def test_dap_training_forces_keys_masks_classes_and_freezes_token_axis(tmp_path, cifar):
     from casdap.continual.dap_strategy import DAPStrategy
 
-    cfg = tiny_cifar_cfg(cifar, tmp_path / "run")
+    cfg = tiny_cifar_cfg(cifar, tmp_path / "run", "dap", *KEEP)
     seen = []
     original = DAPStrategy.forward
 

@@ -240,13 +240,13 @@ def test_worked_examples_plug_in(monkeypatch):
 
 def test_a_new_prompt_source_runs_from_a_config_with_casdap_cl(tmp_path, monkeypatch):
     """docs/architecture.md: one class and one registry line, then ``casdap cl`` runs it by name."""
-    from cl_support import run_casdap, tiny_cifar_cfg, write_tiny_cifar
+    from cl_support import KEEP, run_casdap, tiny_cifar_cfg, write_tiny_cifar
 
     monkeypatch.setitem(R.PROMPT_SOURCES, "shared_tokens", f"{__name__}:SharedTokens")
     cifar = write_tiny_cifar(tmp_path / "cifar")  # two steps a task: the tokens train once the gates open
     out = tmp_path / "run"
     yaml = tmp_path / "shared.yaml"
-    yaml.write_text(tiny_cifar_cfg(cifar, out, "dap", "MODEL.DAP.STAGES", "[3]").dump())
+    yaml.write_text(tiny_cifar_cfg(cifar, out, "dap", "MODEL.DAP.STAGES", "[3]", *KEEP).dump())
     cmd = [sys.executable, "-m", "casdap", "cl", "--config-file", yaml, "MODEL.DAP.PROMPT_SOURCE", "shared_tokens"]
     proc = run_casdap(cmd, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

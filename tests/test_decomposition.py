@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from cl_support import tiny_cifar_cfg, write_tiny_cifar
+from cl_support import KEEP, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.continual.runner import run_continual
 from casdap.errors import CasdapError
@@ -195,7 +195,7 @@ def test_rows_of_earlier_tasks_stay_bit_identical_under_weight_decay(tmp_path, c
     """The runner's own optimizer (engine.optim_factory.build_group_optimizer) with decay > 0."""
     out = tmp_path / optimizer
     run_continual(tiny_cifar_cfg(cifar, out, "dap", "SOLVER.OPTIMIZER", optimizer, "SOLVER.WEIGHT_DECAY", "0.05",
-                                 "MODEL.DAP.TASK_GENERATORS", "True", "MODEL.DAP.KEYS_PER_TASK", "2"),
+                                 "MODEL.DAP.TASK_GENERATORS", "True", "MODEL.DAP.KEYS_PER_TASK", "2", *KEEP),
                   progress=False)
     after = [torch.load(out / "checkpoints" / f"task_{t:03d}.pth", weights_only=False)["model"] for t in (0, 1)]
     rows_of_task0 = {"head.weight": [0, 1], "head.bias": [0, 1], "dap_task_emb.weight": [0],

@@ -88,7 +88,7 @@ def test_export_rejects_sizes_the_backbone_cannot_take(exported, tmp_path, capsy
 def restricted_run(tmp_path_factory):
     """A real two-task DAP run at 32 px, two keys per task, whose evaluation restricts logits to the
     selected key's task."""
-    from cl_support import tiny_cifar_cfg, write_tiny_cifar
+    from cl_support import KEEP, tiny_cifar_cfg, write_tiny_cifar
 
     from casdap.continual.runner import run_continual
 
@@ -96,7 +96,7 @@ def restricted_run(tmp_path_factory):
     cifar = write_tiny_cifar(tmp / "cifar")
     # prompts in the last stage only: a smaller graph, a quicker export
     cfg = tiny_cifar_cfg(cifar, tmp / "run", "dap", "MODEL.DAP.RESTRICT_TO_TASK", "True", "MODEL.DAP.STAGES", "[3]",
-                         "MODEL.DAP.KEYS_PER_TASK", "2")
+                         "MODEL.DAP.KEYS_PER_TASK", "2", *KEEP)  # a test reads task_000.pth
     result = run_continual(cfg, progress=False)
     return result, cfg
 

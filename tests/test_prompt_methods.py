@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from cl_support import CIFAR_YAML, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import CIFAR_YAML, KEEP, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
 from casdap.continual.methods import check_config, method_keys
@@ -134,7 +134,7 @@ def test_parts_of_finished_tasks_stay_bit_identical_under_weight_decay(tmp_path,
     """The runner's own optimizer (engine.optim_factory.build_group_optimizer) with decay > 0."""
     out = tmp_path / "run"
     run_continual(tiny_cifar_cfg(cifar, out, method, "SOLVER.OPTIMIZER", optimizer, "SOLVER.WEIGHT_DECAY", "0.05",
-                                 "MODEL.PROMPT.COMPONENTS", "4"), progress=False)
+                                 "MODEL.PROMPT.COMPONENTS", "4", *KEEP), progress=False)
     after = [torch.load(out / "checkpoints" / f"task_{t:03d}.pth", weights_only=False)["model"] for t in (0, 1)]
     names = list(after[0])
     checked = 0

@@ -11,7 +11,7 @@ import re
 
 import pytest
 import torch
-from cl_support import CIFAR_YAML, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import CIFAR_YAML, KEEP, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.config import load_config
 from casdap.continual.methods import check_config, method_keys
@@ -64,7 +64,7 @@ def full_runs(cifar, tmp_path_factory):
     for case in CASES:
         method, extra = case
         where = tmp_path_factory.mktemp(_id(case))
-        runs[_id(case)] = (where, run_continual(tiny_cifar_cfg(cifar, where / "full", method, *DECAY, *extra),
+        runs[_id(case)] = (where, run_continual(tiny_cifar_cfg(cifar, where / "full", method, *DECAY, *extra, *KEEP),
                                                 progress=False))
     return runs
 
@@ -191,7 +191,7 @@ def test_the_pseudo_head_and_the_head_task_predictor_are_fitted_from_the_kept_st
     model.mark_trained(0)
     feats = model.statistics_features(x, 0)
     assert sorted(feats) == ["prompted", "query"]
-    moments = {n: tuple(torch.zeros_like(b) for b in bufs) for n, bufs in model.statistics_moments().items()}
+    moments = model.new_moments()
     for name, f in feats.items():
         add_moments(*moments[name], f, y)
     model.add_statistics(moments, [0, 1], 0)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from cl_support import DIGITS_STREAM, interrupt_during_task, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_STREAM, KEEP, interrupt_during_task, ranpac_digits_cfg, tiny_cifar_cfg, write_tiny_cifar
 from test_continual_runs import CONTRACT
 
 from casdap.cli import main
@@ -167,7 +167,7 @@ def test_torchrun_sums_the_statistics_of_every_rank(torchrun_cl_runs):
 # -------------------------------------------------------------------------------------------- aper
 def test_aper_adapts_on_the_first_task_only_then_classifies_by_prototypes(tmp_path, cifar):
     out = tmp_path / "aper"
-    res = run_continual(tiny_cifar_cfg(cifar, out, "aper"), progress=False)
+    res = run_continual(tiny_cifar_cfg(cifar, out, "aper", *KEEP), progress=False)
     m = res.metrics
     assert set(m) == CONTRACT and m["method"] == "aper" and m["finished"] and m["forgetting"] is not None
     assert 0 < m["trainable_params"] < m["total_params"]  # the adapted copy and its head, not the pretrained one
@@ -357,7 +357,7 @@ def test_discriminant_and_first_session_resume_matches_the_uninterrupted_run(tmp
 def test_first_session_adapts_the_backbone_on_the_first_task_only(tmp_path, cifar):
     out = tmp_path / "fs"
     res = run_continual(tiny_cifar_cfg(cifar, out, "ranpac", "BASELINES.RANPAC_PROJ_DIM", "64",
-                                       "BASELINES.FIRST_SESSION", "True"), progress=False)
+                                       "BASELINES.FIRST_SESSION", "True", *KEEP), progress=False)
     m = res.metrics
     assert set(m) == CONTRACT and m["method"] == "ranpac" and m["finished"]
     assert m["trainable_params"] > 0  # the backbone and the head of the first task

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 import torch
-from cl_support import DIGITS_YAML, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, KEEP, interrupt_during_task, tiny_cifar_cfg, write_tiny_cifar
 
 from casdap.checkpoint import read_checkpoint
 from casdap.cli import main
@@ -91,7 +91,7 @@ def test_finished_run_is_reported_and_left_untouched(tmp_path, cifar, capsys):
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, cifar):
     full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "linear"), progress=False).metrics
     out = tmp_path / "run"
-    run_continual(tiny_cifar_cfg(cifar, out, "linear", tasks=2), progress=False)
+    run_continual(tiny_cifar_cfg(cifar, out, "linear", *KEEP, tasks=2), progress=False)
     (out / "checkpoints" / "task_001.pth").write_bytes(b"truncated")
     (out / "metrics.json").unlink()  # as if killed while the last task was being written
     with pytest.warns(UserWarning, match="skipping task_001.pth"):

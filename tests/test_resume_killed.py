@@ -195,6 +195,8 @@ def assert_same_run(out: Path, ref: Path, context: str) -> None:
     assert a["strategy"].keys() == b["strategy"].keys()
     stray = [p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("task_")]
     assert not stray, f"files left in checkpoints/: {stray}; {context}"
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == [last], f"checkpoints/ holds {kept}, the uninterrupted run only {last}; {context}"
 
 
 # -------------------------------------------------------------------------------------- tests
@@ -230,14 +232,15 @@ def test_digits_dap_with_loader_workers_killed_in_task_0_and_after_several_tasks
 def test_first_session_slda_killed_in_the_adaptation_and_around_every_file_write(children, slda_reference, tmp_path):
     """Streaming LDA after the first-session adaptation: killed while the backbone is adapted, then
     around the writes of the run folder: with task_000.pth written under its temporary name, right
-    after task_002.pth (metrics.json not yet updated), while writing the last checkpoint, right after
-    it, and right after the finished metrics.json."""
+    after task_002.pth (metrics.json not yet updated), about to delete task_002.pth once task_003.pth
+    is written, while writing the last checkpoint, right after it, and right after
+    the finished metrics.json."""
     ref = slda_reference
     adapt_end = ref.index("task 1/5 epoch 2/", last=True)
     chain = Chain(children, ref, tmp_path / "run", "slda")
     chain.kill_within("the backbone's adaptation", 0, adapt_end)
-    for trap in ("before:task_000.pth", "after:task_002.pth", "before:task_004.pth", "after:task_004.pth",
-                 "finished:metrics.json"):
+    for trap in ("before:task_000.pth", "after:task_002.pth", "unlink:task_002.pth", "before:task_004.pth",
+                 "after:task_004.pth", "finished:metrics.json"):
         chain.trap(trap)
     chain.finish()
 

@@ -80,3 +80,24 @@ def test_plugin_placed_before_the_evaluator_is_one_clear_error(tmp_path, bench):
 def test_plugin_names_missing_run_information(tmp_path):
     with pytest.raises(CasdapError, match="info lacks"):
         RunDirectoryPlugin(tmp_path, 2, {k: INFO[k] for k in RUN_INFO_FIELDS[:-1]}, config_text="")
+
+
+@pytest.mark.parametrize("keep_task, keep_final, left", [
+    (False, True, [["task_000.pth"], ["task_001.pth"]]),  # the default: the newest only
+    (True, True, [["task_000.pth"], ["task_000.pth", "task_001.pth"]]),  # CONTINUAL.KEEP_TASK_CHECKPOINTS
+    (False, False, [["task_000.pth"], []]),  # MODEL.SAVE_CKPT False: a finished run keeps none
+])
+def test_a_run_keeps_its_newest_task_checkpoint_unless_asked_to_keep_every_task(tmp_path, bench, keep_task,
+                                                                                keep_final, left):
+    out = tmp_path / "run"
+    strategy = _strategy()
+    strategy.plugins.append(RunDirectoryPlugin(out, bench.n_tasks, INFO, config_text="SEED: 0\n", verbose=False,
+                                               keep_task_checkpoints=keep_task, keep_final_checkpoint=keep_final))
+    seen = []
+    for t in range(bench.n_tasks):
+        strategy.train(bench.scenario.train_stream[t])
+        strategy.eval(bench.scenario.test_stream[: t + 1])
+        seen.append(sorted(p.name for p in (out / "checkpoints").iterdir()))
+    assert seen == left
+    resumable = read_resume_checkpoint(out)
+    assert (resumable[1]["tasks_done"] if resumable else None) == (2 if keep_final else None)

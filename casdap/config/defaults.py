@@ -36,6 +36,9 @@ _C.CONTINUAL.RESPLIT = False
 # CAS-ViT's --multi_scale_sampler: each training batch is resized to a side drawn from the sampler's
 # scales (5/7 to 10/7 of DATA.CROPSIZE, multiples of 32); evaluation stays at DATA.CROPSIZE.
 _C.CONTINUAL.MULTI_SCALE = False
+# A run keeps only its newest task checkpoint (what resume and export read); True keeps every task's
+# checkpoints/task_NNN.pth (e.g. to compare a model after each task).
+_C.CONTINUAL.KEEP_TASK_CHECKPOINTS = False
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CN()
@@ -47,7 +50,8 @@ _C.MODEL.BACKBONE = "rcvit_xs"  # rcvit_xs | rcvit_s | rcvit_m | rcvit_t
 _C.MODEL.WEIGHT_PATH = ""  # pretrained backbone file; else MODEL_ROOT/<BACKBONE>.pth
 _C.MODEL.MODEL_ROOT = "./model"
 _C.MODEL.RANDOM_INIT = False  # explicitly allow a randomly initialised backbone (labelled in every output)
-_C.MODEL.SAVE_CKPT = True  # checkpoint after each task (needed for resuming)
+# False: a finished run keeps no checkpoint (while it runs, its newest is kept for resuming)
+_C.MODEL.SAVE_CKPT = True
 _C.MODEL.NUM_HEAD = 12  # DAP (ViT) key, unused by CAS-ViT
 _C.MODEL.MLP_NUM = 0
 _C.MODEL.LINEAR = CN()

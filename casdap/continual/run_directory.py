@@ -2,8 +2,11 @@
 
 :class:`RunDirectoryPlugin` brings the directory up to date after every evaluation that follows a
 training: ``metrics.json``, ``acc_matrix.csv``, TensorBoard scalars and a per-task checkpoint, and
-``final_results.txt`` after the last task. Any strategy gets the files ``casdap compare`` reads by
-appending the plugin after its evaluator, whose metrics it reads::
+``final_results.txt`` after the last task. Only the newest task checkpoint stays (what resume and
+``casdap export`` read): the earlier ones are deleted once it is written in full, so a run killed
+at any moment can be resumed; ``keep_task_checkpoints`` (``CONTINUAL.KEEP_TASK_CHECKPOINTS``)
+keeps every task's. Any strategy gets the files ``casdap compare`` reads by appending the plugin
+after its evaluator, whose metrics it reads::
 
     strategy.plugins.append(RunDirectoryPlugin(out, n_tasks=len(stream), info={...}, config_text=...))
     for t, exp in enumerate(train_stream):
@@ -29,7 +32,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from tqdm.auto import tqdm
 
-from casdap.checkpoint import save_checkpoint
+from casdap.checkpoint import TASK_CHECKPOINT, numbered_checkpoints, save_checkpoint
 from casdap.continual.results import final_accuracy, summarize, write_acc_matrix_csv, write_final_results, write_json
 from casdap.continual.run_reading import CHECKPOINT_DIR, CHECKPOINT_FORMAT
 from casdap.engine.seeding import capture_rng_state
@@ -157,19 +160,22 @@ class RunDirectoryPlugin(SupervisedPlugin):
     own state (:func:`strategy_state`) and every random generator, so a resumed run ends with the
     metrics an uninterrupted one would have. Training throughput counts every image of every
     training iteration (replayed ones included) on every one of ``world`` processes. With
-    ``write=False`` (ranks other than 0) the plugin only keeps its state.
+    ``write=False`` (ranks other than 0) the plugin only keeps its state. Earlier tasks' checkpoints
+    are deleted once a newer one is written, unless ``keep_task_checkpoints``; without
+    ``keep_final_checkpoint`` a finished run keeps none.
     """
 
     def __init__(self, out: Path, n_tasks: int, info: dict[str, Any], config_text: str, *,
                  notes: Sequence[str] = (), joint: bool = False, keep_final_checkpoint: bool = True,
-                 eval_batch: int = 64, num_workers: int = 0, pin_memory: bool = False, world: int = 1,
-                 write: bool = True, verbose: bool = True) -> None:
+                 keep_task_checkpoints: bool = False, eval_batch: int = 64, num_workers: int = 0,
+                 pin_memory: bool = False, world: int = 1, write: bool = True, verbose: bool = True) -> None:
         super().__init__()
         missing = set(RUN_INFO_FIELDS) - set(info)
         if missing:
             raise CasdapError(f"RunDirectoryPlugin: info lacks {sorted(missing)}")
         self.out, self.n_tasks, self.info, self.config_text = Path(out), int(n_tasks), dict(info), config_text
         self.notes, self.joint, self.keep_final_checkpoint = list(notes), joint, keep_final_checkpoint
+        self.keep_task_checkpoints = keep_task_checkpoints
         self.eval_batch, self.num_workers, self.pin_memory, self.world = eval_batch, num_workers, pin_memory, world
         self.write, self.verbose = write, verbose
         self.state = RunState()
@@ -257,13 +263,17 @@ class RunDirectoryPlugin(SupervisedPlugin):
         finished = t == self.n_tasks - 1
         if not self.write:
             return
-        if self.keep_final_checkpoint or not finished:
+        saved = self.keep_final_checkpoint or not finished
+        if saved:
             save_checkpoint({
                 "format": CHECKPOINT_FORMAT, "tasks_done": t + 1, "config": self.config_text,
                 "model": strategy.model.state_dict(), "state": vars(s), "strategy": strategy_state(strategy),
                 "rng": capture_rng_state(),
             }, self.out / CHECKPOINT_DIR / f"task_{t:03d}.pth")
+            self.drop_earlier_checkpoints(t)  # the newest is in place: a resumed run starts from it
         metrics = self.write_results(strategy, finished)
+        if not saved:  # nothing left to resume once metrics.json says the run finished
+            self.drop_earlier_checkpoints(t)
         writers = _tensorboard_writers(strategy)
         for w in writers:
             done = [v for v in row if v is not None]
@@ -287,6 +297,17 @@ class RunDirectoryPlugin(SupervisedPlugin):
                     if metrics[k] is not None:
                         w.add_scalar(f"final/{k}", metrics[k], self.n_tasks - 1)
                 w.flush()
+
+    def drop_earlier_checkpoints(self, t: int) -> list[Path]:
+        """Delete the checkpoints of tasks before ``t`` (unless ``keep_task_checkpoints``): called once
+        task ``t``'s checkpoint is in place (or the finished run's results, when it writes none), so
+        the newest resumable state is never the one deleted. Returns what it deleted."""
+        if not self.write or self.keep_task_checkpoints:
+            return []
+        earlier = [path for n, path in numbered_checkpoints(self.out / CHECKPOINT_DIR, TASK_CHECKPOINT) if n < t]
+        for path in earlier:
+            path.unlink(missing_ok=True)
+        return earlier
 
     def write_results(self, strategy, finished: bool) -> dict[str, Any]:
         """Write the result files of the rows recorded so far; ``metrics.json`` last, as it is what

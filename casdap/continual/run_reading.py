@@ -61,7 +61,7 @@ def finished_metrics(out: Path) -> dict[str, Any] | None:
 RESULT_NEUTRAL_KEYS = frozenset({
     "OUTPUT_DIR", "DEVICE", "CUDNN_BENCHMARK", "NUM_GPUS", "NUM_SHARDS", "DIST_BACKEND", "DIST_INIT_PATH",
     "DIST_INIT_FILE", "DBG", "RUN_N_TIMES", "SOLVER.AUTO_RESUME", "SOLVER.LOG_EVERY_N", "SOLVER.DBG_TRAINABLE",
-    "MODEL.SAVE_CKPT", "DATA.PIN_MEMORY", "DATA.DATAPATH",
+    "MODEL.SAVE_CKPT", "CONTINUAL.KEEP_TASK_CHECKPOINTS", "DATA.PIN_MEMORY", "DATA.DATAPATH",
 })
 # Paths compared by the file they name, not by their spelling.
 _PATH_KEYS = frozenset({"MODEL.WEIGHT_PATH", "MODEL.MODEL_ROOT"})

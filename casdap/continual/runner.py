@@ -324,7 +324,8 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         info={"method": method.name, "backbone": cfg.MODEL.BACKBONE, "dataset": bench.dataset, "seed": seed,
               **fields, "random_init_backbone": random_backbone, "trainable_params": trainable,
               "total_params": total},
-        joint=method.joint, keep_final_checkpoint=cfg.MODEL.SAVE_CKPT, eval_batch=eval_batch_size(cfg),
+        joint=method.joint, keep_final_checkpoint=cfg.MODEL.SAVE_CKPT,
+        keep_task_checkpoints=cfg.CONTINUAL.KEEP_TASK_CHECKPOINTS, eval_batch=eval_batch_size(cfg),
         num_workers=workers, pin_memory=loader_args["pin_memory"], world=world, write=is_main, verbose=is_main,
     )
     strategy.plugins.append(run_dir)  # after the evaluator, whose metrics it writes
@@ -341,6 +342,7 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
         if is_main:
             print(f"casdap cl: resuming {out} after task {start}/{bench.n_tasks}")
             if start >= bench.n_tasks:  # killed after its last checkpoint, before its result files
+                run_dir.drop_earlier_checkpoints(bench.n_tasks - 1)  # before metrics.json says finished
                 run_dir.write_results(strategy, finished=True)
 
     if is_main:

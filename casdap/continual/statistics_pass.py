@@ -19,8 +19,8 @@ def statistics_pass(strategy, task: int) -> None:
     would widen every class's covariance with variation the test set never shows), each rank over its
     share of the training data, summed over ranks; then the model refits what it estimates from them.
 
-    The model gives ``statistics_moments()``, ``statistics_features(x, task)`` and
-    ``add_statistics(moments, classes, task)`` (:class:`casdap.models.class_statistics.KeptStatistics`)."""
+    The model gives ``new_moments()``, ``statistics_features(x, task)`` and
+    ``add_statistics(moments, classes, task)`` (:class:`casdap.models.kept_statistics.KeptStatistics`)."""
     from torch.utils.data import DataLoader
 
     from casdap.continual.benchmarks import clean_training_views
@@ -31,7 +31,7 @@ def statistics_pass(strategy, task: int) -> None:
                         num_workers=0)
     was_training = model.training
     model.eval()
-    local = {n: tuple(torch.zeros_like(b) for b in bufs) for n, bufs in model.statistics_moments().items()}
+    local = model.new_moments()
     with clean_training_views():
         for batch in loader:
             x, y = batch[0].to(strategy.device), batch[1].to(strategy.device)

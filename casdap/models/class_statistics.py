@@ -6,11 +6,16 @@ Moments are exact sums (count, sum, sum of outer products; float64 keeps ``E[xx^
 of cancellation), so they add over tasks and over ``torchrun`` ranks (:func:`sum_over_ranks`).
 Covariances are shrunk before they are inverted (:func:`shrink`); the forms differ by method and
 each is named, so a method's results stay what they were.
+
+A model keeps of each class's second moments only what its consumer reads again (:data:`MOMENT_LAYOUTS`):
+every class's outer products ``[K, C, C]`` where each refit draws from every class's Gaussian, one
+within-class scatter ``[C, C]`` for a linear discriminant's shared covariance, none where a class's
+covariance is read once, when its task ends (the consumer keeps what it estimated from it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +25,11 @@ from casdap.errors import CasdapError
 
 __all__ = [
     "ALL_CLASS_HEADS",
+    "ALL_CLASS_HEAD_MOMENTS",
     "MASKED_SCORE",
+    "MOMENT_LAYOUTS",
     "SHRINKAGE_FORMS",
     "ClassStatistics",
-    "KeptStatistics",
     "add_moments",
     "add_to_moments",
     "check_shrinkage",
@@ -38,10 +44,17 @@ __all__ = [
     "shrunk_covariance",
     "statistics_from_moments",
     "sum_over_ranks",
+    "within_class_scatter",
 ]
 
 # Score of a class or task that cannot be chosen: far below any real score, finite in float16.
 MASKED_SCORE = -1e4
+
+# What a consumer of class statistics keeps of each class's second moments between tasks:
+#   per_class: every class's sum of outer products [K, C, C] (every refit reads every class's covariance);
+#   pooled:    one within-class scatter [C, C] (a linear discriminant's shared covariance);
+#   once:      none (a class's covariance is read once, when its task ends).
+MOMENT_LAYOUTS = ("per_class", "pooled", "once")
 
 
 @dataclass
@@ -49,7 +62,9 @@ class ClassStatistics:
     """Per-class statistics of features (the query, or prompted features).
 
     ``tasks[k]`` is the task of class ``classes[k]``; ``count``, ``mean`` and (optionally) the
-    ``covariance`` are over that class's features.
+    ``covariance`` are over that class's features. ``scatter`` (optional, float64): the within-class
+    scatter summed over the classes, ``sum_k count_k * covariance_k``, where one shared covariance is
+    all that is kept.
     """
 
     classes: torch.Tensor  # [K] long
@@ -57,6 +72,7 @@ class ClassStatistics:
     count: torch.Tensor  # [K]
     mean: torch.Tensor  # [K, C]
     covariance: torch.Tensor | None = None  # [K, C, C]
+    scatter: torch.Tensor | None = None  # [C, C]
 
     @classmethod
     @torch.no_grad()
@@ -94,17 +110,31 @@ def add_moments(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor,
         outer.index_add_(0, labels, f[:, :, None] * f[:, None, :])
 
 
-def register_moments(module: torch.nn.Module, name: str, num_classes: int, dim: int) -> None:
-    """Give ``module`` the buffers ``<name>_count`` ``[K]``, ``<name>_sum`` ``[K, C]`` and ``<name>_outer``
-    ``[K, C, C]`` (float64, zero): per-class moments saved with the model, so a resumed run has them."""
+_SECOND = {"per_class": "outer", "pooled": "scatter", "once": None}  # a layout's second-moment buffer
+
+
+def register_moments(module: torch.nn.Module, name: str, num_classes: int, dim: int,
+                     layout: str = "per_class") -> None:
+    """Give ``module`` the buffers ``<name>_count`` ``[K]`` and ``<name>_sum`` ``[K, C]``, and for the
+    second moments (:data:`MOMENT_LAYOUTS`) ``<name>_outer`` ``[K, C, C]`` (``per_class``) or
+    ``<name>_scatter`` ``[C, C]`` (``pooled``); float64, zero. Saved with the model, so a resumed
+    run has them."""
+    if layout not in MOMENT_LAYOUTS:
+        raise CasdapError(f"unknown moment layout '{layout}' (use one of {', '.join(MOMENT_LAYOUTS)})")
     module.register_buffer(f"{name}_count", torch.zeros(num_classes, dtype=torch.float64))
     module.register_buffer(f"{name}_sum", torch.zeros(num_classes, dim, dtype=torch.float64))
-    module.register_buffer(f"{name}_outer", torch.zeros(num_classes, dim, dim, dtype=torch.float64))
+    if layout == "per_class":
+        module.register_buffer(f"{name}_outer", torch.zeros(num_classes, dim, dim, dtype=torch.float64))
+    elif layout == "pooled":
+        module.register_buffer(f"{name}_scatter", torch.zeros(dim, dim, dtype=torch.float64))
 
 
-def kept_moments(module: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The (count, sum, outer) buffers that :func:`register_moments` gave ``module``."""
-    return getattr(module, f"{name}_count"), getattr(module, f"{name}_sum"), getattr(module, f"{name}_outer")
+def kept_moments(module: torch.nn.Module, name: str) -> tuple[torch.Tensor, ...]:
+    """The buffers that :func:`register_moments` gave ``module``: (count, sum) and the second moments'
+    (outer or scatter) where its layout keeps one."""
+    second = [f"{name}_{s}" for s in ("outer", "scatter") if isinstance(getattr(module, f"{name}_{s}", None),
+                                                                      torch.Tensor)]
+    return (getattr(module, f"{name}_count"), getattr(module, f"{name}_sum"), *(getattr(module, n) for n in second))
 
 
 def add_to_moments(kept: tuple[torch.Tensor, ...], moments: tuple[torch.Tensor, ...]) -> None:
@@ -127,15 +157,23 @@ def sum_over_ranks(tensors: list[torch.Tensor], all_reduce=None) -> None:
         all_reduce(t)
 
 
-def statistics_from_moments(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor,
+def statistics_from_moments(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor | None,
                             class_task: torch.Tensor) -> ClassStatistics:
-    """:class:`ClassStatistics` (with population covariance) of every class with a count."""
+    """:class:`ClassStatistics` (with population covariance, unless ``outer`` is None) of every class
+    with a count."""
     classes = torch.nonzero(count > 0).flatten().cpu()
     n = count[classes].to(total.dtype)
     mean = total[classes] / n[:, None]
-    cov = outer[classes] / n[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    cov = None if outer is None else outer[classes] / n[:, None, None] - mean[:, :, None] * mean[:, None, :]
     return ClassStatistics(classes=classes, tasks=class_task[classes].cpu(), count=n.cpu(),
-                           mean=mean.float().cpu(), covariance=cov.float().cpu())
+                           mean=mean.float().cpu(), covariance=None if cov is None else cov.float().cpu())
+
+
+def within_class_scatter(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
+    """``[C, C]`` float64: ``sum_k count_k * covariance_k`` over the classes with a count, each
+    covariance as :func:`statistics_from_moments` gives it: what :func:`lda_classifier` pools."""
+    stats = statistics_from_moments(count, total, outer, torch.zeros(len(count), dtype=torch.long))
+    return (stats.covariance.double() * stats.count.double()[:, None, None]).sum(0)
 
 
 # -- shrinkage ----------------------------------------------------------------------------------
@@ -202,11 +240,16 @@ def lda(means: torch.Tensor, covariance: torch.Tensor, shrinkage: float,
 
 def lda_classifier(stats: ClassStatistics, num_classes: int, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`lda` (``trace`` form) of the classes of ``stats`` over ``num_classes`` classes: the
-    shared covariance is the count-weighted mean of the class covariances. Returns ``(weight
-    [num_classes, C], bias [num_classes])``; classes without statistics get zero weight and a very
-    low bias."""
+    shared covariance is the count-weighted mean of the class covariances (``stats.scatter`` over the
+    count where only that is kept). Returns ``(weight [num_classes, C], bias [num_classes])``;
+    classes without statistics get zero weight and a very low bias."""
     n = stats.count.double()
-    pooled = (stats.covariance.double() * n[:, None, None]).sum(0) / n.sum()
+    if stats.covariance is not None:
+        pooled = (stats.covariance.double() * n[:, None, None]).sum(0) / n.sum()
+    elif stats.scatter is not None:
+        pooled = stats.scatter.double() / n.sum()
+    else:
+        raise CasdapError("a linear discriminant needs class covariances or their within-class scatter")
     w, b = lda(stats.mean.double(), pooled, shrinkage, "trace")
     weight = torch.zeros(num_classes, w.shape[1])
     bias = torch.full((num_classes,), MASKED_SCORE)
@@ -266,64 +309,7 @@ def fit_linear_on_gaussians(stats: ClassStatistics, num_classes: int, shrinkage:
     return weight, bias
 
 
-# CAS-DAP's all-class heads (MODEL.DAP.ALL_CLASS_HEAD): (stats, num_classes, shrinkage) -> (weight, bias)
+# CAS-DAP's all-class heads (MODEL.DAP.ALL_CLASS_HEAD): (stats, num_classes, shrinkage) -> (weight, bias),
+# and the second moments each refit reads (MOMENT_LAYOUTS): pseudo draws from every class's Gaussian
 ALL_CLASS_HEADS = {"lda": lda_classifier, "pseudo": fit_linear_on_gaussians}
-
-
-# -- statistics kept by a model -----------------------------------------------------------------
-
-
-class KeptStatistics:
-    """Model mixin (before ``nn.Module``): per-class moments of the query and of prompted features,
-    kept as buffers (saved with the model, so a resumed run has them), and what is refitted from them
-    at each task end: the task predictor from the query's (:meth:`fit_task_predictor`), the head over
-    every seen class from the prompted features' (``ALL_CLASS_HEADS[self.all_class_head]``)."""
-
-    num_classes: int
-    all_class_head: str
-
-    def keep_statistics(self, num_classes: int, dim: int, *, query: bool, prompted: bool, shrinkage: float) -> None:
-        """Register the buffers: each class's task (-1: unseen), the moments of the features kept
-        (``query`` / ``prompted``) and the all-class head's weight and bias."""
-        self.query_statistics, self.prompted_statistics, self.shrinkage = query, prompted, shrinkage
-        if query or prompted:
-            self.register_buffer("class_task", torch.full((num_classes,), -1, dtype=torch.long))
-        for name, wanted in (("query", query), ("prompted", prompted)):
-            if wanted:
-                register_moments(self, name, num_classes, dim)
-        if prompted:
-            self.register_buffer("all_weight", torch.zeros(num_classes, dim))
-            self.register_buffer("all_bias", torch.zeros(num_classes))
-
-    def statistics_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The statistics this model keeps: ``{"query" | "prompted": (count, sum, outer)}``."""
-        names = [n for n, on in (("query", self.query_statistics), ("prompted", self.prompted_statistics)) if on]
-        return {n: kept_moments(self, n) for n in names}
-
-    def fit_task_predictor(self, stats: ClassStatistics) -> None:
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def add_statistics(self, moments: dict[str, tuple[torch.Tensor, ...]], classes: Sequence[int], task: int) -> None:
-        """Add moments (of the model's ``statistics_features``, summed over ranks) of task ``task``'s
-        ``classes`` to the kept statistics, and refit what is estimated from them: the task predictor
-        from the query statistics, the all-class head from the prompted ones."""
-        self.class_task[torch.as_tensor(list(classes), dtype=torch.long, device=self.class_task.device)] = int(task)
-        kept = self.statistics_moments()
-        for name, bufs in kept.items():
-            add_to_moments(bufs, moments[name])
-        if self.query_statistics:
-            self.fit_task_predictor(statistics_from_moments(*kept["query"], self.class_task))
-        if self.prompted_statistics:
-            stats = statistics_from_moments(*kept["prompted"], self.class_task)
-            weight, bias = ALL_CLASS_HEADS[self.all_class_head](stats, self.num_classes, self.shrinkage)
-            self.all_weight.copy_(weight.to(self.all_weight))
-            self.all_bias.copy_(bias.to(self.all_bias))
-
-    def all_class_logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """Logits over every class seen so far from prompted features (the head re-aligned on class
-        statistics; unseen classes stay at a very low bias)."""
-        if not self.prompted_statistics:
-            raise CasdapError("this model keeps no statistics of prompted features "
-                              "(build it with prompted_statistics=True)")
-        return feats.float() @ self.all_weight.t() + self.all_bias
+ALL_CLASS_HEAD_MOMENTS = {"lda": "pooled", "pseudo": "per_class"}

@@ -42,8 +42,9 @@ from casdap.dap_registry import (
 from casdap.dap_registry import SELECTIONS as SELECTION_REDUCERS
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
-from casdap.models.class_statistics import ClassStatistics, KeptStatistics, check_shrinkage
+from casdap.models.class_statistics import ClassStatistics, check_shrinkage
 from casdap.models.injection import INJECTIONS, PromptedBlock, PromptInjection, build_checked
+from casdap.models.kept_statistics import KeptStatistics
 from casdap.models.logit_mask import MASKED_LOGIT, mask_logits, task_class_masks
 from casdap.models.prompt_query import AdaptableQuery
 from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator
@@ -203,8 +204,9 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
         nn.init.zeros_(self.head.bias)
         # Class statistics of the query, for a predictor estimated from them, and of the true task's
         # prompted features, for the head over every seen class (prediction "all").
+        needs = getattr(self.dap_task_predictor, "needs_statistics", False)
         self.keep_statistics(num_classes, self.num_features,
-                             query=bool(getattr(self.dap_task_predictor, "needs_statistics", False)),
+                             query=self.dap_task_predictor.second_moments if needs else None,
                              prompted=bool(prompted_statistics),
                              shrinkage=1.0 if shrinkage is None else check_shrinkage(shrinkage))
         # An adapted query (APER's first session): a backbone trained with a linear head on the first
@@ -247,7 +249,7 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
         """Hand per-class query statistics to the task predictor (:meth:`TaskPredictor.fit`)."""
         self.dap_task_predictor.fit(stats)
 
-    # -- class statistics (the rest: casdap.models.class_statistics.KeptStatistics) -----------
+    # -- class statistics (the rest: casdap.models.kept_statistics.KeptStatistics) ------------
     @torch.no_grad()
     def statistics_features(self, x: torch.Tensor, task: int) -> dict[str, torch.Tensor]:
         """The features each kept statistic is over, for images ``x`` of task ``task``: the query, and

@@ -43,8 +43,9 @@ from casdap.dap_registry import (
 )
 from casdap.errors import CasdapError
 from casdap.models.casvit import CASViT
-from casdap.models.class_statistics import ALL_CLASS_HEADS, KeptStatistics, check_shrinkage
+from casdap.models.class_statistics import ALL_CLASS_HEADS, check_shrinkage
 from casdap.models.injection import PromptInjection, build_checked
+from casdap.models.kept_statistics import KeptStatistics
 from casdap.models.prompt_query import AdaptableQuery
 from casdap.models.prompt_sources.pool import PoolSource
 from casdap.models.prompt_state import check_layout, move_into_source
@@ -124,7 +125,9 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
         # which tasks have started training (a buffer: saved with the model, so resumed runs have it)
         self.register_buffer("trained", torch.zeros(num_tasks, dtype=torch.bool))
         self.all_class_head = checked("all_class_head", all_class_head, ALL_CLASS_HEADS)
-        self.keep_statistics(num_classes, self.num_features, query=predictor != "keys",
+        query_layout = None if predictor == "keys" else load("task_predictor", TASK_PREDICTORS,
+                                                                    predictor).second_moments
+        self.keep_statistics(num_classes, self.num_features, query=query_layout,
                              prompted=bool(prompted_statistics), shrinkage=check_shrinkage(shrinkage))
         self.query_mode = checked("query", query, QUERY_NAMES)
         self.prompt_backbone = checked("prompt_backbone", prompt_backbone, PROMPT_BACKBONE_NAMES)
@@ -257,7 +260,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
         feats = self._prompted_from(h, tokens)
         return PromptOutput(self.head(feats), key_idx, pull, penalty, selected, feats)
 
-    # -- class statistics (the rest: casdap.models.class_statistics.KeptStatistics) -----------
+    # -- class statistics (the rest: casdap.models.kept_statistics.KeptStatistics) ------------
     @torch.no_grad()
     def statistics_features(self, x: torch.Tensor, task: int) -> dict[str, torch.Tensor]:
         """The features each kept statistic is over, for training images ``x`` of task ``task``: the

@@ -19,9 +19,9 @@ SOURCE = "source."
 # (what the part is, the setting that turns it on, the state-dict names that belong to it alone)
 PARTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("class statistics of the prompted features", "MODEL.DAP.PREDICTION all",
-     ("prompted_count", "prompted_sum", "prompted_outer", "all_weight", "all_bias")),
+     ("prompted_count", "prompted_sum", "prompted_outer", "prompted_scatter", "all_weight", "all_bias")),
     ("class statistics of the query", "MODEL.DAP.TASK_INFERENCE gaussian, lda or head",
-     ("query_count", "query_sum", "query_outer", "task_predictor.")),
+     ("query_count", "query_sum", "query_outer", "query_scatter", "task_predictor.")),
     ("adapted query", "MODEL.DAP.QUERY adapted", ("adapted", "adapt_head.", "query_backbone.")),
 )
 

@@ -225,9 +225,13 @@ def task_scores(class_scores: torch.Tensor, class_task: torch.Tensor, num_tasks:
 
 class _StatisticsPredictor(TaskPredictor):
     """A predictor estimated from class statistics (:meth:`fit`) rather than trained: it needs the
-    class count and keeps each class's task (-1: unseen) as a buffer, so it lives in the state dict."""
+    class count and keeps each class's task (-1: unseen) as a buffer, so it lives in the state dict.
+    ``second_moments``: what of each class's second moments its model keeps for it between tasks
+    (:data:`casdap.models.class_statistics.MOMENT_LAYOUTS`); with ``once``, :meth:`fit` gets only the
+    classes of the task that just ended."""
 
     needs_statistics = True
+    second_moments = "per_class"
 
     def __init__(self, num_tasks: int, dim: int, num_classes: int, shrinkage: float = 1.0) -> None:
         super().__init__(num_tasks, dim)
@@ -245,7 +249,10 @@ class _StatisticsPredictor(TaskPredictor):
 class GaussianTaskPredictor(_StatisticsPredictor):
     """FeCAM-like: each class a Gaussian of the query (its mean and shrunk covariance, ``shrinkage``
     times the mean variance added to the diagonal); a class scores its log-likelihood, a task the
-    log-sum-exp over its classes. Nothing is trained."""
+    log-sum-exp over its classes. Nothing is trained. A class's precision is fixed when its task
+    ends, so no class's outer products are kept after that (``once``)."""
+
+    second_moments = "once"
 
     def __init__(self, num_tasks: int, dim: int, num_classes: int, shrinkage: float = 1.0) -> None:
         super().__init__(num_tasks, dim, num_classes, shrinkage)
@@ -296,8 +303,9 @@ class LDATaskPredictor(_LinearStatisticsPredictor):
     """Streaming-LDA-like: class means and one shared shrunk covariance of the query
     (:func:`lda_classifier`); a task scores the log-sum-exp of its classes' discriminants. With few
     images per class one covariance is far better estimated than one per class (``gaussian``).
-    Nothing is trained."""
+    Nothing is trained; of the second moments one within-class scatter is kept (``pooled``)."""
 
+    second_moments = "pooled"
     fitter = staticmethod(lda_classifier)
 
 
