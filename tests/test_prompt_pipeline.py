@@ -232,7 +232,7 @@ def test_an_older_checkpoint_without_the_pipelines_parts_is_one_clear_error(tmp_
     the setting while it had no effect) is refused in one line that names the part, its setting and
     the fix, not torch's list of missing keys."""
     out = tmp_path / "run"
-    run_continual(tiny_cifar_cfg(cifar, out, method), progress=False)
+    run_continual(tiny_cifar_cfg(cifar, out, method, *KEEP), progress=False)
     _as_older_run(out, **dict(zip(extra[::2], extra[1::2])))
     with pytest.raises(CasdapError) as err:
         run_continual(tiny_cifar_cfg(cifar, out, method, *extra, "SOLVER.AUTO_RESUME", "True"), progress=False)
