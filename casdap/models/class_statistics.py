@@ -282,10 +282,22 @@ class KeptStatistics:
     num_classes: int
     all_class_head: str
 
-    def keep_statistics(self, num_classes: int, dim: int, *, query: bool, prompted: bool, shrinkage: float) -> None:
+    def keep_statistics(self, num_classes: int, dim: int, *, query: bool, prompted: bool, shrinkage: float,
+                        fusion: bool = False) -> None:
         """Register the buffers: each class's task (-1: unseen), the moments of the features kept
-        (``query`` / ``prompted``) and the all-class head's weight and bias."""
+        (``query`` / ``prompted``) and the all-class head's weight and bias. ``query``: the task
+        predictor is estimated from the query's statistics; ``fusion``: the query's class Gaussians
+        are kept for fused prediction (:meth:`query_class_scores`), which needs the query's
+        statistics too."""
+        self.fits_task_predictor = bool(query)
+        query = bool(query or fusion)
         self.query_statistics, self.prompted_statistics, self.shrinkage = query, prompted, shrinkage
+        self.fusion_source: str | None = None
+        if fusion:
+            from casdap.models.task_inference import GaussianTaskPredictor
+
+            self.fusion_gaussians = GaussianTaskPredictor(1, dim, num_classes, shrinkage)
+            self.fusion_source = "fusion_gaussians"
         if query or prompted:
             self.register_buffer("class_task", torch.full((num_classes,), -1, dtype=torch.long))
         for name, wanted in (("query", query), ("prompted", prompted)):
@@ -294,6 +306,27 @@ class KeptStatistics:
         if prompted:
             self.register_buffer("all_weight", torch.zeros(num_classes, dim))
             self.register_buffer("all_bias", torch.zeros(num_classes))
+
+    def share_query_gaussians(self, name: str) -> None:
+        """Fused prediction reads the class Gaussians of the submodule ``name`` (a Gaussian task
+        predictor of the query with the same shrinkage, so the very Gaussians task inference uses)
+        instead of a second copy of them; nothing when fusion is off or the predictor is another."""
+        from casdap.models.task_inference import GaussianTaskPredictor
+
+        predictor = getattr(self, name, None)
+        if (self.fusion_source is None or not isinstance(predictor, GaussianTaskPredictor)
+                or predictor.shrinkage != self.shrinkage):
+            return
+        del self.fusion_gaussians
+        self.fusion_source = name
+
+    def query_class_scores(self, query: torch.Tensor) -> torch.Tensor:
+        """``[B, K]``: each class Gaussian's log-likelihood of the query ``[B, C]`` (with the log-determinant;
+        the ``trace`` shrinkage of task inference), -inf for a class without statistics."""
+        if self.fusion_source is None:
+            raise CasdapError("this model keeps no class Gaussians of the query for fused prediction "
+                              "(build it with fusion=True: MODEL.DAP.FUSION_WEIGHT above 0)")
+        return self.get_submodule(self.fusion_source).class_scores(query.float())
 
     def statistics_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The statistics this model keeps: ``{"query" | "prompted": (count, sum, outer)}``."""
@@ -313,7 +346,11 @@ class KeptStatistics:
         for name, bufs in kept.items():
             add_to_moments(bufs, moments[name])
         if self.query_statistics:
-            self.fit_task_predictor(statistics_from_moments(*kept["query"], self.class_task))
+            stats = statistics_from_moments(*kept["query"], self.class_task)
+            if self.fits_task_predictor:
+                self.fit_task_predictor(stats)
+            if self.fusion_source == "fusion_gaussians":
+                self.fusion_gaussians.fit(stats)
         if self.prompted_statistics:
             stats = statistics_from_moments(*kept["prompted"], self.class_task)
             weight, bias = ALL_CLASS_HEADS[self.all_class_head](stats, self.num_classes, self.shrinkage)

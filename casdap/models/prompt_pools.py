@@ -60,6 +60,7 @@ class PromptOutput:
     penalty: torch.Tensor  # scalar: the orthogonality penalty the loss adds (CODA; 0 otherwise)
     selected: torch.Tensor | None = None  # [B, N] L2P's selected prompts
     feats: torch.Tensor | None = None  # [B, C] the prompted features the logits come from
+    query: torch.Tensor | None = None  # [B, C] the query the prompts were chosen by (fused prediction reads it)
 
 
 def batch_majority_top_n(top: torch.Tensor, pool_size: int) -> torch.Tensor:
@@ -83,6 +84,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
     ``prompted_statistics``: keep class statistics of the prompted features (each training image under
     the prompts the model chooses for it; DualPrompt: its true task's E-prompt) and refit the head
     over every seen class ``all_class_head`` on them (``shrinkage``), for prediction ``all``.
+    ``fusion``: keep the query's class Gaussians (``shrinkage``) for fused prediction.
     ``query="adapted"``: the query comes from a backbone trained with a linear head on the first task,
     then frozen for good (:class:`~casdap.models.first_session.FirstSessionModel`, as CAS-DAP's); a
     copy of the backbone unless ``prompt_backbone="adapted"`` runs the prompted pass on it too.
@@ -96,7 +98,8 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
     def __init__(self, backbone: CASViT, num_classes: int, *, num_tasks: int, stages: Sequence[int] = D.STAGES,
                  injection: str = D.INJECTION, prompt_last_block: bool = True, prompted_statistics: bool = False,
                  all_class_head: str = "lda", shrinkage: float = 1.0, query: str = D.QUERY,
-                 prompt_backbone: str = D.PROMPT_BACKBONE, query_statistics: bool = False) -> None:
+                 prompt_backbone: str = D.PROMPT_BACKBONE, query_statistics: bool = False,
+                 fusion: bool = False) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
         n_stages = len(backbone.layers)
@@ -125,7 +128,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
         self.register_buffer("trained", torch.zeros(num_tasks, dtype=torch.bool))
         self.all_class_head = checked("all_class_head", all_class_head, ALL_CLASS_HEADS)
         self.keep_statistics(num_classes, self.num_features, query=query_statistics, prompted=bool(prompted_statistics),
-                             shrinkage=check_shrinkage(shrinkage))
+                             shrinkage=check_shrinkage(shrinkage), fusion=fusion)
         self.query_mode = checked("query", query, QUERY_NAMES)
         self.prompt_backbone = checked("prompt_backbone", prompt_backbone, PROMPT_BACKBONE_NAMES)
         if self.prompt_backbone == "adapted" and self.query_mode != "adapted":
@@ -208,7 +211,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
             query = self._query(x, h)
         tokens, key_idx, pull, penalty, selected = self.block_tokens(query, task, selection)
         feats = self._prompted_from(h, tokens)
-        return PromptOutput(self.head(feats), key_idx, pull, penalty, selected, feats)
+        return PromptOutput(self.head(feats), key_idx, pull, penalty, selected, feats, query)
 
     # -- class statistics (the rest: casdap.models.class_statistics.KeptStatistics) -----------
     @torch.no_grad()
@@ -288,6 +291,7 @@ class DualPromptPrompts(PromptPoolModel):
         if predictor != "keys":
             self.task_predictor = load("task_predictor", TASK_PREDICTORS, predictor)(
                 num_tasks, self.num_features, num_classes=self.num_classes, shrinkage=self.shrinkage)
+            self.share_query_gaussians("task_predictor")
         self._init_query()
 
     def mark_trained(self, task: int) -> None:
