@@ -114,12 +114,12 @@ def main() -> None:
     cfg.freeze()
     prepare_backbone(cfg)
     run = run_continual(cfg, progress=False)
-    result = score_weights(load_config(str(run.out / "config.yaml"), []), run.out, args.weights)
+    result = score_weights(load_config(str(run.output_dir / "config.yaml"), []), run.output_dir, args.weights)
     for w in result["weights"]:
         print(f"fusion weight {w:g}: final validation accuracy {100 * result['final_acc'][str(w)]:.2f}%")
     print(f"query's class Gaussians alone: {100 * result['final_acc']['query_alone']:.2f}%")
     print(f"best: MODEL.DAP.FUSION_WEIGHT {result['best_weight']:g}")
-    (run.out / "fusion_weights.json").write_text(json.dumps(result, indent=1) + "\n")
+    (run.output_dir / "fusion_weights.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"best_weight": result["best_weight"], "final_acc": result["final_acc"]}))
 
 

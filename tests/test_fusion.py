@@ -133,6 +133,26 @@ def test_fusion_is_per_image_weight_0_is_unfused_and_the_script_scores_as_a_run(
     assert math.isclose(scored["final_acc"]["0.3"], sum(fused[1][-1]) / 2)
 
 
+def test_the_validation_script_runs_scores_and_refuses_the_test_set(tmp_path, cifar, monkeypatch, capsys):
+    import json
+    import sys
+
+    script = _script()
+    cfg = tiny_cifar_cfg(cifar, tmp_path / "val", "dap", "DATA.VALIDATION", "0.25")
+    argv = ["fusion_weight_validation.py", "--config-file", str(tmp_path / "val.yaml"), "--weights", "0", "2"]
+    (tmp_path / "val.yaml").write_text(cfg.dump())
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    saved = json.loads((tmp_path / "val" / "fusion_weights.json").read_text())
+    assert saved["weights"] == [0.0, 2.0] and set(saved["final_acc"]) == {"0.0", "2.0", "query_alone"}
+    assert saved["best_weight"] in (0.0, 2.0) and "best: MODEL.DAP.FUSION_WEIGHT" in capsys.readouterr().out
+    assert load_config(tmp_path / "val" / "config.yaml").MODEL.DAP.FUSION_WEIGHT == 1.0  # Gaussians kept
+    monkeypatch.setattr(sys, "argv", [*argv, "--opts", "DATA.VALIDATION", "0.0"])
+    with pytest.raises(CasdapError, match="set DATA.VALIDATION above 0: the fusion weight is chosen on the "
+                                          "validation split, never on the test set"):
+        script.main()
+
+
 def test_fusion_resumes_to_the_same_matrix_and_checkpoint(tmp_path, cifar, monkeypatch):
     extra = ("MODEL.DAP.FUSION_WEIGHT", "0.5", "DATA.EVAL_BATCH_SIZE", "1")
     full = run_continual(tiny_cifar_cfg(cifar, tmp_path / "full", "dap", *extra), progress=False).metrics
