@@ -158,3 +158,15 @@ def test_tfds_reading(tmp_path):
     rows = [line for line in out.splitlines() if line.startswith("| tfds |") or line.startswith("| folder |")]
     assert [r.split("|")[1:3] for r in rows] == [[" tfds ", " 40 "], [" folder ", " 40 "]]
     assert not (tmp_path / "data").exists()  # the generated data is deleted
+
+
+def test_fusion_weight_validation(tmp_path):
+    from cl_support import tiny_cifar_cfg, write_tiny_cifar
+
+    cfg = tiny_cifar_cfg(write_tiny_cifar(tmp_path / "cifar"), tmp_path / "val", "dap", "DATA.VALIDATION", "0.25")
+    (tmp_path / "val.yaml").write_text(cfg.dump())
+    out = _run("fusion_weight_validation.py", "--config-file", str(tmp_path / "val.yaml"), "--weights", "0", "1",
+               cwd=tmp_path)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["best_weight"] in (0.0, 1.0) and set(result["final_acc"]) == {"0.0", "1.0", "query_alone"}
+    assert (tmp_path / "val" / "fusion_weights.json").is_file()

@@ -103,6 +103,11 @@ _C.MODEL.DAP.PROMPT_BACKBONE = D.PROMPT_BACKBONE
 # PREDICTION all: the head over every seen class, fitted on class statistics of the prompted features:
 # pseudo (HiDe-Prompt's, trained on pseudo-features drawn from the class Gaussians) | lda (closed form)
 _C.MODEL.DAP.ALL_CLASS_HEAD = D.ALL_CLASS_HEAD
+# Fused prediction (casdap.continual.fusion): the final class scores are log p_prompted(y|x) + FUSION_WEIGHT *
+# log p_query(y|x), p_query from the query's class Gaussians (log-determinant, SHRINKAGE as task inference).
+# 0: unfused (the model keeps no Gaussians for it). Choose it on the validation split:
+# python benchmarks/fusion_weight_validation.py (docs/dap_on_casvit.md)
+_C.MODEL.DAP.FUSION_WEIGHT = 0.0
 
 # Learned-prompt methods (l2p, dualprompt, coda_prompt; docs/prompt_methods.md). They are prompted in
 # MODEL.DAP.STAGES through MODEL.DAP.INJECTION, and choose prompts by MODEL.DAP.SELECTION (per_image;

@@ -18,6 +18,7 @@ from avalanche.training.templates import SupervisedTemplate
 
 from casdap import dap_defaults as D
 from casdap.continual.first_session import FirstSessionTraining
+from casdap.continual.fusion import with_fusion
 from casdap.continual.prediction import prediction_mode, task_class_mask
 from casdap.continual.statistics_pass import statistics_pass
 from casdap.continual.strategy_mixin import CasdapStrategyMixin
@@ -67,7 +68,9 @@ class DAPStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate)
     ``prediction`` (task-adaptive prediction, :mod:`casdap.continual.prediction`) overrides
     ``restrict_to_task`` when given: ``restrict`` is DAP's restriction; ``all`` scores every seen
     class with the head re-aligned on statistics of the prompted features; ``soft`` combines the
-    ``top_k`` best-scored tasks' predictions. When the model keeps class statistics (a predictor estimated from them, or
+    ``top_k`` best-scored tasks' predictions. ``fusion_weight`` (None: unfused) fuses any of them with
+    the query's class Gaussians (:mod:`casdap.continual.fusion`; the model must keep them, built with
+    ``fusion=True``). When the model keeps class statistics (a predictor estimated from them, or
     ``all``), one pass over the task's training images with the evaluation transform adds them
     at the end of each task (summed over ``torchrun`` ranks) and refits what is estimated.
 
@@ -98,6 +101,7 @@ class DAPStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate)
         restrict_to_task: bool = False,
         prediction: str | None = None,
         top_k: int = 1,
+        fusion_weight: float | None = None,
         eval_every: int = -1,
     ) -> None:
         selection = selection.lower()
@@ -105,7 +109,7 @@ class DAPStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTemplate)
             raise CasdapError(f"unknown key selection '{selection}' (use one of {', '.join(SELECTIONS)})")
         if prediction is None and restrict_to_task:
             prediction = "restrict"
-        mode = prediction_mode(prediction)
+        mode = with_fusion(prediction_mode(prediction), fusion_weight)
         mode.check(model, selection, top_k)
         kwargs = {} if evaluator is None else {"evaluator": evaluator}
         super().__init__(

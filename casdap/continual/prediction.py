@@ -9,7 +9,8 @@
 - ``soft`` (:class:`Soft`): every image under the prompts of its ``top_k`` best-scored tasks, class
   ``c`` of task ``t`` scored ``log p(t) + log p(c | t)``.
 
-A mode reads the strategy (its model, selection and class-to-task tables) but keeps no state.
+A mode reads the strategy (its model, selection and class-to-task tables) but keeps no state. Any
+mode can be fused with the query's class Gaussians (:mod:`casdap.continual.fusion`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ class Prediction:
 
     def head(self, model: nn.Module):
         return model.head
+
+    def fuse(self, strategy, x: torch.Tensor, out, logits: torch.Tensor) -> torch.Tensor:
+        """The final class scores from the mode's ``logits`` for images ``x`` (``out``: the model's
+        pass): the logits themselves, unless fused (:class:`casdap.continual.fusion.Fused`)."""
+        return logits
 
 
 class Plain(Prediction):

@@ -20,7 +20,8 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from casdap.continual.first_session import FirstSessionTraining
-from casdap.continual.methods.base import Method, adapted_query_notes
+from casdap.continual.fusion import with_fusion
+from casdap.continual.methods.base import Method, adapted_query_notes, fusion_notes, fusion_weight
 from casdap.continual.prediction import prediction_mode
 from casdap.continual.statistics_pass import StatisticsPassPlugin
 from casdap.continual.strategy_mixin import CasdapStrategyMixin
@@ -47,7 +48,8 @@ class PromptStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTempla
     ``prediction``: None scores with the trained head; ``all`` with the head over every seen class
     that the model refits on class statistics of its prompted features (``prompted_statistics``),
     which one pass over each task's training images adds at the task's end
-    (:mod:`casdap.continual.statistics_pass`).
+    (:mod:`casdap.continual.statistics_pass`). ``fusion_weight`` (None: unfused) fuses either with the
+    query's class Gaussians (:mod:`casdap.continual.fusion`; a model built with ``fusion=True``).
 
     With an adapted query (the model's ``query_mode``) the first experience begins with the first
     session, as CAS-DAP's: ``train_epochs`` epochs of the query's backbone and a linear head on the
@@ -59,12 +61,12 @@ class PromptStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTempla
                  train_epochs: int = 5, eval_mb_size: int | None = None, device: str | torch.device = "cpu",
                  plugins: Sequence | None = None, evaluator: EvaluationPlugin | None = None,
                  pull_lambda: float = 0.1, ortho_lambda: float = 0.0, selection: str = "per_image",
-                 prediction: str | None = None, eval_every: int = -1) -> None:
+                 prediction: str | None = None, fusion_weight: float | None = None, eval_every: int = -1) -> None:
         selection = str(selection).lower()
         if selection not in model.selections:
             raise CasdapError(f"{type(self).__name__}: selection must be one of {', '.join(model.selections)}, "
                               f"got '{selection}'")
-        mode = prediction_mode(prediction)
+        mode = with_fusion(prediction_mode(prediction), fusion_weight)
         if mode.name not in PROMPT_PREDICTIONS:
             raise CasdapError(f"{type(self).__name__}: prediction must be None (the trained head) or all, "
                               f"got '{prediction}'")
@@ -155,7 +157,7 @@ class PromptStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTempla
             return mask_logits(out.logits, keep)
         self.mb_true_task = self.true_task(self.mb_y)
         self.mb_dap = self._output(self.mb_x, self.mb_true_task)
-        return self.seen_logits(self.scores(self.mb_dap))
+        return self.prediction_mode.fuse(self, self.mb_x, self.mb_dap, self.seen_logits(self.scores(self.mb_dap)))
 
     def _output(self, x: torch.Tensor, true_task: torch.Tensor):
         if self.selection == "oracle":
@@ -175,7 +177,7 @@ class PromptStrategy(CasdapStrategyMixin, FirstSessionTraining, SupervisedTempla
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.model.eval()
         out = self._output(x, self.true_task(y))
-        return self.seen_logits(self.scores(out)), out.key_idx
+        return self.prediction_mode.fuse(self, x, out, self.seen_logits(self.scores(out))), out.key_idx
 
     @torch.no_grad()
     def task_decomposition(self, logits: torch.Tensor, class_task: torch.Tensor,
@@ -283,6 +285,8 @@ class PromptMethod(Method):
         if d.PREDICTION is not None and normalize(d.PREDICTION) == "all":
             out.update(prompted_statistics=True, all_class_head=normalize(d.ALL_CLASS_HEAD),
                        shrinkage=float(d.SHRINKAGE))
+        if float(d.FUSION_WEIGHT) > 0:  # the query's class Gaussians, for fused prediction
+            out.update(fusion=True, shrinkage=float(d.SHRINKAGE))
         if normalize(d.QUERY) != "frozen":
             out.update(query=normalize(d.QUERY), prompt_backbone=normalize(d.PROMPT_BACKBONE))
         return out
@@ -301,7 +305,7 @@ class PromptMethod(Method):
         ortho = p.ORTHO_LAMBDA if "ORTHO_LAMBDA" in self.loss_weights else 0.0
         return self.strategy_class(model=model, optimizer=optimizer, plugins=plugins, pull_lambda=pull,
                                    ortho_lambda=ortho, selection=cfg.MODEL.DAP.SELECTION.lower(),
-                                   prediction=cfg.MODEL.DAP.PREDICTION, **common)
+                                   prediction=cfg.MODEL.DAP.PREDICTION, fusion_weight=fusion_weight(cfg), **common)
 
     def protocol_notes(self, cfg):
         selection = cfg.MODEL.DAP.SELECTION.lower()
@@ -316,12 +320,15 @@ class PromptMethod(Method):
         if cfg.MODEL.DAP.PREDICTION == "all":
             notes.append(f"Prediction over every seen class ({cfg.MODEL.DAP.ALL_CLASS_HEAD} head on prompted-feature "
                          f"statistics, shrinkage {cfg.MODEL.DAP.SHRINKAGE})")
+        notes += fusion_notes(cfg)
         return notes
 
     def run_fields(self, cfg):
         fields = {"selection": cfg.MODEL.DAP.SELECTION.lower()}
         if cfg.MODEL.DAP.PREDICTION:
             fields["prediction"] = cfg.MODEL.DAP.PREDICTION.lower()
+        if fusion_weight(cfg) is not None:
+            fields["fusion_weight"] = fusion_weight(cfg)
         return fields
 
     def eval_metrics(self):

@@ -94,17 +94,20 @@ def dap_settings(cfg) -> dict:
 
 
 def task_inference_settings(cfg) -> dict:
-    """The task predictor, what it and the prediction keep statistics with, and where the query
-    comes from; nothing for DAP's reference (keys, no all-class head, frozen query), so its model
-    is built exactly as before."""
+    """The task predictor, what it and the prediction keep statistics with (fused prediction: the
+    query's class Gaussians), and where the query comes from; nothing for DAP's reference (keys, no
+    all-class head, frozen query, no fusion), so its model is built exactly as before."""
     dap = cfg.MODEL.DAP
     predictor = normalize(dap.TASK_INFERENCE)
     all_classes = normalize(dap.PREDICTION or "") == "all"
     out: dict = {}
     if predictor != D.TASK_PREDICTOR:
         out["task_predictor"] = predictor
-    if predictor != D.TASK_PREDICTOR or all_classes:
+    fused = float(dap.FUSION_WEIGHT) > 0  # the query's class Gaussians, for fused prediction
+    if predictor != D.TASK_PREDICTOR or all_classes or fused:
         out["shrinkage"] = float(dap.SHRINKAGE)
+    if fused:
+        out["fusion"] = True
     if all_classes:
         out["prompted_statistics"] = True
         if normalize(dap.ALL_CLASS_HEAD) != D.ALL_CLASS_HEAD:

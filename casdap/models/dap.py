@@ -74,6 +74,7 @@ class DAPOutput:
     key_idx: torch.Tensor  # [B] long: the selected task (its keys' group = its task-embedding row) per image
     pull: torch.Tensor  # scalar: the task predictor's pull term (keys: mean cosine to the selected task's nearest key)
     feats: torch.Tensor | None = None  # [B, C] the prompted features the logits come from
+    query: torch.Tensor | None = None  # [B, C] the query the task was inferred from (fused prediction reads it)
 
 
 def restrict_logits(
@@ -121,6 +122,7 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
         query: str = D.QUERY,
         prompt_backbone: str = D.PROMPT_BACKBONE,
         all_class_head: str = D.ALL_CLASS_HEAD,
+        fusion: bool = False,
     ) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
@@ -208,7 +210,8 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
         self.keep_statistics(num_classes, self.num_features,
                              query=self.dap_task_predictor.second_moments if needs else None,
                              prompted=bool(prompted_statistics),
-                             shrinkage=1.0 if shrinkage is None else check_shrinkage(shrinkage))
+                             shrinkage=1.0 if shrinkage is None else check_shrinkage(shrinkage), fusion=fusion)
+        self.share_query_gaussians("dap_task_predictor")
         # An adapted query (APER's first session): a backbone trained with a linear head on the first
         # task, then frozen for good; a copy when the prompted pass stays on the pretrained backbone.
         # Built last, so DAP's own random draws are the same with or without it.
@@ -369,7 +372,7 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
         key_idx = reduce(self.dap_task_predictor.selectable(scores)) if task_id is None else oracle(scores, task_id)
         pull = self.dap_task_predictor.pull(scores, key_idx)
         feats = self._prompted_from(h, key_idx, None if task_id is None or torch.is_tensor(task_id) else int(task_id))
-        return DAPOutput(logits=self.head(feats), key_idx=key_idx, pull=pull, feats=feats)
+        return DAPOutput(logits=self.head(feats), key_idx=key_idx, pull=pull, feats=feats, query=query)
 
 
 def _rename_old_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:

@@ -38,10 +38,20 @@ class KeptStatistics:
     all_class_head: str
 
     def keep_statistics(self, num_classes: int, dim: int, *, query: str | None, prompted: bool,
-                        shrinkage: float) -> None:
+                        shrinkage: float, fusion: bool = False) -> None:
         """Register the buffers: each class's task (-1: unseen), the moments of the features kept
         (``query``: the task predictor's moment layout, None for none; ``prompted``: in the all-class
-        head's layout) and the all-class head's weight and bias."""
+        head's layout) and the all-class head's weight and bias. ``fusion``: the query's class
+        Gaussians are kept for fused prediction (:meth:`query_class_scores`), fitted from each task's
+        query moments when the task ends (so they need the query's statistics, at least ``once``)."""
+        from casdap.models.task_inference import GaussianTaskPredictor
+
+        self.fits_task_predictor = bool(query)
+        self.fusion_source: str | None = None
+        if fusion:
+            self.fusion_gaussians = GaussianTaskPredictor(1, dim, num_classes, shrinkage)
+            self.fusion_source = "fusion_gaussians"
+            query = query or GaussianTaskPredictor.second_moments
         self.query_statistics, self.prompted_statistics, self.shrinkage = bool(query), bool(prompted), shrinkage
         layouts = (("query", query), ("prompted", ALL_CLASS_HEAD_MOMENTS[self.all_class_head] if prompted else None))
         self.moment_layouts = {name: layout for name, layout in layouts if layout}
@@ -53,6 +63,27 @@ class KeptStatistics:
         if prompted:
             self.register_buffer("all_weight", torch.zeros(num_classes, dim))
             self.register_buffer("all_bias", torch.zeros(num_classes))
+
+    def share_query_gaussians(self, name: str) -> None:
+        """Fused prediction reads the class Gaussians of the submodule ``name`` (a Gaussian task
+        predictor of the query with the same shrinkage, so the very Gaussians task inference uses)
+        instead of a second copy of them; nothing when fusion is off or the predictor is another."""
+        from casdap.models.task_inference import GaussianTaskPredictor
+
+        predictor = getattr(self, name, None)
+        if (self.fusion_source is None or not isinstance(predictor, GaussianTaskPredictor)
+                or predictor.shrinkage != self.shrinkage):
+            return
+        del self.fusion_gaussians
+        self.fusion_source = name
+
+    def query_class_scores(self, query: torch.Tensor) -> torch.Tensor:
+        """``[B, K]``: each class Gaussian's log-likelihood of the query ``[B, C]`` (with the log-determinant;
+        the ``trace`` shrinkage of task inference), -inf for a class without statistics."""
+        if self.fusion_source is None:
+            raise CasdapError("this model keeps no class Gaussians of the query for fused prediction "
+                              "(build it with fusion=True: MODEL.DAP.FUSION_WEIGHT above 0)")
+        return self.get_submodule(self.fusion_source).class_scores(query.float())
 
     def statistics_moments(self) -> dict[str, tuple[torch.Tensor, ...]]:
         """The statistics this model keeps: ``{"query" | "prompted": (count, sum[, outer | scatter])}``."""
@@ -79,8 +110,10 @@ class KeptStatistics:
         the task predictor from the query statistics, the all-class head from the prompted ones."""
         self.class_task[torch.as_tensor(list(classes), dtype=torch.long, device=self.class_task.device)] = int(task)
         fitted = {name: self._add_moments(name, moments[name]) for name in self.moment_layouts}
-        if self.query_statistics:
+        if self.fits_task_predictor:
             self.fit_task_predictor(fitted["query"])
+        if self.fusion_source == "fusion_gaussians":  # a class's Gaussian is fixed when its task ends
+            self.fusion_gaussians.fit(statistics_from_moments(*moments["query"], self.class_task))
         if self.prompted_statistics:
             weight, bias = ALL_CLASS_HEADS[self.all_class_head](fitted["prompted"], self.num_classes, self.shrinkage)
             self.all_weight.copy_(weight.to(self.all_weight))

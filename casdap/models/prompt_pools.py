@@ -64,6 +64,7 @@ class PromptOutput:
     penalty: torch.Tensor  # scalar: the orthogonality penalty the loss adds (CODA; 0 otherwise)
     selected: torch.Tensor | None = None  # [B, N] L2P's selected prompts
     feats: torch.Tensor | None = None  # [B, C] the prompted features the logits come from
+    query: torch.Tensor | None = None  # [B, C] the query the prompts were chosen by (fused prediction reads it)
 
 
 class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
@@ -81,6 +82,8 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
     ``prompted_statistics``: keep class statistics of the prompted features (each training image under
     the prompts the model chooses for it; with a task variable, its true task's) and refit the head
     over every seen class ``all_class_head`` on them (``shrinkage``), for prediction ``all``.
+    ``fusion``: keep the query's class Gaussians (``shrinkage``) for fused prediction.
+    ``fusion``: keep the query's class Gaussians (``shrinkage``) for fused prediction.
     ``query="adapted"``: the query comes from a backbone trained with a linear head on the first task,
     then frozen for good (:class:`~casdap.models.first_session.FirstSessionModel`, as CAS-DAP's); a
     copy of the backbone unless ``prompt_backbone="adapted"`` runs the prompted pass on it too.
@@ -91,7 +94,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
                  stages: Sequence[int] = D.STAGES, injection: str = D.INJECTION, prompt_last_block: bool = True,
                  task_predictor: str = D.TASK_PREDICTOR, prompted_statistics: bool = False,
                  all_class_head: str = "lda", shrinkage: float = 1.0, query: str = D.QUERY,
-                 prompt_backbone: str = D.PROMPT_BACKBONE, **source_options) -> None:
+                 prompt_backbone: str = D.PROMPT_BACKBONE, fusion: bool = False, **source_options) -> None:
         super().__init__()
         stages = sorted(set(int(s) for s in stages))
         n_stages = len(backbone.layers)
@@ -128,7 +131,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
         query_layout = None if predictor == "keys" else load("task_predictor", TASK_PREDICTORS,
                                                                     predictor).second_moments
         self.keep_statistics(num_classes, self.num_features, query=query_layout,
-                             prompted=bool(prompted_statistics), shrinkage=check_shrinkage(shrinkage))
+                             prompted=bool(prompted_statistics), shrinkage=check_shrinkage(shrinkage), fusion=fusion)
         self.query_mode = checked("query", query, QUERY_NAMES)
         self.prompt_backbone = checked("prompt_backbone", prompt_backbone, PROMPT_BACKBONE_NAMES)
         if self.prompt_backbone == "adapted" and self.query_mode != "adapted":
@@ -143,6 +146,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
         if predictor != "keys":
             self.task_predictor = load("task_predictor", TASK_PREDICTORS, predictor)(
                 num_tasks, self.num_features, num_classes=self.num_classes, shrinkage=self.shrinkage)
+            self.share_query_gaussians("task_predictor")
         self._init_query()
         self.register_load_state_dict_pre_hook(_checkpoint_filter)
 
@@ -258,7 +262,7 @@ class PromptPoolModel(AdaptableQuery, KeptStatistics, nn.Module):
             query = self._query(x, h)
         tokens, key_idx, pull, penalty, selected = self.block_tokens(query, task, selection)
         feats = self._prompted_from(h, tokens)
-        return PromptOutput(self.head(feats), key_idx, pull, penalty, selected, feats)
+        return PromptOutput(self.head(feats), key_idx, pull, penalty, selected, feats, query)
 
     # -- class statistics (the rest: casdap.models.kept_statistics.KeptStatistics) ------------
     @torch.no_grad()

@@ -92,11 +92,12 @@ BACKBONE_LR = "BASELINES.BACKBONE_LR_SCALE"  # a backbone trained at a share of 
 # a frozen-feature classifier, optionally on a backbone adapted on the first task
 FIRST_SESSION = ("BASELINES.FIRST_SESSION", BACKBONE_LR)
 # a prompt pool's prompted blocks and prompt selection (models.prompt_pools), and the shared pipeline's
-# query and prediction over every seen class (continual.prompt_methods); MODEL.DAP.PROMPT_SOURCE is not
-# read: the method's schema names its source (prompt_source)
+# query, prediction over every seen class and its fusion with the query's class Gaussians
+# (continual.prompt_methods, continual.fusion); MODEL.DAP.PROMPT_SOURCE is not read: the method's
+# schema names its source (prompt_source)
 PROMPTED = ("MODEL.DAP.STAGES", "MODEL.DAP.INJECTION", "MODEL.DAP.PROMPT_LAST_BLOCK", "MODEL.DAP.SELECTION",
             "MODEL.PROMPT.LENGTH", "MODEL.DAP.PREDICTION", "MODEL.DAP.ALL_CLASS_HEAD", "MODEL.DAP.SHRINKAGE",
-            "MODEL.DAP.QUERY", "MODEL.DAP.PROMPT_BACKBONE", BACKBONE_LR)
+            "MODEL.DAP.QUERY", "MODEL.DAP.PROMPT_BACKBONE", "MODEL.DAP.FUSION_WEIGHT", BACKBONE_LR)
 
 # name (MODEL.TRANSFER_TYPE, lower case) -> what it reads
 METHODS: dict[str, MethodSchema] = {

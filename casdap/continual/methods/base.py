@@ -17,7 +17,7 @@ from yacs.config import CfgNode
 from casdap.continual.strategy_mixin import CasdapStrategyMixin
 from casdap.models.classifiers import BackboneClassifier
 
-__all__ = ["FrozenFeatureMethod", "Method", "ResumableNaive", "adapted_query_notes"]
+__all__ = ["FrozenFeatureMethod", "Method", "ResumableNaive", "adapted_query_notes", "fusion_notes", "fusion_weight"]
 
 
 def adapted_query_notes(cfg: CfgNode) -> list[str]:
@@ -28,6 +28,20 @@ def adapted_query_notes(cfg: CfgNode) -> list[str]:
     return [f"Query adapted: a backbone copy and a linear head trained on the first task for "
             f"{cfg.SOLVER.TOTAL_EPOCH} epochs (backbone lr {cfg.SOLVER.BASE_LR} x "
             f"{cfg.BASELINES.BACKBONE_LR_SCALE}), then frozen; prompts run on {on}"]
+
+
+def fusion_weight(cfg: CfgNode) -> float | None:
+    """``MODEL.DAP.FUSION_WEIGHT`` of a prompted model: None when it is 0 (unfused)."""
+    w = float(cfg.MODEL.DAP.FUSION_WEIGHT)
+    return w if w > 0 else None
+
+
+def fusion_notes(cfg: CfgNode) -> list[str]:
+    """The ``final_results.txt`` line of a prompted model whose prediction is fused (:mod:`casdap.continual.fusion`)."""
+    if fusion_weight(cfg) is None:
+        return []
+    return [f"Prediction fused with the query's class Gaussians: log p_prompted + {fusion_weight(cfg):g} x log p_query "
+            f"(shrinkage {cfg.MODEL.DAP.SHRINKAGE})"]
 
 
 class ResumableNaive(CasdapStrategyMixin, Naive):

@@ -128,6 +128,7 @@ def _task_inference(cfg: CfgNode) -> None:
         raise CasdapError(f"MODEL.DAP.PREDICTION soft takes each image's own top tasks: MODEL.DAP.SELECTION must be "
                           f"per_image, got '{d.SELECTION}'")
     one_of("MODEL.DAP.QUERY", d.QUERY, QUERY_NAMES)
+    _fusion(cfg)
     one_of("MODEL.DAP.ALL_CLASS_HEAD", d.ALL_CLASS_HEAD, ALL_CLASS_HEAD_NAMES)
     one_of("MODEL.DAP.PROMPT_BACKBONE", d.PROMPT_BACKBONE, PROMPT_BACKBONE_NAMES)
     if str(d.PROMPT_BACKBONE).strip().lower() == "adapted" and str(d.QUERY).strip().lower() != "adapted":
@@ -161,6 +162,7 @@ def _prompt_prediction(cfg: CfgNode, method: str) -> None:
     if str(d.PROMPT_BACKBONE).strip().lower() == "adapted" and str(d.QUERY).strip().lower() != "adapted":
         raise CasdapError("MODEL.DAP.PROMPT_BACKBONE adapted runs the prompts on the query's adapted backbone: "
                           "set MODEL.DAP.QUERY adapted too")
+    _fusion(cfg)
     if d.PREDICTION is None:
         return
     if str(d.PREDICTION).strip().lower() != "all":
@@ -170,6 +172,19 @@ def _prompt_prediction(cfg: CfgNode, method: str) -> None:
     if not float(d.SHRINKAGE) > 0:
         raise CasdapError(f"MODEL.DAP.SHRINKAGE must be above 0 (it keeps every class covariance invertible), "
                           f"got {d.SHRINKAGE}")
+
+
+def _fusion(cfg: CfgNode) -> None:
+    """``MODEL.DAP.FUSION_WEIGHT``: 0 (unfused) or more; above 0 the query's class Gaussians are fitted
+    with ``MODEL.DAP.SHRINKAGE``."""
+    d = cfg.MODEL.DAP
+    w = d.FUSION_WEIGHT
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+        raise CasdapError(f"MODEL.DAP.FUSION_WEIGHT must be 0 (unfused) or a positive number (the weight of the "
+                          f"query's class Gaussians, log p_prompted + w log p_query), got {w!r}")
+    if w > 0 and not float(d.SHRINKAGE) > 0:
+        raise CasdapError(f"MODEL.DAP.SHRINKAGE must be above 0 (it keeps every class covariance of the fused "
+                          f"prediction invertible), got {d.SHRINKAGE}")
 
 
 def _weight(cfg: CfgNode, key: str) -> None:

@@ -1,7 +1,7 @@
 """``dap``: domain-adaptive prompts on the frozen CAS-ViT (:class:`casdap.continual.dap_strategy.DAPStrategy`),
 optionally with a class-balanced replay buffer (``MODEL.DAP.REPLAY_MEM_SIZE``)."""
 
-from casdap.continual.methods.base import Method, adapted_query_notes
+from casdap.continual.methods.base import Method, adapted_query_notes, fusion_notes, fusion_weight
 
 
 class DAP(Method):
@@ -31,7 +31,7 @@ class DAP(Method):
         return DAPStrategy(model=model, optimizer=optimizer, plugins=plugins, current_lambda=d.CURRENT_LAMBDA,
                            sim_lambda=d.SIM_LAMBDA, selection=d.SELECTION.lower(),
                            restrict_to_task=d.RESTRICT_TO_TASK, prediction=d.PREDICTION, top_k=int(d.TOP_K),
-                           **common)
+                           fusion_weight=fusion_weight(cfg), **common)
 
     def protocol_notes(self, cfg):
         notes = []
@@ -57,6 +57,7 @@ class DAP(Method):
             notes.append("Prediction over every seen class (head re-aligned on prompted-feature statistics)")
         elif prediction == "soft":
             notes.append(f"Prediction: top-{cfg.MODEL.DAP.TOP_K} tasks' prompts, p(task) p(class | task)")
+        notes += fusion_notes(cfg)
         return notes
 
     def run_fields(self, cfg):
@@ -70,6 +71,8 @@ class DAP(Method):
         if cfg.MODEL.DAP.QUERY.lower() != "frozen":
             fields["query"] = cfg.MODEL.DAP.QUERY.lower()
             fields["prompt_backbone"] = cfg.MODEL.DAP.PROMPT_BACKBONE.lower()
+        if fusion_weight(cfg) is not None:
+            fields["fusion_weight"] = fusion_weight(cfg)
         return fields
 
     def eval_metrics(self):
