@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from cl_support import DIGITS_YAML, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
+from cl_support import DIGITS_YAML, KEEP, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
 from conftest import ROOT
 
 from casdap.config import load_config
@@ -121,7 +121,7 @@ PIPELINES = {
 def test_fusion_is_per_image_weight_0_is_unfused_and_the_script_scores_as_a_run(tmp_path, name):
     extra = PIPELINES[name]
     unfused = run_continual(_digits(tmp_path / "unfused", *extra), progress=False).metrics["acc_matrix"]
-    fused = {b: run_continual(_digits(tmp_path / f"fused{b}", *extra, "MODEL.DAP.FUSION_WEIGHT", "0.3",
+    fused = {b: run_continual(_digits(tmp_path / f"fused{b}", *extra, *KEEP, "MODEL.DAP.FUSION_WEIGHT", "0.3",
                                       "DATA.EVAL_BATCH_SIZE", str(b)), progress=False).metrics["acc_matrix"]
              for b in (1, 100)}
     assert fused[1] == fused[100]  # per image: the batch does not matter

@@ -118,7 +118,7 @@ def test_stream_files_hold_only_what_every_method_reads():
     from casdap.continual.methods import SHARED_KEYS
 
     streams = [n for n in shipped_configs() if n.startswith("streams/")]
-    assert streams == ["streams/digits.yaml", "streams/embedded_shift.yaml"]
+    assert streams == ["streams/digits.yaml", "streams/embedded_domains.yaml", "streams/embedded_shift.yaml"]
     for name in streams:
         assert set(config_file_settings(shipped_config(name))) <= SHARED_KEYS, name
 
