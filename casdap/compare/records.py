@@ -17,7 +17,7 @@ _RUN_SPECIFIC_KEYS = {
     "seed", "output_dir", "log_dir", "resume", "auto_resume", "start_epoch", "device", "world_size",
     "rank", "gpu", "local_rank", "dist_url", "dist_backend", "dist_init_path", "dist_init_file",
     "distributed", "num_workers", "pin_mem", "pin_memory", "data_path", "datapath", "eval_data_path",
-    "num_gpus", "num_shards", "run_n_times", "dbg",
+    "num_gpus", "num_shards", "run_n_times", "dbg", "save_ckpt", "keep_task_checkpoints",
 }
 
 # The protocol tags of RunRecord.tags and what each one means.
