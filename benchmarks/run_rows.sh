@@ -1,8 +1,7 @@
 # Sourced by the embedded_shift table and validation scripts: run every row of ROWS ("name|KEY VALUE
 # ...") for every seed of SEEDS, JOBS runs at a time, each `casdap cl --config-file $CFG` on one
 # torch thread with EXTRA overrides, into $OUT/<name>/seed<seed>; finished runs are reused
-# (--auto_resume), ONLY="name ..." keeps the named rows; then `casdap compare` over them all. A
-# finished run keeps its newest checkpoint only (KEEP_CHECKPOINTS=1 keeps every task's).
+# (--auto_resume), ONLY="name ..." keeps the named rows; then `casdap compare` over them all.
 export OMP_NUM_THREADS=1
 CASDAP=${CASDAP:-casdap}
 JOBS=${JOBS:-2}
@@ -32,11 +31,9 @@ run_one() {  # NAME|SEED|OVERRIDES
     "$CASDAP" cl --config-file "$CFG" --no-progress --seed "$seed" --output_dir "$dir" --auto_resume True \
         $EXTRA $opts > "$OUT/$name.seed$seed.log" 2>&1 \
         || { echo "failed: $name seed $seed (see $OUT/$name.seed$seed.log)"; return 1; }
-    # a finished run needs only its newest checkpoint (to be reused, resumed or exported)
-    [[ -n "${KEEP_CHECKPOINTS:-}" ]] || ls "$dir"/checkpoints/task_*.pth 2>/dev/null | sort | head -n -1 | xargs -r rm -f
     echo "done: $name seed $seed"
 }
 export -f run_one
-export OUT CFG CASDAP EXTRA KEEP_CHECKPOINTS
+export OUT CFG CASDAP EXTRA
 xargs -d '\n' -P "$JOBS" -I{} bash -c 'run_one "$@"' _ {} < "$jobs_file"
 "$CASDAP" compare "$OUT"/*/seed* --out "$OUT/compare"
