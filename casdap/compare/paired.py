@@ -112,7 +112,8 @@ def paired_differences(groups: list[RunGroup], reference: str | None = None) -> 
                 or [g for g in cands if _held_by(g, reference)])
         if not refs:
             labels = ", ".join(sorted({g.label for g in cands})) or "none"
-            raise CasdapError(f"--reference '{reference}' names no group of continual runs (groups: {labels})")
+            raise CasdapError(f"--reference '{reference}' names no group of continual runs (groups: {labels}; "
+                              "or the folder that holds a group's seed folders)")
         pairs = [(g, ref) for ref in refs for g in cands if g is not ref]
     else:
         pairs = [(cands[i], cands[j]) for i in range(len(cands)) for j in range(i + 1, len(cands))]
