@@ -28,6 +28,17 @@ ROWS=(
     "linear|MODEL.TRANSFER_TYPE linear"
     "replay|MODEL.TRANSFER_TYPE replay"
     "joint|MODEL.TRANSFER_TYPE joint"
+    # the control and the prompt pools in CAS-DAP's pipeline (adapted query, class-statistics task
+    # inference where the source has a task variable, LDA head over every seen class), with the
+    # pools' settings of benchmarks/like_for_like.sh
+    "static|MODEL.DAP.PROMPT_SOURCE static MODEL.DAP.CHANNEL_MIX False MODEL.DAP.TASK_GENERATORS False"
+    "l2p|MODEL.TRANSFER_TYPE l2p MODEL.PROMPT.POOL_SIZE 10 MODEL.PROMPT.TOP_N 5 MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 0.1"
+    "dualprompt|MODEL.TRANSFER_TYPE dualprompt MODEL.PROMPT.G_LENGTH 5 MODEL.PROMPT.G_BLOCKS 2 MODEL.PROMPT.LENGTH 5 MODEL.PROMPT.PULL_LAMBDA 1.0"
+    "coda_prompt|MODEL.TRANSFER_TYPE coda_prompt MODEL.PROMPT.COMPONENTS 100 MODEL.PROMPT.LENGTH 8 MODEL.PROMPT.ORTHO_LAMBDA 0.1"
+    # the gradient methods that train the whole backbone
+    "finetune|MODEL.TRANSFER_TYPE finetune"
+    "ewc|MODEL.TRANSFER_TYPE ewc"
+    "lwf|MODEL.TRANSFER_TYPE lwf"
 )
 
 source "$(dirname "${BASH_SOURCE[0]}")/run_rows.sh"
