@@ -73,10 +73,11 @@ X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 Y = torch.tensor([10, 11, 12, 13, 14, 15])
 
 
-def test_folded_logits_agree_with_the_unfolded_path_within_1e5():
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_folded_logits_agree_with_the_unfolded_path_within_1e5(channels_last):
     plain = _dap()
     folded = copy.deepcopy(plain)
-    fold_frozen_parts(folded)
+    fold_frozen_parts(folded, channels_last=channels_last)
     with torch.no_grad():
         a, b = plain(X), folded(X)
         _assert_close(b.logits, a.logits)
@@ -182,7 +183,7 @@ def cifar(tmp_path_factory):
     return write_tiny_cifar(tmp_path_factory.mktemp("cifar"))
 
 
-def test_a_folded_run_is_per_image_and_resumes_from_its_unfolded_checkpoint(tmp_path, cifar):
+def test_a_folded_run_is_per_image_and_checkpoints_the_unfolded_layout(tmp_path, cifar):
     """A run with MODEL.FOLD_FROZEN_BN (an adapted query: the first session trains the backbone unfolded,
     then it runs folded): evaluation batches of 1 and 100 give identical matrices, and its checkpoint
     holds the unfolded layout."""
