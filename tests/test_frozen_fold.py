@@ -152,6 +152,14 @@ def test_the_twin_follows_the_backbone_it_folds():
     backbone.requires_grad_(True)  # as during a first-session adaptation: its own modules run
     assert backbone._twin() is None
     backbone.requires_grad_(False)
+    backbone.stages[-1].requires_grad_(True)  # one stage trained: still its own modules
+    assert backbone._twin() is None
+    backbone.requires_grad_(False)
+    model.double()  # a move to another dtype: the twin follows
+    assert backbone._twin().patch_embed[1].weight.dtype == torch.float64
+    with torch.no_grad():
+        _assert_close(model(X.double()).logits.float(), other.double()(X.double()).logits.float())
+    model.float()
     backbone.train()
     assert backbone._twin() is None
     backbone.eval()

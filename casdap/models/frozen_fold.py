@@ -12,10 +12,10 @@ What makes this safe to switch on for a run:
 * the backbone's own modules are left as they are, so ``state_dict()`` and checkpoints keep the
   unfolded layout exactly, and loading one works as before; the twin is never saved (it is not a
   submodule) and never copied (:func:`copy.deepcopy` of a backbone gives an empty view);
-* the twin is rebuilt whenever the backbone's tensors change (their storage or version counter:
-  a loaded checkpoint, a first-session adaptation that ended, a move to another device or dtype);
-  while any parameter requires a gradient, or the backbone is in train mode, the backbone runs
-  its own modules;
+* the twin is rebuilt whenever the backbone's tensors change (a loaded checkpoint, a first-session
+  adaptation that ended, a move to another device or dtype: :class:`FoldedView`); while any
+  parameter requires a gradient, or the backbone is in train mode, the backbone runs its own
+  modules;
 * the twins run on channels-last memory (the image is converted as it enters the stem), which the
   same measurement found faster for the frozen convolutions, forward and backward;
 * the blocks a prompted pass hands to its ``block_fn`` keep ``norm1``: the prompt injection reads
@@ -29,7 +29,6 @@ opt-in (``MODEL.FOLD_FROZEN_BN``); results are per image and do not depend on th
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
@@ -47,28 +46,24 @@ class _ToChannelsLast(nn.Module):
         return x.contiguous(memory_format=torch.channels_last)
 
 
-def _fingerprint(backbone: nn.Module) -> tuple | None:
-    """Storage address and version of every tensor of a frozen backbone; None while it is not frozen
-    (a parameter requires a gradient)."""
-    key = []
-    for t in itertools.chain(backbone.parameters(), backbone.buffers()):
-        if t.requires_grad:
-            return None
-        key.append((t.data_ptr(), t._version, t.dtype))
-    return tuple(key)
-
-
 class FoldedView:
     """The BatchNorm-folded twins of one frozen CAS-ViT, built on first use and kept until its tensors
     change: ``full`` (every BatchNorm folded but the final norm) for the stem, the query and every
     un-prompted pass, ``prompted`` (``norm1`` of each block kept) for a pass with a ``block_fn``.
-    ``channels_last``: the twins run on channels-last memory."""
+    ``channels_last``: the twins run on channels-last memory.
+
+    A change is seen through the version counter of every parameter and buffer (bumped by a loaded
+    state dict, an optimizer step, any in-place change outside ``.data``) and the first parameter's
+    identity, device and dtype (a move); the tensors are listed once per build, as walking the module
+    tree at every call would cost more than the folding saves."""
 
     def __init__(self, channels_last: bool = False) -> None:
         self.channels_last = bool(channels_last)
-        self._key: tuple | None = None
         self._twins: dict[bool, CASViT] = {}
-        self.builds = 0  # how often the twins were (re)built: tests and diagnostics read it
+        self._params: list[torch.Tensor] = []
+        self._tensors: list[torch.Tensor] = []
+        self._key: tuple | None = None
+        self.builds = 0  # how often a twin was (re)built: tests and diagnostics read it
 
     def __deepcopy__(self, memo: dict) -> FoldedView:
         return FoldedView(self.channels_last)  # a copied backbone folds its own tensors when first used
@@ -79,17 +74,30 @@ class FoldedView:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["channels_last"])
 
+    def _current(self, backbone: CASViT) -> bool:
+        """Whether the cached twins fold the backbone's current tensors (False also drops them)."""
+        first = next(backbone.parameters(), None)
+        fresh = (self._key is not None and bool(self._params) and first is self._params[0]
+                 and first.device == self._key[0] and first.dtype == self._key[1]
+                 and tuple(t._version for t in self._tensors) == self._key[2])
+        if not fresh:
+            self._twins, self._key = {}, None
+        return fresh
+
     def twin(self, backbone: CASViT, keep_norm1: bool = False) -> CASViT | None:
         """The folded twin to run in place of ``backbone`` (``keep_norm1`` for a prompted pass), or None
         while the backbone is not frozen (train mode, or a parameter that requires a gradient)."""
-        if backbone.training:
+        if backbone.training or any(p.requires_grad for p in (self._params or backbone.parameters())):
+            self._twins, self._key = {}, None
             return None
-        key = _fingerprint(backbone)
-        if key is None:
-            return None
-        if key != self._key:
-            self._twins = {}
-            self._key = key
+        if not self._current(backbone):
+            self._params = list(backbone.parameters())
+            self._tensors = [*self._params, *backbone.buffers()]
+            if any(p.requires_grad for p in self._params):
+                self._key = None
+                return None
+            first = self._params[0]
+            self._key = (first.device, first.dtype, tuple(t._version for t in self._tensors))
         if keep_norm1 not in self._twins:
             self._twins[keep_norm1] = self._build(backbone, keep_norm1)
         return self._twins[keep_norm1]
