@@ -16,8 +16,8 @@ What makes this safe to switch on for a run:
   adaptation that ended, a move to another device or dtype: :class:`FoldedView`); while any
   parameter requires a gradient, or the backbone is in train mode, the backbone runs its own
   modules;
-* the twins run on channels-last memory (the image is converted as it enters the stem), which the
-  same measurement found faster for the frozen convolutions, forward and backward;
+* the twins run on channels-last memory (the image is converted as it enters the stem): measured
+  faster for the frozen convolutions on a CPU, forward and backward (docs/performance.md);
 * the blocks a prompted pass hands to its ``block_fn`` keep ``norm1``: the prompt injection reads
   its affine and the prompt tokens go through the block's ``qkv`` after it. Every other BatchNorm
   (stem, embeddings, local integration, spatial gates, ``norm2``) is folded; the final norm, which
