@@ -2,6 +2,7 @@
 
     python benchmarks/dap_cost.py --config configs/dap/cifar.yaml --sizes 32 224 --opts MODEL.DAP.STAGES [3]
     python benchmarks/dap_cost.py --config configs/dap/l2p_embedded_shift.yaml   (any prompt method's config)
+    python benchmarks/dap_cost.py --config configs/dap/embedded_shift.yaml --opts MODEL.FOLD_FROZEN_BN True
 
 Times come from ``casdap bench``'s harness (:func:`casdap.bench.time_interleaved`: every repeat
 times both models in turn, each sample at least ``--min-time`` seconds of back-to-back calls), one
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     dap = cfg.MODEL.DAP
     method = get_method(cfg.MODEL.TRANSFER_TYPE)  # dap, or another prompt method (l2p, dualprompt, coda_prompt)
     model = method.build_model(cfg, int(cfg.DATA.NUMBER_CLASSES)).eval()
+    if cfg.MODEL.FOLD_FROZEN_BN:  # the frozen backbone BatchNorm-folded, as in a continual run with the key
+        from casdap.models.frozen_fold import fold_frozen_parts
+
+        fold_frozen_parts(model)
     plain = build_backbone(cfg).eval()  # the same backbone with its own head over all classes
     trained = getattr(model, "trained", None)
     if trained is None:

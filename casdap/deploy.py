@@ -39,6 +39,7 @@ __all__ = [
     "FusedConv",
     "count_batchnorm",
     "fold_batchnorm",
+    "fold_copy",
     "fuse_pointwise",
     "optimize_dap_for_inference",
     "optimize_for_inference",
@@ -130,11 +131,16 @@ def fold_batchnorm(model: CASViT) -> CASViT:
     """A copy of ``model`` with no BatchNorm left, equal to ``model.eval()`` up to rounding."""
     if not isinstance(model, CASViT):
         raise CasdapError(f"fold_batchnorm expects a CASViT backbone, got {type(model).__name__}")
-    return _fold_copy(model, fold_norm1=True, fold_head=True)
+    return fold_copy(model, fold_norm1=True, fold_head=True)
 
 
-def _fold_copy(model: CASViT, fold_norm1: bool, fold_head: bool) -> CASViT:
+def fold_copy(model: CASViT, fold_norm1: bool, fold_head: bool) -> CASViT:
+    """An eval-mode copy of ``model`` with every BatchNorm folded into a neighbouring convolution,
+    except ``norm1`` of the blocks unless ``fold_norm1`` and the final norm unless ``fold_head``
+    (then folded into the classifier, whose distillation head is merged in). The copy does not fold
+    again at run time (:mod:`casdap.models.frozen_fold`)."""
     fused = copy.deepcopy(model).eval()
+    fused.runtime_fold = None
     _fold_conv_bn_sequence(fused.patch_embed)
     for module in fused.modules():
         if isinstance(module, Downsample) and isinstance(module.norm, nn.BatchNorm2d):
@@ -358,7 +364,7 @@ def optimize_dap_for_inference(dap: nn.Module, *, channels_last: bool = True) ->
     if not isinstance(dap, CASDAP):
         raise CasdapError(f"optimize_dap_for_inference expects a CASDAP model, got {type(dap).__name__}")
     fast = copy.deepcopy(dap).eval()
-    backbone = _fold_copy(fast.backbone, fold_norm1=False, fold_head=False)
+    backbone = fold_copy(fast.backbone, fold_norm1=False, fold_head=False)
     for s in range(fast.stages[0]):
         stage = backbone.stages[s]
         for j, block in enumerate(stage):

@@ -58,6 +58,13 @@ def test_dap_cost(tmp_path):
     assert "coda_prompt on rcvit_xs" in out and "32px batch 2: coda_prompt" in out and "ratio" in out
 
 
+def test_frozen_fold_cost(tmp_path):
+    out = _run("frozen_fold_cost.py", "--config", "configs/dap/embedded_shift.yaml", "--steps", "1", "--reps", "1",
+               "--opts", "MODEL.RANDOM_INIT", "True", "DATA.BATCH_SIZE", "4", cwd=tmp_path)
+    assert "folded_cl: max abs logit difference to unfolded" in out
+    assert "train folded_cl" in out and "eval  folded" in out and "/ unfolded: wall" in out
+
+
 def test_dap_injection_proxy(tmp_path):
     out = _run("dap_injection_proxy.py", "--seeds", "0", "--epochs", "1", "--pretrain-epochs", "1",
                "--max-images", "48", cwd=tmp_path)

@@ -52,6 +52,12 @@ _C.MODEL.MODEL_ROOT = "./model"
 _C.MODEL.RANDOM_INIT = False  # explicitly allow a randomly initialised backbone (labelled in every output)
 # False: a finished run keeps no checkpoint (while it runs, its newest is kept for resuming)
 _C.MODEL.SAVE_CKPT = True
+# True: every frozen backbone (CAS-DAP's and its query's, a prompt pool's, a frozen-feature baseline's
+# once frozen) runs with its BatchNorms folded into its convolutions, on channels-last memory, during
+# continual training and evaluation (casdap.models.frozen_fold); checkpoints keep the unfolded layout.
+# Faster (docs/performance.md), but float rounding changes (logits within 1e-5), so results are not
+# bit-identical to a run without it.
+_C.MODEL.FOLD_FROZEN_BN = False
 _C.MODEL.NUM_HEAD = 12  # DAP (ViT) key, unused by CAS-ViT
 _C.MODEL.MLP_NUM = 0
 _C.MODEL.LINEAR = CN()

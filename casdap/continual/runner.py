@@ -302,6 +302,10 @@ def run_continual(cfg: CfgNode, progress: bool = True) -> RunResult:
     if is_main:  # what the writes of a killed run left half done
         remove_stale_temporaries(out, out / CHECKPOINT_DIR)
     model = method.build_model(cfg, bench.num_classes)
+    if cfg.MODEL.FOLD_FROZEN_BN:  # frozen backbones run BatchNorm-folded; checkpoints stay unfolded
+        from casdap.models.frozen_fold import fold_frozen_parts
+
+        fold_frozen_parts(model)
     # what the backbone really is (a weight file wins over MODEL.RANDOM_INIT when both exist)
     random_backbone = bool(getattr(getattr(model, "backbone", model), "random_init", cfg.MODEL.RANDOM_INIT))
     if random_backbone and is_main:

@@ -440,13 +440,26 @@ class CASViT(nn.Module):
             return out, dist
         return (out + dist) / 2
 
+    # A FoldedView (casdap.models.frozen_fold) when a run folds its frozen parts: while this backbone
+    # is frozen, the three passes below run its BatchNorm-folded twin (never saved, never copied).
+    runtime_fold = None
+
+    def _twin(self, keep_norm1: bool = False) -> CASViT | None:
+        return None if self.runtime_fold is None else self.runtime_fold.twin(self, keep_norm1)
+
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logit features ``[B, C]``: the query used by domain-adaptive prompting."""
+        twin = self._twin()
+        if twin is not None:
+            return twin.forward_pooled(x)
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
     def forward_to_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
         """The input of stage ``stage``: the stem and every earlier stage with its embedding (the part a
         prompted model shares between its query and its prompted pass)."""
+        twin = self._twin()
+        if twin is not None:
+            return twin.forward_to_stage(x, stage)
         x = self.patch_embed(x)
         for module in self.network[: 2 * stage]:
             x = module(x)
@@ -458,6 +471,9 @@ class CASViT(nn.Module):
     ) -> torch.Tensor:
         """Pooled pre-logit features ``[B, C]`` from the input ``x`` of stage ``stage``. ``block_fn(s, i,
         block, x)``, when given, runs block ``i`` of stage ``s`` in place of ``block(x)`` (prompting)."""
+        twin = self._twin(keep_norm1=block_fn is not None)
+        if twin is not None:
+            return twin.forward_from_stage(x, stage, block_fn)
         for s in range(stage, len(self.layers)):
             for i, block in enumerate(self.network[2 * s]):
                 x = block(x) if block_fn is None else block_fn(s, i, block, x)

@@ -70,7 +70,7 @@ def _settings(*keys: str) -> tuple[str, ...]:
 SHARED_KEYS: frozenset[str] = frozenset(_settings(
     *section_keys(""), *section_keys("DATA"), *section_keys("CONTINUAL"), *section_keys("SOLVER"),
     "MODEL.TRANSFER_TYPE", "MODEL.BACKBONE", "MODEL.WEIGHT_PATH", "MODEL.MODEL_ROOT", "MODEL.RANDOM_INIT",
-    "MODEL.SAVE_CKPT",
+    "MODEL.SAVE_CKPT", "MODEL.FOLD_FROZEN_BN",
 ))
 
 
