@@ -91,7 +91,7 @@ class PromptGenerator(PromptSource):
         """Raw prompts ``[B, C, N]`` through each image's own task maps: one task's maps once, each
         group's maps once (:class:`TaskGroups`), or (a ``[B]`` tensor) a gathered copy per image."""
         if isinstance(task_idx, TaskGroups):
-            return task_idx.apply(tokens, self._one_task_maps)
+            return task_idx.apply(tokens, self._group_maps)
         if one_task(task_idx):
             return self._one_task_maps(tokens, task_idx)
         (tw, tb), mix = self.task_token_map, self.task_channel_mix
@@ -105,6 +105,18 @@ class PromptGenerator(PromptSource):
         (tw, tb), mix = self.task_token_map, self.task_channel_mix
         raw = tokens @ tw[t].t() + tb[t]
         return raw if mix is None else torch.einsum("bcn,dc->bdn", raw, mix[0][t]) + mix[1][t][:, None]
+
+    def _group_maps(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        """:meth:`_one_task_maps` for the images of one task in a batch of several: the channel map as
+        one matrix product over all their prompts (``[k*N, C] x [C, D]``), cheaper than an ``einsum``
+        on groups of a few images."""
+        (tw, tb), mix = self.task_token_map, self.task_channel_mix
+        raw = tokens @ tw[t].t() + tb[t]  # [k, C, N]
+        if mix is None:
+            return raw
+        k, c, n = raw.shape
+        out = torch.addmm(mix[1][t], raw.transpose(1, 2).reshape(k * n, c), mix[0][t].t())  # [k*N, D]
+        return out.reshape(k, n, -1).transpose(1, 2)
 
     def task_rows(self, tasks: Sequence[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """Each per-task map's rows of ``tasks``."""
