@@ -350,7 +350,7 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
         if not self.group_tasks:
             tasks = key_idx.unique()
             return tasks[0] if len(tasks) == 1 else key_idx
-        groups = TaskGroups.of(key_idx)
+        groups = TaskGroups.of(key_idx, self.num_tasks)
         return groups.tasks[0] if len(groups) == 1 else groups
 
     def forward_query(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,13 +29,16 @@ class TaskGroups:
     inverse: torch.Tensor
 
     @classmethod
-    def of(cls, task_idx: torch.Tensor) -> TaskGroups:
-        """The groups of the per-image tasks ``task_idx`` ``[B]`` (one read back from the device)."""
+    def of(cls, task_idx: torch.Tensor, num_tasks: int) -> TaskGroups:
+        """The groups of the per-image tasks ``task_idx`` ``[B]`` (ids in ``0..num_tasks-1``): one read
+        back from the device, the images per task."""
         order = torch.argsort(task_idx, stable=True)
-        tasks, counts = torch.unique_consecutive(task_idx[order], return_counts=True)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
-        return cls(tuple(tasks.tolist()), tuple(counts.tolist()), order, inverse)
+        per_task = torch.zeros(num_tasks, dtype=torch.long, device=task_idx.device)
+        per_task = per_task.index_add_(0, task_idx, torch.ones_like(task_idx)).tolist()
+        tasks = tuple(t for t, n in enumerate(per_task) if n)
+        return cls(tasks, tuple(per_task[t] for t in tasks), order, inverse)
 
     def __len__(self) -> int:
         return len(self.tasks)
