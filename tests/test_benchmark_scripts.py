@@ -56,6 +56,9 @@ def test_dap_cost(tmp_path):
     out = _run("dap_cost.py", "--config", "configs/dap/coda_prompt_digits.yaml", "--sizes", "32", "--batch", "2",
                "--reps", "2", "--min-time", "0.01", cwd=tmp_path)
     assert "coda_prompt on rcvit_xs" in out and "32px batch 2: coda_prompt" in out and "ratio" in out
+    out = _run("dap_cost.py", "--config", "configs/dap/embedded_shift.yaml", "--sizes", "32", "--batch", "4",
+               "--reps", "2", "--min-time", "0.01", "--tasks", "3", "--gathered", cwd=tmp_path)
+    assert "32px batch 4, 3 tasks: CAS-DAP" in out and "CAS-DAP / CAS-DAP gathered" in out
 
 
 def test_frozen_fold_cost(tmp_path):

@@ -162,22 +162,16 @@ def test_a_training_step_reads_nothing_back_from_the_device(options, count_syncs
         opt.step()  # (Adam reads its CPU step counter: no device involved)
 
 
-def test_the_sync_counter_counts():
-    """The check above can fail: a batch of per-image task ids with per-task generators needs one look."""
+def test_the_sync_counter_counts(count_syncs):
+    """The check above can fail: a batch of per-image task ids with per-task generators needs one look
+    (the images per task, to group them by task; the gathered form: the distinct tasks)."""
     model = _small(task_generators=True).train()
-    calls = []
-    original = torch.Tensor.unique
-
-    def counted(*a, **k):
-        calls.append("unique")
-        return original(*a, **k)
-
-    torch.Tensor.unique = counted
-    try:
-        model(torch.randn(2, 3, 32, 32), task_id=torch.tensor([1, 1]))
-    finally:
-        torch.Tensor.unique = original
-    assert calls == ["unique"]
+    model(torch.randn(2, 3, 32, 32), task_id=torch.tensor([1, 1]))
+    assert count_syncs == ["tolist"]
+    count_syncs.clear()
+    model.group_tasks = False
+    model(torch.randn(2, 3, 32, 32), task_id=torch.tensor([1, 0]))
+    assert count_syncs == ["unique", "torch.unique"]  # Tensor.unique calls torch.unique: one read
 
 
 # -- the worked examples of docs/architecture.md ("Registries") ---------------------------------

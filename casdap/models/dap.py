@@ -48,6 +48,7 @@ from casdap.models.kept_statistics import KeptStatistics
 from casdap.models.logit_mask import MASKED_LOGIT, mask_logits, task_class_masks
 from casdap.models.prompt_query import AdaptableQuery
 from casdap.models.prompt_sources import TOKEN_GRID, PromptGenerator
+from casdap.models.prompt_sources.groups import TaskGroups
 from casdap.models.task_inference import TaskPredictor, oracle, task_index
 
 __all__ = [
@@ -212,6 +213,9 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
                              prompted=bool(prompted_statistics),
                              shrinkage=1.0 if shrinkage is None else check_shrinkage(shrinkage), fusion=fusion)
         self.share_query_gaussians("dap_task_predictor")
+        # A prompted pass over images of several tasks runs each task's generator maps once per group
+        # of its images (False: a gathered copy per image, the same prompts up to float rounding, slower).
+        self.group_tasks = True
         # An adapted query (APER's first session): a backbone trained with a linear head on the first
         # task, then frozen for good; a copy when the prompted pass stays on the pretrained backbone.
         # Built last, so DAP's own random draws are the same with or without it.
@@ -325,18 +329,29 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
 
     def _prompted_from(self, h: torch.Tensor, key_idx: torch.Tensor, task: int | None = None) -> torch.Tensor:
         """Prompted features for tasks ``key_idx`` ``[B]``; ``task``: the one task of the whole batch
-        when the caller knows it (a Python int), so per-task generators need no look at ``key_idx``."""
+        when the caller knows it (a Python int), so per-task sources need no look at ``key_idx``."""
         task_emb = self.dap_task_emb(key_idx)
-        task_idx: int | torch.Tensor = key_idx if task is None else task
-        if self.task_generators and task is None:  # a batch of one task takes its maps once per block:
-            tasks = key_idx.unique()  # one host sync per pass (callers that know the task pass an int)
-            task_idx = tasks[0] if len(tasks) == 1 else key_idx
+        task_idx = self._task_arg(key_idx) if task is None else task
 
         def run_block(s: int, i: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
             prompted = self.dap_blocks[str(s)] if str(s) in self.dap_blocks else ()
             return prompted[i](block, h, task_emb, task_idx) if i < len(prompted) else block(h)
 
         return self.backbone.forward_from_stage(h, self.stages[0], run_block)
+
+    def _task_arg(self, key_idx: torch.Tensor) -> int | torch.Tensor | TaskGroups:
+        """What the prompt sources get as the tasks ``key_idx`` ``[B]``: for sources that group by task
+        (per-task generator maps), the one task of a one-task batch as an int, else the images grouped
+        by task (one read back from the device per pass; :attr:`group_tasks` False gathers each image's
+        maps instead, the slower form kept for comparison); for the others ``key_idx`` itself."""
+        blocks = self._prompted_blocks()
+        if not blocks or not blocks[0].generator.groups_by_task:
+            return key_idx
+        if not self.group_tasks:
+            tasks = key_idx.unique()
+            return tasks[0] if len(tasks) == 1 else key_idx
+        groups = TaskGroups.of(key_idx, self.num_tasks)
+        return groups.tasks[0] if len(groups) == 1 else groups
 
     def forward_query(self, x: torch.Tensor) -> torch.Tensor:
         """The query alone: pooled un-prompted features of the frozen (or adapted) backbone ``[B, C]``."""

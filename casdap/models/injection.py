@@ -18,6 +18,7 @@ from casdap.dap_registry import INJECTION_NAMES, PROMPT_SOURCES, checked, load
 from casdap.errors import CasdapError
 from casdap.models.casvit import AdditiveBlock, MixerPrompts
 from casdap.models.prompt_sources import PromptSource
+from casdap.models.prompt_sources.groups import TaskGroups
 
 __all__ = ["INJECTIONS", "PromptInjection", "PromptedBlock", "build_checked"]
 
@@ -129,8 +130,9 @@ class PromptedBlock(PromptInjection):
         self._add_gates(dim)
 
     def forward(self, block: AdditiveBlock, x: torch.Tensor, task_emb: torch.Tensor,
-                task_idx: int | torch.Tensor | None = None) -> torch.Tensor:
-        """``block``'s output with this block's prompts (from ``task_emb``, ``task_idx``) in its mixer."""
+                task_idx: int | torch.Tensor | TaskGroups | None = None) -> torch.Tensor:
+        """``block``'s output with this block's prompts (from ``task_emb``, ``task_idx``: see
+        :class:`~casdap.models.prompt_sources.PromptSource`) in its mixer."""
 
         def prompts(h: torch.Tensor) -> MixerPrompts:
             tokens = self.generator(h, task_emb, task_idx)  # [B, C, N]

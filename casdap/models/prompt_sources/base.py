@@ -23,7 +23,10 @@ class PromptSource(nn.Module):
     that enters the token mixer, after the block's local integration), the selected task's
     embedding per image ``task_emb`` ``[B, task_emb_dim]`` and the selected task ``task_idx``: a
     Python int when the caller gave one task for the whole batch, else a ``[B]`` long tensor (or a
-    0-d tensor, when DAP's per-task maps found the batch to be one task). It returns the prompt
+    0-d tensor). A source with ``groups_by_task`` True gets, for a batch of several tasks, the
+    images grouped by task instead (:class:`~.groups.TaskGroups`), and one task of a batch of one task
+    as a Python int: it applies each task's parameters once per group, never a per-image copy of
+    them (DAP's per-task maps). It returns the prompt
     tokens ``[B, C, N]``; the block normalises them and lets them take part in its mixer (the
     injection), so a source never touches the backbone.
 
@@ -40,6 +43,7 @@ class PromptSource(nn.Module):
 
     makes_prompts: bool = True
     per_block: bool = True
+    groups_by_task: bool = False
 
     def forward(self, x: torch.Tensor, task_emb: torch.Tensor,
                 task_idx: int | torch.Tensor | None = None) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from casdap.errors import CasdapError
 from casdap.models.prompt_sources.base import PromptSource, film, one_task
+from casdap.models.prompt_sources.groups import TaskGroups
 
 __all__ = ["TOKEN_GRID", "PromptGenerator"]
 
@@ -37,7 +38,9 @@ class PromptGenerator(PromptSource):
 
     With ``task_maps`` (> 0) every task has its own token-axis map (and channel map): the selected
     task's maps generate the image's prompts, so each task's maps train on its own images only and
-    no task's prompts drift when a later task trains (measured in docs/dap_on_casvit.md).
+    no task's prompts drift when a later task trains (measured in docs/dap_on_casvit.md). Such a
+    generator takes a batch of several tasks as :class:`TaskGroups` (``groups_by_task``): each task's
+    maps are applied once to its images, with no per-image copy of a ``dim x dim`` map.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class PromptGenerator(PromptSource):
         self.film = nn.Linear(task_emb_dim, 2 * dim)
         self.token_map = self.channel_mix = None
         self.task_token_map = self.task_channel_mix = None
+        self.groups_by_task = task_maps > 0
         if task_maps > 0:  # [task, out, in] weights and [task, out] biases, initialised as the shared maps
             self.task_token_map = nn.ParameterList([nn.Parameter(torch.zeros(task_maps, num_tokens, grid * grid)),
                                                     nn.Parameter(torch.zeros(task_maps, num_tokens))])
@@ -69,7 +73,8 @@ class PromptGenerator(PromptSource):
     def forward(self, x: torch.Tensor, task_emb: torch.Tensor,
                 task_idx: int | torch.Tensor | None = None) -> torch.Tensor:
         """``task_idx`` is needed with per-task maps only: one task for the whole batch (an int or a
-        0-d tensor) takes that task's maps once, a ``[B]`` tensor gathers each image's own."""
+        0-d tensor) takes that task's maps once, :class:`TaskGroups` each group's once, a ``[B]``
+        tensor gathers each image's own."""
         tokens = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # LayerNorm per position
         tokens = F.adaptive_avg_pool2d(tokens, self.grid).flatten(2)  # [B, C, grid*grid]
         if self.task_token_map is not None:
@@ -82,17 +87,36 @@ class PromptGenerator(PromptSource):
                 raw = self.channel_mix(raw.transpose(1, 2)).transpose(1, 2)
         return film(self.film, task_emb, raw)
 
-    def _task_maps(self, tokens: torch.Tensor, task_idx: int | torch.Tensor) -> torch.Tensor:
-        """Raw prompts ``[B, C, N]`` through each image's own task maps."""
+    def _task_maps(self, tokens: torch.Tensor, task_idx: int | torch.Tensor | TaskGroups) -> torch.Tensor:
+        """Raw prompts ``[B, C, N]`` through each image's own task maps: one task's maps once, each
+        group's maps once (:class:`TaskGroups`), or (a ``[B]`` tensor) a gathered copy per image."""
+        if isinstance(task_idx, TaskGroups):
+            return task_idx.apply(tokens, self._group_maps)
+        if one_task(task_idx):
+            return self._one_task_maps(tokens, task_idx)
         (tw, tb), mix = self.task_token_map, self.task_channel_mix
-        if one_task(task_idx):  # one task: its maps once
-            t = task_idx
-            raw = tokens @ tw[t].t() + tb[t]
-            return raw if mix is None else torch.einsum("bcn,dc->bdn", raw, mix[0][t]) + mix[1][t][:, None]
         raw = torch.einsum("bcg,bng->bcn", tokens, tw[task_idx]) + tb[task_idx][:, None, :]
         if mix is not None:
             raw = torch.einsum("bcn,bdc->bdn", raw, mix[0][task_idx]) + mix[1][task_idx][:, :, None]
         return raw
+
+    def _one_task_maps(self, tokens: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """Raw prompts ``[B, C, N]`` of images of one task ``t`` (an int or a 0-d tensor)."""
+        (tw, tb), mix = self.task_token_map, self.task_channel_mix
+        raw = tokens @ tw[t].t() + tb[t]
+        return raw if mix is None else torch.einsum("bcn,dc->bdn", raw, mix[0][t]) + mix[1][t][:, None]
+
+    def _group_maps(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        """:meth:`_one_task_maps` for the images of one task in a batch of several: the channel map as
+        one matrix product over all their prompts (``[k*N, C] x [C, D]``), cheaper than an ``einsum``
+        on groups of a few images."""
+        (tw, tb), mix = self.task_token_map, self.task_channel_mix
+        raw = tokens @ tw[t].t() + tb[t]  # [k, C, N]
+        if mix is None:
+            return raw
+        k, c, n = raw.shape
+        out = torch.addmm(mix[1][t], raw.transpose(1, 2).reshape(k * n, c), mix[0][t].t())  # [k*N, D]
+        return out.reshape(k, n, -1).transpose(1, 2)
 
     def task_rows(self, tasks: Sequence[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """Each per-task map's rows of ``tasks``."""

@@ -27,7 +27,9 @@ class StaticPrompts(PromptSource):
     zero-initialised), so at the start both sources give every image the same prompts (the FiLM
     offset of its task) and the gates keep the model the frozen backbone. Each task's row trains on
     that task's images only and is one of the model's task rows, kept bit-identical once its task
-    is done (weight decay included); the FiLM map is shared by every task, as in DAP.
+    is done (weight decay included); the FiLM map is shared by every task, as in DAP. A batch of
+    several tasks reads each image's tokens with one index (``groups_by_task`` False): that read is
+    the ``[B, C, N]`` tokens themselves, which grouping by task would only copy once more.
     """
 
     def __init__(self, dim: int, num_tokens: int, task_emb_dim: int, num_tasks: int) -> None:
