@@ -25,15 +25,16 @@ KEEP = ("CONTINUAL.KEEP_TASK_CHECKPOINTS", "True")
 
 
 def write_tiny_cifar(root: Path, n_classes: int = 4, train_per_class: int = 8, test_per_class: int = 4,
-                     seed: int = 0) -> Path:
-    """A real ``cifar-100-python`` layout with class-dependent images (colour + noise)."""
+                     seed: int = 0, noise: int = 40) -> Path:
+    """A real ``cifar-100-python`` layout with class-dependent images (colour + uniform noise of
+    +-``noise``: the larger, the more the classes overlap)."""
     rng = np.random.default_rng(seed)
     names = [f"class_{c}" for c in range(n_classes)]
     colours = rng.integers(0, 256, size=(n_classes, 3))
     for train, per in ((True, train_per_class), (False, test_per_class)):
         labels = np.repeat(np.arange(n_classes), per)
-        noise = rng.integers(-40, 40, size=(len(labels), 32, 32, 3))
-        images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+        jitter = rng.integers(-noise, noise, size=(len(labels), 32, 32, 3))
+        images = np.clip(colours[labels][:, None, None, :] + jitter, 0, 255).astype(np.uint8)
         write_cifar(root, images, labels, names, "cifar100", train)
     return root
 

@@ -97,15 +97,18 @@ def test_fusion_runs_for_every_prompt_source(tmp_path, cifar, name):
 # -- per image, weight 0, the validation script -------------------------------------------------
 
 
-def _digits(out, *extra):
-    """The digits with a random backbone, a tenth of the training images, 2 tasks, a quarter of them held
-    out as the validation split: predictions are far from perfect, so fusion moves them."""
-    return load_config(DIGITS_YAML, [
-        "MODEL.RANDOM_INIT", "True", "DATA.PERCENTAGE", "0.1", "DATA.VALIDATION", "0.25", "DEVICE", "cpu",
-        "OUTPUT_DIR", str(out), "CONTINUAL.INITIAL", "5", "CONTINUAL.INCREMENT", "5", "CONTINUAL.N_TASKS", "2",
-        "MODEL.DAP.PROMPT_POOL", "2", "MODEL.DAP.NUM_TASKS_FOR_EMB", "2", "SOLVER.TOTAL_EPOCH", "1",
-        "MODEL.DAP.KEYS_PER_TASK", "1", "MODEL.DAP.RESTRICT_TO_TASK", "False", "MODEL.DAP.SHRINKAGE", "0.1",
-        *extra])
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """Tiny CIFAR whose classes overlap (colour under noise of +-250), 16 training images a class:
+    predictions are far from perfect, so fusion moves them."""
+    return write_tiny_cifar(tmp_path_factory.mktemp("noisy") / "cifar", train_per_class=16, noise=250)
+
+
+def _noisy_cfg(data, out, *extra):
+    """Two tasks of two classes, a quarter of each class's training images held out as the validation
+    split (what the runs evaluate and the script scores)."""
+    return tiny_cifar_cfg(data, out, "dap", "DATA.VALIDATION", "0.25", "MODEL.DAP.KEYS_PER_TASK", "1",
+                          "MODEL.DAP.RESTRICT_TO_TASK", "False", "MODEL.DAP.SHRINKAGE", "0.1", *extra)
 
 
 PIPELINES = {
@@ -118,11 +121,11 @@ PIPELINES = {
 
 
 @pytest.mark.parametrize("name", list(PIPELINES))
-def test_fusion_is_per_image_weight_0_is_unfused_and_the_script_scores_as_a_run(tmp_path, name):
+def test_fusion_is_per_image_weight_0_is_unfused_and_the_script_scores_as_a_run(tmp_path, noisy, name):
     extra = PIPELINES[name]
-    unfused = run_continual(_digits(tmp_path / "unfused", *extra), progress=False).metrics["acc_matrix"]
-    fused = {b: run_continual(_digits(tmp_path / f"fused{b}", *extra, *KEEP, "MODEL.DAP.FUSION_WEIGHT", "0.3",
-                                      "DATA.EVAL_BATCH_SIZE", str(b)), progress=False).metrics["acc_matrix"]
+    unfused = run_continual(_noisy_cfg(noisy, tmp_path / "unfused", *extra), progress=False).metrics["acc_matrix"]
+    fused = {b: run_continual(_noisy_cfg(noisy, tmp_path / f"fused{b}", *extra, *KEEP, "MODEL.DAP.FUSION_WEIGHT",
+                                         "0.3", "DATA.EVAL_BATCH_SIZE", str(b)), progress=False).metrics["acc_matrix"]
              for b in (1, 100)}
     assert fused[1] == fused[100]  # per image: the batch does not matter
     assert fused[1] != unfused  # the Gaussians move predictions here
