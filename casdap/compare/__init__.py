@@ -20,6 +20,7 @@ and plots (:mod:`.plots`; matplotlib is imported only when a plot is drawn), and
 :func:`write_outputs`.
 """
 
+from casdap.compare.dap_results import load_dap_results, parse_cfg_dump
 from casdap.compare.outputs import report, write_outputs
 from casdap.compare.plots import (
     CURVE_SIZE,
@@ -31,15 +32,7 @@ from casdap.compare.plots import (
     plot_heatmap,
     write_plots,
 )
-from casdap.compare.readers import (
-    load_continual_run,
-    load_dap_results,
-    load_run,
-    load_runs,
-    load_supervised_run,
-    parse_cfg_dump,
-    read_acc_matrix_csv,
-)
+from casdap.compare.readers import load_continual_run, load_run, load_runs, load_supervised_run, read_acc_matrix_csv
 from casdap.compare.records import TAG_MEANINGS, Comparison, RunError, RunGroup, RunRecord, group_runs
 from casdap.compare.tables import group_table, markdown_table, run_table, tag_notes, text_table
 

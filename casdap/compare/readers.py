@@ -1,4 +1,5 @@
-"""The three readers: continual-learning run folders, supervised run folders, DAP's final_results.txt.
+"""The three readers: continual-learning run folders, supervised run folders, DAP's final_results.txt
+(:mod:`casdap.compare.dap_results`).
 
 Each turns its input into a :class:`RunRecord`; :func:`load_run` recognises which one a path is,
 :func:`load_runs` reads them all into a :class:`Comparison`.
@@ -9,8 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import re
 import statistics
 from collections import Counter
 from dataclasses import fields
@@ -19,63 +18,11 @@ from typing import Any
 
 import yaml
 
+from casdap.compare.dap_results import load_dap_results
 from casdap.compare.records import Comparison, RunError, RunRecord, group_runs, set_aside_repeated_seeds, unique_names
+from casdap.compare.run_checks import check_matrix, flatten, read_json
 from casdap.errors import yaml_problem
 from casdap.run_metrics import METRICS_FIELDS, Matrix, metrics_value, summarize
-
-# --------------------------------------------------------------------------------------------
-# checks shared by every reader
-
-
-def _check_matrix(a: Any, n_tasks: int, where: str, full: bool = False) -> Matrix:
-    """Validate a lower-triangular accuracy matrix of fractions; entries above the diagonal become
-    None unless ``full`` (every task evaluated in every row)."""
-    if not isinstance(a, list) or not all(isinstance(row, list) for row in a):
-        raise RunError(f"{where}: acc_matrix must be a list of rows (lists)")
-    out: Matrix = []
-    for i, row in enumerate(a):
-        if len(row) != n_tasks:
-            raise RunError(
-                f"{where}: mismatched task counts: row {i} of acc_matrix has {len(row)} entries "
-                f"but n_tasks is {n_tasks}"
-            )
-        clean: list[float | None] = []
-        for j, v in enumerate(row):
-            if j > i and not full:
-                clean.append(None)
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise RunError(f"{where}: acc_matrix[{i}][{j}] is {v!r}; tasks seen so far need a number")
-            if not 0.0 <= v <= 1.0:
-                raise RunError(
-                    f"{where}: acc_matrix[{i}][{j}] = {v} is outside [0, 1]; accuracies must be fractions, not percent"
-                )
-            clean.append(float(v))
-        out.append(clean)
-    return out
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {}
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(_flatten(v, key + "."))
-        else:
-            flat[key] = v
-    return flat
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path}: malformed JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: cannot be read ({e})") from None
-
 
 # --------------------------------------------------------------------------------------------
 # continual-learning run directories
@@ -89,7 +36,7 @@ _RECORD_FIELDS = [k for k in METRICS_FIELDS if k in {f.name for f in fields(RunR
 def load_continual_run(run_dir: Path) -> RunRecord:
     """Read ``metrics.json`` (and ``config.yaml`` for grouping) of a finished continual-learning run."""
     where = str(run_dir / "metrics.json")
-    m = _read_json(run_dir / "metrics.json")
+    m = read_json(run_dir / "metrics.json")
     if not isinstance(m, dict):
         raise RunError(f"{where}: expected a JSON object, got {type(m).__name__}")
     method = m.get("method")
@@ -106,7 +53,7 @@ def load_continual_run(run_dir: Path) -> RunRecord:
         raise RunError(f"{where}: no 'acc_matrix' and no acc_matrix.csv beside it")
     # Joint training sees every task at once: one row, every task evaluated, no per-task history.
     joint = method == "joint" and isinstance(raw, list) and len(raw) == 1 and m.get("finished") is not False
-    a = _check_matrix(raw, n_tasks, where, full=joint)
+    a = check_matrix(raw, n_tasks, where, full=joint)
 
     done = n_tasks if joint else len(a)
     if m.get("finished") is False or done < n_tasks:
@@ -131,7 +78,7 @@ def load_continual_run(run_dir: Path) -> RunRecord:
     cfg_path = run_dir / "config.yaml"
     if cfg_path.is_file():
         try:
-            config = _flatten(yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {})
+            config = flatten(yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {})
         except yaml.YAMLError as e:
             raise RunError(f"{cfg_path}: malformed YAML ({yaml_problem(e)})") from None
 
@@ -201,7 +148,7 @@ def load_supervised_run(run_dir: Path) -> RunRecord:
 
     args: dict[str, Any] = {}
     if (run_dir / "args.json").is_file():
-        args = _read_json(run_dir / "args.json")
+        args = read_json(run_dir / "args.json")
         if not isinstance(args, dict):
             raise RunError(f"{run_dir / 'args.json'}: expected a JSON object of flags")
     last = tested[-1]
@@ -231,108 +178,7 @@ def load_supervised_run(run_dir: Path) -> RunRecord:
         total_params=int(n_params) if isinstance(n_params, (int, float)) else None,
         wall_time_s=float(sum(times)) if times and all(isinstance(t, (int, float)) for t in times) else None,
         train_images_per_s=statistics.median(speeds) if speeds else None,
-        config=_flatten(args),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# DAP reference final_results.txt
-
-_FINAL_LINE = re.compile(r"^Final\s+(\w+)\s+(Accuracy|Forget|LA):\s*([-+0-9.eEnaN]+)\s*$", re.MULTILINE)
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan")
-
-
-def _cfg_scalar(text: str) -> Any:
-    if text == "None":
-        return None
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return value if isinstance(value, (str, int, float, bool, list)) else text
-
-
-def parse_cfg_dump(text: str) -> dict[str, Any]:
-    """The printed yacs/fvcore CfgNode at the top of DAP's file: ``KEY: value`` lines, children
-    indented by two spaces, an empty value either a child node or an empty string."""
-    root: dict[str, Any] = {}
-    stack: list[tuple[int, dict]] = [(-1, root)]
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip(" "))
-        key, sep, value = line.strip().partition(":")
-        if not sep:
-            continue
-        while stack[-1][0] >= indent:
-            stack.pop()
-        parent = stack[-1][1]
-        if value.strip():
-            parent[key] = _cfg_scalar(value.strip())
-        else:
-            parent[key] = {}
-            stack.append((indent, parent[key]))
-
-    def empty_to_str(d: dict) -> dict:
-        return {k: (("" if not v else empty_to_str(v)) if isinstance(v, dict) else v) for k, v in d.items()}
-
-    return empty_to_str(root)
-
-
-def load_dap_results(path: Path) -> RunRecord:
-    """Read DAP's ``final_results.txt``: printed config, ``LOG['acc']`` (numpy print of the
-    [evaluated task, training step] array) and the ``Final test Accuracy/Forget/LA`` lines."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: cannot be read ({e})") from None
-    finals = {m.group(2): float(m.group(3)) for m in _FINAL_LINE.finditer(text)}
-    if "Accuracy" not in finals:
-        raise RunError(f"{path}: no 'Final test Accuracy' line: not a finished DAP final_results.txt")
-    opening = re.search(r"^\[\[", text, re.MULTILINE)  # the array print starts a line; config lists do not
-    start = opening.start() if opening else -1
-    end = text.find("]]", start)
-    if start < 0 or end < 0:
-        raise RunError(f"{path}: no accuracy matrix ([[ ... ]]) before the Final lines")
-    rows_text = re.split(r"\]\s*\[", text[start + 2 : end])
-    raw = [[float(x) for x in _NUMBER.findall(r)] for r in rows_text]
-    t = len(raw)
-    if any(len(r) != t for r in raw):
-        raise RunError(f"{path}: the accuracy matrix is not square ({[len(r) for r in raw]} entries per row)")
-    cfg = parse_cfg_dump(text[:start])
-    flat = _flatten(cfg)
-    n_tasks = flat.get("CONTINUAL.N_TASKS")
-    if isinstance(n_tasks, int) and n_tasks != t:
-        raise RunError(f"{path}: mismatched task counts: CONTINUAL.N_TASKS is {n_tasks} but the matrix is {t}x{t}")
-    # DAP: LOG['acc'][task_t, task_id], unseen tasks left at 0. Ours: A[after task i][task j].
-    a = _check_matrix([[raw[j][i] for j in range(t)] for i in range(t)], t, str(path))
-    derived = summarize(a)
-    if abs(derived["final_acc"] - finals["Accuracy"]) > 1e-3:
-        raise RunError(
-            f"{path}: the matrix (mean of its last column {derived['final_acc']:.5f}) does not match "
-            f"'Final test Accuracy: {finals['Accuracy']:.5f}'; the file looks edited or cut"
-        )
-    backbone = flat.get("MODEL.TYPE")
-    feature = flat.get("DATA.FEATURE")
-    if backbone and feature:
-        backbone = f"{backbone} ({feature})"
-    seed = flat.get("SEED")
-    return RunRecord(
-        path=path,
-        kind="dap_reference",
-        method=str(flat.get("MODEL.TRANSFER_TYPE") or "dap"),
-        backbone=backbone or None,
-        dataset=flat.get("DATA.NAME") or None,
-        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        n_tasks=t,
-        acc_matrix=a,
-        final_acc=finals["Accuracy"],
-        forgetting=finals.get("Forget", derived["forgetting"]),
-        learning_acc=finals.get("LA", derived["learning_acc"]),
-        bwt=derived["bwt"],
-        # The reference evaluation votes the key index over each single-task test batch.
-        selection="batch_majority",
-        config=flat,
+        config=flatten(args),
     )
 
 
