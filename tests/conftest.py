@@ -18,6 +18,21 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 torch.set_num_threads(1)
 
 
+# Test files by CPU time (longest first, measured on the 2-core machine): under `scripts/test.sh` each
+# file runs whole on one worker, handed out in collection order (--no-loadscope-reorder), so the long
+# files start first and the short ones fill in at the end, rather than one worker running a long file
+# alone while the other has finished. Files not listed follow, in their usual order.
+LONGEST_FIRST = ("test_resume_killed.py", "test_seed_lines.py", "test_reference_accuracy.py",
+                 "test_prototype_methods.py", "test_packaging.py", "test_export.py", "test_combinations_pools.py",
+                 "test_continual_runs.py", "test_combinations_dap.py", "test_combinations_static.py",
+                 "test_combinations_none.py", "test_wheelhouse.py", "test_fusion.py", "test_tfds.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-references", action="store_true", default=False,
                      help="rewrite tests/reference/*.json from this code's runs instead of comparing with them "
