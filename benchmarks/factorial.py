@@ -201,7 +201,8 @@ def compare(args, rows: list[Row]) -> Path:
         for d in paired_differences(comp.groups, reference=ref):
             if d.metric == "final_acc":
                 deltas[(d.a.first.folder.parent.name, ref)] = d
-    studies = json.loads((args.out / "search" / "study.json").read_text())["rows"]
+    saved = args.out / "search" / "study.json"
+    studies = json.loads(saved.read_text())["rows"] if saved.is_file() else {}
     lines = [f"| row | seeds | final acc | Δ vs `none`, same pipeline [95% CI] | Δ vs slda, first session [95% CI] "
              f"| validation (best of {args.trials}) | chosen setting |", "|---|---|---|---|---|---|---|"]
     for name, dirs in done.items():
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="overrides for every run")
     ap.add_argument("--rows", nargs="+", default=row_names(), metavar="ROW", help="rows to run (default: all)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
+    ap.add_argument("--compare-only", action="store_true", help="run nothing: compare the finished runs")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.rows) - set(row_names()))
     if unknown:
@@ -247,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials < 1:
         raise CasdapError(f"--trials must be at least 1, got {args.trials}")
     rows = [r for r in ROWS if r.name in args.rows]
+    if args.compare_only:
+        compare(args, rows)
+        return 0
     (args.out / "search").mkdir(parents=True, exist_ok=True)
     import torch
 

@@ -82,6 +82,10 @@ def test_tiny_table(tmp_path, in_process):
     assert factorial.main(args) == 0
     assert in_process == []
     assert json.loads((out / "search" / "study.json").read_text())["rows"] == study["rows"]
+    # --compare-only runs nothing and writes the same table
+    (out / "table.md").unlink()
+    assert factorial.main([*args, "--compare-only"]) == 0
+    assert in_process == [] and (out / "table.md").read_text() == table
 
 
 def test_seeded_study_is_reproducible():
