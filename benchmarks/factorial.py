@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-opts", nargs="*", default=[], metavar="KEY VALUE",
                     help="the search's reduced protocol, the same for every row (e.g. DATA.PERCENTAGE 0.3)")
     ap.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="overrides for every run")
-    ap.add_argument("--rows", nargs="+", default=row_names(), metavar="ROW", help="rows to run (default: all)")
+    ap.add_argument("--rows", nargs="+", default=row_names(), metavar="ROW",
+                    help="rows to run, in this order (default: all, the table's order)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     ap.add_argument("--compare-only", action="store_true", help="run nothing: compare the finished runs")
     args = ap.parse_args(argv)
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CasdapError(f"{name} takes KEY VALUE pairs; got an odd number of words: {' '.join(pairs)}")
     if args.trials < 1:
         raise CasdapError(f"--trials must be at least 1, got {args.trials}")
-    rows = [r for r in ROWS if r.name in args.rows]
+    rows = [r for r in ROWS if r.name in args.rows]  # the table's order
+    first = {name: i for i, name in enumerate(dict.fromkeys(args.rows))}  # the runs' order: as given
     if args.compare_only:
         compare(args, rows)
         return 0
@@ -267,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         save_studies(args, {row.name: result})
         return result
 
-    best = dict(zip([r.name for r in rows], parallel(study, rows, args.jobs)))
-    jobs = [(r, seed) for seed in args.seeds for r in rows if best[r.name] is not None]
+    by_order = sorted(rows, key=lambda r: first[r.name])
+    best = dict(zip([r.name for r in by_order], parallel(study, by_order, args.jobs)))
+    # row by row in the order given, every seed of a row before the next row: a table cut short holds
+    # whole rows
+    jobs = [(r, seed) for r in by_order for seed in args.seeds if best[r.name] is not None]
 
     def test(job):
         row, seed = job
