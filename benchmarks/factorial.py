@@ -14,9 +14,10 @@ Rows and their search spaces: benchmarks/factorial_rows.py. Three steps, each re
    run is never run again (an unfinished one resumes: ``--auto_resume True``), and its checkpoints are
    deleted once it has finished.
 3. Compare. ``casdap compare --reference`` pairs every row with ``none`` of its own pipeline
-   (``OUT/compare-published``, ``OUT/compare-shared``) and every row with ``slda`` on the first-session
-   backbone (``OUT/compare-vs-slda-first-session``), seed by seed with 95% t-intervals; the table of
-   all of it is ``OUT/table.md``.
+   (``OUT/compare-published-none``, ``OUT/compare-shared-none``) and every row with ``slda`` on the
+   first-session backbone (``OUT/compare-slda-first-session``), seed by seed with 95% t-intervals
+   (the reference is the folder that holds a row's seeds); the table of all of it is ``OUT/table.md``
+   (``--compare-only`` makes it from the finished runs, running nothing).
 
     python benchmarks/factorial.py --stream digits --out runs/factorial_digits --seeds 0 1 2 3 4 --trials 3 \\
         --search-opts DATA.PERCENTAGE 0.3 SOLVER.TOTAL_EPOCH 2 --opts MODEL.MODEL_ROOT model/embedded
