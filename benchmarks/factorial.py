@@ -80,10 +80,11 @@ def score_query(cl_run: Path, out: Path) -> dict:
 def run_row(row: Row, stream: str, out: Path, opts: list[str]) -> dict:
     """The finished run of ``row`` in ``out`` with ``opts``: found there, resumed or run; its checkpoints
     are deleted once it has finished (the query row's after its scoring)."""
+    cl_run = out / "cl" if row.query_alone else out
     if (metrics := finished(out)) is not None:
+        shutil.rmtree(cl_run / "checkpoints", ignore_errors=True)  # left by a table stopped as the run ended
         return metrics
     out.mkdir(parents=True, exist_ok=True)
-    cl_run = out / "cl" if row.query_alone else out
     keep = ["CONTINUAL.KEEP_TASK_CHECKPOINTS", "True"] if row.query_alone else []
     argv = ["--config-file", row.config_file(stream), "--no-progress", "--output_dir", str(cl_run),
             "--auto_resume", "True", *row.opts.split(), *opts, *keep]
