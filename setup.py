@@ -38,10 +38,13 @@ setup(
     extras_require={
         # ONNX export (casdap export): the torch.export-based exporter needs onnxscript.
         "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        # the validation search of the factorial table (benchmarks/factorial.py)
+        "search": ["optuna>=3.4"],
         # the export tests run the exported graph in onnxruntime, so CI installs it too; pytest-xdist
-        # runs the suite on every core (scripts/test.sh), filelock lets its workers share session fixtures
+        # runs the suite on every core (scripts/test.sh), filelock lets its workers share session fixtures;
+        # optuna for the factorial table's test
         "test": ["pytest>=7.4", "pytest-xdist>=3.5", "filelock>=3.12", "ruff>=0.5", "onnx>=1.16",
-                 "onnxscript>=0.2", "onnxruntime>=1.18"],
+                 "onnxscript>=0.2", "onnxruntime>=1.18", "optuna>=3.4"],
     },
     entry_points={"console_scripts": ["casdap=casdap.cli:main"]},
 )

@@ -180,3 +180,15 @@ def test_fusion_weight_validation(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["best_weight"] in (0.0, 1.0) and set(result["final_acc"]) == {"0.0", "1.0", "query_alone"}
     assert (tmp_path / "val" / "fusion_weights.json").is_file()
+
+
+def test_factorial_rows():
+    """The factorial table's rows ("factorial_rows.py"; "factorial.py" runs end to end in
+    tests/test_factorial.py): one per folder, each prompt source under both pipelines."""
+    import runpy
+
+    rows = runpy.run_path(str(BENCHMARKS / "factorial_rows.py"))["ROWS"]
+    names = [r.name for r in rows]
+    assert len(set(names)) == len(names) and all("/" not in n for n in names)
+    for source in ("none", "static", "dap", "l2p", "dualprompt", "coda_prompt"):
+        assert {f"published-{source}", f"shared-{source}"} <= set(names)
