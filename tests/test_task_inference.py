@@ -1,6 +1,7 @@
 """Task inference from class statistics (MODEL.DAP.TASK_INFERENCE gaussian | head) and task-adaptive
 prediction (MODEL.DAP.PREDICTION restrict | all | soft): statistics, ranks, resume, per-image results."""
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import torch
 from cl_support import DIGITS_YAML, resume_after_interrupt, tiny_cifar_cfg, write_tiny_cifar
 
+import casdap
 from casdap.config import load_config
 from casdap.continual.methods import check_config
 from casdap.errors import CasdapError
@@ -21,6 +23,7 @@ from casdap.models.class_statistics import (
     statistics_from_moments,
     sum_over_ranks,
 )
+from casdap.models.dap import CASDAP
 from casdap.models.task_inference import GaussianTaskPredictor, HeadTaskPredictor, LDATaskPredictor
 
 
@@ -200,3 +203,35 @@ def test_torchrun_statistics_equal_one_process(tmp_path, torchrun_cl_runs):
     assert "query_outer" not in a  # a class's Gaussian is fixed when its task ends: no outer products kept
     for k in ("query_count", "query_sum", "class_task", "dap_task_predictor.means"):
         assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-9, atol=1e-6), k
+
+
+@pytest.mark.parametrize("predictor", ["gaussian", "lda", "head", "keys"])
+def test_a_training_pass_computes_the_query_only_for_a_pull_term_and_is_unchanged_by_skipping_it(predictor):
+    """Under the given task only a pull term (keys) reads the query in training: the other predictors
+    skip the query pass, and the step (logits, pull, loss, gradients, random state) is bit-identical
+    to one that computes it. Evaluation keeps the query (fused prediction reads it)."""
+    torch.manual_seed(0)
+    backbone = casdap.create_model("rcvit_xs", num_classes=0, distillation=False)
+    model = CASDAP(backbone, num_classes=10, num_tasks=2, num_tokens=4, task_emb_dim=8, task_predictor=predictor)
+    scored = copy.deepcopy(model)
+    scored.reads_query = lambda task_id: True  # the pass as it was before it could be skipped
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([5, 6, 7, 8])
+    steps = []
+    for m in (model, scored):
+        m.train()
+        torch.manual_seed(2)
+        out = m(x, task_id=1)
+        loss = torch.nn.functional.cross_entropy(out.logits, y) - 0.1 * out.pull
+        loss.backward()
+        grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+        steps.append((out, loss, torch.get_rng_state(), grads))
+    (out, loss, rng, grads), (ref, ref_loss, ref_rng, ref_grads) = steps
+    assert (out.query is None) == (predictor != "keys") and ref.query is not None
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.key_idx, ref.key_idx)
+    assert torch.equal(out.pull, ref.pull) and out.pull.dtype == ref.pull.dtype and torch.equal(loss, ref_loss)
+    assert torch.equal(rng, ref_rng)
+    assert grads.keys() == ref_grads.keys() and all(torch.equal(grads[n], ref_grads[n]) for n in grads)
+    assert ("dap_task_predictor.keys" in grads) == (predictor == "keys")
+    with torch.no_grad():
+        assert model.eval()(x, task_id=1).query is not None

@@ -75,7 +75,8 @@ class DAPOutput:
     key_idx: torch.Tensor  # [B] long: the selected task (its keys' group = its task-embedding row) per image
     pull: torch.Tensor  # scalar: the task predictor's pull term (keys: mean cosine to the selected task's nearest key)
     feats: torch.Tensor | None = None  # [B, C] the prompted features the logits come from
-    query: torch.Tensor | None = None  # [B, C] the query the task was inferred from (fused prediction reads it)
+    query: torch.Tensor | None = None  # [B, C] the query the task was inferred from (fused prediction reads it);
+    # None from a training pass that skipped it (CASDAP.reads_query)
 
 
 def restrict_logits(
@@ -365,6 +366,18 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
         idx = task_index(key_idx, h.shape[0], self.num_tasks, h.device)
         return self._prompted_from(h, idx, None if torch.is_tensor(key_idx) else int(key_idx))
 
+    def reads_query(self, task_id: int | torch.Tensor | None) -> bool:
+        """Whether a forward pass under ``task_id`` needs the query pass and the task predictor's scores.
+
+        They select the task when none is given, and evaluation keeps the query for what reads
+        :attr:`DAPOutput.query` (fused prediction). In training under the given task (the oracle) the
+        only reader is the predictor's pull term, which the loss subtracts: DAP's keys train on it
+        (``SIM_LAMBDA``); a predictor estimated from statistics (gaussian, lda, head) has none, and its
+        statistics come from their own pass. There the query pass over the prompted stages, about a
+        sixth of the step, is skipped: the pull is exactly zero either way and the pass draws nothing
+        random, so the training is bit-identical."""
+        return task_id is None or not self.training or self.dap_task_predictor.has_pull
+
     def forward(
         self, x: torch.Tensor, task_id: int | torch.Tensor | None = None, selection: str = D.SELECTION
     ) -> DAPOutput:
@@ -382,10 +395,14 @@ class CASDAP(AdaptableQuery, KeptStatistics, nn.Module):
                 self.query_backbone.eval()
         with torch.no_grad():
             h = self._prefix(x)
-            query = self._query(x, h)
-        scores = self.dap_task_predictor(query)
-        key_idx = reduce(self.dap_task_predictor.selectable(scores)) if task_id is None else oracle(scores, task_id)
-        pull = self.dap_task_predictor.pull(scores, key_idx)
+            query = self._query(x, h) if self.reads_query(task_id) else None
+        if query is None:  # trained under the given task, with no pull term: nothing is scored
+            key_idx = task_index(task_id, h.shape[0], self.num_tasks, h.device)
+            pull = torch.zeros((), device=h.device)
+        else:
+            scores = self.dap_task_predictor(query)
+            key_idx = reduce(self.dap_task_predictor.selectable(scores)) if task_id is None else oracle(scores, task_id)
+            pull = self.dap_task_predictor.pull(scores, key_idx)
         feats = self._prompted_from(h, key_idx, None if task_id is None or torch.is_tensor(task_id) else int(task_id))
         return DAPOutput(logits=self.head(feats), key_idx=key_idx, pull=pull, feats=feats, query=query)
 

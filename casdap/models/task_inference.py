@@ -91,6 +91,12 @@ class TaskPredictor(nn.Module):
     def pull(self, scores: torch.Tensor, task_idx: torch.Tensor) -> torch.Tensor:
         return scores.new_zeros(())
 
+    @property
+    def has_pull(self) -> bool:
+        """Whether this predictor defines :meth:`pull` (else it is zero whatever the scores, and a
+        training pass under the given task need not compute them)."""
+        return type(self).pull is not TaskPredictor.pull
+
     def seed(self, task: int, query: torch.Tensor, generator: torch.Generator | None = None) -> None:
         return None
 
