@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from trained_like import trained_like
 
 import casdap
 from casdap.deploy import (
@@ -16,21 +17,7 @@ from casdap.models.casvit import CASViT
 
 
 def _trained_like(name="rcvit_xs", **kw):
-    """A backbone whose BatchNorms and heads are far from their initial values, as after training."""
-    torch.manual_seed(0)
-    model = casdap.create_model(name, **kw)
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.2)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.3)
-        elif isinstance(m, nn.Linear):
-            m.weight.data.normal_(0, 0.5, generator=gen)
-            m.bias.data.normal_(0, 0.5, generator=gen)
-    return model.eval()
+    return trained_like(name, **kw).eval()
 
 
 def _close(a, b, tol=1e-4):

@@ -18,33 +18,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from cl_support import tiny_cifar_cfg, write_tiny_cifar
+from trained_like import trained_like
 
-import casdap
 from casdap.models.dap import CASDAP
 from casdap.models.frozen_fold import fold_frozen_parts, folded_views, unfold_frozen_parts
 
 TOLERANCE = 1e-5  # folded against unfolded logits
 
 
-def _trained_like_backbone() -> nn.Module:
-    """rcvit_xs whose BatchNorms are far from identity maps, as after pretraining."""
-    torch.manual_seed(0)
-    model = casdap.create_model("rcvit_xs", num_classes=0)
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.2)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.3)
-    return model
-
 
 def _dap(**options) -> CASDAP:
     """A CAS-DAP with prompts that matter: every gate and prompt parameter drawn away from zero."""
     settings = dict(num_tasks=2, stages=(2, 3), injection="attn", channel_mix=True, task_generators=True)
-    model = CASDAP(_trained_like_backbone(), 20, **{**settings, **options})
+    model = CASDAP(trained_like(num_classes=0), 20, **{**settings, **options})
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for p in model.trainable_parameters():
@@ -174,8 +160,8 @@ def test_folding_reaches_the_adapted_query_and_the_prompt_pools_and_the_baseline
     from casdap.models.prompt_pools import PromptPoolModel
 
     dap = _dap(query="adapted", prompt_backbone="pretrained")
-    pool = PromptPoolModel(_trained_like_backbone(), 20, num_tasks=2, source="l2p").eval()
-    linear = BackboneClassifier(_trained_like_backbone(), 20, freeze_backbone=True).eval()
+    pool = PromptPoolModel(trained_like(num_classes=0), 20, num_tasks=2, source="l2p").eval()
+    linear = BackboneClassifier(trained_like(num_classes=0), 20, freeze_backbone=True).eval()
     for model, n in ((dap, 2), (pool, 1), (linear, 1)):
         plain = copy.deepcopy(model)
         fold_frozen_parts(model)
