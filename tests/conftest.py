@@ -7,8 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from filelock import FileLock
+
+# As the command line keeps jax out of its process (casdap.cli._skip_jax), before anything imports
+# Avalanche: the tests run the package as a command runs it, and each worker starts a second sooner.
+sys.modules.setdefault("jax", None)
+
+import torch  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
