@@ -289,3 +289,33 @@ def test_a_checkpoint_from_before_the_pools_were_sources_loads(method, options):
     loaded = model(2)
     loaded.load_state_dict(old)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in new.items())
+
+
+# (method, task inference or None, the prediction settings a run with no prediction settings is compared with)
+PREDICTION_ONLY = [
+    ("l2p", None, ALL),  # the statistics pass exists only for the all-class head
+    ("l2p", None, ("MODEL.DAP.FUSION_WEIGHT", "0.3")),  # ... only for fusion's Gaussians
+    ("dap", "keys", ALL),
+    ("dap", "head", ("MODEL.DAP.PREDICTION", "soft")),
+    ("dap", "gaussian", (*ALL, "MODEL.DAP.FUSION_WEIGHT", "0.3")),  # the pass runs in both: task inference reads it
+]
+
+
+@pytest.mark.parametrize("method,inference,prediction", PREDICTION_ONLY,
+                         ids=[f"{m}-{i}-{'-'.join(p[1::2])}" for m, i, p in PREDICTION_ONLY])
+def test_prediction_settings_never_change_what_trains(tmp_path, cifar, method, inference, prediction):
+    """The prediction scores; it trains nothing. A statistics pass that only the prediction reads
+    draws nothing from the random numbers the next task trains with, so every trained tensor of every
+    task ends bit-identical to the same run's without that prediction."""
+    task = ("MODEL.DAP.TASK_INFERENCE", inference, "MODEL.DAP.KEYS_PER_TASK", "1") if inference else ()
+    base = (*task, "SOLVER.OPTIMIZER", "adamw", "SOLVER.WEIGHT_DECAY", "0.05", *KEEP)
+    runs = {}
+    for name, extra in (("plain", ()), ("predicted", prediction)):
+        res = run_continual(tiny_cifar_cfg(cifar, tmp_path / name, method, *base, *extra), progress=False)
+        trained = [n for n, p in res.strategy.model.named_parameters() if p.requires_grad]
+        runs[name] = [torch.load(tmp_path / name / "checkpoints" / f"task_{t:03d}.pth", weights_only=False)["model"]
+                      for t in (0, 1)]
+    assert trained
+    for t in (0, 1):
+        for n in trained:
+            assert torch.equal(runs["plain"][t][n], runs["predicted"][t][n]), f"task {t}: {n} trained otherwise"

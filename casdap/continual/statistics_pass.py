@@ -26,9 +26,15 @@ def statistics_pass(strategy, task: int) -> None:
     from casdap.continual.benchmarks import clean_training_views
 
     model = strategy.model
+    # Iterating a loader draws a seed for its workers from its generator. The pass that task inference
+    # reads (Gaussian, LDA) runs whatever the prediction, a fixed part of training, and draws from the
+    # global one; a pass that only the prediction reads (the all-class head's prompted statistics,
+    # fusion's Gaussians) draws from a generator of its own, so that no prediction setting changes the
+    # random numbers the next task trains with.
+    own = None if getattr(model, "fits_task_predictor", False) else torch.Generator()
     # under torchrun the experience holds this rank's share already (benchmarks.shard)
     loader = DataLoader(strategy.experience.dataset.eval(), batch_size=strategy.eval_mb_size, shuffle=False,
-                        num_workers=0)
+                        num_workers=0, generator=own)
     was_training = model.training
     model.eval()
     local = model.new_moments()
