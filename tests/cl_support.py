@@ -40,9 +40,12 @@ def write_tiny_cifar(root: Path, n_classes: int = 4, train_per_class: int = 8, t
 
 
 def tiny_cifar_cfg(data: Path, out: Path, method: str = "dap", *extra: str, tasks: int = 2):
+    """cifar.yaml at the smallest size: 4 classes in ``tasks`` tasks, one epoch, on a random narrow
+    CAS-ViT for tests (``rcvit_test``: what a tiny run checks does not need the real width)."""
     n = 4
     return load_config(CIFAR_YAML, [
-        "MODEL.TRANSFER_TYPE", method, "MODEL.RANDOM_INIT", "True", "DATA.DATAPATH", str(data),
+        "MODEL.TRANSFER_TYPE", method, "MODEL.RANDOM_INIT", "True", "MODEL.BACKBONE", "rcvit_test",
+        "DATA.DATAPATH", str(data),
         "MODEL.MODEL_ROOT", str(data / "no-backbone"),  # a ./model/ of the checkout must not be picked up
         "DATA.NUMBER_CLASSES", str(n), "DATA.CROPSIZE", "32", "DATA.BATCH_SIZE", "8", "DATA.NUM_WORKERS", "0",
         "CONTINUAL.INITIAL", str(n // tasks), "CONTINUAL.INCREMENT", str(n // tasks), "CONTINUAL.N_TASKS",

@@ -143,8 +143,9 @@ def check_combination(c: Combination, cifar: Path, tmp_path: Path, monkeypatch) 
     strategy = run_continual(cfg, progress=False).strategy
     # finer than the matrices (in a tiny run the prompts move features, rarely a prediction): the test
     # images of both tasks in one batch and each alone get the same task, class and logits, up to float
-    # noise between batch sizes: < 5e-6 of the logits' scale (an LDA head's reach 1e6 here), and for
-    # soft prediction < 2e-4 of each logit, which carries the noise of LDA task scores of ~1e6
+    # noise between batch sizes: < 5e-6 of the logits' scale (an LDA head's reach 1e6 here); soft
+    # prediction's log-probabilities, log p(t) + log p(c | t), < 5e-6 of the scale of the task scores and
+    # head logits they are made from
     x, y = _test_images(cfg)
     logits, tasks = strategy.predict(x, y)
     alone = [strategy.predict(x[i:i + 1], y[i:i + 1]) for i in range(len(y))]
@@ -152,7 +153,12 @@ def check_combination(c: Combination, cifar: Path, tmp_path: Path, monkeypatch) 
         assert torch.equal(tasks, torch.cat([a[1] for a in alone])), "an image's task depends on its batch"
     together = torch.cat([a[0] for a in alone])
     assert torch.equal(logits.argmax(1), together.argmax(1)), "an image's prediction depends on its batch"
-    assert torch.allclose(logits, together, rtol=1e-3, atol=5e-6 * max(1.0, float(logits.abs().max())))
+    if c.prediction == "soft":
+        scores, _, per_task = strategy.model.forward_top_tasks(x, strategy.top_k)
+        scale = max(float(scores.abs().max()), float(per_task.abs().max()))
+        assert torch.allclose(logits, together, rtol=0, atol=5e-6 * scale)
+    else:
+        assert torch.allclose(logits, together, rtol=1e-3, atol=5e-6 * max(1.0, float(logits.abs().max())))
 
     stopped = tmp_path / "stopped"
     with monkeypatch.context() as mp:

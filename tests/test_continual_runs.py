@@ -345,7 +345,7 @@ def test_pretrained_weight_file_is_loaded_and_not_labelled_random(tmp_path, cifa
     from casdap import create_model, save_checkpoint
 
     torch.manual_seed(1)
-    donor = create_model("rcvit_xs", num_classes=7, distillation=False)
+    donor = create_model("rcvit_test", num_classes=7, distillation=False)
     save_checkpoint({"model": donor.state_dict()}, tmp_path / "w.pth")
     out = tmp_path / "pre"
     res = run_continual(tiny_cifar_cfg(cifar, out, "ncm", "MODEL.RANDOM_INIT", "False", "MODEL.WEIGHT_PATH",

@@ -61,7 +61,7 @@ def test_dap_train_accuracy_is_scored_on_trained_logits_and_eval_loss_is_ordinar
 
     def cfg_with(*extra):
         return tiny_cifar_cfg(cifar, tmp_path / "run", "dap", "MODEL.DAP.RESTRICT_TO_TASK", "True",
-                              "SOLVER.TOTAL_EPOCH", "3", *extra)
+                              "SOLVER.TOTAL_EPOCH", "3", "MODEL.BACKBONE", "rcvit_xs", *extra)
 
     bench = build_benchmark(cfg_with())
     images = torch.stack([e.dataset[i][0] for e in bench.scenario.train_stream for i in range(len(e.dataset))])

@@ -52,7 +52,8 @@ def test_closed_form_equals_a_direct_least_squares_solve():
 # ------------------------------------------------------------------------------------------ runs
 def test_ranpac_run_directory_contract_and_separates_tiny_classes(tmp_path, cifar):
     out = tmp_path / "run"
-    m = run_continual(tiny_cifar_cfg(cifar, out, "ranpac", "BASELINES.RANPAC_PROJ_DIM", "256"), progress=False).metrics
+    m = run_continual(tiny_cifar_cfg(cifar, out, "ranpac", "BASELINES.RANPAC_PROJ_DIM", "256",
+                                     "MODEL.BACKBONE", "rcvit_xs"), progress=False).metrics
     assert set(m) == CONTRACT and m == json.loads((out / "metrics.json").read_text())
     assert m["method"] == "ranpac" and m["finished"] and m["tasks_done"] == 2 and m["selection"] is None
     assert m["trainable_params"] == 0 and m["learning_acc"] is not None and m["forgetting"] is not None

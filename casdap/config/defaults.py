@@ -46,7 +46,7 @@ _C.MODEL = CN()
 # dualprompt | coda_prompt
 _C.MODEL.TRANSFER_TYPE = "dap"
 _C.MODEL.TYPE = "casvit"  # backbone family; DAP's "vit" is accepted as an alias
-_C.MODEL.BACKBONE = "rcvit_xs"  # rcvit_xs | rcvit_s | rcvit_m | rcvit_t
+_C.MODEL.BACKBONE = "rcvit_xs"  # rcvit_xs | rcvit_s | rcvit_m | rcvit_t (rcvit_test: tests only)
 _C.MODEL.WEIGHT_PATH = ""  # pretrained backbone file; else MODEL_ROOT/<BACKBONE>.pth
 _C.MODEL.MODEL_ROOT = "./model"
 _C.MODEL.RANDOM_INIT = False  # explicitly allow a randomly initialised backbone (labelled in every output)

@@ -48,6 +48,9 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "rcvit_s": ((3, 3, 6, 3), (48, 64, 128, 256)),
     "rcvit_m": ((3, 3, 6, 3), (64, 96, 192, 384)),
     "rcvit_t": ((3, 3, 6, 3), (96, 128, 256, 512)),
+    # not a CAS-ViT of the paper: a narrow one for tests (as timm's test_* models), with the last
+    # stage's two blocks where the prompts go; a tiny continual run on it takes half the CPU of rcvit_xs
+    "rcvit_test": ((1, 1, 2, 2), (16, 16, 32, 32)),
 }
 
 
@@ -361,3 +364,8 @@ def rcvit_m(pretrained: bool = False, **kwargs) -> CASViT:
 @register_model
 def rcvit_t(pretrained: bool = False, **kwargs) -> CASViT:
     return _create("rcvit_t", pretrained, **kwargs)
+
+
+@register_model
+def rcvit_test(pretrained: bool = False, **kwargs) -> CASViT:
+    return _create("rcvit_test", pretrained, **kwargs)
