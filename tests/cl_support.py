@@ -56,10 +56,11 @@ def tiny_cifar_cfg(data: Path, out: Path, method: str = "dap", *extra: str, task
 
 
 def ranpac_digits_cfg(out: Path, *extra: str):
-    """The embedded digits with a random backbone, a tenth of the training images: no augmentation, so
+    """The embedded digits with a random rcvit_test, a tenth of the training images: no augmentation, so
     features can be recomputed exactly."""
     return load_config(DIGITS_YAML, [
-        "MODEL.TRANSFER_TYPE", "ranpac", "MODEL.RANDOM_INIT", "True", "DATA.PERCENTAGE", "0.1", "DEVICE", "cpu",
+        "MODEL.TRANSFER_TYPE", "ranpac", "MODEL.RANDOM_INIT", "True", "MODEL.BACKBONE", "rcvit_test",
+        "DATA.PERCENTAGE", "0.1", "DEVICE", "cpu",
         "OUTPUT_DIR", str(out), "BASELINES.RANPAC_PROJ_DIM", "300", "CONTINUAL.INITIAL", "5", "CONTINUAL.INCREMENT",
         "5", "CONTINUAL.N_TASKS", "2", *extra,
     ])
