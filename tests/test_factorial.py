@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import factorial  # noqa: E402
 from factorial_rows import ROWS  # noqa: E402
 
-TINY = ["MODEL.RANDOM_INIT", "True", "DATA.PERCENTAGE", "0.1", "SOLVER.TOTAL_EPOCH", "1", "CONTINUAL.INITIAL", "5",
-        "CONTINUAL.INCREMENT", "5", "CONTINUAL.N_TASKS", "2", "DEVICE", "cpu"]
+TINY = ["MODEL.RANDOM_INIT", "True", "MODEL.BACKBONE", "rcvit_test", "DATA.PERCENTAGE", "0.1", "SOLVER.TOTAL_EPOCH",
+        "1", "CONTINUAL.INITIAL", "5", "CONTINUAL.INCREMENT", "5", "CONTINUAL.N_TASKS", "2", "DEVICE", "cpu"]
 
 
 @pytest.fixture
