@@ -27,10 +27,11 @@ torch.set_num_threads(1)
 # file runs whole on one worker, handed out in collection order (--no-loadscope-reorder), so the long
 # files start first and the short ones fill in at the end, rather than one worker running a long file
 # alone while the other has finished. Files not listed follow, in their usual order.
-LONGEST_FIRST = ("test_resume_killed.py", "test_seed_lines.py", "test_reference_accuracy.py",
-                 "test_prototype_methods.py", "test_packaging.py", "test_export.py", "test_combinations_pools.py",
-                 "test_continual_runs.py", "test_combinations_dap.py", "test_combinations_static.py",
-                 "test_combinations_none.py", "test_wheelhouse.py", "test_fusion.py", "test_tfds.py")
+LONGEST_FIRST = ("test_wheelhouse.py", "test_reference_accuracy.py", "test_seed_lines.py", "test_resume_killed.py",
+                 "test_prototype_methods.py", "test_combinations_pools.py", "test_combinations_dap.py",
+                 "test_combinations_static.py", "test_combinations_none.py", "test_packaging.py",
+                 "test_embedded_benchmark.py", "test_decomposition.py", "test_dap_strategy.py",
+                 "test_benchmark_scripts.py", "test_tfds.py", "test_export.py", "test_train_seed.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
