@@ -54,8 +54,8 @@ def run(func, args) -> int:
 
 def _skip_jax() -> None:
     """Keep jax out of this process: avalanche-lib requires every open-source back-end of qpsolvers,
-    which imports jax when it is installed; that is 1.6 of the 5.5 CPU seconds Avalanche takes to
-    import, at every start of a command, for quadratic programs no casdap command solves. Only the
+    which imports jax when it is installed; that is about 1.0 of the 5.6 CPU seconds the package and
+    Avalanche take to import, at every start of a command, for quadratic programs no casdap command solves. Only the
     command line does this (a process of its own, nothing imported yet); ``import casdap`` does not."""
     sys.modules.setdefault("jax", None)  # qpsolvers, finding no jax, leaves that back-end out
 
