@@ -328,3 +328,18 @@ def test_a_seed_run_twice_counts_once_with_a_notice_naming_both_folders(tmp_path
     err = capsys.readouterr().err
     assert f"casdap compare: skipped {copy}: seed 0 of dap again ({a} holds it" in err
     assert len(list(csv.DictReader(open(tmp_path / "cmp" / "runs.csv")))) == 2
+
+
+def test_a_folder_of_seed_runs_is_read_as_those_continual_runs(tmp_path):
+    """`casdap compare OUT/ROW` (a folder of seed folders, as the demo and the benchmark scripts lay
+    them out) compares the continual runs inside; each seed also holds a final_results.txt, which
+    must not make the folder read as DAP's output."""
+    for seed in (0, 1):
+        write_cl_run(tmp_path / "dap", f"seed{seed}", method="dap", seed=seed)
+        write_cl_run(tmp_path / "slda", f"seed{seed}", method="slda", seed=seed)
+        (tmp_path / "dap" / f"seed{seed}" / "final_results.txt").write_text("SEED: 0\n[[0.5]]\n")
+    comp = compare.load_runs([tmp_path / "dap", tmp_path / "slda"])
+    assert [(r.kind, r.method, r.seed) for r in comp.runs] == [
+        ("continual", "dap", 0), ("continual", "dap", 1), ("continual", "slda", 0), ("continual", "slda", 1)]
+    diffs = compare.paired.paired_differences(comp.groups, reference="slda")
+    assert diffs and all(d.seeds == [0, 1] for d in diffs)

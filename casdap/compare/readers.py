@@ -231,6 +231,17 @@ def _named(record: RunRecord, given: str | Path) -> RunRecord:
     return record
 
 
+def _runs_in(path: str | Path) -> list[str | Path]:
+    """The continual runs directly inside ``path`` when it is a folder of them (the ``<row>`` of
+    ``<out>/<row>/seed<k>``) rather than a run; read as one run, such a folder would take a seed's
+    ``final_results.txt`` for DAP's output. Anything else is returned as given."""
+    p = Path(path)
+    if not p.is_dir() or any((p / f).exists() for f in ("metrics.json", "log.txt", "final_results.txt", "config.yaml")):
+        return [path]
+    inner = sorted(d for d in p.iterdir() if (d / "metrics.json").is_file())
+    return inner or [path]
+
+
 def load_runs(paths: list[str | Path]) -> Comparison:
     """Load every path; unusable ones are kept aside with their reason, the rest are grouped.
 
@@ -241,7 +252,7 @@ def load_runs(paths: list[str | Path]) -> Comparison:
     runs: list[RunRecord] = []
     skipped: list[tuple[str, str]] = []
     seen: set[Path] = set()
-    for path in paths:
+    for path in [run for given in paths for run in _runs_in(given)]:
         try:
             record = load_run(path)
         except RunError as e:
